@@ -1,0 +1,271 @@
+//! The blocker XDP program.
+//!
+//! Parse Ethernet (with up to two VLAN tags) and the IPv4/IPv6 header, look the
+//! destination and source addresses up in the live table generation, pick the
+//! winning order (the controller already resolved everything that does not
+//! depend on combining the two lookups), count, and return the verdict.
+//!
+//! Anything unexpected passes: traffic nobody ordered blocked must flow, so an
+//! internal failure is counted and fails open.
+#![no_std]
+#![no_main]
+
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::{
+        Array, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::XdpContext,
+};
+use blocker_common::{
+    Control, MAX_ORDERS, Match, OrderCounters, PrefixEntry, STAT_COUNT, Stat,
+};
+
+/// Default capacity of each lookup table; the controller sets the real one
+/// (`guardrails.max_prefixes`) at load time.
+const DEFAULT_MAX_PREFIXES: u32 = 1 << 20;
+
+const ETH_HDR_LEN: usize = 14;
+const VLAN_HDR_LEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPV4_MIN_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+
+#[map]
+static BLK_CONTROL: Array<Control> = Array::pinned(1, 0);
+
+#[map]
+static BLK_V4_A: LpmTrie<[u8; 4], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+#[map]
+static BLK_V4_B: LpmTrie<[u8; 4], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+#[map]
+static BLK_V6_A: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+#[map]
+static BLK_V6_B: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+
+#[map]
+static BLK_ORDER_CNT: PerCpuArray<OrderCounters> = PerCpuArray::pinned(MAX_ORDERS, 0);
+#[map]
+static BLK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// Why a frame was not looked up.
+enum Skip {
+    NonIp,
+    Truncated,
+    Malformed,
+    TooManyVlans,
+    Error,
+}
+
+impl Skip {
+    #[inline(always)]
+    fn stat(&self) -> Stat {
+        match self {
+            Skip::NonIp => Stat::NonIp,
+            Skip::Truncated => Stat::Truncated,
+            Skip::Malformed => Stat::Malformed,
+            Skip::TooManyVlans => Stat::TooManyVlans,
+            Skip::Error => Stat::Errors,
+        }
+    }
+}
+
+#[xdp]
+pub fn blocker(ctx: XdpContext) -> u32 {
+    bump(Stat::Seen);
+    let verdict = match try_blocker(&ctx) {
+        Ok(verdict) => verdict,
+        Err(skip) => {
+            bump(skip.stat());
+            XDP_PASS
+        }
+    };
+    bump(if verdict == XDP_DROP {
+        Stat::Dropped
+    } else {
+        Stat::Passed
+    });
+    verdict
+}
+
+#[inline(always)]
+fn bump(stat: Stat) {
+    if let Some(counter) = BLK_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot: no other context writes it concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(Skip::Truncated);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    // SAFETY: ptr_at checked the two bytes lie inside the frame.
+    Ok(u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn try_blocker(ctx: &XdpContext) -> Result<u32, Skip> {
+    let mut ethertype = read_be16(ctx, 12)?;
+    let mut offset = ETH_HDR_LEN;
+    // Up to two tags (QinQ: 802.1ad outer, 802.1Q inner), unrolled.
+    if is_vlan(ethertype) {
+        ethertype = read_be16(ctx, offset + 2)?;
+        offset += VLAN_HDR_LEN;
+        if is_vlan(ethertype) {
+            ethertype = read_be16(ctx, offset + 2)?;
+            offset += VLAN_HDR_LEN;
+            if is_vlan(ethertype) {
+                return Err(Skip::TooManyVlans);
+            }
+        }
+    }
+    match ethertype {
+        ETH_P_IPV4 => ipv4(ctx, offset),
+        ETH_P_IPV6 => ipv6(ctx, offset),
+        _ => Err(Skip::NonIp),
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
+    let hdr = ptr_at::<[u8; IPV4_MIN_HDR_LEN]>(ctx, offset)?;
+    // SAFETY: ptr_at checked the 20 bytes lie inside the frame.
+    let hdr = unsafe { &*hdr };
+    let version = hdr[0] >> 4;
+    let header_len = usize::from(hdr[0] & 0x0f) * 4;
+    if version != 4 || header_len < IPV4_MIN_HDR_LEN {
+        return Err(Skip::Malformed);
+    }
+    if ctx.data() + offset + header_len > ctx.data_end() {
+        return Err(Skip::Truncated);
+    }
+    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
+    let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
+    let generation = generation()?;
+    let (table_dst, table_src) = if generation == 0 {
+        (
+            BLK_V4_A.get(Key::new(32, dst)),
+            BLK_V4_A.get(Key::new(32, src)),
+        )
+    } else {
+        (
+            BLK_V4_B.get(Key::new(32, dst)),
+            BLK_V4_B.get(Key::new(32, src)),
+        )
+    };
+    Ok(decide(ctx, table_dst, table_src))
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
+    let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, offset)?;
+    // SAFETY: ptr_at checked the 40 bytes lie inside the frame.
+    let hdr = unsafe { &*hdr };
+    if hdr[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&hdr[8..24]);
+    dst.copy_from_slice(&hdr[24..40]);
+    let generation = generation()?;
+    let (table_dst, table_src) = if generation == 0 {
+        (
+            BLK_V6_A.get(Key::new(128, dst)),
+            BLK_V6_A.get(Key::new(128, src)),
+        )
+    } else {
+        (
+            BLK_V6_B.get(Key::new(128, dst)),
+            BLK_V6_B.get(Key::new(128, src)),
+        )
+    };
+    Ok(decide(ctx, table_dst, table_src))
+}
+
+#[inline(always)]
+fn generation() -> Result<u32, Skip> {
+    BLK_CONTROL
+        .get(0)
+        .map(|control| control.generation)
+        .ok_or(Skip::Error)
+}
+
+/// Combine the two lookups by the contract's attribution rule: drop beats
+/// monitor; then the longer prefix; on a tie the destination match. (The
+/// smallest-order-id tie-break within one direction was applied by the
+/// controller when it built the entry.)
+#[inline(always)]
+fn decide(ctx: &XdpContext, dst: Option<&PrefixEntry>, src: Option<&PrefixEntry>) -> u32 {
+    bump(Stat::Looked);
+    let none = PrefixEntry::EMPTY;
+    let dst = dst.unwrap_or(&none);
+    let src = src.unwrap_or(&none);
+    let drop = pick(dst.dst_drop, src.src_drop);
+    if drop.is_some() {
+        count(ctx, drop.slot);
+        return XDP_DROP;
+    }
+    let monitor = pick(dst.dst_monitor, src.src_monitor);
+    if monitor.is_some() {
+        count(ctx, monitor.slot);
+        bump(Stat::Monitored);
+    }
+    XDP_PASS
+}
+
+#[inline(always)]
+fn pick(dst: Match, src: Match) -> Match {
+    if dst.is_some() && (!src.is_some() || dst.prefix_len >= src.prefix_len) {
+        dst
+    } else {
+        src
+    }
+}
+
+#[inline(always)]
+fn count(ctx: &XdpContext, slot: u32) {
+    match BLK_ORDER_CNT.get_ptr_mut(slot) {
+        Some(counters) => {
+            let len = (ctx.data_end() - ctx.data()) as u64;
+            // SAFETY: a per-CPU slot: no other context writes it concurrently.
+            unsafe {
+                (*counters).packets += 1;
+                (*counters).bytes += len;
+            }
+        }
+        None => bump(Stat::Errors),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,3 @@
+//! The order feed: parse and validate (contract §1).
+mod model;
+pub use model::*;
