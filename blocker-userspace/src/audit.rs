@@ -1,1 +1,151 @@
-//! TODO
+//! The audit trail: `state_dir/audit.jsonl`, one JSON object per line per
+//! event, appended and fsynced, never rewritten. It is the operator's
+//! evidence of when each order was enforced.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    DaemonStart {
+        version: String,
+    },
+    DaemonStop,
+    Detached {
+        interfaces: Vec<String>,
+    },
+    Attached {
+        interface: String,
+        mode: String,
+    },
+    FeedApplied {
+        serial: u64,
+        in_force: Vec<String>,
+        ipv4_prefixes: usize,
+        ipv6_prefixes: usize,
+    },
+    FeedRefused {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        serial: Option<u64>,
+        reason: String,
+        detail: String,
+    },
+    OrderEnteredForce {
+        order: String,
+        serial: u64,
+    },
+    OrderLeftForce {
+        order: String,
+        serial: u64,
+        state: String,
+    },
+    OrderRefused {
+        order: String,
+        serial: u64,
+        reason: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the log for appending.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| AuditError {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Appends one event stamped `at` and fsyncs it.
+    pub fn record(&mut self, at: OffsetDateTime, event: &AuditEvent) -> Result<(), AuditError> {
+        let line = Line {
+            time: at.format(&Rfc3339).unwrap_or_default(),
+            event,
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(|e| AuditError {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        bytes.push(b'\n');
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| AuditError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_one_json_line_per_event() {
+        let path = std::env::temp_dir().join(format!("blocker-audit-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let at = OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("time");
+        let mut log = AuditLog::open(&path).expect("open");
+        log.record(
+            at,
+            &AuditEvent::OrderEnteredForce {
+                order: "ATKM-1".into(),
+                serial: 3,
+            },
+        )
+        .expect("record");
+        drop(log);
+        let mut log = AuditLog::open(&path).expect("reopen");
+        log.record(at, &AuditEvent::DaemonStop).expect("record");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "order_entered_force");
+        assert_eq!(lines[0]["order"], "ATKM-1");
+        assert_eq!(lines[0]["serial"], 3);
+        assert_eq!(lines[1]["event"], "daemon_stop");
+        assert!(lines[1]["time"].as_str().expect("time").starts_with("2026-"));
+        std::fs::remove_file(&path).expect("cleanup");
+    }
+}

@@ -1,1 +1,490 @@
-//! TODO
+//! The compiler: orders in force → lookup-table entries. Pure: no kernel,
+//! no clock.
+//!
+//! The table holds every target prefix of every order in force. Each entry
+//! carries, per direction (dst, src) and action (drop, monitor), the winning
+//! order among all orders whose target covers the prefix (the prefix itself
+//! and its ancestors): longest target, then smallest order id. An LPM lookup
+//! returns the longest table prefix containing an address, and every other
+//! table prefix containing it is an ancestor, so the datapath only has to
+//! combine the destination entry with the source entry (see
+//! `blocker-ebpf`'s `decide`; [`simulate`] does the same in plain Rust).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use blocker_common::{MAX_ORDERS, Match, PrefixEntry};
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::feed::{Action, Order};
+
+/// `enforcement:` in the config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Drop orders drop.
+    #[default]
+    Enforce,
+    /// Every order acts as monitor: counted, let through.
+    Observe,
+}
+
+impl Enforcement {
+    /// The action an order takes under this enforcement mode.
+    pub fn effective(self, action: Action) -> Action {
+        match self {
+            Enforcement::Enforce => action,
+            Enforcement::Observe => Action::Monitor,
+        }
+    }
+}
+
+/// Stable order id → counter slot assignment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotTable {
+    slots: BTreeMap<String, u32>,
+}
+
+impl SlotTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, id: &str) -> Option<u32> {
+        self.slots.get(id).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.slots.iter().map(|(id, &slot)| (id.as_str(), slot))
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The table for exactly `ids`: known ids keep their slot; new ids get
+    /// the lowest slot nobody held before (so a slot just released is not
+    /// handed on while the live table may still count into it), else the
+    /// lowest free one.
+    fn reassign<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<Self, CompileError> {
+        let ids: BTreeSet<&str> = ids.into_iter().collect();
+        let mut slots: BTreeMap<String, u32> = ids
+            .iter()
+            .filter_map(|id| self.get(id).map(|slot| ((*id).to_owned(), slot)))
+            .collect();
+        let mut taken: BTreeSet<u32> = slots.values().copied().collect();
+        let previously: BTreeSet<u32> = self.slots.values().copied().collect();
+        let mut fresh = (0..MAX_ORDERS).filter(|s| !previously.contains(s));
+        let mut fresh_next = fresh.next();
+        let new_ids: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !slots.contains_key(*id))
+            .collect();
+        for id in new_ids {
+            let slot = match fresh_next {
+                Some(slot) => {
+                    fresh_next = fresh.next();
+                    slot
+                }
+                None => (0..MAX_ORDERS)
+                    .find(|s| !taken.contains(s))
+                    .ok_or(CompileError::TooManyOrders { max: MAX_ORDERS })?,
+            };
+            taken.insert(slot);
+            slots.insert(id.to_owned(), slot);
+        }
+        Ok(Self { slots })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("more than {max} orders in force at once; the datapath has {max} counter slots")]
+    TooManyOrders { max: u32 },
+}
+
+/// One order as compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledOrder {
+    pub id: String,
+    pub slot: u32,
+    /// The effective action (monitor under `enforcement: observe`).
+    pub action: Action,
+    /// Its target prefixes.
+    pub prefixes: u32,
+}
+
+/// Everything the datapath needs for one feed at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// (network address, prefix length, entry), sorted.
+    pub v4: Vec<([u8; 4], u8, PrefixEntry)>,
+    pub v6: Vec<([u8; 16], u8, PrefixEntry)>,
+    pub slots: SlotTable,
+    pub orders: Vec<CompiledOrder>,
+}
+
+/// The best claim so far for one (direction, action): longest target, then
+/// smallest order id.
+#[derive(Clone, Copy)]
+struct Best<'a> {
+    prefix_len: u8,
+    id: &'a str,
+    slot: u32,
+}
+
+fn better<'a>(current: Option<Best<'a>>, candidate: Best<'a>) -> Option<Best<'a>> {
+    match current {
+        Some(c) if (c.prefix_len, std::cmp::Reverse(c.id)) >= (candidate.prefix_len, std::cmp::Reverse(candidate.id)) => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+/// [dst_drop, dst_monitor, src_drop, src_monitor]
+type Resolved<'a> = [Option<Best<'a>>; 4];
+
+fn to_entry(resolved: &Resolved<'_>) -> PrefixEntry {
+    let m = |b: Option<Best<'_>>| {
+        b.map_or(Match::NONE, |b| Match {
+            slot: b.slot,
+            prefix_len: u32::from(b.prefix_len),
+        })
+    };
+    PrefixEntry {
+        dst_drop: m(resolved[0]),
+        dst_monitor: m(resolved[1]),
+        src_drop: m(resolved[2]),
+        src_monitor: m(resolved[3]),
+    }
+}
+
+/// A prefix in sortable form: address bits left-aligned in a u128.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    bits: u128,
+    len: u8,
+}
+
+impl Key {
+    fn contains(&self, other: &Key) -> bool {
+        if self.len > other.len {
+            return false;
+        }
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.len))
+        };
+        self.bits & mask == other.bits & mask
+    }
+}
+
+fn key_of(prefix: &IpNetwork) -> Key {
+    match prefix {
+        IpNetwork::V4(p) => Key {
+            bits: u128::from(u32::from(p.network())) << 96,
+            len: p.prefix(),
+        },
+        IpNetwork::V6(p) => Key {
+            bits: u128::from(p.network()),
+            len: p.prefix(),
+        },
+    }
+}
+
+/// Resolves one family: claims per prefix → entry per prefix.
+fn resolve<'a>(claims: BTreeMap<Key, Resolved<'a>>) -> Vec<(Key, PrefixEntry)> {
+    let mut out = Vec::with_capacity(claims.len());
+    // Ancestors of the current prefix, outermost first, with their resolved
+    // winners (own claims merged with their ancestors').
+    let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
+    for (key, own) in claims {
+        while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
+            stack.pop();
+        }
+        let mut resolved = stack.last().map_or([None; 4], |(_, r)| *r);
+        for (slot, claim) in resolved.iter_mut().zip(own) {
+            if let Some(claim) = claim {
+                *slot = better(*slot, claim);
+            }
+        }
+        out.push((key, to_entry(&resolved)));
+        stack.push((key, resolved));
+    }
+    out
+}
+
+/// Compiles the orders in force into table entries and counter slots.
+pub fn compile(
+    orders_in_force: &[&Order],
+    enforcement: Enforcement,
+    previous: &SlotTable,
+) -> Result<Compiled, CompileError> {
+    let slots = previous.reassign(orders_in_force.iter().map(|o| o.id.as_str()))?;
+    let mut v4: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
+    let mut v6: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
+    let mut orders = Vec::with_capacity(orders_in_force.len());
+    for order in orders_in_force {
+        let Some(slot) = slots.get(&order.id) else {
+            continue;
+        };
+        let action = enforcement.effective(order.action);
+        let column = usize::from(action == Action::Monitor);
+        for target in &order.targets {
+            let key = key_of(target);
+            let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
+            let resolved = table.entry(key).or_insert([None; 4]);
+            let claim = Best {
+                prefix_len: key.len,
+                id: &order.id,
+                slot,
+            };
+            if order.direction.covers_dst() {
+                resolved[column] = better(resolved[column], claim);
+            }
+            if order.direction.covers_src() {
+                resolved[2 + column] = better(resolved[2 + column], claim);
+            }
+        }
+        orders.push(CompiledOrder {
+            id: order.id.clone(),
+            slot,
+            action,
+            prefixes: u32::try_from(order.targets.len()).unwrap_or(u32::MAX),
+        });
+    }
+    let v4 = resolve(v4)
+        .into_iter()
+        .map(|(k, e)| (((k.bits >> 96) as u32).to_be_bytes(), k.len, e))
+        .collect();
+    let v6 = resolve(v6)
+        .into_iter()
+        .map(|(k, e)| (k.bits.to_be_bytes(), k.len, e))
+        .collect();
+    Ok(Compiled {
+        v4,
+        v6,
+        slots,
+        orders,
+    })
+}
+
+/// What the XDP program does with a compiled table, in plain Rust: the
+/// longest-prefix entry for the destination and for the source, combined
+/// (drop over monitor; then the longer prefix; a tie goes to the
+/// destination). Returns the counted slot and the action.
+pub fn simulate(compiled: &Compiled, src: IpAddr, dst: IpAddr) -> Option<(u32, Action)> {
+    let lookup = |addr: IpAddr| -> Option<PrefixEntry> {
+        match addr {
+            IpAddr::V4(a) => {
+                let key = Key {
+                    bits: u128::from(u32::from(a)) << 96,
+                    len: 32,
+                };
+                compiled
+                    .v4
+                    .iter()
+                    .filter(|(n, l, _)| {
+                        Key {
+                            bits: u128::from(u32::from_be_bytes(*n)) << 96,
+                            len: *l,
+                        }
+                        .contains(&key)
+                    })
+                    .max_by_key(|(_, l, _)| *l)
+                    .map(|(_, _, e)| *e)
+            }
+            IpAddr::V6(a) => {
+                let key = Key {
+                    bits: u128::from(a),
+                    len: 128,
+                };
+                compiled
+                    .v6
+                    .iter()
+                    .filter(|(n, l, _)| {
+                        Key {
+                            bits: u128::from_be_bytes(*n),
+                            len: *l,
+                        }
+                        .contains(&key)
+                    })
+                    .max_by_key(|(_, l, _)| *l)
+                    .map(|(_, _, e)| *e)
+            }
+        }
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        return None;
+    }
+    let d = lookup(dst).unwrap_or(PrefixEntry::EMPTY);
+    let s = lookup(src).unwrap_or(PrefixEntry::EMPTY);
+    let pick = |d: Match, s: Match| {
+        if d.is_some() && (!s.is_some() || d.prefix_len >= s.prefix_len) {
+            d
+        } else {
+            s
+        }
+    };
+    let drop = pick(d.dst_drop, s.src_drop);
+    if drop.is_some() {
+        return Some((drop.slot, Action::Drop));
+    }
+    let monitor = pick(d.dst_monitor, s.src_monitor);
+    monitor.is_some().then_some((monitor.slot, Action::Monitor))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        feed::{Direction, Rung, Status},
+        reference,
+    };
+
+    fn order(id: &str, action: Action, direction: Direction, targets: &[&str]) -> Order {
+        Order {
+            id: id.into(),
+            rung: Rung::Datacenter,
+            action,
+            direction,
+            targets: targets.iter().map(|t| t.parse().expect("prefix")).collect(),
+            status: Status::Active,
+            effective_from: None,
+            expires_at: None,
+            reference: None,
+        }
+    }
+
+    fn verdict(c: &Compiled, src: &str, dst: &str) -> Option<(String, Action)> {
+        simulate(c, src.parse().expect("src"), dst.parse().expect("dst")).map(|(slot, action)| {
+            let id = c
+                .slots
+                .iter()
+                .find(|(_, s)| *s == slot)
+                .map(|(id, _)| id.to_owned())
+                .expect("slot has an id");
+            (id, action)
+        })
+    }
+
+    #[test]
+    fn drop_through_a_broader_prefix_beats_a_narrower_monitor() {
+        let orders = [
+            order("RACK", Action::Drop, Direction::Dst, &["203.0.113.0/24"]),
+            order("MON", Action::Monitor, Direction::Dst, &["203.0.113.7/32"]),
+        ];
+        let refs: Vec<&Order> = orders.iter().collect();
+        let c = compile(&refs, Enforcement::Enforce, &SlotTable::new()).expect("compile");
+        assert_eq!(c.v4.len(), 2);
+        assert_eq!(
+            verdict(&c, "198.51.100.1", "203.0.113.7"),
+            Some(("RACK".into(), Action::Drop))
+        );
+        let c = compile(&refs, Enforcement::Observe, &SlotTable::new()).expect("compile");
+        assert_eq!(
+            verdict(&c, "198.51.100.1", "203.0.113.7"),
+            Some(("MON".into(), Action::Monitor)),
+            "observe: both monitor, the longer prefix wins"
+        );
+    }
+
+    #[test]
+    fn same_prefix_smallest_id_and_destination_before_source() {
+        let orders = [
+            order("B", Action::Drop, Direction::Both, &["203.0.113.7/32"]),
+            order("A", Action::Drop, Direction::Dst, &["203.0.113.7/32"]),
+            order("S", Action::Drop, Direction::Src, &["198.51.100.9/32"]),
+        ];
+        let refs: Vec<&Order> = orders.iter().collect();
+        let c = compile(&refs, Enforcement::Enforce, &SlotTable::new()).expect("compile");
+        assert_eq!(verdict(&c, "198.51.100.1", "203.0.113.7"), Some(("A".into(), Action::Drop)));
+        assert_eq!(verdict(&c, "203.0.113.7", "198.51.100.1"), Some(("B".into(), Action::Drop)));
+        assert_eq!(verdict(&c, "198.51.100.9", "203.0.113.7"), Some(("A".into(), Action::Drop)));
+        assert_eq!(verdict(&c, "198.51.100.9", "192.0.2.1"), Some(("S".into(), Action::Drop)));
+        assert_eq!(verdict(&c, "192.0.2.1", "198.51.100.9"), None);
+    }
+
+    #[test]
+    fn slots_are_stable_and_not_handed_on_at_once() {
+        let a = order("A", Action::Drop, Direction::Dst, &["203.0.113.1/32"]);
+        let b = order("B", Action::Drop, Direction::Dst, &["203.0.113.2/32"]);
+        let c1 = compile(&[&a, &b], Enforcement::Enforce, &SlotTable::new()).expect("c1");
+        assert_eq!((c1.slots.get("A"), c1.slots.get("B")), (Some(0), Some(1)));
+        let n = order("N", Action::Drop, Direction::Dst, &["203.0.113.3/32"]);
+        let c2 = compile(&[&b, &n], Enforcement::Enforce, &c1.slots).expect("c2");
+        assert_eq!(c2.slots.get("B"), Some(1));
+        assert_eq!(c2.slots.get("N"), Some(2), "A's slot 0 rests one apply");
+        assert_eq!(c2.slots.get("A"), None);
+    }
+
+    fn universe_v4() -> impl Strategy<Value = String> {
+        (0u8..16, 28u8..=32).prop_map(|(host, len)| {
+            let net = ipnetwork::Ipv4Network::new([203, 0, 113, host].into(), len).expect("net");
+            format!("{}/{len}", net.network())
+        })
+    }
+
+    fn universe_v6() -> impl Strategy<Value = String> {
+        (0u16..16, 124u8..=128).prop_map(|(host, len)| {
+            let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, host);
+            let net = ipnetwork::Ipv6Network::new(addr, len).expect("net");
+            format!("{}/{len}", net.network())
+        })
+    }
+
+    fn arb_order() -> impl Strategy<Value = Order> {
+        (
+            0u8..6,
+            prop_oneof![Just(Action::Drop), Just(Action::Monitor)],
+            prop_oneof![Just(Direction::Dst), Just(Direction::Src), Just(Direction::Both)],
+            prop::collection::vec(prop_oneof![universe_v4(), universe_v6()], 1..4),
+        )
+            .prop_map(|(id, action, direction, targets)| {
+                let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+                let mut o = order(&format!("O{id}"), action, direction, &targets);
+                o.targets.sort();
+                o.targets.dedup();
+                o
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn compiled_tables_decide_like_the_reference(
+            orders in prop::collection::vec(arb_order(), 0..6),
+            observe in any::<bool>(),
+            packets in prop::collection::vec((any::<bool>(), 0u16..20, 0u16..20), 1..20),
+        ) {
+            let mut unique: BTreeMap<String, Order> = BTreeMap::new();
+            for o in orders { unique.entry(o.id.clone()).or_insert(o); }
+            let refs: Vec<&Order> = unique.values().collect();
+            let enforcement = if observe { Enforcement::Observe } else { Enforcement::Enforce };
+            let c = compile(&refs, enforcement, &SlotTable::new()).expect("compile");
+            for (v6, s, d) in packets {
+                let (src, dst): (IpAddr, IpAddr) = if v6 {
+                    (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, s).into(),
+                     std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d).into())
+                } else {
+                    (std::net::Ipv4Addr::new(203, 0, 113, s as u8).into(),
+                     std::net::Ipv4Addr::new(203, 0, 113, d as u8).into())
+                };
+                let expected = reference::verdict(&refs, enforcement, src, dst)
+                    .map(|w| (w.order, w.action));
+                let got = verdict(&c, &src.to_string(), &dst.to_string());
+                prop_assert_eq!(got, expected, "src {} dst {}", src, dst);
+            }
+        }
+    }
+}

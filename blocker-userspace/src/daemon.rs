@@ -1,1 +1,565 @@
-//! TODO
+//! `blocker run`: attach, sync the feed, enforce, serve metrics.
+//!
+//! [`run`] takes its shutdown signal as an argument so tests can drive it.
+//! Stopping never detaches: the program, links and maps stay pinned and in
+//! force, and the next start takes them over without a gap.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use time::OffsetDateTime;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    audit::{AuditError, AuditEvent, AuditLog},
+    compile::{self, SlotTable},
+    config::Config,
+    datapath::{self, Datapath, DatapathError, Maps},
+    feed::{self, Feed},
+    metrics::{CountedOrder, Metrics, MetricsError},
+    policy::{self, Evaluation, Guardrails, OrderState},
+    signature::{self, PublicKey},
+    state::{SavedFeed, StateDir, StateError, SyncStatus},
+    sync::{Fetch, FeedSource, Fetched, SyncError},
+};
+
+/// How often a `file://` feed is checked for changes (a stat, no read).
+const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("feed.public_key: {0}")]
+    PublicKey(#[source] signature::SignatureError),
+    #[error("installing signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("no interface could be attached: {0}")]
+    NoInterface(String),
+}
+
+/// Why a fetched feed was not applied; the `reason` label of
+/// `blocker_feed_sync_failures_total` and of the audit record.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub serial: Option<u64>,
+    pub detail: String,
+}
+
+/// The feed in force and what it compiled to.
+struct InForce {
+    saved: SavedFeed,
+    feed: Feed,
+    evaluation: Evaluation,
+    /// Since when each order in force has been enforced without interruption.
+    since: BTreeMap<String, OffsetDateTime>,
+}
+
+pub struct Daemon {
+    config: Config,
+    guardrails: Guardrails,
+    public_key: PublicKey,
+    state: StateDir,
+    audit: AuditLog,
+    datapath: Datapath,
+    metrics: Arc<Metrics>,
+    source: FeedSource,
+    slots: SlotTable,
+    current: Option<InForce>,
+    status: SyncStatus,
+    /// Consecutive failed fetches (drives the backoff).
+    fetch_failures: u32,
+}
+
+impl Daemon {
+    /// Opens state, takes over (or creates) the pinned datapath, re-applies
+    /// the last good feed, syncs once, and attaches to every interface.
+    pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Self, DaemonError> {
+        let state = StateDir::open(&config.state_dir)?;
+        let mut audit = AuditLog::open(&state.audit_log_path())?;
+        audit.record(
+            OffsetDateTime::now_utc(),
+            &AuditEvent::DaemonStart {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        )?;
+        let public_key =
+            PublicKey::from_file(&config.feed.public_key).map_err(DaemonError::PublicKey)?;
+        let datapath = Datapath::open(&config.bpffs_dir, config.guardrails.max_prefixes)?;
+        metrics.set_maps(Maps::open_pinned(&config.bpffs_dir)?);
+        metrics.set_capacity(datapath.capacity());
+        for reason in [
+            "fetch",
+            "too_large",
+            "signature",
+            "parse",
+            "serial",
+            "guardrails",
+            "apply",
+            "redirect",
+            "config",
+        ] {
+            metrics.declare_failure_reason(reason);
+        }
+        let source = FeedSource::new(&config.feed)?;
+        let slots = state.load_slots()?;
+        let guardrails = config.guardrails.to_policy();
+        let mut daemon = Self {
+            config,
+            guardrails,
+            public_key,
+            state,
+            audit,
+            datapath,
+            metrics,
+            source,
+            slots,
+            current: None,
+            status: SyncStatus::default(),
+            fetch_failures: 0,
+        };
+        daemon.restore_last_good();
+        daemon.sync(true);
+        daemon.attach_all()?;
+        Ok(daemon)
+    }
+
+    /// Re-verifies and re-applies the feed saved in `state_dir`.
+    fn restore_last_good(&mut self) {
+        let saved = match self.state.load_feed() {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(error = %err, "last good feed unreadable");
+                return;
+            }
+        };
+        let fetched = Fetched::from_bytes(saved.feed, saved.signature);
+        match self.consider(fetched, "state") {
+            Ok(()) => tracing::info!(serial = saved.serial, "last good feed restored"),
+            Err(refusal) => self.refused(refusal),
+        }
+    }
+
+    fn attach_all(&mut self) -> Result<(), DaemonError> {
+        let mut failures = Vec::new();
+        let interfaces = self.config.interfaces.clone();
+        for interface in &interfaces {
+            match self.datapath.attach(&interface.name, interface.mode) {
+                Ok(mode) => {
+                    tracing::info!(interface = %interface.name, mode = mode.as_str(), "attached");
+                    self.metrics
+                        .set_attached(&interface.name, mode.as_str(), true);
+                    self.record(AuditEvent::Attached {
+                        interface: interface.name.clone(),
+                        mode: mode.as_str().to_owned(),
+                    });
+                }
+                Err(err) => {
+                    tracing::error!(interface = %interface.name, error = %err, "attach failed");
+                    failures.push(err.to_string());
+                }
+            }
+        }
+        if failures.len() == interfaces.len() {
+            return Err(DaemonError::NoInterface(failures.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Fetches the feed (if changed, or always when `force`) and applies it
+    /// when it is newer and valid; otherwise counts and audits the refusal.
+    pub fn sync(&mut self, force: bool) {
+        let fetched = match self.source.fetch(force) {
+            Ok(Fetch::Unchanged) => {
+                self.fetch_failures = 0;
+                if self.source.is_remote() {
+                    self.sync_ok();
+                }
+                return;
+            }
+            Ok(Fetch::New(fetched)) => fetched,
+            Err(err) => {
+                self.fetch_failures = self.fetch_failures.saturating_add(1);
+                self.refused(Refusal {
+                    reason: err.reason(),
+                    serial: None,
+                    detail: err.to_string(),
+                });
+                return;
+            }
+        };
+        self.fetch_failures = 0;
+        if let Some(current) = &self.current
+            && current.saved.feed == fetched.feed
+            && current.saved.signature == fetched.signature
+        {
+            self.source.commit(&fetched);
+            self.sync_ok();
+            return;
+        }
+        match self.consider(fetched.clone(), "feed") {
+            Ok(()) => self.source.commit(&fetched),
+            Err(refusal) => {
+                // A file is re-read when it changes; a refused download is
+                // fetched whole again next poll (its signature may be fixed).
+                if !self.source.is_remote() {
+                    self.source.commit(&fetched);
+                }
+                self.refused(refusal);
+            }
+        }
+    }
+
+    fn sync_ok(&mut self) {
+        self.metrics.sync_succeeded(unix_now());
+        self.status.last_success = Some(unix_now());
+        self.status.last_failure = None;
+        self.save_status();
+    }
+
+    /// How long until the next fetch: a `file://` feed is checked every
+    /// second (a stat); a remote one every `poll_interval`, sooner with
+    /// exponential backoff and jitter while fetches fail.
+    pub fn next_poll(&self) -> Duration {
+        if !self.source.is_remote() {
+            return FILE_WATCH_INTERVAL;
+        }
+        let interval = self.config.feed.poll_interval;
+        if self.fetch_failures == 0 {
+            return interval;
+        }
+        let backoff = Duration::from_secs(1)
+            .saturating_mul(1u32 << self.fetch_failures.min(16))
+            .min(interval);
+        // +-20% jitter so a fleet of routers does not poll in lockstep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+        backoff.mul_f64(factor)
+    }
+
+    /// Verifies, parses and applies a fetched feed.
+    fn consider(&mut self, fetched: Fetched, origin: &str) -> Result<(), Refusal> {
+        signature::verify(&self.public_key, &fetched.feed, &fetched.signature).map_err(|err| {
+            Refusal {
+                reason: "signature",
+                serial: None,
+                detail: format!("{origin}: {err}"),
+            }
+        })?;
+        let feed = feed::parse(&fetched.feed).map_err(|err| Refusal {
+            reason: "parse",
+            serial: None,
+            detail: format!("{origin}: {err}"),
+        })?;
+        if let Some(current) = &self.current
+            && feed.serial <= current.feed.serial
+        {
+            return Err(Refusal {
+                reason: "serial",
+                serial: Some(feed.serial),
+                detail: format!(
+                    "{origin}: serial {} is not larger than serial {} in force (rollback or replay refused)",
+                    feed.serial, current.feed.serial
+                ),
+            });
+        }
+        let saved = SavedFeed {
+            serial: feed.serial,
+            feed: fetched.feed,
+            signature: fetched.signature,
+        };
+        self.apply(saved, feed, OffsetDateTime::now_utc(), true)
+    }
+
+    /// Re-evaluates the feed in force at `now` (an order's window opened or
+    /// closed) and applies the result.
+    pub fn reevaluate(&mut self, now: OffsetDateTime) {
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        let InForce {
+            saved,
+            feed,
+            evaluation,
+            since,
+        } = current;
+        // Put it back first: a failed apply leaves the current state as is.
+        self.current = Some(InForce {
+            saved: saved.clone(),
+            feed: feed.clone(),
+            evaluation,
+            since,
+        });
+        if let Err(refusal) = self.apply(saved, feed, now, false) {
+            self.refused(refusal);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        saved: SavedFeed,
+        feed: Feed,
+        now: OffsetDateTime,
+        new_feed: bool,
+    ) -> Result<(), Refusal> {
+        let serial = feed.serial;
+        let evaluation = policy::evaluate(&feed, &self.guardrails, now).map_err(|err| Refusal {
+            reason: "guardrails",
+            serial: Some(serial),
+            detail: err.to_string(),
+        })?;
+        let in_force: Vec<_> = evaluation.in_force().collect();
+        let compiled = compile::compile(&in_force, self.config.enforcement, &self.slots)
+            .map_err(|err| Refusal {
+                reason: "apply",
+                serial: Some(serial),
+                detail: err.to_string(),
+            })?;
+        let fresh: Vec<u32> = compiled
+            .orders
+            .iter()
+            .filter(|order| self.slots.get(&order.id) != Some(order.slot))
+            .map(|order| order.slot)
+            .collect();
+        let apply_error = |detail: String| Refusal {
+            reason: "apply",
+            serial: Some(serial),
+            detail,
+        };
+        // Slots first: after a crash past this point the table in the kernel
+        // and the slot table on disk still agree.
+        self.state
+            .save_slots(&compiled.slots)
+            .map_err(|e| apply_error(e.to_string()))?;
+        let stats = self
+            .datapath
+            .apply(&compiled, &fresh)
+            .map_err(|e| apply_error(e.to_string()))?;
+        self.slots = compiled.slots.clone();
+        if new_feed {
+            if let Err(err) = self.state.save_feed(&saved) {
+                // Enforcement is right; only the restart copy is stale.
+                tracing::error!(error = %err, "saving the last good feed");
+            }
+        }
+
+        let before: BTreeSet<String> = self
+            .current
+            .as_ref()
+            .map(|c| c.evaluation.in_force().map(|o| o.id.clone()).collect())
+            .unwrap_or_default();
+        let after: BTreeSet<String> = in_force.iter().map(|o| o.id.clone()).collect();
+        let mut since = self
+            .current
+            .as_ref()
+            .map(|c| c.since.clone())
+            .unwrap_or_default();
+        since.retain(|id, _| after.contains(id));
+        for id in after.difference(&before) {
+            since.insert(id.clone(), now);
+            self.record(AuditEvent::OrderEnteredForce {
+                order: id.clone(),
+                serial,
+            });
+            tracing::info!(order = %id, serial, "order entered force");
+        }
+        for id in before.difference(&after) {
+            let state = evaluation
+                .orders
+                .iter()
+                .find(|o| &o.id == id)
+                .map_or("removed", |o| o.state.as_str());
+            self.record(AuditEvent::OrderLeftForce {
+                order: id.clone(),
+                serial,
+                state: state.to_owned(),
+            });
+            tracing::info!(order = %id, serial, state, "order left force");
+        }
+        if new_feed {
+            for order in evaluation
+                .orders
+                .iter()
+                .filter(|o| o.state == OrderState::Refused)
+            {
+                let reason = order.reasons.join("; ");
+                tracing::warn!(order = %order.id, serial, %reason, "order refused");
+                self.record(AuditEvent::OrderRefused {
+                    order: order.id.clone(),
+                    serial,
+                    reason,
+                });
+            }
+            self.record(AuditEvent::FeedApplied {
+                serial,
+                in_force: after.iter().cloned().collect(),
+                ipv4_prefixes: stats.ipv4,
+                ipv6_prefixes: stats.ipv6,
+            });
+            tracing::info!(
+                serial,
+                in_force = after.len(),
+                ipv4 = stats.ipv4,
+                ipv6 = stats.ipv6,
+                "feed applied"
+            );
+            self.metrics.set_feed(serial, unix_now());
+            self.status.last_success = Some(unix_now());
+            self.status.last_failure = None;
+        }
+        self.status.serial = Some(serial);
+        self.status.last_apply = Some(unix_now());
+        self.save_status();
+        self.metrics.set_counted_orders(
+            compiled
+                .orders
+                .iter()
+                .map(|o| CountedOrder {
+                    id: o.id.clone(),
+                    slot: o.slot,
+                    action: o.action,
+                })
+                .collect(),
+        );
+        self.metrics.set_evaluation(&evaluation);
+        self.metrics.set_prefixes(stats.ipv4, stats.ipv6);
+        self.metrics.set_enforced_since(
+            &since
+                .iter()
+                .map(|(id, at)| (id.clone(), at.unix_timestamp()))
+                .collect::<Vec<_>>(),
+        );
+        self.current = Some(InForce {
+            saved,
+            feed,
+            evaluation,
+            since,
+        });
+        Ok(())
+    }
+
+    fn refused(&mut self, refusal: Refusal) {
+        tracing::warn!(
+            reason = refusal.reason,
+            serial = refusal.serial,
+            detail = %refusal.detail,
+            "feed refused; what is in force stays"
+        );
+        self.metrics.sync_failed(refusal.reason);
+        self.status.last_failure = Some(format!("{}: {}", refusal.reason, refusal.detail));
+        self.save_status();
+        self.record(AuditEvent::FeedRefused {
+            serial: refusal.serial,
+            reason: refusal.reason.to_owned(),
+            detail: refusal.detail,
+        });
+    }
+
+    fn save_status(&self) {
+        if let Err(err) = self.state.save_status(&self.status) {
+            tracing::error!(error = %err, "saving sync status");
+        }
+    }
+
+    fn record(&mut self, event: AuditEvent) {
+        if let Err(err) = self.audit.record(OffsetDateTime::now_utc(), &event) {
+            tracing::error!(error = %err, "audit log write failed");
+        }
+    }
+
+    /// When the set of orders in force changes next without a new feed.
+    pub fn next_change(&self) -> Option<OffsetDateTime> {
+        self.current.as_ref()?.evaluation.next_change
+    }
+
+    pub fn serial(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.feed.serial)
+    }
+
+    pub fn stop(&mut self) {
+        self.record(AuditEvent::DaemonStop);
+    }
+}
+
+fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|source| MetricsError::Listen {
+            addr: config.metrics.listen,
+            source,
+        })?;
+    let mut daemon =
+        tokio::task::block_in_place(|| Daemon::start(config, Arc::clone(&metrics)))?;
+    let mut server = tokio::spawn(Arc::clone(&metrics).serve_on(listener));
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    tokio::pin!(shutdown);
+    let mut next_poll = tokio::time::Instant::now() + daemon.next_poll();
+    loop {
+        let lifecycle = daemon.next_change().map(|at| {
+            let wait = at - OffsetDateTime::now_utc();
+            tokio::time::Instant::now() + wait.try_into().unwrap_or(Duration::ZERO)
+        });
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: syncing now");
+                tokio::task::block_in_place(|| daemon.sync(true));
+                next_poll = tokio::time::Instant::now() + daemon.next_poll();
+            }
+            () = tokio::time::sleep_until(next_poll) => {
+                // Fetch and apply are blocking (HTTP, map syscalls); the
+                // metrics listener keeps serving on the other worker.
+                tokio::task::block_in_place(|| daemon.sync(false));
+                next_poll = tokio::time::Instant::now() + daemon.next_poll();
+            }
+            () = sleep_until_opt(lifecycle) => {
+                tokio::task::block_in_place(|| daemon.reevaluate(OffsetDateTime::now_utc()));
+            }
+            result = &mut server => {
+                let detail = match result {
+                    Ok(Ok(())) => "metrics listener stopped".to_owned(),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                tracing::error!(%detail, "metrics listener failed");
+                break;
+            }
+        }
+    }
+    daemon.stop();
+    server.abort();
+    tracing::info!(serial = daemon.serial(), "stopped; enforcement stays pinned");
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-exported for the CLI: detach everything pinned under `bpffs_dir`.
+pub use datapath::detach;

@@ -1,1 +1,625 @@
+//! The datapath room: the only module that touches aya and file descriptors.
+//!
+//! [`Datapath`] loads the XDP program against the maps pinned under
+//! `bpffs_dir` (creating them on first start), attaches it to interfaces
+//! through pinned bpf_links, and writes compiled tables into the idle
+//! generation before flipping the live one. [`Maps`] is the map set alone,
+//! which `status` and `check` open from the pins without loading anything.
+//!
+//! Layout under `bpffs_dir`: `maps/<NAME>`, `prog`, `links/<interface>.<mode>`.
+
+use std::{
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use blocker_common::{
+    Control, MAX_ORDERS, OrderCounters, PROGRAM_NAME, PrefixEntry, STAT_COUNT, map_names,
+};
+
+use crate::{compile::Compiled, config::AttachMode};
+
+/// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker"));
+
+/// bpffs's magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How long a table generation stays untouched after it stopped being live:
+/// packets that read the old generation number finish their lookups long
+/// before (XDP runs to completion in microseconds).
+const GENERATION_GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{path} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or set bpffs_dir below it"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("loading the XDP program: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the XDP program object has no {what} named {name}")]
+    Missing { what: &'static str, name: String },
+    #[error("XDP program: {0}")]
+    Program(#[source] ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "no blocker maps pinned under {path}: is blocker running (or has it run) with this bpffs_dir?"
+    )]
+    NotPinned { path: PathBuf },
+    #[error("interface {interface}: attaching XDP in {mode} mode failed: {source}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error(
+        "the feed compiles to {count} {family} prefixes but the maps hold at most {capacity}; raise guardrails.max_prefixes (and `blocker detach` to resize)"
+    )]
+    Capacity {
+        family: &'static str,
+        count: usize,
+        capacity: u32,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// How an interface is attached, as resolved from the configured [`AttachMode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl AttachedMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(AttachedMode::Native),
+            "generic" => Some(AttachedMode::Generic),
+            _ => None,
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachedMode::Native => XdpMode::Driver,
+            AttachedMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// One pinned attachment found under `bpffs_dir/links`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    pub mode: AttachedMode,
+    pin: PathBuf,
+}
+
+/// Totals of one apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub ipv4: usize,
+    pub ipv6: usize,
+    pub generation: u32,
+}
+
+/// The pinned map set.
+pub struct Maps {
+    control: Array<MapData, Control>,
+    v4: [LpmTrie<MapData, [u8; 4], PrefixEntry>; 2],
+    v6: [LpmTrie<MapData, [u8; 16], PrefixEntry>; 2],
+    counters: PerCpuArray<MapData, OrderCounters>,
+    stats: PerCpuArray<MapData, u64>,
+    /// max_entries of each lookup table.
+    capacity: u32,
+}
+
+impl Maps {
+    /// Opens the maps a daemon pinned under `bpffs_dir`, loading nothing.
+    pub fn open_pinned(bpffs_dir: &Path) -> Result<Self> {
+        let dir = maps_dir(bpffs_dir);
+        if !dir.join(map_names::CONTROL).exists() {
+            return Err(DatapathError::NotPinned {
+                path: bpffs_dir.to_owned(),
+            });
+        }
+        Self::build(|name| {
+            let map = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            Map::from_map_data(map).map_err(map_err(name))
+        })
+    }
+
+    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| {
+            ebpf.take_map(name).ok_or_else(|| DatapathError::Missing {
+                what: "map",
+                name: name.to_owned(),
+            })
+        })
+    }
+
+    fn build(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
+            T::try_from(map).map_err(map_err(name))
+        }
+        let [v4a, v4b] = map_names::V4;
+        let [v6a, v6b] = map_names::V6;
+        let first_table = take(v4a)?;
+        let capacity = match &first_table {
+            Map::LpmTrie(data) => data.info().map_err(map_err(v4a))?.max_entries(),
+            _ => 0,
+        };
+        Ok(Self {
+            control: typed(take(map_names::CONTROL)?, map_names::CONTROL)?,
+            v4: [typed(first_table, v4a)?, typed(take(v4b)?, v4b)?],
+            v6: [typed(take(v6a)?, v6a)?, typed(take(v6b)?, v6b)?],
+            counters: typed(take(map_names::ORDER_COUNTERS)?, map_names::ORDER_COUNTERS)?,
+            stats: typed(take(map_names::STATS)?, map_names::STATS)?,
+            capacity,
+        })
+    }
+
+    /// The live table generation (0 or 1).
+    pub fn generation(&self) -> Result<u32> {
+        let control = self
+            .control
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONTROL))?;
+        Ok(control.generation & 1)
+    }
+
+    /// Counters of one order slot, summed over CPUs.
+    pub fn order_counters(&self, slot: u32) -> Result<OrderCounters> {
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .map_err(map_err(map_names::ORDER_COUNTERS))?;
+        Ok(per_cpu
+            .iter()
+            .fold(OrderCounters::default(), |sum, c| OrderCounters {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            }))
+    }
+
+    /// Datapath statistics summed over CPUs, indexed by `blocker_common::Stat`.
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
+        let mut totals = [0u64; STAT_COUNT as usize];
+        for (index, total) in (0u32..).zip(totals.iter_mut()) {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(map_err(map_names::STATS))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// The entry the program finds for `addr` in the live generation: the
+    /// longest table prefix containing it, and that prefix's entry.
+    pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixEntry>> {
+        let generation = self.generation()? as usize;
+        let found = match addr {
+            IpAddr::V4(v4) => self.v4[generation].get(&Key::new(32, v4.octets()), 0),
+            IpAddr::V6(v6) => self.v6[generation].get(&Key::new(128, v6.octets()), 0),
+        };
+        match found {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: "lookup table",
+                source,
+            }),
+        }
+    }
+
+    /// Number of prefixes in the live generation: (IPv4, IPv6).
+    pub fn live_prefixes(&self) -> Result<(usize, usize)> {
+        let generation = self.generation()? as usize;
+        Ok((
+            self.v4[generation].keys().count(),
+            self.v6[generation].keys().count(),
+        ))
+    }
+
+    fn zero_counters(&mut self, slots: &[u32]) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source,
+        })?;
+        for &slot in slots {
+            let zeros = PerCpuValues::try_from(vec![OrderCounters::default(); cpus])
+                .map_err(|source| DatapathError::Io {
+                    path: PathBuf::from("per-CPU values"),
+                    source,
+                })?;
+            self.counters
+                .set(slot, zeros, 0)
+                .map_err(map_err(map_names::ORDER_COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// Empties generation `generation` of both tables.
+    fn clear(&mut self, generation: usize) -> Result<()> {
+        let name4 = map_names::V4[generation];
+        let table = &mut self.v4[generation];
+        let keys = table.keys().collect::<Result<Vec<_>, _>>();
+        for key in keys.map_err(map_err(name4))? {
+            remove_present(table.remove(&key)).map_err(map_err(name4))?;
+        }
+        let name6 = map_names::V6[generation];
+        let table = &mut self.v6[generation];
+        let keys = table.keys().collect::<Result<Vec<_>, _>>();
+        for key in keys.map_err(map_err(name6))? {
+            remove_present(table.remove(&key)).map_err(map_err(name6))?;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, generation: usize, compiled: &Compiled) -> Result<()> {
+        let name4 = map_names::V4[generation];
+        for (addr, len, entry) in &compiled.v4 {
+            self.v4[generation]
+                .insert(&Key::new(u32::from(*len), *addr), entry, 0)
+                .map_err(map_err(name4))?;
+        }
+        let name6 = map_names::V6[generation];
+        for (addr, len, entry) in &compiled.v6 {
+            self.v6[generation]
+                .insert(&Key::new(u32::from(*len), *addr), entry, 0)
+                .map_err(map_err(name6))?;
+        }
+        Ok(())
+    }
+
+    fn set_generation(&mut self, generation: u32) -> Result<()> {
+        self.control
+            .set(
+                0,
+                Control {
+                    generation,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(map_err(map_names::CONTROL))
+    }
+
+}
+
+/// Deleting a key that a concurrent iteration already saw gone is fine.
+fn remove_present(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// The loaded program with its maps, pinned under `bpffs_dir`.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    bpffs_dir: PathBuf,
+    last_flip: Option<Instant>,
+}
+
+impl Datapath {
+    /// Loads the XDP program against the maps pinned under `bpffs_dir`
+    /// (creating and pinning them on first use) and pins the program. Does not
+    /// attach and does not change what is enforced.
+    pub fn open(bpffs_dir: &Path, max_prefixes: u32) -> Result<Self> {
+        let maps_dir = maps_dir(bpffs_dir);
+        fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        fs::create_dir_all(links_dir(bpffs_dir)).map_err(io_err(bpffs_dir))?;
+        if !is_bpffs(&maps_dir) {
+            return Err(DatapathError::NotBpffs {
+                path: bpffs_dir.to_owned(),
+            });
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        for name in map_names::V4.into_iter().chain(map_names::V6) {
+            loader.map_max_entries(name, max_prefixes);
+        }
+        loader.map_max_entries(map_names::ORDER_COUNTERS, MAX_ORDERS);
+        let mut ebpf = loader
+            .load(PROGRAM)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let program = xdp_program(&mut ebpf)?;
+        program.load().map_err(DatapathError::Program)?;
+        let prog_pin = bpffs_dir.join("prog");
+        if prog_pin.exists() {
+            fs::remove_file(&prog_pin).map_err(io_err(&prog_pin))?;
+        }
+        program.pin(&prog_pin).map_err(|source| DatapathError::Pin {
+            path: prog_pin.clone(),
+            source,
+        })?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            bpffs_dir: bpffs_dir.to_owned(),
+            last_flip: None,
+        })
+    }
+
+    /// Prefixes each family's table holds at most.
+    pub fn capacity(&self) -> u32 {
+        self.maps.capacity
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs_dir
+    }
+
+    /// Attaches the program to `interface`. When a link for it is pinned
+    /// already (a previous daemon's), the new program is swapped into that
+    /// link atomically (`bpf_link_update`): enforcement never pauses.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachedMode> {
+        let existing = attachments(&self.bpffs_dir)?
+            .into_iter()
+            .find(|a| a.interface == interface);
+        if let Some(existing) = existing {
+            match self.take_over(&existing) {
+                Ok(()) => return Ok(existing.mode),
+                Err(err) => {
+                    // The interface went away (a link to a deleted device is
+                    // defunct) or the pin is foreign: start afresh.
+                    tracing::warn!(interface, error = %err, "pinned link unusable, attaching anew");
+                    fs::remove_file(&existing.pin).map_err(io_err(&existing.pin))?;
+                }
+            }
+        }
+        let candidates: &[AttachedMode] = match mode {
+            AttachMode::Native => &[AttachedMode::Native],
+            AttachMode::Generic => &[AttachedMode::Generic],
+            AttachMode::Auto => &[AttachedMode::Native, AttachedMode::Generic],
+        };
+        let mut last_error = None;
+        for &candidate in candidates {
+            match self.attach_new(interface, candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or(DatapathError::Missing {
+            what: "attach mode",
+            name: interface.to_owned(),
+        }))
+    }
+
+    fn take_over(&mut self, existing: &Attachment) -> Result<()> {
+        let pinned = PinnedLink::from_pin(&existing.pin).map_err(|e| DatapathError::Attach {
+            interface: existing.interface.clone(),
+            mode: existing.mode.as_str(),
+            source: ProgramError::IOError(io::Error::other(e)),
+        })?;
+        let fd_link: FdLink = pinned.into();
+        let attach_error = |source| DatapathError::Attach {
+            interface: existing.interface.clone(),
+            mode: existing.mode.as_str(),
+            source,
+        };
+        let link = XdpLink::try_from(fd_link)
+            .map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))?;
+        let program = xdp_program(&mut self.ebpf)?;
+        let id = program.attach_to_link(link).map_err(attach_error)?;
+        // The pin keeps the link (and so the attachment) alive; our handle can go.
+        drop(program.take_link(id).map_err(attach_error)?);
+        Ok(())
+    }
+
+    fn attach_new(&mut self, interface: &str, mode: AttachedMode) -> Result<()> {
+        let attach_error = |source| DatapathError::Attach {
+            interface: interface.to_owned(),
+            mode: mode.as_str(),
+            source,
+        };
+        let program = xdp_program(&mut self.ebpf)?;
+        let id = program
+            .attach(interface, mode.xdp_mode())
+            .map_err(attach_error)?;
+        let link = program.take_link(id).map_err(attach_error)?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))?;
+        let pin = links_dir(&self.bpffs_dir).join(format!("{interface}.{}", mode.as_str()));
+        fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Replaces what is enforced with `compiled`, atomically for packets: the
+    /// idle generation is filled, then made live with one map write.
+    /// `fresh_slots` are slots newly given to an order id; their counters are
+    /// zeroed first so a reused slot does not inherit counts.
+    pub fn apply(&mut self, compiled: &Compiled, fresh_slots: &[u32]) -> Result<ApplyStats> {
+        let capacity = self.maps.capacity;
+        for (family, count) in [("IPv4", compiled.v4.len()), ("IPv6", compiled.v6.len())] {
+            if count > capacity as usize {
+                return Err(DatapathError::Capacity {
+                    family,
+                    count,
+                    capacity,
+                });
+            }
+        }
+        self.maps.zero_counters(fresh_slots)?;
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+        let live = self.maps.generation()?;
+        let idle = 1 - live;
+        self.maps.clear(idle as usize)?;
+        self.maps.fill(idle as usize, compiled)?;
+        self.maps.set_generation(idle)?;
+        self.last_flip = Some(Instant::now());
+        Ok(ApplyStats {
+            ipv4: compiled.v4.len(),
+            ipv6: compiled.v6.len(),
+            generation: idle,
+        })
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN and returns
+    /// the XDP action (1 = XDP_DROP, 2 = XDP_PASS).
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+        self.test_run_repeat(frame, 1).map(|(action, _)| action)
+    }
+
+    /// Runs the program `repeat` times on `frame`; returns the action and the
+    /// kernel's mean duration per run.
+    pub fn test_run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let program = xdp_program(&mut self.ebpf)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        options.repeat = repeat;
+        let result = program.test_run(options).map_err(DatapathError::Program)?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| DatapathError::Missing {
+            what: "program",
+            name: PROGRAM_NAME.to_owned(),
+        })?;
+    program.try_into().map_err(DatapathError::Program)
+}
+
+fn maps_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("maps")
+}
+
+fn links_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is a valid C string.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// The attachments pinned under `bpffs_dir/links`.
+pub fn attachments(bpffs_dir: &Path) -> Result<Vec<Attachment>> {
+    let dir = links_dir(bpffs_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io_err(&dir)(err)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let name = entry.file_name();
+        let Some((interface, mode)) = name.to_str().and_then(|n| n.rsplit_once('.')) else {
+            continue;
+        };
+        if let Some(mode) = AttachedMode::parse(mode) {
+            found.push(Attachment {
+                interface: interface.to_owned(),
+                mode,
+                pin: entry.path(),
+            });
+        }
+    }
+    found.sort_by(|a, b| a.interface.cmp(&b.interface));
+    Ok(found)
+}
+
+/// Removes every link, the program and the maps pinned under `bpffs_dir`:
+/// enforcement ends. Returns the interfaces that were detached.
+pub fn detach(bpffs_dir: &Path) -> Result<Vec<String>> {
+    let detached = attachments(bpffs_dir)?;
+    for attachment in &detached {
+        fs::remove_file(&attachment.pin).map_err(io_err(&attachment.pin))?;
+    }
+    for path in [links_dir(bpffs_dir), bpffs_dir.join("prog"), maps_dir(bpffs_dir)] {
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err(&path)(err)),
+        }
+    }
+    match fs::remove_dir(bpffs_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_err(bpffs_dir)(err)),
+    }
+    Ok(detached.into_iter().map(|a| a.interface).collect())
+}

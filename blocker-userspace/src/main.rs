@@ -1,3 +1,4 @@
-fn main() {
-    println!("{}", blocker::datapath::PROGRAM.len());
+//! The `blocker` binary: everything is in the library's `cli` module.
+fn main() -> std::process::ExitCode {
+    blocker::cli::main()
 }

@@ -1,1 +1,156 @@
-//! TODO
+//! minisign (Ed25519) verification of the feed, as the stock
+//! `minisign -S -m FEED` signs it (prehashed signatures; legacy ones too).
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error("public key {path}: cannot read it: {source}")]
+    KeyUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "public key {origin}: not a minisign public key (expected the file `minisign -G` writes: a comment line, then base64)"
+    )]
+    KeyMalformed { origin: String },
+    #[error(
+        "signature is malformed or truncated: expected the four lines `minisign -S` writes"
+    )]
+    SignatureMalformed,
+    #[error(
+        "signed by another key (key id differs from the configured public key): check feed.public_key or ask the regulator"
+    )]
+    KeyMismatch,
+    #[error(
+        "signature does not verify: the feed was altered after signing, or the signature belongs to another file"
+    )]
+    Invalid,
+}
+
+/// The regulator's public key.
+pub struct PublicKey(minisign_verify::PublicKey);
+
+impl PublicKey {
+    pub fn from_file(path: &Path) -> Result<Self, SignatureError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            SignatureError::KeyUnreadable {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        minisign_verify::PublicKey::decode(&text)
+            .or_else(|_| minisign_verify::PublicKey::from_base64(text.trim()))
+            .map(Self)
+            .map_err(|_| SignatureError::KeyMalformed {
+                origin: path.display().to_string(),
+            })
+    }
+
+    pub fn from_base64(text: &str) -> Result<Self, SignatureError> {
+        minisign_verify::PublicKey::from_base64(text.trim())
+            .map(Self)
+            .map_err(|_| SignatureError::KeyMalformed {
+                origin: "(base64)".to_owned(),
+            })
+    }
+}
+
+/// Verifies `signature` (the content of `FEED.minisig`) over `feed`.
+pub fn verify(public_key: &PublicKey, feed: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+    let text = std::str::from_utf8(signature).map_err(|_| SignatureError::SignatureMalformed)?;
+    let signature = minisign_verify::Signature::decode(text)
+        .map_err(|_| SignatureError::SignatureMalformed)?;
+    public_key
+        .0
+        .verify(feed, &signature, true)
+        .map_err(|err| match err {
+            minisign_verify::Error::UnexpectedKeyId => SignatureError::KeyMismatch,
+            minisign_verify::Error::InvalidEncoding => SignatureError::SignatureMalformed,
+            _ => SignatureError::Invalid,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    struct Keys {
+        dir: PathBuf,
+    }
+
+    impl Keys {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("blocker-sig-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let status = Command::new("minisign")
+                .args(["-G", "-W", "-f", "-p"])
+                .arg(dir.join("k.pub"))
+                .arg("-s")
+                .arg(dir.join("k.key"))
+                .output()
+                .expect("the stock `minisign` tool must be installed (cargo xtask setup)");
+            assert!(status.status.success(), "minisign -G: {status:?}");
+            Self { dir }
+        }
+
+        fn sign(&self, file: &Path) -> Vec<u8> {
+            let out = Command::new("minisign")
+                .arg("-S")
+                .arg("-s")
+                .arg(self.dir.join("k.key"))
+                .arg("-m")
+                .arg(file)
+                .output()
+                .expect("minisign -S");
+            assert!(out.status.success(), "minisign -S: {out:?}");
+            let mut sig = file.as_os_str().to_owned();
+            sig.push(".minisig");
+            std::fs::read(PathBuf::from(sig)).expect("signature file")
+        }
+
+        fn public(&self) -> PublicKey {
+            PublicKey::from_file(&self.dir.join("k.pub")).expect("public key")
+        }
+    }
+
+    impl Drop for Keys {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn stock_minisign_signatures_verify_and_tampering_does_not() {
+        let keys = Keys::new("a");
+        let other = Keys::new("b");
+        let feed = keys.dir.join("feed.yaml");
+        std::fs::write(&feed, b"format: blocker-feed/v1\nserial: 1\n").expect("write");
+        let sig = keys.sign(&feed);
+        let content = std::fs::read(&feed).expect("read");
+        verify(&keys.public(), &content, &sig).expect("good signature");
+
+        let mut altered = content.clone();
+        altered.extend_from_slice(b"# x\n");
+        assert!(matches!(
+            verify(&keys.public(), &altered, &sig),
+            Err(SignatureError::Invalid)
+        ));
+        assert!(matches!(
+            verify(&other.public(), &content, &sig),
+            Err(SignatureError::KeyMismatch)
+        ));
+        let truncated = &sig[..sig.len() / 2];
+        assert!(verify(&keys.public(), &content, truncated).is_err());
+        assert!(matches!(
+            verify(&keys.public(), &content, b"garbage"),
+            Err(SignatureError::SignatureMalformed)
+        ));
+        assert!(PublicKey::from_file(&keys.dir.join("missing.pub")).is_err());
+        assert!(PublicKey::from_base64("not a key").is_err());
+    }
+}

@@ -1,3 +1,501 @@
-//! The order feed: parse and validate (contract §1).
+//! The order feed (contract §1): parse and validate bytes into a [`Feed`].
+//!
+//! Validation reports *every* problem, each with the order it belongs to and
+//! what to fix. Guardrails that depend on the operator (rung breadth,
+//! protected prefixes, max_prefixes) are not checked here: see `policy`.
+
 mod model;
+
+use std::{collections::BTreeSet, fmt, net::IpAddr};
+
+use ipnetwork::IpNetwork;
 pub use model::*;
+use serde::Deserialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// The only format this build reads.
+pub const FORMAT: &str = "blocker-feed/v1";
+/// Largest feed document accepted, whatever the transport allowed.
+pub const MAX_FEED_BYTES: usize = 64 * 1024 * 1024;
+/// Deepest nesting a feed needs is 4 (feed → orders → order → targets).
+const MAX_DEPTH: usize = 16;
+const MAX_ID_LEN: usize = 64;
+const MAX_REFERENCE_LEN: usize = 1024;
+
+/// One problem found in a feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The order id, or `orders[i]` when the id itself is unusable.
+    pub order: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(order) = &self.order {
+            write!(f, "order {order}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem of a feed that cannot be applied; one per line in Display.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FeedError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for FeedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+fn problem(order: Option<&str>, field: Option<&str>, message: impl Into<String>) -> Problem {
+    Problem {
+        order: order.map(str::to_owned),
+        field: field.map(str::to_owned),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    format: String,
+    serial: u64,
+    issued_at: String,
+    issuer: String,
+    orders: Vec<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrder {
+    id: String,
+    rung: Rung,
+    action: Action,
+    direction: Direction,
+    targets: Vec<String>,
+    status: Status,
+    #[serde(default)]
+    effective_from: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// Parses and validates a feed.
+pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
+    let whole = |message: String| FeedError {
+        problems: vec![problem(None, None, message)],
+    };
+    if bytes.len() > MAX_FEED_BYTES {
+        return Err(whole(format!(
+            "the feed is {} bytes, over the {MAX_FEED_BYTES}-byte limit",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        whole(format!(
+            "not UTF-8 (invalid byte at offset {}); the feed must be UTF-8 text",
+            e.valid_up_to()
+        ))
+    })?;
+    check_characters(text).map_err(whole)?;
+    check_no_anchors(text).map_err(whole)?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| whole(format!("not valid YAML: {e}")))?;
+    if depth(&value) > MAX_DEPTH {
+        return Err(whole(format!(
+            "nested deeper than {MAX_DEPTH} levels; a feed is a flat list of orders"
+        )));
+    }
+    let raw: RawFeed = serde_yaml::from_value(value)
+        .map_err(|e| whole(format!("{e} (see the feed format: format, serial, issued_at, issuer, orders)")))?;
+
+    let mut problems = Vec::new();
+    if raw.format != FORMAT {
+        problems.push(problem(
+            None,
+            Some("format"),
+            format!("{:?} is not supported; expected {FORMAT}", raw.format),
+        ));
+    }
+    let issued_at = parse_time(&raw.issued_at).unwrap_or_else(|message| {
+        problems.push(problem(None, Some("issued_at"), message));
+        OffsetDateTime::UNIX_EPOCH
+    });
+    if raw.issuer.trim().is_empty() {
+        problems.push(problem(None, Some("issuer"), "must not be empty"));
+    }
+    let mut orders = Vec::with_capacity(raw.orders.len());
+    let mut seen = BTreeSet::new();
+    for (index, value) in raw.orders.into_iter().enumerate() {
+        if let Some(order) = parse_order(index, value, &mut problems) {
+            if !seen.insert(order.id.clone()) {
+                problems.push(problem(
+                    Some(&order.id),
+                    Some("id"),
+                    "duplicate order id; every order needs its own id",
+                ));
+            }
+            orders.push(order);
+        }
+    }
+    if problems.is_empty() {
+        Ok(Feed {
+            serial: raw.serial,
+            issued_at,
+            issuer: raw.issuer,
+            orders,
+        })
+    } else {
+        Err(FeedError { problems })
+    }
+}
+
+fn parse_order(index: usize, value: serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Order> {
+    let position = format!("orders[{index}]");
+    // Name the order by its id when the id is usable, even if the rest fails.
+    let id_hint = value
+        .get("id")
+        .and_then(serde_yaml::Value::as_str)
+        .filter(|id| valid_id(id))
+        .map_or_else(|| position.clone(), str::to_owned);
+    let raw: RawOrder = match serde_yaml::from_value(value) {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(problem(Some(&id_hint), None, e.to_string()));
+            return None;
+        }
+    };
+    let before = problems.len();
+    if !valid_id(&raw.id) {
+        problems.push(problem(
+            Some(&position),
+            Some("id"),
+            format!(
+                "{:?} is not a valid id: use 1 to {MAX_ID_LEN} ASCII characters from A-Z a-z 0-9 . _ : -",
+                raw.id
+            ),
+        ));
+    }
+    let name = id_hint.as_str();
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    if raw.targets.is_empty() {
+        problems.push(problem(Some(name), Some("targets"), "an order needs at least one target"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, target) in raw.targets.iter().enumerate() {
+        let field = format!("targets[{i}]");
+        match parse_target(target) {
+            Ok(prefix) => {
+                if !seen.insert(prefix) {
+                    problems.push(problem(Some(name), Some(&field), format!("{prefix} is listed twice")));
+                }
+                targets.push(prefix);
+            }
+            Err(message) => problems.push(problem(Some(name), Some(&field), message)),
+        }
+    }
+    let mut time_field = |field: &str, text: &Option<String>| {
+        text.as_deref().and_then(|t| match parse_time(t) {
+            Ok(at) => Some(at),
+            Err(message) => {
+                problems.push(problem(Some(name), Some(field), message));
+                None
+            }
+        })
+    };
+    let effective_from = time_field("effective_from", &raw.effective_from);
+    let expires_at = time_field("expires_at", &raw.expires_at);
+    if let (Some(from), Some(until)) = (effective_from, expires_at)
+        && from >= until
+    {
+        problems.push(problem(
+            Some(name),
+            Some("expires_at"),
+            "must be later than effective_from (the order would never be in force)",
+        ));
+    }
+    if let Some(reference) = &raw.reference
+        && reference.chars().count() > MAX_REFERENCE_LEN
+    {
+        problems.push(problem(
+            Some(name),
+            Some("reference"),
+            format!("longer than {MAX_REFERENCE_LEN} characters"),
+        ));
+    }
+    (problems.len() == before).then(|| Order {
+        id: raw.id,
+        rung: raw.rung,
+        action: raw.action,
+        direction: raw.direction,
+        targets,
+        status: raw.status,
+        effective_from,
+        expires_at,
+        reference: raw.reference,
+    })
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// An address (a /32 or /128) or a prefix without host bits.
+fn parse_target(text: &str) -> Result<IpNetwork, String> {
+    let trimmed = text.trim();
+    if let Ok(addr) = trimmed.parse::<IpAddr>() {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        return IpNetwork::new(addr, len).map_err(|e| e.to_string());
+    }
+    let Some((addr, len)) = trimmed.split_once('/') else {
+        return Err(format!("{text:?} is not an IP address or prefix"));
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|&l| l <= max)
+        .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
+    let prefix = IpNetwork::new(addr, len).map_err(|e| format!("{text:?}: {e}"))?;
+    if prefix.network() != addr {
+        return Err(format!(
+            "{text} has host bits set; did you mean {}/{len}?",
+            prefix.network()
+        ));
+    }
+    Ok(prefix)
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text.trim(), &Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}); write e.g. 2026-11-24T12:00:00Z"))
+}
+
+/// Control characters other than tab, newline and carriage return are never
+/// part of a feed; a zero-width character is refused too (it hides in ids).
+fn check_characters(text: &str) -> Result<(), String> {
+    for (line, content) in text.lines().enumerate() {
+        if let Some(c) = content.chars().find(|&c| {
+            (c.is_control() && c != '\t' && c != '\r')
+                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+        }) {
+            return Err(format!(
+                "line {}: character U+{:04X} is not allowed in a feed",
+                line + 1,
+                u32::from(c)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses YAML anchors and aliases (`&a`, `*a`) where a node starts: a feed
+/// never needs them, and alias expansion is the classic YAML bomb.
+fn check_no_anchors(text: &str) -> Result<(), String> {
+    for (line_no, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut node_start = true;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None => {
+                    if c == '#' && (prev == ' ' || prev == '\t' || node_start) {
+                        break;
+                    }
+                    if node_start && (c == '&' || c == '*') {
+                        return Err(format!(
+                            "line {}: YAML anchors and aliases ({c}...) are not allowed in a feed",
+                            line_no + 1
+                        ));
+                    }
+                    if (c == '"' || c == '\'') && node_start {
+                        quote = Some(c);
+                        node_start = false;
+                    } else if matches!(c, '[' | '{' | ',' | '-' | '?') && (node_start || prev == ' ') {
+                        node_start = true;
+                    } else if c == ':' {
+                        node_start = true;
+                    } else if c == ' ' || c == '\t' {
+                        // whitespace keeps the current state
+                    } else {
+                        node_start = false;
+                    }
+                }
+            }
+            prev = c;
+        }
+    }
+    Ok(())
+}
+
+fn depth(value: &serde_yaml::Value) -> usize {
+    match value {
+        serde_yaml::Value::Sequence(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_yaml::Value::Mapping(map) => {
+            1 + map
+                .iter()
+                .map(|(k, v)| depth(k).max(depth(v)))
+                .max()
+                .unwrap_or(0)
+        }
+        serde_yaml::Value::Tagged(tagged) => 1 + depth(&tagged.value),
+        _ => 0,
+    }
+}
+
+/// Writes a feed in the contract's format (for tests, demos and tools).
+pub fn to_yaml(feed: &Feed) -> String {
+    let time = |at: OffsetDateTime| at.format(&Rfc3339).unwrap_or_default();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out = format!(
+        "format: {FORMAT}\nserial: {}\nissued_at: {}\nissuer: {}\norders:",
+        feed.serial,
+        time(feed.issued_at),
+        quote(&feed.issuer)
+    );
+    if feed.orders.is_empty() {
+        out.push_str(" []\n");
+        return out;
+    }
+    out.push('\n');
+    for order in &feed.orders {
+        out.push_str(&format!(
+            "  - id: {}\n    rung: {}\n    action: {}\n    direction: {}\n    status: {}\n    targets:\n",
+            order.id, order.rung, order.action, order.direction, order.status
+        ));
+        for target in &order.targets {
+            out.push_str(&format!("      - {target}\n"));
+        }
+        if let Some(at) = order.effective_from {
+            out.push_str(&format!("    effective_from: {}\n", time(at)));
+        }
+        if let Some(at) = order.expires_at {
+            out.push_str(&format!("    expires_at: {}\n", time(at)));
+        }
+        if let Some(reference) = &order.reference {
+            out.push_str(&format!("    reference: {}\n", quote(reference)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"format: blocker-feed/v1
+serial: 42                         # u64; every new feed has a larger serial
+issued_at: 2026-11-24T10:00:00Z    # RFC 3339
+issuer: ATKM
+orders:
+  - id: ATKM-2026-0001
+    rung: server
+    action: drop
+    direction: both
+    targets:
+      - 203.0.113.7/32
+      - 2001:db8:7::/64
+    status: active
+    effective_from: 2026-11-24T12:00:00Z
+    expires_at: 2027-01-05T12:00:00Z
+    reference: "Aanwijzing 2026/0001 & co"
+"#;
+
+    fn errors(text: &str) -> String {
+        parse(text.as_bytes()).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn the_contract_example_parses_and_round_trips() {
+        let feed = parse(EXAMPLE.as_bytes()).expect("example");
+        assert_eq!(feed.serial, 42);
+        let order = &feed.orders[0];
+        assert_eq!(order.targets.len(), 2);
+        assert_eq!(order.direction, Direction::Both);
+        assert_eq!(order.reference.as_deref(), Some("Aanwijzing 2026/0001 & co"));
+        let again = parse(to_yaml(&feed).as_bytes()).expect("round trip");
+        assert_eq!(again, feed);
+    }
+
+    #[test]
+    fn a_bare_address_is_a_host_prefix() {
+        let text = EXAMPLE.replace("203.0.113.7/32", "203.0.113.7");
+        let feed = parse(text.as_bytes()).expect("bare");
+        assert_eq!(feed.orders[0].targets[0].to_string(), "203.0.113.7/32");
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_order() {
+        let text = EXAMPLE
+            .replace("203.0.113.7/32", "203.0.113.7/24")
+            .replace("2027-01-05", "2026-01-05");
+        let err = errors(&text);
+        assert!(err.contains("order ATKM-2026-0001: targets[0]: 203.0.113.7/24 has host bits set; did you mean 203.0.113.0/24?"), "{err}");
+        assert!(err.contains("expires_at"), "{err}");
+        assert_eq!(err.lines().count(), 2, "{err}");
+    }
+
+    #[test]
+    fn refusals() {
+        for (text, needle) in [
+            (EXAMPLE.replace("rung: server", "rung: server\n    colour: red"), "colour"),
+            (EXAMPLE.replace("issuer: ATKM", "issuer: ATKM\nextra: 1"), "extra"),
+            (EXAMPLE.replace("action: drop", "action: block"), "block"),
+            (EXAMPLE.replace("blocker-feed/v1", "blocker-feed/v2"), "format"),
+            (EXAMPLE.replace("serial: 42", "serial: -1"), "serial"),
+            (EXAMPLE.replace("ATKM-2026-0001", "ATKM 2026"), "not a valid id"),
+            (EXAMPLE.replace("ATKM-2026-0001", "ATKM\u{200B}2026"), "U+200B"),
+            (EXAMPLE.replace("ATKM-2026-0001", "АТКМ-1"), "not a valid id"),
+            (EXAMPLE.replace("2001:db8:7::/64", "2001:db8:7::/129"), "prefix length"),
+            (EXAMPLE.replace("2001:db8:7::/64", "203.0.113.7/32"), "listed twice"),
+            (EXAMPLE.replace("2026-11-24T12:00:00Z", "tomorrow"), "RFC 3339"),
+            (format!("{EXAMPLE}{}", &EXAMPLE[EXAMPLE.find("  - id").expect("order")..]), "duplicate"),
+            ("a: &x [1]\nb: *x\n".to_owned(), "anchors"),
+            ("format: [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]\n".to_owned(), "nested"),
+            ("{ unclosed".to_owned(), "YAML"),
+            ("- a list\n".to_owned(), "invalid type"),
+            (EXAMPLE.replace("targets:\n      - 203.0.113.7/32\n      - 2001:db8:7::/64", "targets: []"), "at least one target"),
+        ] {
+            let err = errors(&text);
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let err = parse(b"\xff\xfe").expect_err("binary").to_string();
+        assert!(err.contains("UTF-8"), "{err}");
+        let err = parse(b"a: \x07").expect_err("bell").to_string();
+        assert!(err.contains("U+0007"), "{err}");
+    }
+
+    #[test]
+    fn ampersands_in_text_are_not_anchors() {
+        let text = EXAMPLE.replace("\"Aanwijzing 2026/0001 & co\"", "Aanwijzing & co *urgent*");
+        let feed = parse(text.as_bytes()).expect("plain text with & and *");
+        assert_eq!(feed.orders[0].reference.as_deref(), Some("Aanwijzing & co *urgent*"));
+    }
+}
