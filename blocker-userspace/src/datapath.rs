@@ -6,7 +6,7 @@
 //! generation before flipping the live one. [`Maps`] is the map set alone,
 //! which `status` and `check` open from the pins without loading anything.
 //!
-//! Layout under `bpffs_dir`: `maps/<NAME>`, `prog`, `links/<interface>.<mode>`.
+//! Layout under `bpffs_dir`: `maps/<NAME>`, `prog`, `links/<mode>/<interface>`.
 
 use std::{
     fs, io,
@@ -48,7 +48,7 @@ const GENERATION_GRACE: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
-        "{path} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or set bpffs_dir below it"
+        "{path} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or set bpffs_dir below it. (`ip netns exec` hides /sys/fs/bpf by remounting /sys: enter a namespace with `nsenter --net=/run/netns/NAME` instead)"
     )]
     NotBpffs { path: PathBuf },
     #[error("{path}: {source}")]
@@ -117,14 +117,6 @@ impl AttachedMode {
         match self {
             AttachedMode::Native => "native",
             AttachedMode::Generic => "generic",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "native" => Some(AttachedMode::Native),
-            "generic" => Some(AttachedMode::Generic),
-            _ => None,
         }
     }
 
@@ -359,13 +351,14 @@ impl Datapath {
     /// attach and does not change what is enforced.
     pub fn open(bpffs_dir: &Path, max_prefixes: u32) -> Result<Self> {
         let maps_dir = maps_dir(bpffs_dir);
-        fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
-        fs::create_dir_all(links_dir(bpffs_dir)).map_err(io_err(bpffs_dir))?;
-        if !is_bpffs(&maps_dir) {
+        let existing = bpffs_dir.ancestors().find(|p| p.exists()).unwrap_or(bpffs_dir);
+        if !is_bpffs(existing) {
             return Err(DatapathError::NotBpffs {
                 path: bpffs_dir.to_owned(),
             });
         }
+        fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        fs::create_dir_all(links_dir(bpffs_dir)).map_err(io_err(bpffs_dir))?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         for name in map_names::V4.into_iter().chain(map_names::V6) {
@@ -477,7 +470,9 @@ impl Datapath {
         let link = program.take_link(id).map_err(attach_error)?;
         let fd_link = FdLink::try_from(link)
             .map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))?;
-        let pin = links_dir(&self.bpffs_dir).join(format!("{interface}.{}", mode.as_str()));
+        let dir = links_dir(&self.bpffs_dir).join(mode.as_str());
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let pin = dir.join(interface);
         fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
             path: pin.clone(),
             source,
@@ -570,27 +565,26 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// The attachments pinned under `bpffs_dir/links`.
+/// The attachments pinned under `bpffs_dir/links/<mode>/<interface>`
+/// (bpffs refuses names with dots, so the mode is a directory).
 pub fn attachments(bpffs_dir: &Path) -> Result<Vec<Attachment>> {
-    let dir = links_dir(bpffs_dir);
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(io_err(&dir)(err)),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err(&dir))?;
-        let name = entry.file_name();
-        let Some((interface, mode)) = name.to_str().and_then(|n| n.rsplit_once('.')) else {
-            continue;
+    for mode in [AttachedMode::Native, AttachedMode::Generic] {
+        let dir = links_dir(bpffs_dir).join(mode.as_str());
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io_err(&dir)(err)),
         };
-        if let Some(mode) = AttachedMode::parse(mode) {
-            found.push(Attachment {
-                interface: interface.to_owned(),
-                mode,
-                pin: entry.path(),
-            });
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            if let Some(interface) = entry.file_name().to_str() {
+                found.push(Attachment {
+                    interface: interface.to_owned(),
+                    mode,
+                    pin: entry.path(),
+                });
+            }
         }
     }
     found.sort_by(|a, b| a.interface.cmp(&b.interface));

@@ -121,6 +121,21 @@ impl EnvError {
     fn new(message: impl std::fmt::Display) -> Self {
         Self(message.to_string())
     }
+
+    /// An error with its whole chain of causes: `a: b: c`.
+    fn chain(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Self(text)
+    }
 }
 
 pub fn main() -> ExitCode {

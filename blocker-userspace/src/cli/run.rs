@@ -23,7 +23,7 @@ pub(super) fn run(config_path: &Path) -> Result<Exit, EnvError> {
         .map_err(|e| EnvError::new(format!("starting the runtime: {e}")))?;
     runtime
         .block_on(daemon::run(config, shutdown_signal()))
-        .map_err(EnvError::new)?;
+        .map_err(|e| EnvError::chain(&e))?;
     Ok(Exit::Ok)
 }
 
