@@ -10,7 +10,6 @@
 #![no_std]
 #![no_main]
 
-
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::{map, xdp},
@@ -20,9 +19,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use blocker_common::{
-    Control, MAX_ORDERS, Match, OrderCounters, PrefixEntry, STAT_COUNT, Stat,
-};
+use blocker_common::{Control, MAX_ORDERS, Match, OrderCounters, PrefixEntry, STAT_COUNT, Stat};
 
 /// Default capacity of each lookup table; the controller sets the real one
 /// (`guardrails.max_prefixes`) at load time.

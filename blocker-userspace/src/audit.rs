@@ -145,7 +145,12 @@ mod tests {
         assert_eq!(lines[0]["order"], "ATKM-1");
         assert_eq!(lines[0]["serial"], 3);
         assert_eq!(lines[1]["event"], "daemon_stop");
-        assert!(lines[1]["time"].as_str().expect("time").starts_with("2026-"));
+        assert!(
+            lines[1]["time"]
+                .as_str()
+                .expect("time")
+                .starts_with("2026-")
+        );
         std::fs::remove_file(&path).expect("cleanup");
     }
 }

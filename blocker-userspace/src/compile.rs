@@ -143,7 +143,12 @@ struct Best<'a> {
 
 fn better<'a>(current: Option<Best<'a>>, candidate: Best<'a>) -> Option<Best<'a>> {
     match current {
-        Some(c) if (c.prefix_len, std::cmp::Reverse(c.id)) >= (candidate.prefix_len, std::cmp::Reverse(candidate.id)) => Some(c),
+        Some(c)
+            if (c.prefix_len, std::cmp::Reverse(c.id))
+                >= (candidate.prefix_len, std::cmp::Reverse(candidate.id)) =>
+        {
+            Some(c)
+        }
         _ => Some(candidate),
     }
 }
@@ -408,10 +413,22 @@ mod tests {
         ];
         let refs: Vec<&Order> = orders.iter().collect();
         let c = compile(&refs, Enforcement::Enforce, &SlotTable::new()).expect("compile");
-        assert_eq!(verdict(&c, "198.51.100.1", "203.0.113.7"), Some(("A".into(), Action::Drop)));
-        assert_eq!(verdict(&c, "203.0.113.7", "198.51.100.1"), Some(("B".into(), Action::Drop)));
-        assert_eq!(verdict(&c, "198.51.100.9", "203.0.113.7"), Some(("A".into(), Action::Drop)));
-        assert_eq!(verdict(&c, "198.51.100.9", "192.0.2.1"), Some(("S".into(), Action::Drop)));
+        assert_eq!(
+            verdict(&c, "198.51.100.1", "203.0.113.7"),
+            Some(("A".into(), Action::Drop))
+        );
+        assert_eq!(
+            verdict(&c, "203.0.113.7", "198.51.100.1"),
+            Some(("B".into(), Action::Drop))
+        );
+        assert_eq!(
+            verdict(&c, "198.51.100.9", "203.0.113.7"),
+            Some(("A".into(), Action::Drop))
+        );
+        assert_eq!(
+            verdict(&c, "198.51.100.9", "192.0.2.1"),
+            Some(("S".into(), Action::Drop))
+        );
         assert_eq!(verdict(&c, "192.0.2.1", "198.51.100.9"), None);
     }
 
@@ -447,7 +464,11 @@ mod tests {
         (
             0u8..6,
             prop_oneof![Just(Action::Drop), Just(Action::Monitor)],
-            prop_oneof![Just(Direction::Dst), Just(Direction::Src), Just(Direction::Both)],
+            prop_oneof![
+                Just(Direction::Dst),
+                Just(Direction::Src),
+                Just(Direction::Both)
+            ],
             prop::collection::vec(prop_oneof![universe_v4(), universe_v6()], 1..4),
         )
             .prop_map(|(id, action, direction, targets)| {

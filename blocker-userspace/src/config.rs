@@ -289,14 +289,13 @@ impl Config {
                 ));
             }
             if !names.insert(interface.name.as_str()) {
-                return Err(invalid(
-                    &key,
-                    format!("{} is listed twice", interface.name),
-                ));
+                return Err(invalid(&key, format!("{} is listed twice", interface.name)));
             }
         }
         let url = &self.feed.url;
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://"))
+        if !(url.starts_with("https://")
+            || url.starts_with("http://")
+            || url.starts_with("file://"))
         {
             return Err(invalid(
                 "feed.url",
@@ -306,7 +305,9 @@ impl Config {
         if url.starts_with("file://") && self.feed.file_path().is_none() {
             return Err(invalid(
                 "feed.url",
-                format!("{url:?}: a file URL needs an absolute path, e.g. file:///etc/blocker/feed.yaml"),
+                format!(
+                    "{url:?}: a file URL needs an absolute path, e.g. file:///etc/blocker/feed.yaml"
+                ),
             ));
         }
         if self.feed.poll_interval < Duration::from_secs(1) {
@@ -339,9 +340,10 @@ impl Config {
         let defaults = Guardrails::default();
         for rung in [Rung::Server, Rung::Rack, Rung::Datacenter] {
             let limit = self.guardrails.rungs.get(rung);
-            for (value, ipv6, family, max) in
-                [(limit.ipv4, false, "ipv4", 32u8), (limit.ipv6, true, "ipv6", 128u8)]
-            {
+            for (value, ipv6, family, max) in [
+                (limit.ipv4, false, "ipv4", 32u8),
+                (limit.ipv6, true, "ipv6", 128u8),
+            ] {
                 let Some(value) = value else { continue };
                 let default = defaults.min_prefix_len(rung, ipv6);
                 if value < default || value > max {
@@ -410,7 +412,9 @@ mod tests {
 
     #[test]
     fn rung_limits_may_tighten() {
-        let yaml = format!("{MINIMAL}guardrails: {{rungs: {{server: {{ipv4: 31}}, rack: {{ipv6: 56}}}}}}\n");
+        let yaml = format!(
+            "{MINIMAL}guardrails: {{rungs: {{server: {{ipv4: 31}}, rack: {{ipv6: 56}}}}}}\n"
+        );
         let config = Config::from_yaml_str(&yaml, "t").expect("tightened");
         let g = config.guardrails.to_policy();
         assert_eq!(g.min_prefix_len(Rung::Server, false), 31);

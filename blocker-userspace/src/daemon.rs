@@ -24,7 +24,7 @@ use crate::{
     policy::{self, Evaluation, Guardrails, OrderState},
     signature::{self, PublicKey},
     state::{SavedFeed, StateDir, StateError, SyncStatus},
-    sync::{Fetch, FeedSource, Fetched, SyncError},
+    sync::{FeedSource, Fetch, Fetched, SyncError},
 };
 
 /// How often a `file://` feed is checked for changes (a stat, no read).
@@ -325,11 +325,13 @@ impl Daemon {
             detail: err.to_string(),
         })?;
         let in_force: Vec<_> = evaluation.in_force().collect();
-        let compiled = compile::compile(&in_force, self.config.enforcement, &self.slots)
-            .map_err(|err| Refusal {
-                reason: "apply",
-                serial: Some(serial),
-                detail: err.to_string(),
+        let compiled =
+            compile::compile(&in_force, self.config.enforcement, &self.slots).map_err(|err| {
+                Refusal {
+                    reason: "apply",
+                    serial: Some(serial),
+                    detail: err.to_string(),
+                }
             })?;
         let fresh: Vec<u32> = compiled
             .orders
@@ -510,8 +512,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.metrics.listen,
             source,
         })?;
-    let mut daemon =
-        tokio::task::block_in_place(|| Daemon::start(config, Arc::clone(&metrics)))?;
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(config, Arc::clone(&metrics)))?;
     let mut server = tokio::spawn(Arc::clone(&metrics).serve_on(listener));
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     tokio::pin!(shutdown);
@@ -550,7 +551,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     daemon.stop();
     server.abort();
-    tracing::info!(serial = daemon.serial(), "stopped; enforcement stays pinned");
+    tracing::info!(
+        serial = daemon.serial(),
+        "stopped; enforcement stays pinned"
+    );
     Ok(())
 }
 

@@ -269,10 +269,12 @@ impl Maps {
             source,
         })?;
         for &slot in slots {
-            let zeros = PerCpuValues::try_from(vec![OrderCounters::default(); cpus])
-                .map_err(|source| DatapathError::Io {
-                    path: PathBuf::from("per-CPU values"),
-                    source,
+            let zeros =
+                PerCpuValues::try_from(vec![OrderCounters::default(); cpus]).map_err(|source| {
+                    DatapathError::Io {
+                        path: PathBuf::from("per-CPU values"),
+                        source,
+                    }
                 })?;
             self.counters
                 .set(slot, zeros, 0)
@@ -326,7 +328,6 @@ impl Maps {
             )
             .map_err(map_err(map_names::CONTROL))
     }
-
 }
 
 /// Deleting a key that a concurrent iteration already saw gone is fine.
@@ -351,7 +352,10 @@ impl Datapath {
     /// attach and does not change what is enforced.
     pub fn open(bpffs_dir: &Path, max_prefixes: u32) -> Result<Self> {
         let maps_dir = maps_dir(bpffs_dir);
-        let existing = bpffs_dir.ancestors().find(|p| p.exists()).unwrap_or(bpffs_dir);
+        let existing = bpffs_dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(bpffs_dir);
         if !is_bpffs(existing) {
             return Err(DatapathError::NotBpffs {
                 path: bpffs_dir.to_owned(),
@@ -374,10 +378,12 @@ impl Datapath {
         if prog_pin.exists() {
             fs::remove_file(&prog_pin).map_err(io_err(&prog_pin))?;
         }
-        program.pin(&prog_pin).map_err(|source| DatapathError::Pin {
-            path: prog_pin.clone(),
-            source,
-        })?;
+        program
+            .pin(&prog_pin)
+            .map_err(|source| DatapathError::Pin {
+                path: prog_pin.clone(),
+                source,
+            })?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         Ok(Self {
             ebpf,
@@ -598,7 +604,11 @@ pub fn detach(bpffs_dir: &Path) -> Result<Vec<String>> {
     for attachment in &detached {
         fs::remove_file(&attachment.pin).map_err(io_err(&attachment.pin))?;
     }
-    for path in [links_dir(bpffs_dir), bpffs_dir.join("prog"), maps_dir(bpffs_dir)] {
+    for path in [
+        links_dir(bpffs_dir),
+        bpffs_dir.join("prog"),
+        maps_dir(bpffs_dir),
+    ] {
         let removed = if path.is_dir() {
             fs::remove_dir_all(&path)
         } else {

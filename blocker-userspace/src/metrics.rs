@@ -10,9 +10,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use prometheus::{
-    Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     datapath::Maps,
@@ -223,7 +221,8 @@ impl Metrics {
     }
 
     pub fn set_feed(&self, serial: u64, synced_at_unix: i64) {
-        self.feed_serial.set(i64::try_from(serial).unwrap_or(i64::MAX));
+        self.feed_serial
+            .set(i64::try_from(serial).unwrap_or(i64::MAX));
         self.feed_last_success.set(synced_at_unix);
     }
 

@@ -159,7 +159,10 @@ pub fn evaluate(
                 Status::Suspended => OrderState::Suspended,
                 Status::Withdrawn => OrderState::Withdrawn,
                 Status::Active => {
-                    for at in [order.effective_from, order.expires_at].into_iter().flatten() {
+                    for at in [order.effective_from, order.expires_at]
+                        .into_iter()
+                        .flatten()
+                    {
                         if at > now && next_change.is_none_or(|n| at < n) {
                             next_change = Some(at);
                         }
@@ -233,9 +236,15 @@ mod tests {
         let f = feed(vec![o]);
         let g = Guardrails::default();
         let state = |at| evaluate(&f, &g, at).expect("eval").orders[0].state;
-        assert_eq!(state(from - time::Duration::seconds(1)), OrderState::Pending);
+        assert_eq!(
+            state(from - time::Duration::seconds(1)),
+            OrderState::Pending
+        );
         assert_eq!(state(from), OrderState::InForce);
-        assert_eq!(state(until - time::Duration::nanoseconds(1)), OrderState::InForce);
+        assert_eq!(
+            state(until - time::Duration::nanoseconds(1)),
+            OrderState::InForce
+        );
         assert_eq!(state(until), OrderState::Expired);
         let ev = evaluate(&f, &g, from - time::Duration::seconds(5)).expect("eval");
         assert_eq!(ev.next_change, Some(from));
@@ -250,8 +259,12 @@ mod tests {
         s.status = Status::Suspended;
         let mut w = order("W", Rung::Server, &["203.0.113.8/32"]);
         w.status = Status::Withdrawn;
-        let ev = evaluate(&feed(vec![s, w]), &Guardrails::default(), datetime!(2026-11-24 10:00 UTC))
-            .expect("eval");
+        let ev = evaluate(
+            &feed(vec![s, w]),
+            &Guardrails::default(),
+            datetime!(2026-11-24 10:00 UTC),
+        )
+        .expect("eval");
         assert_eq!(ev.count(OrderState::Suspended), 1);
         assert_eq!(ev.count(OrderState::Withdrawn), 1);
         assert_eq!(ev.in_force().count(), 0);
@@ -279,8 +292,16 @@ mod tests {
         assert_eq!(state("DC"), OrderState::InForce);
         assert_eq!(state("PROT"), OrderState::Refused);
         assert_eq!(state("INSIDE"), OrderState::Refused);
-        let reasons = &ev.orders.iter().find(|o| o.id == "PROT").expect("p").reasons;
-        assert!(reasons[0].contains("protected prefix 198.51.100.53/32"), "{reasons:?}");
+        let reasons = &ev
+            .orders
+            .iter()
+            .find(|o| o.id == "PROT")
+            .expect("p")
+            .reasons;
+        assert!(
+            reasons[0].contains("protected prefix 198.51.100.53/32"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

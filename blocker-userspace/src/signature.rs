@@ -15,9 +15,7 @@ pub enum SignatureError {
         "public key {origin}: not a minisign public key (expected the file `minisign -G` writes: a comment line, then base64)"
     )]
     KeyMalformed { origin: String },
-    #[error(
-        "signature is malformed or truncated: expected the four lines `minisign -S` writes"
-    )]
+    #[error("signature is malformed or truncated: expected the four lines `minisign -S` writes")]
     SignatureMalformed,
     #[error(
         "signed by another key (key id differs from the configured public key): check feed.public_key or ask the regulator"
@@ -34,12 +32,11 @@ pub struct PublicKey(minisign_verify::PublicKey);
 
 impl PublicKey {
     pub fn from_file(path: &Path) -> Result<Self, SignatureError> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            SignatureError::KeyUnreadable {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SignatureError::KeyUnreadable {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         minisign_verify::PublicKey::decode(&text)
             .or_else(|_| minisign_verify::PublicKey::from_base64(text.trim()))
             .map(Self)
@@ -60,8 +57,8 @@ impl PublicKey {
 /// Verifies `signature` (the content of `FEED.minisig`) over `feed`.
 pub fn verify(public_key: &PublicKey, feed: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
     let text = std::str::from_utf8(signature).map_err(|_| SignatureError::SignatureMalformed)?;
-    let signature = minisign_verify::Signature::decode(text)
-        .map_err(|_| SignatureError::SignatureMalformed)?;
+    let signature =
+        minisign_verify::Signature::decode(text).map_err(|_| SignatureError::SignatureMalformed)?;
     public_key
         .0
         .verify(feed, &signature, true)
@@ -84,7 +81,8 @@ mod tests {
 
     impl Keys {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("blocker-sig-{name}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("blocker-sig-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("temp dir");
             let status = Command::new("minisign")

@@ -123,12 +123,14 @@ impl StateDir {
     pub fn load_status(&self) -> Result<Option<SyncStatus>> {
         let path = self.status_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    path,
-                    reason: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(io_err(&path)(err)),
         }

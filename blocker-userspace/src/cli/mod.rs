@@ -194,8 +194,8 @@ fn in_force_view(config: &Config, now: OffsetDateTime) -> Result<Option<InForceV
             state.path().display()
         ))
     })?;
-    let evaluation = policy::evaluate(&feed, &config.guardrails.to_policy(), now)
-        .map_err(EnvError::new)?;
+    let evaluation =
+        policy::evaluate(&feed, &config.guardrails.to_policy(), now).map_err(EnvError::new)?;
     Ok(Some(InForceView { feed, evaluation }))
 }
 

@@ -101,7 +101,11 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         .difference(&before_force)
         .filter_map(|id| candidate.order(id))
         .map(|o| {
-            let count: u128 = o.targets.iter().map(addresses).fold(0, u128::saturating_add);
+            let count: u128 = o
+                .targets
+                .iter()
+                .map(addresses)
+                .fold(0, u128::saturating_add);
             (o.id.as_str(), o.action.as_str(), count)
         })
         .collect();
@@ -112,8 +116,18 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         .map(|o| (o.id.as_str(), o.reasons.join("; ")))
         .collect();
     let strings = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
-    let added_prefixes = strings(after_prefixes.difference(&before_prefixes).map(|p| p.to_string()).collect());
-    let removed_prefixes = strings(before_prefixes.difference(&after_prefixes).map(|p| p.to_string()).collect());
+    let added_prefixes = strings(
+        after_prefixes
+            .difference(&before_prefixes)
+            .map(|p| p.to_string())
+            .collect(),
+    );
+    let removed_prefixes = strings(
+        before_prefixes
+            .difference(&after_prefixes)
+            .map(|p| p.to_string())
+            .collect(),
+    );
     let unchanged_prefixes = after_prefixes.intersection(&before_prefixes).count();
 
     let report = json!({
@@ -168,10 +182,19 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         }
     };
     list("orders added", after_ids.difference(&before_ids).collect());
-    list("orders removed", before_ids.difference(&after_ids).collect());
+    list(
+        "orders removed",
+        before_ids.difference(&after_ids).collect(),
+    );
     list("orders changed", changed.iter().collect());
-    list("enter force", after_force.difference(&before_force).collect());
-    list("leave force", before_force.difference(&after_force).collect());
+    list(
+        "enter force",
+        after_force.difference(&before_force).collect(),
+    );
+    list(
+        "leave force",
+        before_force.difference(&after_force).collect(),
+    );
     for (id, why) in &refused {
         println!("  refused          {id}: {why}");
     }

@@ -57,8 +57,11 @@ pub(super) fn validate(
     if let Some(feed) = &parsed {
         summary = format!("serial {}, {} orders", feed.serial, feed.orders.len());
         if let Some(config) = &config {
-            match policy::evaluate(feed, &config.guardrails.to_policy(), OffsetDateTime::now_utc())
-            {
+            match policy::evaluate(
+                feed,
+                &config.guardrails.to_policy(),
+                OffsetDateTime::now_utc(),
+            ) {
                 Ok(evaluation) => {
                     for order in evaluation
                         .orders

@@ -122,8 +122,11 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
             "nested deeper than {MAX_DEPTH} levels; a feed is a flat list of orders"
         )));
     }
-    let raw: RawFeed = serde_yaml::from_value(value)
-        .map_err(|e| whole(format!("{e} (see the feed format: format, serial, issued_at, issuer, orders)")))?;
+    let raw: RawFeed = serde_yaml::from_value(value).map_err(|e| {
+        whole(format!(
+            "{e} (see the feed format: format, serial, issued_at, issuer, orders)"
+        ))
+    })?;
 
     let mut problems = Vec::new();
     if raw.format != FORMAT {
@@ -166,7 +169,11 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
     }
 }
 
-fn parse_order(index: usize, value: serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Order> {
+fn parse_order(
+    index: usize,
+    value: serde_yaml::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<Order> {
     let position = format!("orders[{index}]");
     // Name the order by its id when the id is usable, even if the rest fails.
     let id_hint = value
@@ -195,7 +202,11 @@ fn parse_order(index: usize, value: serde_yaml::Value, problems: &mut Vec<Proble
     let name = id_hint.as_str();
     let mut targets = Vec::with_capacity(raw.targets.len());
     if raw.targets.is_empty() {
-        problems.push(problem(Some(name), Some("targets"), "an order needs at least one target"));
+        problems.push(problem(
+            Some(name),
+            Some("targets"),
+            "an order needs at least one target",
+        ));
     }
     let mut seen = BTreeSet::new();
     for (i, target) in raw.targets.iter().enumerate() {
@@ -203,7 +214,11 @@ fn parse_order(index: usize, value: serde_yaml::Value, problems: &mut Vec<Proble
         match parse_target(target) {
             Ok(prefix) => {
                 if !seen.insert(prefix) {
-                    problems.push(problem(Some(name), Some(&field), format!("{prefix} is listed twice")));
+                    problems.push(problem(
+                        Some(name),
+                        Some(&field),
+                        format!("{prefix} is listed twice"),
+                    ));
                 }
                 targets.push(prefix);
             }
@@ -289,8 +304,9 @@ fn parse_target(text: &str) -> Result<IpNetwork, String> {
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e}); write e.g. 2026-11-24T12:00:00Z"))
+    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time ({e}); write e.g. 2026-11-24T12:00:00Z")
+    })
 }
 
 /// Control characters other than tab, newline and carriage return are never
@@ -338,7 +354,9 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
                     if (c == '"' || c == '\'') && node_start {
                         quote = Some(c);
                         node_start = false;
-                    } else if matches!(c, '[' | '{' | ',' | '-' | '?') && (node_start || prev == ' ') {
+                    } else if matches!(c, '[' | '{' | ',' | '-' | '?')
+                        && (node_start || prev == ' ')
+                    {
                         node_start = true;
                     } else if c == ':' {
                         node_start = true;
@@ -439,7 +457,10 @@ orders:
         let order = &feed.orders[0];
         assert_eq!(order.targets.len(), 2);
         assert_eq!(order.direction, Direction::Both);
-        assert_eq!(order.reference.as_deref(), Some("Aanwijzing 2026/0001 & co"));
+        assert_eq!(
+            order.reference.as_deref(),
+            Some("Aanwijzing 2026/0001 & co")
+        );
         let again = parse(to_yaml(&feed).as_bytes()).expect("round trip");
         assert_eq!(again, feed);
     }
@@ -465,23 +486,65 @@ orders:
     #[test]
     fn refusals() {
         for (text, needle) in [
-            (EXAMPLE.replace("rung: server", "rung: server\n    colour: red"), "colour"),
-            (EXAMPLE.replace("issuer: ATKM", "issuer: ATKM\nextra: 1"), "extra"),
+            (
+                EXAMPLE.replace("rung: server", "rung: server\n    colour: red"),
+                "colour",
+            ),
+            (
+                EXAMPLE.replace("issuer: ATKM", "issuer: ATKM\nextra: 1"),
+                "extra",
+            ),
             (EXAMPLE.replace("action: drop", "action: block"), "block"),
-            (EXAMPLE.replace("blocker-feed/v1", "blocker-feed/v2"), "format"),
+            (
+                EXAMPLE.replace("blocker-feed/v1", "blocker-feed/v2"),
+                "format",
+            ),
             (EXAMPLE.replace("serial: 42", "serial: -1"), "serial"),
-            (EXAMPLE.replace("ATKM-2026-0001", "ATKM 2026"), "not a valid id"),
-            (EXAMPLE.replace("ATKM-2026-0001", "ATKM\u{200B}2026"), "U+200B"),
-            (EXAMPLE.replace("ATKM-2026-0001", "АТКМ-1"), "not a valid id"),
-            (EXAMPLE.replace("2001:db8:7::/64", "2001:db8:7::/129"), "prefix length"),
-            (EXAMPLE.replace("2001:db8:7::/64", "203.0.113.7/32"), "listed twice"),
-            (EXAMPLE.replace("2026-11-24T12:00:00Z", "tomorrow"), "RFC 3339"),
-            (format!("{EXAMPLE}{}", &EXAMPLE[EXAMPLE.find("  - id").expect("order")..]), "duplicate"),
+            (
+                EXAMPLE.replace("ATKM-2026-0001", "ATKM 2026"),
+                "not a valid id",
+            ),
+            (
+                EXAMPLE.replace("ATKM-2026-0001", "ATKM\u{200B}2026"),
+                "U+200B",
+            ),
+            (
+                EXAMPLE.replace("ATKM-2026-0001", "АТКМ-1"),
+                "not a valid id",
+            ),
+            (
+                EXAMPLE.replace("2001:db8:7::/64", "2001:db8:7::/129"),
+                "prefix length",
+            ),
+            (
+                EXAMPLE.replace("2001:db8:7::/64", "203.0.113.7/32"),
+                "listed twice",
+            ),
+            (
+                EXAMPLE.replace("2026-11-24T12:00:00Z", "tomorrow"),
+                "RFC 3339",
+            ),
+            (
+                format!(
+                    "{EXAMPLE}{}",
+                    &EXAMPLE[EXAMPLE.find("  - id").expect("order")..]
+                ),
+                "duplicate",
+            ),
             ("a: &x [1]\nb: *x\n".to_owned(), "anchors"),
-            ("format: [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]\n".to_owned(), "nested"),
+            (
+                "format: [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]\n".to_owned(),
+                "nested",
+            ),
             ("{ unclosed".to_owned(), "YAML"),
             ("- a list\n".to_owned(), "invalid type"),
-            (EXAMPLE.replace("targets:\n      - 203.0.113.7/32\n      - 2001:db8:7::/64", "targets: []"), "at least one target"),
+            (
+                EXAMPLE.replace(
+                    "targets:\n      - 203.0.113.7/32\n      - 2001:db8:7::/64",
+                    "targets: []",
+                ),
+                "at least one target",
+            ),
         ] {
             let err = errors(&text);
             assert!(err.contains(needle), "{needle}: {err}");
@@ -496,6 +559,9 @@ orders:
     fn ampersands_in_text_are_not_anchors() {
         let text = EXAMPLE.replace("\"Aanwijzing 2026/0001 & co\"", "Aanwijzing & co *urgent*");
         let feed = parse(text.as_bytes()).expect("plain text with & and *");
-        assert_eq!(feed.orders[0].reference.as_deref(), Some("Aanwijzing & co *urgent*"));
+        assert_eq!(
+            feed.orders[0].reference.as_deref(),
+            Some("Aanwijzing & co *urgent*")
+        );
     }
 }
