@@ -354,11 +354,9 @@ impl Daemon {
             .apply(&compiled, &fresh)
             .map_err(|e| apply_error(e.to_string()))?;
         self.slots = compiled.slots.clone();
-        if new_feed {
-            if let Err(err) = self.state.save_feed(&saved) {
-                // Enforcement is right; only the restart copy is stale.
-                tracing::error!(error = %err, "saving the last good feed");
-            }
+        if new_feed && let Err(err) = self.state.save_feed(&saved) {
+            // Enforcement is right; only the restart copy is stale.
+            tracing::error!(error = %err, "saving the last good feed");
         }
 
         let before: BTreeSet<String> = self

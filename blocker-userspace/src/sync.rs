@@ -214,7 +214,7 @@ impl FeedSource {
                     Conditional::default(),
                     MAX_SIGNATURE_BYTES,
                 )?
-                .ok_or_else(|| SyncError::Status {
+                .ok_or(SyncError::Status {
                     url: signature_url,
                     status: 304,
                 })?;

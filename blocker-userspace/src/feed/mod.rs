@@ -254,7 +254,7 @@ fn parse_order(
             format!("longer than {MAX_REFERENCE_LEN} characters"),
         ));
     }
-    (problems.len() == before).then(|| Order {
+    (problems.len() == before).then_some(Order {
         id: raw.id,
         rung: raw.rung,
         action: raw.action,
@@ -354,11 +354,9 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
                     if (c == '"' || c == '\'') && node_start {
                         quote = Some(c);
                         node_start = false;
-                    } else if matches!(c, '[' | '{' | ',' | '-' | '?')
-                        && (node_start || prev == ' ')
+                    } else if c == ':'
+                        || (matches!(c, '[' | '{' | ',' | '-' | '?') && (node_start || prev == ' '))
                     {
-                        node_start = true;
-                    } else if c == ':' {
                         node_start = true;
                     } else if c == ' ' || c == '\t' {
                         // whitespace keeps the current state
