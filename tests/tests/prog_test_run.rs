@@ -1,0 +1,1064 @@
+//! The real XDP program under BPF_PROG_TEST_RUN: orders are compiled and
+//! applied through `Datapath` exactly as the daemon does, then crafted frames
+//! are run through the program and the verdict, the per-order counters and
+//! the datapath statistics are checked frame by frame.
+
+use std::{cell::RefCell, collections::BTreeMap, net::IpAddr, time::Duration};
+
+use blocker::{
+    compile::{self, Compiled, Enforcement, SlotTable},
+    datapath::Datapath,
+    feed::{self, Action, Direction, Order},
+    policy, reference,
+};
+use blocker_common::{OrderCounters, STAT_COUNT, Stat};
+use blocker_tests::{
+    bpffs::BpffsDir,
+    frame::{self, ETH_HDR_LEN, ETH_P_8021Q, Frame, FrameSpec},
+    orders::{drop_order, monitor_order, order},
+    require_root,
+};
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
+use time::OffsetDateTime;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Table capacity for these tests: small maps load fast.
+const MAX_PREFIXES: u32 = 1024;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse()
+        .unwrap_or_else(|err| panic!("bad address {text:?}: {err}"))
+}
+
+/// A loaded datapath with what was last applied to it. `dp` is declared
+/// before `bpffs` so the program and maps are closed before the pins go.
+struct Rig {
+    dp: Datapath,
+    slots: SlotTable,
+    compiled: Option<Compiled>,
+    _bpffs: BpffsDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        require_root();
+        let bpffs = BpffsDir::new();
+        let dp = Datapath::open(bpffs.path(), MAX_PREFIXES)
+            .unwrap_or_else(|err| panic!("loading the XDP program: {err}"));
+        Self {
+            dp,
+            slots: SlotTable::new(),
+            compiled: None,
+            _bpffs: bpffs,
+        }
+    }
+
+    /// A rig with `orders` (all in force) applied.
+    fn with(orders: &[Order], enforcement: Enforcement) -> Self {
+        let mut rig = Self::new();
+        rig.apply(orders, enforcement);
+        rig
+    }
+
+    /// Compiles `orders` (all taken as in force) against the slot table of
+    /// the previous apply and applies the result, as the daemon does: slots
+    /// that changed hands are fresh (their counters are zeroed).
+    fn apply(&mut self, orders: &[Order], enforcement: Enforcement) {
+        let in_force: Vec<&Order> = orders.iter().collect();
+        self.apply_in_force(&in_force, enforcement);
+    }
+
+    fn apply_in_force(&mut self, in_force: &[&Order], enforcement: Enforcement) {
+        let compiled = compile::compile(in_force, enforcement, &self.slots)
+            .unwrap_or_else(|err| panic!("compiling {in_force:#?}: {err}"));
+        let fresh: Vec<u32> = compiled
+            .orders
+            .iter()
+            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
+            .map(|o| o.slot)
+            .collect();
+        self.dp
+            .apply(&compiled, &fresh)
+            .unwrap_or_else(|err| panic!("applying: {err}"));
+        self.slots = compiled.slots.clone();
+        self.compiled = Some(compiled);
+    }
+
+    fn slot(&self, id: &str) -> u32 {
+        self.slots
+            .get(id)
+            .unwrap_or_else(|| panic!("order {id} has no slot"))
+    }
+
+    fn counters(&self, id: &str) -> OrderCounters {
+        self.dp
+            .maps()
+            .order_counters(self.slot(id))
+            .unwrap_or_else(|err| panic!("reading counters of {id}: {err}"))
+    }
+
+    /// Counters of every order of the last apply.
+    fn all_counters(&self) -> BTreeMap<String, OrderCounters> {
+        let compiled = self.compiled.as_ref().expect("nothing applied yet");
+        compiled
+            .orders
+            .iter()
+            .map(|o| (o.id.clone(), self.counters(&o.id)))
+            .collect()
+    }
+
+    fn stats(&self) -> [u64; STAT_COUNT as usize] {
+        self.dp
+            .maps()
+            .stats()
+            .unwrap_or_else(|err| panic!("reading statistics: {err}"))
+    }
+
+    fn run(&mut self, frame: &[u8]) -> u32 {
+        self.dp.test_run(frame).unwrap_or_else(|err| {
+            panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {err}", frame.len())
+        })
+    }
+
+    /// Runs `frame` once and checks everything it may change: the verdict,
+    /// which order (if any) counted it with exactly its length in bytes, and
+    /// the statistics (`stats` lists the non-zero increments; every other
+    /// statistic must stay put).
+    #[track_caller]
+    fn expect(
+        &mut self,
+        what: &str,
+        frame: &[u8],
+        verdict: u32,
+        counted: Option<&str>,
+        stats: &[Stat],
+    ) {
+        let counters_before = self.all_counters();
+        let stats_before = self.stats();
+        let got = self.run(frame);
+        let counters_after = self.all_counters();
+        let stats_after = self.stats();
+        assert_eq!(
+            got,
+            verdict,
+            "{what}: verdict {} expected {}",
+            name(got),
+            name(verdict)
+        );
+        for (id, after) in &counters_after {
+            let before = counters_before[id];
+            let expected = if Some(id.as_str()) == counted {
+                OrderCounters {
+                    packets: before.packets + 1,
+                    bytes: before.bytes + frame.len() as u64,
+                }
+            } else {
+                before
+            };
+            assert_eq!(
+                *after, expected,
+                "{what}: counters of order {id} (the frame should be counted on {counted:?})"
+            );
+        }
+        if let Some(counted) = counted {
+            assert!(
+                counters_after.contains_key(counted),
+                "{what}: order {counted} is not among the applied orders"
+            );
+        }
+        let mut expected = [0u64; STAT_COUNT as usize];
+        expected[Stat::Seen as usize] = 1;
+        for stat in stats {
+            expected[*stat as usize] += 1;
+        }
+        let delta: Vec<u64> = stats_after
+            .iter()
+            .zip(stats_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        assert_eq!(
+            delta,
+            expected,
+            "{what}: statistics delta (indices: {:?})",
+            Stat::ALL.map(|(_, label)| label)
+        );
+    }
+
+    #[track_caller]
+    fn expect_drop(&mut self, what: &str, frame: &[u8], order: &str) {
+        self.expect(
+            what,
+            frame,
+            XDP_DROP,
+            Some(order),
+            &[Stat::Looked, Stat::Dropped],
+        );
+    }
+
+    #[track_caller]
+    fn expect_monitor(&mut self, what: &str, frame: &[u8], order: &str) {
+        self.expect(
+            what,
+            frame,
+            XDP_PASS,
+            Some(order),
+            &[Stat::Looked, Stat::Monitored, Stat::Passed],
+        );
+    }
+
+    #[track_caller]
+    fn expect_clean_pass(&mut self, what: &str, frame: &[u8]) {
+        self.expect(what, frame, XDP_PASS, None, &[Stat::Looked, Stat::Passed]);
+    }
+}
+
+fn name(action: u32) -> &'static str {
+    match action {
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        _ => "another action",
+    }
+}
+
+fn udp(src: &str, dst: &str) -> FrameSpec {
+    FrameSpec::udp(ip(src), ip(dst))
+}
+
+#[test]
+fn ipv4_destination_drop_counts_frame_and_bytes() {
+    let mut rig = Rig::with(
+        &[drop_order("ATKM-1", Direction::Dst, &["203.0.113.7"])],
+        Enforcement::Enforce,
+    );
+    let to = udp("192.0.2.1", "203.0.113.7").build();
+    rig.expect_drop("UDP to the ordered address", &to.bytes, "ATKM-1");
+    let syn = FrameSpec::tcp_syn(ip("192.0.2.1"), ip("203.0.113.7")).build();
+    rig.expect_drop("TCP SYN to it", &syn.bytes, "ATKM-1");
+    let echo = FrameSpec::icmp_echo(ip("192.0.2.1"), ip("203.0.113.7")).build();
+    rig.expect_drop("ICMP echo to it", &echo.bytes, "ATKM-1");
+    let big = udp("192.0.2.1", "203.0.113.7").payload_len(1400).build();
+    rig.expect_drop("a 1400-byte payload to it", &big.bytes, "ATKM-1");
+    assert_eq!(
+        rig.counters("ATKM-1"),
+        OrderCounters {
+            packets: 4,
+            bytes: (to.len() + syn.len() + echo.len() + big.len()) as u64,
+        }
+    );
+    let from = udp("203.0.113.7", "192.0.2.1").build();
+    rig.expect_clean_pass("from the address (order is dst only)", &from.bytes);
+    let neighbour = udp("192.0.2.1", "203.0.113.8").build();
+    rig.expect_clean_pass("to the next address", &neighbour.bytes);
+}
+
+#[test]
+fn ipv6_source_and_destination_orders() {
+    let mut rig = Rig::with(
+        &[
+            drop_order("SRC-6", Direction::Src, &["2001:db8:7::/64"]),
+            drop_order("DST-6", Direction::Dst, &["2001:db8:9::1"]),
+        ],
+        Enforcement::Enforce,
+    );
+    let from = udp("2001:db8:7::5", "2001:db8:1::1").build();
+    rig.expect_drop("from inside the src prefix", &from.bytes, "SRC-6");
+    let to = udp("2001:db8:1::1", "2001:db8:7::5").build();
+    rig.expect_clean_pass("to the src prefix", &to.bytes);
+    let to_host = FrameSpec::tcp_syn(ip("2001:db8:1::1"), ip("2001:db8:9::1")).build();
+    rig.expect_drop("TCP to the dst host", &to_host.bytes, "DST-6");
+    let from_host = udp("2001:db8:9::1", "2001:db8:1::1").build();
+    rig.expect_clean_pass("from the dst host", &from_host.bytes);
+    let outside = FrameSpec::icmp_echo(ip("2001:db8:1::1"), ip("2001:db8:7:1::5")).build();
+    rig.expect_clean_pass("next /64", &outside.bytes);
+}
+
+#[test]
+fn direction_both_matches_either_address() {
+    let mut rig = Rig::with(
+        &[drop_order(
+            "BOTH",
+            Direction::Both,
+            &["198.51.100.0/26", "2001:db8:5::/48"],
+        )],
+        Enforcement::Enforce,
+    );
+    for (what, src, dst) in [
+        ("v4 to", "192.0.2.1", "198.51.100.10"),
+        ("v4 from", "198.51.100.63", "192.0.2.1"),
+        ("v4 within", "198.51.100.1", "198.51.100.2"),
+        ("v6 to", "2001:db8:1::1", "2001:db8:5:ffff::1"),
+        ("v6 from", "2001:db8:5::1", "2001:db8:1::1"),
+    ] {
+        rig.expect_drop(what, &udp(src, dst).build().bytes, "BOTH");
+    }
+    rig.expect_clean_pass(
+        "v4 outside",
+        &udp("192.0.2.1", "198.51.100.64").build().bytes,
+    );
+    rig.expect_clean_pass(
+        "v6 outside",
+        &udp("2001:db8:6::1", "2001:db8:1::1").build().bytes,
+    );
+}
+
+#[test]
+fn vlan_tags_are_parsed_and_counted_in_bytes() {
+    let mut rig = Rig::with(
+        &[
+            drop_order("V4", Direction::Dst, &["203.0.113.7"]),
+            monitor_order("V6", Direction::Src, &["2001:db8:7::/64"]),
+        ],
+        Enforcement::Enforce,
+    );
+    let mut bytes = 0;
+    for depth in 0..=2 {
+        let frame = udp("192.0.2.1", "203.0.113.7").vlan_depth(depth).build();
+        assert_eq!(frame.l3, ETH_HDR_LEN + 4 * depth);
+        rig.expect_drop(&format!("v4 behind {depth} tags"), &frame.bytes, "V4");
+        bytes += frame.len() as u64;
+        let frame = udp("2001:db8:7::1", "2001:db8:1::1")
+            .vlan_depth(depth)
+            .build();
+        rig.expect_monitor(&format!("v6 behind {depth} tags"), &frame.bytes, "V6");
+    }
+    assert_eq!(rig.counters("V4").bytes, bytes, "bytes include VLAN tags");
+    // The two 802.1Q tags the program accepts, not only 802.1ad + 802.1Q.
+    let mut frame = udp("192.0.2.1", "203.0.113.7").qinq(10, 20).build();
+    frame.bytes[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+    rig.expect_drop("802.1Q in 802.1Q", &frame.bytes, "V4");
+}
+
+#[test]
+fn three_vlan_tags_pass_uncounted() {
+    let mut rig = Rig::with(
+        &[drop_order("V4", Direction::Both, &["203.0.113.7"])],
+        Enforcement::Enforce,
+    );
+    let frame = udp("192.0.2.1", "203.0.113.7").vlan_depth(3).build();
+    rig.expect(
+        "blocked address behind three tags",
+        &frame.bytes,
+        XDP_PASS,
+        None,
+        &[Stat::TooManyVlans, Stat::Passed],
+    );
+    let frame = udp("2001:db8:1::1", "2001:db8:7::1").vlan_depth(3).build();
+    rig.expect(
+        "v6 behind three tags",
+        &frame.bytes,
+        XDP_PASS,
+        None,
+        &[Stat::TooManyVlans, Stat::Passed],
+    );
+}
+
+#[test]
+fn drop_prefix_containing_a_monitor_host_drops_it() {
+    let mut rig = Rig::with(
+        &[
+            drop_order("NET-DROP", Direction::Dst, &["203.0.113.0/24"]),
+            monitor_order("HOST-MON", Direction::Dst, &["203.0.113.7"]),
+        ],
+        Enforcement::Enforce,
+    );
+    let host = udp("192.0.2.1", "203.0.113.7").build();
+    rig.expect_drop(
+        "the monitored host: drop beats monitor",
+        &host.bytes,
+        "NET-DROP",
+    );
+    let other = udp("192.0.2.1", "203.0.113.200").build();
+    rig.expect_drop("another host of the /24", &other.bytes, "NET-DROP");
+    assert_eq!(rig.counters("HOST-MON").packets, 0);
+}
+
+#[test]
+fn drop_host_inside_a_monitor_prefix() {
+    let mut rig = Rig::with(
+        &[
+            monitor_order("NET-MON", Direction::Dst, &["203.0.113.0/24"]),
+            drop_order("HOST-DROP", Direction::Dst, &["203.0.113.7"]),
+        ],
+        Enforcement::Enforce,
+    );
+    let host = udp("192.0.2.1", "203.0.113.7").build();
+    rig.expect_drop("the dropped host", &host.bytes, "HOST-DROP");
+    let other = udp("192.0.2.1", "203.0.113.9").build();
+    rig.expect_monitor("another host of the /24", &other.bytes, "NET-MON");
+}
+
+#[test]
+fn longest_prefix_gets_the_count() {
+    let mut rig = Rig::with(
+        &[
+            drop_order(
+                "A-WIDE",
+                Direction::Dst,
+                &["198.51.100.0/24", "2001:db8::/32"],
+            ),
+            drop_order(
+                "Z-NARROW",
+                Direction::Dst,
+                &["198.51.100.128/25", "2001:db8:7::/64"],
+            ),
+            drop_order(
+                "M-HOST",
+                Direction::Dst,
+                &["198.51.100.200", "2001:db8:7::1"],
+            ),
+        ],
+        Enforcement::Enforce,
+    );
+    for (dst, order) in [
+        ("198.51.100.1", "A-WIDE"),
+        ("198.51.100.129", "Z-NARROW"),
+        ("198.51.100.200", "M-HOST"),
+    ] {
+        rig.expect_drop(dst, &udp("192.0.2.1", dst).build().bytes, order);
+    }
+    for (dst, order) in [
+        ("2001:db8:8::1", "A-WIDE"),
+        ("2001:db8:7::2", "Z-NARROW"),
+        ("2001:db8:7::1", "M-HOST"),
+    ] {
+        rig.expect_drop(dst, &udp("2001:db8:1::1", dst).build().bytes, order);
+    }
+}
+
+#[test]
+fn same_prefix_in_two_orders_counts_the_smallest_id() {
+    let mut rig = Rig::with(
+        &[
+            drop_order("ORD-B", Direction::Dst, &["203.0.113.7", "2001:db8:7::1"]),
+            drop_order("ORD-A", Direction::Dst, &["203.0.113.7", "2001:db8:7::1"]),
+            monitor_order("MON-Z", Direction::Dst, &["198.51.100.7"]),
+            monitor_order("MON-Y", Direction::Both, &["198.51.100.7"]),
+        ],
+        Enforcement::Enforce,
+    );
+    rig.expect_drop(
+        "v4",
+        &udp("192.0.2.1", "203.0.113.7").build().bytes,
+        "ORD-A",
+    );
+    rig.expect_drop(
+        "v6",
+        &udp("2001:db8:1::1", "2001:db8:7::1").build().bytes,
+        "ORD-A",
+    );
+    rig.expect_monitor(
+        "monitor pair",
+        &udp("192.0.2.1", "198.51.100.7").build().bytes,
+        "MON-Y",
+    );
+}
+
+#[test]
+fn destination_beats_source_on_equal_length_then_length_decides() {
+    let mut rig = Rig::with(
+        &[
+            // Ids chosen so the smallest-id rule alone would pick the source.
+            drop_order("A-SRC-HOST", Direction::Src, &["192.0.2.1"]),
+            drop_order("B-DST-HOST", Direction::Dst, &["203.0.113.7"]),
+            drop_order("C-DST-NET", Direction::Dst, &["198.51.100.0/24"]),
+            monitor_order("D-SRC-MON", Direction::Src, &["192.0.2.0/24"]),
+            monitor_order("E-DST-MON", Direction::Dst, &["203.0.113.0/24"]),
+        ],
+        Enforcement::Enforce,
+    );
+    rig.expect_drop(
+        "/32 src vs /32 dst",
+        &udp("192.0.2.1", "203.0.113.7").build().bytes,
+        "B-DST-HOST",
+    );
+    rig.expect_drop(
+        "/32 src vs /24 dst",
+        &udp("192.0.2.1", "198.51.100.9").build().bytes,
+        "A-SRC-HOST",
+    );
+    rig.expect_monitor(
+        "/24 src monitor vs /24 dst monitor",
+        &udp("192.0.2.99", "203.0.113.99").build().bytes,
+        "E-DST-MON",
+    );
+    rig.expect_drop(
+        "drop src beats a dst monitor",
+        &udp("192.0.2.1", "203.0.113.99").build().bytes,
+        "A-SRC-HOST",
+    );
+}
+
+#[test]
+fn observe_mode_passes_and_counts_drop_orders() {
+    let mut rig = Rig::with(
+        &[
+            drop_order(
+                "DROP-1",
+                Direction::Dst,
+                &["203.0.113.7", "2001:db8:7::/64"],
+            ),
+            monitor_order("MON-1", Direction::Dst, &["198.51.100.0/24"]),
+        ],
+        Enforcement::Observe,
+    );
+    rig.expect_monitor(
+        "v4 to a drop order's target",
+        &udp("192.0.2.1", "203.0.113.7").build().bytes,
+        "DROP-1",
+    );
+    rig.expect_monitor(
+        "v6 to a drop order's target",
+        &udp("2001:db8:1::1", "2001:db8:7::9").vlan(5).build().bytes,
+        "DROP-1",
+    );
+    rig.expect_monitor(
+        "to a monitor order's target",
+        &udp("192.0.2.1", "198.51.100.1").build().bytes,
+        "MON-1",
+    );
+    rig.expect_clean_pass("elsewhere", &udp("192.0.2.1", "203.0.113.8").build().bytes);
+    // Switching the same orders to enforce drops at once; the count goes on.
+    rig.apply(
+        &[
+            drop_order(
+                "DROP-1",
+                Direction::Dst,
+                &["203.0.113.7", "2001:db8:7::/64"],
+            ),
+            monitor_order("MON-1", Direction::Dst, &["198.51.100.0/24"]),
+        ],
+        Enforcement::Enforce,
+    );
+    rig.expect_drop(
+        "enforced now",
+        &udp("192.0.2.1", "203.0.113.7").build().bytes,
+        "DROP-1",
+    );
+    assert_eq!(rig.counters("DROP-1").packets, 3);
+}
+
+/// Every prefix of a blocked frame shorter than its headers passes, counted
+/// as truncated and on no order. Frames shorter than an Ethernet header never
+/// reach an XDP program: BPF_PROG_TEST_RUN refuses them (EINVAL), as a NIC
+/// would never deliver them. At exactly the header length the program has
+/// what it needs and drops.
+#[test]
+fn truncated_blocked_frames_pass_at_every_length() {
+    let mut rig = Rig::with(
+        &[drop_order(
+            "TRUNC",
+            Direction::Both,
+            &["203.0.113.7", "2001:db8:7::1"],
+        )],
+        Enforcement::Enforce,
+    );
+    let frames: Vec<(&str, Frame)> = vec![
+        ("v4", udp("192.0.2.1", "203.0.113.7").build()),
+        (
+            "v4 + options",
+            udp("192.0.2.1", "203.0.113.7")
+                .ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0])
+                .build(),
+        ),
+        (
+            "v4 + 1 tag",
+            udp("203.0.113.7", "192.0.2.1").vlan(7).build(),
+        ),
+        (
+            "v4 + 2 tags",
+            udp("192.0.2.1", "203.0.113.7").qinq(7, 8).build(),
+        ),
+        ("v6", udp("2001:db8:1::1", "2001:db8:7::1").build()),
+        (
+            "v6 + 2 tags",
+            FrameSpec::tcp_syn(ip("2001:db8:7::1"), ip("2001:db8:1::1"))
+                .qinq(7, 8)
+                .build(),
+        ),
+    ];
+    for (what, frame) in &frames {
+        for len in 0..ETH_HDR_LEN {
+            assert!(
+                rig.dp.test_run(&frame.truncated(len)).is_err(),
+                "{what}: the kernel ran a {len}-byte frame"
+            );
+        }
+        for len in ETH_HDR_LEN..frame.l4 {
+            rig.expect(
+                &format!("{what} cut to {len} of {} header bytes", frame.l4),
+                &frame.truncated(len),
+                XDP_PASS,
+                None,
+                &[Stat::Truncated, Stat::Passed],
+            );
+        }
+        rig.expect_drop(
+            &format!("{what} with headers only"),
+            &frame.truncated(frame.l4),
+            "TRUNC",
+        );
+        rig.expect_drop(&format!("{what} whole"), &frame.bytes, "TRUNC");
+    }
+}
+
+#[test]
+fn non_ip_frames_pass_uncounted() {
+    let mut rig = Rig::with(
+        &[drop_order("ALL", Direction::Both, &["192.0.2.0/24"])],
+        Enforcement::Enforce,
+    );
+    let arp = frame::arp_request([192, 0, 2, 1], [192, 0, 2, 2], &[]);
+    rig.expect("ARP", &arp, XDP_PASS, None, &[Stat::NonIp, Stat::Passed]);
+    let tagged = frame::arp_request([192, 0, 2, 1], [192, 0, 2, 2], &[(ETH_P_8021Q, 3)]);
+    rig.expect(
+        "tagged ARP",
+        &tagged,
+        XDP_PASS,
+        None,
+        &[Stat::NonIp, Stat::Passed],
+    );
+    // An IPv4 packet behind an unknown EtherType (LLDP's) is not IP.
+    let mut lldp = udp("192.0.2.1", "192.0.2.2").build().bytes;
+    lldp[12..14].copy_from_slice(&0x88CCu16.to_be_bytes());
+    rig.expect(
+        "LLDP EtherType",
+        &lldp,
+        XDP_PASS,
+        None,
+        &[Stat::NonIp, Stat::Passed],
+    );
+}
+
+#[test]
+fn malformed_ip_headers_pass_uncounted() {
+    let mut rig = Rig::with(
+        &[drop_order(
+            "ALL",
+            Direction::Both,
+            &["192.0.2.0/24", "2001:db8::/32"],
+        )],
+        Enforcement::Enforce,
+    );
+    let v4 = udp("192.0.2.1", "192.0.2.2").vlan(9).build();
+    for (what, first_byte) in [
+        ("IPv4 version 5", 0x55),
+        ("IPv4 version 6 under EtherType IPv4", 0x65),
+        ("IPv4 IHL 4", 0x44),
+        ("IPv4 IHL 0", 0x40),
+    ] {
+        let mut bytes = v4.bytes.clone();
+        bytes[v4.l3] = first_byte;
+        rig.expect(
+            what,
+            &bytes,
+            XDP_PASS,
+            None,
+            &[Stat::Malformed, Stat::Passed],
+        );
+    }
+    // IHL 15 (60 bytes) on a frame that ends before: truncated, not malformed.
+    let mut bytes = v4.bytes.clone();
+    bytes[v4.l3] = 0x4f;
+    bytes.truncate(v4.l3 + 59);
+    rig.expect(
+        "IPv4 IHL 15, short frame",
+        &bytes,
+        XDP_PASS,
+        None,
+        &[Stat::Truncated, Stat::Passed],
+    );
+    let v6 = udp("2001:db8:1::1", "2001:db8:1::2").build();
+    let mut bytes = v6.bytes.clone();
+    bytes[v6.l3] = 0x45;
+    rig.expect(
+        "IPv4 header under EtherType IPv6",
+        &bytes,
+        XDP_PASS,
+        None,
+        &[Stat::Malformed, Stat::Passed],
+    );
+    // The same frames well formed are dropped: the order was in force.
+    rig.expect_drop("well-formed v4", &v4.bytes, "ALL");
+    rig.expect_drop("well-formed v6", &v6.bytes, "ALL");
+}
+
+/// Contract YAML through the whole pure pipeline (parse, orders in force at
+/// `now`, compile) into the kernel: only orders in force act.
+#[test]
+fn feed_yaml_through_policy_and_compiler() {
+    let now = OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let rfc = |at: OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+    };
+    let yaml = format!(
+        r#"format: blocker-feed/v1
+serial: 7
+issued_at: {issued}
+issuer: ATKM
+orders:
+  - id: ATKM-ACTIVE
+    rung: server
+    action: drop
+    direction: dst
+    targets: [203.0.113.1, "2001:db8:1::/64"]
+    status: active
+    effective_from: {past}
+    expires_at: {future}
+    reference: "Aanwijzing 2026/0001"
+  - id: ATKM-PENDING
+    rung: server
+    action: drop
+    direction: dst
+    targets: [203.0.113.2]
+    status: active
+    effective_from: {future}
+  - id: ATKM-EXPIRED
+    rung: server
+    action: drop
+    direction: dst
+    targets: [203.0.113.3]
+    status: active
+    expires_at: {past}
+  - id: ATKM-SUSPENDED
+    rung: server
+    action: drop
+    direction: dst
+    targets: [203.0.113.4]
+    status: suspended
+  - id: ATKM-WITHDRAWN
+    rung: rack
+    action: drop
+    direction: dst
+    targets: [198.51.100.0/24]
+    status: withdrawn
+  - id: ATKM-MONITOR
+    rung: rack
+    action: monitor
+    direction: src
+    targets: [198.51.100.128/25]
+    status: active
+"#,
+        issued = rfc(now - hour),
+        past = rfc(now - hour),
+        future = rfc(now + hour),
+    );
+    let feed = feed::parse(yaml.as_bytes()).unwrap_or_else(|err| panic!("parsing:\n{yaml}\n{err}"));
+    assert_eq!(feed.serial, 7);
+    assert_eq!(feed.orders.len(), 6);
+    let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
+        .unwrap_or_else(|err| panic!("evaluating: {err}"));
+    let in_force: Vec<&Order> = evaluation.in_force().collect();
+    let ids: Vec<&str> = in_force.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "in force: {ids:?}");
+    assert!(
+        ids.contains(&"ATKM-ACTIVE") && ids.contains(&"ATKM-MONITOR"),
+        "in force: {ids:?}"
+    );
+
+    let mut rig = Rig::new();
+    rig.apply_in_force(&in_force, Enforcement::Enforce);
+    rig.expect_drop(
+        "active v4",
+        &udp("192.0.2.1", "203.0.113.1").build().bytes,
+        "ATKM-ACTIVE",
+    );
+    rig.expect_drop(
+        "active v6",
+        &udp("2001:db8:2::1", "2001:db8:1::9").build().bytes,
+        "ATKM-ACTIVE",
+    );
+    for dst in ["203.0.113.2", "203.0.113.3", "203.0.113.4", "198.51.100.9"] {
+        rig.expect_clean_pass(
+            &format!("{dst}: order not in force"),
+            &udp("192.0.2.1", dst).build().bytes,
+        );
+    }
+    rig.expect_monitor(
+        "monitored source",
+        &udp("198.51.100.200", "192.0.2.1").build().bytes,
+        "ATKM-MONITOR",
+    );
+}
+
+/// Feed 1, then feed 2 which moves an order's target, adds an order and
+/// drops one: verdicts follow the feed in force, an order present in both
+/// keeps its slot and its count, a new order starts from zero.
+#[test]
+fn apply_swaps_generations_and_keeps_counters() {
+    let feed1 = [
+        drop_order("KEEP", Direction::Dst, &["203.0.113.7", "2001:db8:7::1"]),
+        monitor_order("MON", Direction::Dst, &["198.51.100.0/24"]),
+        drop_order("GONE", Direction::Dst, &["203.0.113.99"]),
+    ];
+    let feed2 = [
+        drop_order("KEEP", Direction::Dst, &["203.0.113.9", "2001:db8:7::1"]),
+        monitor_order("MON", Direction::Dst, &["198.51.100.0/24"]),
+        drop_order("NEW", Direction::Src, &["192.0.2.66"]),
+    ];
+    let mut rig = Rig::with(&feed1, Enforcement::Enforce);
+    let keep_slot = rig.slot("KEEP");
+    let mon_slot = rig.slot("MON");
+    let to_7 = udp("192.0.2.1", "203.0.113.7").build();
+    let to_9 = udp("192.0.2.1", "203.0.113.9").build();
+    let to_v6 = udp("2001:db8:1::1", "2001:db8:7::1").build();
+    let to_mon = udp("192.0.2.1", "198.51.100.1").build();
+    let from_66 = udp("192.0.2.66", "198.51.100.1").build();
+    rig.expect_drop("feed 1: .7", &to_7.bytes, "KEEP");
+    rig.expect_drop("feed 1: v6", &to_v6.bytes, "KEEP");
+    rig.expect_clean_pass("feed 1: .9", &to_9.bytes);
+    rig.expect_monitor("feed 1: monitored", &to_mon.bytes, "MON");
+    rig.expect_monitor("feed 1: .66 only monitored", &from_66.bytes, "MON");
+    rig.expect_drop(
+        "feed 1: .99",
+        &udp("192.0.2.1", "203.0.113.99").build().bytes,
+        "GONE",
+    );
+
+    rig.apply(&feed2, Enforcement::Enforce);
+    assert_eq!(
+        rig.slot("KEEP"),
+        keep_slot,
+        "an order keeps its slot across feeds"
+    );
+    assert_eq!(
+        rig.slot("MON"),
+        mon_slot,
+        "an order keeps its slot across feeds"
+    );
+    assert_eq!(
+        rig.counters("NEW"),
+        OrderCounters::default(),
+        "a new order starts from zero"
+    );
+    rig.expect_clean_pass("feed 2: .7 no longer ordered", &to_7.bytes);
+    rig.expect_clean_pass(
+        "feed 2: .99 no longer ordered",
+        &udp("192.0.2.1", "203.0.113.99").build().bytes,
+    );
+    rig.expect_drop("feed 2: .9", &to_9.bytes, "KEEP");
+    rig.expect_drop("feed 2: v6", &to_v6.bytes, "KEEP");
+    rig.expect_monitor("feed 2: monitored", &to_mon.bytes, "MON");
+    rig.expect_drop("feed 2: from .66", &from_66.bytes, "NEW");
+    assert_eq!(
+        rig.counters("KEEP"),
+        OrderCounters {
+            packets: 4,
+            bytes: (2 * to_v6.len() + to_7.len() + to_9.len()) as u64
+        },
+        "KEEP counted across both feeds"
+    );
+    assert_eq!(
+        rig.counters("MON").packets,
+        3,
+        "MON counted across both feeds"
+    );
+
+    // And back: the generation flips again and feed 1's verdicts return.
+    rig.apply(&feed1, Enforcement::Enforce);
+    rig.expect_drop("feed 1 again: .7", &to_7.bytes, "KEEP");
+    rig.expect_clean_pass("feed 1 again: .9", &to_9.bytes);
+    assert_eq!(rig.counters("KEEP").packets, 5);
+}
+
+// ---------------------------------------------------------------------------
+// Property test: the kernel agrees with the reference implementation.
+
+const V4_PREFIXES: &[&str] = &[
+    "203.0.113.0/24",
+    "203.0.113.0/25",
+    "203.0.113.128/26",
+    "203.0.113.8/29",
+    "203.0.113.7/32",
+    "198.51.100.0/24",
+    "198.51.100.64/26",
+    "198.51.100.77/32",
+    "192.0.2.128/25",
+    "192.0.2.1/32",
+];
+const V6_PREFIXES: &[&str] = &[
+    "2001:db8::/32",
+    "2001:db8:7::/48",
+    "2001:db8:7::/64",
+    "2001:db8:7:1::/64",
+    "2001:db8:7::1/128",
+    "2001:db8:8::/64",
+    "2001:db8:1::1/128",
+];
+const V4_ADDRESSES: &[&str] = &[
+    "203.0.113.7",
+    "203.0.113.9",
+    "203.0.113.130",
+    "203.0.113.200",
+    "198.51.100.77",
+    "198.51.100.65",
+    "198.51.100.3",
+    "192.0.2.1",
+    "192.0.2.200",
+    "192.0.2.5",
+];
+const V6_ADDRESSES: &[&str] = &[
+    "2001:db8:7::1",
+    "2001:db8:7::2",
+    "2001:db8:7:1::5",
+    "2001:db8:7:2::5",
+    "2001:db8:8::9",
+    "2001:db8:9::1",
+    "2001:db8:1::1",
+];
+
+#[derive(Clone, Debug)]
+struct Packet {
+    vlans: usize,
+    src: IpAddr,
+    dst: IpAddr,
+    kind: u8,
+    payload: usize,
+}
+
+impl Packet {
+    fn frame(&self) -> Frame {
+        let spec = match self.kind {
+            0 => FrameSpec::udp(self.src, self.dst),
+            1 => FrameSpec::tcp_syn(self.src, self.dst),
+            _ => FrameSpec::icmp_echo(self.src, self.dst),
+        };
+        spec.vlan_depth(self.vlans)
+            .payload_len(self.payload)
+            .build()
+    }
+}
+
+fn order_strategy() -> impl Strategy<Value = (bool, u8, Vec<&'static str>)> {
+    let prefixes: Vec<&'static str> = V4_PREFIXES.iter().chain(V6_PREFIXES).copied().collect();
+    (
+        any::<bool>(),
+        0u8..3,
+        prop::sample::subsequence(prefixes, 1..=3),
+    )
+}
+
+fn feed_strategy() -> impl Strategy<Value = Vec<Order>> {
+    prop::collection::btree_map(0u8..24, order_strategy(), 1..=6)
+        .prop_map(|orders| {
+            orders
+                .into_iter()
+                .map(|(n, (drop, direction, targets))| {
+                    order(
+                        &format!("P-{n:02}"),
+                        if drop { Action::Drop } else { Action::Monitor },
+                        match direction {
+                            0 => Direction::Dst,
+                            1 => Direction::Src,
+                            _ => Direction::Both,
+                        },
+                        &targets,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        // The feed's order must not matter; ids stay unique.
+        .prop_shuffle()
+}
+
+fn packet_strategy() -> impl Strategy<Value = Packet> {
+    let v4 = (
+        prop::sample::select(V4_ADDRESSES),
+        prop::sample::select(V4_ADDRESSES),
+    );
+    let v6 = (
+        prop::sample::select(V6_ADDRESSES),
+        prop::sample::select(V6_ADDRESSES),
+    );
+    (prop_oneof![v4, v6], 0usize..=2, 0u8..3, 0usize..48).prop_map(
+        |((src, dst), vlans, kind, payload)| Packet {
+            vlans,
+            src: ip(src),
+            dst: ip(dst),
+            kind,
+            payload,
+        },
+    )
+}
+
+#[test]
+fn kernel_verdicts_match_the_reference() {
+    let rig = RefCell::new(Rig::new());
+    let config = Config {
+        cases: 300,
+        max_shrink_iters: 400,
+        max_shrink_time: 60_000,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let strategy = (
+        feed_strategy(),
+        any::<bool>(),
+        prop::collection::vec(packet_strategy(), 1..=24),
+    );
+    let started = std::time::Instant::now();
+    let result = runner.run(&strategy, |(orders, observe, packets)| {
+        let enforcement = if observe {
+            Enforcement::Observe
+        } else {
+            Enforcement::Enforce
+        };
+        let mut rig = rig.borrow_mut();
+        rig.apply(&orders, enforcement);
+        let in_force: Vec<&Order> = orders.iter().collect();
+        for packet in &packets {
+            let frame = packet.frame();
+            let expected = reference::verdict(&in_force, enforcement, packet.src, packet.dst);
+            let before = rig.all_counters();
+            let verdict = rig.run(&frame.bytes);
+            let after = rig.all_counters();
+            let expected_verdict = match &expected {
+                Some(w) if w.action == Action::Drop && enforcement == Enforcement::Enforce => {
+                    XDP_DROP
+                }
+                _ => XDP_PASS,
+            };
+            prop_assert_eq!(
+                verdict,
+                expected_verdict,
+                "verdict for {:?} (reference: {:?})",
+                packet,
+                expected
+            );
+            let counted: Vec<&String> = after
+                .iter()
+                .filter(|(id, c)| **c != before[*id])
+                .map(|(id, _)| id)
+                .collect();
+            let expected_counted: Vec<&String> = expected.iter().map(|w| &w.order).collect();
+            prop_assert_eq!(
+                &counted,
+                &expected_counted,
+                "counted order for {:?} (reference: {:?})",
+                packet,
+                expected
+            );
+            if let Some(id) = counted.first() {
+                let (b, a) = (before[*id], after[*id]);
+                prop_assert_eq!(a.packets - b.packets, 1);
+                prop_assert_eq!(a.bytes - b.bytes, frame.len() as u64);
+            }
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("the XDP program disagrees with reference::verdict: {err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "300 cases took {:?}",
+        started.elapsed()
+    );
+}
