@@ -183,6 +183,12 @@ impl Daemon {
     /// Fetches the feed (if changed, or always when `force`) and applies it
     /// when it is newer and valid; otherwise counts and audits the refusal.
     pub fn sync(&mut self, force: bool) {
+        let started = std::time::Instant::now();
+        self.sync_inner(force);
+        self.metrics.observe_sync(started.elapsed().as_secs_f64());
+    }
+
+    fn sync_inner(&mut self, force: bool) {
         let fetched = match self.source.fetch(force) {
             Ok(Fetch::Unchanged) => {
                 self.fetch_failures = 0;
@@ -319,6 +325,7 @@ impl Daemon {
         new_feed: bool,
     ) -> Result<(), Refusal> {
         let serial = feed.serial;
+        let started = std::time::Instant::now();
         let evaluation = policy::evaluate(&feed, &self.guardrails, now).map_err(|err| Refusal {
             reason: "guardrails",
             serial: Some(serial),
@@ -354,6 +361,8 @@ impl Daemon {
             .apply(&compiled, &fresh)
             .map_err(|e| apply_error(e.to_string()))?;
         self.slots = compiled.slots.clone();
+        self.metrics
+            .set_apply_duration(started.elapsed().as_secs_f64());
         if new_feed && let Err(err) = self.state.save_feed(&saved) {
             // Enforcement is right; only the restart copy is stale.
             tracing::error!(error = %err, "saving the last good feed");

@@ -10,7 +10,10 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::{
     datapath::Maps,
@@ -52,6 +55,8 @@ pub struct Metrics {
     xdp_attached: IntGaugeVec,
     frames: IntCounterVec,
     order_enforced_since: IntGaugeVec,
+    sync_duration: Histogram,
+    apply_duration: Gauge,
     counted: Mutex<Vec<CountedOrder>>,
     maps: Mutex<Option<Maps>>,
 }
@@ -130,6 +135,35 @@ impl Metrics {
             ),
             &["order"],
         )?;
+        let sync_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "blocker_feed_sync_duration_seconds",
+                "Time one feed sync took: fetch, verify, parse, validate, compile, load.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        let apply_duration = Gauge::new(
+            "blocker_feed_last_apply_duration_seconds",
+            "Time the last apply to the datapath took (compile and map updates).",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "blocker_build_info",
+                "Always 1; the labels say which build of blocker runs.",
+            ),
+            &["version", "program_bytes"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &crate::datapath::PROGRAM.len().to_string(),
+            ])
+            .set(1);
+        registry.register(Box::new(sync_duration.clone()))?;
+        registry.register(Box::new(apply_duration.clone()))?;
+        registry.register(Box::new(build_info))?;
         for collector in [&order_packets, &order_bytes, &sync_failures, &frames] {
             registry.register(Box::new(collector.clone()))?;
         }
@@ -162,6 +196,8 @@ impl Metrics {
             xdp_attached,
             frames,
             order_enforced_since,
+            sync_duration,
+            apply_duration,
             counted: Mutex::new(Vec::new()),
             maps: Mutex::new(None),
         })
@@ -224,6 +260,14 @@ impl Metrics {
         self.feed_serial
             .set(i64::try_from(serial).unwrap_or(i64::MAX));
         self.feed_last_success.set(synced_at_unix);
+    }
+
+    pub fn observe_sync(&self, seconds: f64) {
+        self.sync_duration.observe(seconds);
+    }
+
+    pub fn set_apply_duration(&self, seconds: f64) {
+        self.apply_duration.set(seconds);
     }
 
     pub fn sync_succeeded(&self, at_unix: i64) {
