@@ -10,7 +10,7 @@
 //! sees one whole feed, never a half-applied one.
 #![no_std]
 
-/// No order: the slot value of an empty [`Match`].
+/// No order: the slot value of an empty [`Candidate`].
 pub const NO_SLOT: u32 = u32::MAX;
 
 /// Order slots (per-order counters and metadata) the maps hold.
@@ -22,59 +22,87 @@ pub mod map_names {
     pub const V4: [&str; 2] = ["BLK_V4_A", "BLK_V4_B"];
     pub const V6: [&str; 2] = ["BLK_V6_A", "BLK_V6_B"];
     pub const ORDER_COUNTERS: &str = "BLK_ORDER_CNT";
+    pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
     pub const STATS: &str = "BLK_STATS";
 }
 
 /// Name of the XDP program function.
 pub const PROGRAM_NAME: &str = "blocker";
 
-/// One order's claim on a prefix for one direction and action: the order slot
-/// to count it on, and the length of the prefix through which it matched.
+/// Candidates kept per direction in a [`PrefixEntry`].
+pub const CANDIDATES: usize = 4;
+
+/// Rank bit of a drop order: drop beats monitor whatever the prefix length.
+pub const RANK_DROP: u32 = 1 << 8;
+
+/// One order's claim on a prefix for one direction: the order slot to count
+/// it on, and its rank: [`RANK_DROP`] for a drop order, plus the length of
+/// the target through which it matched. A higher rank wins.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Match {
+pub struct Candidate {
     /// Order slot, or [`NO_SLOT`].
     pub slot: u32,
-    /// Length of the order target that matched (the attribution tie-break).
-    pub prefix_len: u32,
+    pub rank: u32,
 }
 
-impl Match {
+impl Candidate {
     pub const NONE: Self = Self {
         slot: NO_SLOT,
-        prefix_len: 0,
+        rank: 0,
     };
 
     #[inline(always)]
     pub const fn is_some(&self) -> bool {
         self.slot != NO_SLOT
     }
+
+    #[inline(always)]
+    pub const fn is_drop(&self) -> bool {
+        self.rank & RANK_DROP != 0
+    }
+
+    #[inline(always)]
+    pub const fn prefix_len(&self) -> u32 {
+        self.rank & 0xff
+    }
 }
 
-/// The value stored under a prefix in the lookup tables: for an address whose
-/// longest matching table prefix is this one, the already-resolved winner for
-/// each direction and action among *all* orders in force that cover it
-/// (including broader targets). The datapath only has to combine the
-/// destination lookup with the source lookup.
+/// The value stored under a prefix in the lookup tables. For an address
+/// whose longest matching table prefix is this one: per direction, the
+/// orders whose targets cover it (this prefix or a broader one), best first
+/// by the contract's rule (drop over monitor, longer target, smaller id).
+/// The datapath takes the first candidate whose order window
+/// ([`OrderWindow`]) holds the current time, for the destination and the
+/// source lookup, and combines the two (higher rank; on a tie, destination).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixEntry {
-    /// Best drop order matching this address as a destination.
-    pub dst_drop: Match,
-    /// Best monitor order matching this address as a destination.
-    pub dst_monitor: Match,
-    /// Best drop order matching this address as a source.
-    pub src_drop: Match,
-    /// Best monitor order matching this address as a source.
-    pub src_monitor: Match,
+    pub dst: [Candidate; CANDIDATES],
+    pub src: [Candidate; CANDIDATES],
 }
 
 impl PrefixEntry {
     pub const EMPTY: Self = Self {
-        dst_drop: Match::NONE,
-        dst_monitor: Match::NONE,
-        src_drop: Match::NONE,
-        src_monitor: Match::NONE,
+        dst: [Candidate::NONE; CANDIDATES],
+        src: [Candidate::NONE; CANDIDATES],
+    };
+}
+
+/// When an order slot may be enforced, in CLOCK_TAI nanoseconds: from
+/// `not_before` (inclusive) to `not_after` (exclusive). The datapath checks
+/// it itself, so orders start and stop on time while the daemon is down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OrderWindow {
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl OrderWindow {
+    pub const ALWAYS: Self = Self {
+        not_before: 0,
+        not_after: u64::MAX,
     };
 }
 
@@ -142,8 +170,9 @@ impl Stat {
     ];
 }
 
-const _: () = assert!(size_of::<Match>() == 8);
-const _: () = assert!(size_of::<PrefixEntry>() == 32);
+const _: () = assert!(size_of::<Candidate>() == 8);
+const _: () = assert!(size_of::<PrefixEntry>() == 64);
+const _: () = assert!(size_of::<OrderWindow>() == 16);
 const _: () = assert!(size_of::<Control>() == 8);
 const _: () = assert!(size_of::<OrderCounters>() == 16);
 
@@ -151,7 +180,8 @@ const _: () = assert!(size_of::<OrderCounters>() == 16);
 mod pod {
     // SAFETY: all of these are #[repr(C)] plain integers with no
     // padding; every bit pattern is valid.
-    unsafe impl aya::Pod for super::Match {}
+    unsafe impl aya::Pod for super::Candidate {}
+    unsafe impl aya::Pod for super::OrderWindow {}
     unsafe impl aya::Pod for super::PrefixEntry {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::OrderCounters {}

@@ -12,6 +12,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_tai_ns,
     macros::{map, xdp},
     maps::{
         Array, PerCpuArray,
@@ -19,7 +20,10 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use blocker_common::{Control, MAX_ORDERS, Match, OrderCounters, PrefixEntry, STAT_COUNT, Stat};
+use blocker_common::{
+    CANDIDATES, Candidate, Control, MAX_ORDERS, OrderCounters, OrderWindow, PrefixEntry,
+    STAT_COUNT, Stat,
+};
 
 /// Default capacity of each lookup table; the controller sets the real one
 /// (`guardrails.max_prefixes`) at load time.
@@ -48,6 +52,8 @@ static BLK_V6_B: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PR
 
 #[map]
 static BLK_ORDER_CNT: PerCpuArray<OrderCounters> = PerCpuArray::pinned(MAX_ORDERS, 0);
+#[map]
+static BLK_ORDER_WIN: Array<OrderWindow> = Array::pinned(MAX_ORDERS, 0);
 #[map]
 static BLK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
@@ -210,36 +216,59 @@ fn generation() -> Result<u32, Skip> {
         .ok_or(Skip::Error)
 }
 
-/// Combine the two lookups by the contract's attribution rule: drop beats
-/// monitor; then the longer prefix; on a tie the destination match. (The
-/// smallest-order-id tie-break within one direction was applied by the
-/// controller when it built the entry.)
+/// Combine the two lookups by the contract's attribution rule. Each entry
+/// lists its candidates best first (drop over monitor, longer target,
+/// smaller id: resolved by the controller); the first one whose order is
+/// within its window wins its direction, then the higher rank wins, and on a
+/// tie the destination.
 #[inline(always)]
 fn decide(ctx: &XdpContext, dst: Option<&PrefixEntry>, src: Option<&PrefixEntry>) -> u32 {
     bump(Stat::Looked);
-    let none = PrefixEntry::EMPTY;
-    let dst = dst.unwrap_or(&none);
-    let src = src.unwrap_or(&none);
-    let drop = pick(dst.dst_drop, src.src_drop);
-    if drop.is_some() {
-        count(ctx, drop.slot);
-        return XDP_DROP;
-    }
-    let monitor = pick(dst.dst_monitor, src.src_monitor);
-    if monitor.is_some() {
-        count(ctx, monitor.slot);
-        bump(Stat::Monitored);
-    }
-    XDP_PASS
-}
-
-#[inline(always)]
-fn pick(dst: Match, src: Match) -> Match {
-    if dst.is_some() && (!src.is_some() || dst.prefix_len >= src.prefix_len) {
+    // The clock is read only when there is a candidate (a miss costs none).
+    let mut now = 0;
+    let dst = match dst {
+        Some(entry) => first_in_window(&entry.dst, &mut now),
+        None => Candidate::NONE,
+    };
+    let src = match src {
+        Some(entry) => first_in_window(&entry.src, &mut now),
+        None => Candidate::NONE,
+    };
+    let winner = if dst.is_some() && (!src.is_some() || dst.rank >= src.rank) {
         dst
     } else {
         src
+    };
+    if !winner.is_some() {
+        return XDP_PASS;
     }
+    count(ctx, winner.slot);
+    if winner.is_drop() {
+        XDP_DROP
+    } else {
+        bump(Stat::Monitored);
+        XDP_PASS
+    }
+}
+
+#[inline(always)]
+fn first_in_window(candidates: &[Candidate; CANDIDATES], now: &mut u64) -> Candidate {
+    for candidate in candidates {
+        if !candidate.is_some() {
+            break;
+        }
+        if *now == 0 {
+            // SAFETY: a plain helper call with no arguments.
+            *now = unsafe { bpf_ktime_get_tai_ns() };
+        }
+        if let Some(window) = BLK_ORDER_WIN.get(candidate.slot)
+            && window.not_before <= *now
+            && *now < window.not_after
+        {
+            return *candidate;
+        }
+    }
+    Candidate::NONE
 }
 
 #[inline(always)]

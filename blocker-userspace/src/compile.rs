@@ -1,23 +1,25 @@
 //! The compiler: orders in force → lookup-table entries. Pure: no kernel,
 //! no clock.
 //!
-//! The table holds every target prefix of every order in force. Each entry
-//! carries, per direction (dst, src) and action (drop, monitor), the winning
-//! order among all orders whose target covers the prefix (the prefix itself
-//! and its ancestors): longest target, then smallest order id. An LPM lookup
-//! returns the longest table prefix containing an address, and every other
-//! table prefix containing it is an ancestor, so the datapath only has to
-//! combine the destination entry with the source entry (see
-//! `blocker-ebpf`'s `decide`; [`simulate`] does the same in plain Rust).
+//! The table holds every target prefix of every order given (in force or
+//! pending). Each entry carries, per direction (dst, src), the orders whose
+//! target covers the prefix (the prefix itself and its ancestors), best
+//! first: drop before monitor, longer target, smaller order id. An LPM
+//! lookup returns the longest table prefix containing an address, and every
+//! other table prefix containing it is an ancestor, so the datapath only has
+//! to take the first candidate within its time window on each side and
+//! combine the two (see `blocker-ebpf`'s `decide`; [`simulate`] does the
+//! same in plain Rust).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use blocker_common::{MAX_ORDERS, Match, PrefixEntry};
+use blocker_common::{CANDIDATES, Candidate, MAX_ORDERS, PrefixEntry, RANK_DROP};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::feed::{Action, Order};
 
@@ -120,6 +122,9 @@ pub struct CompiledOrder {
     pub action: Action,
     /// Its target prefixes.
     pub prefixes: u32,
+    /// The window the datapath enforces it in (open where `None`).
+    pub effective_from: Option<OffsetDateTime>,
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// Everything the datapath needs for one feed at one instant.
@@ -130,45 +135,49 @@ pub struct Compiled {
     pub v6: Vec<([u8; 16], u8, PrefixEntry)>,
     pub slots: SlotTable,
     pub orders: Vec<CompiledOrder>,
+    /// Candidates cut because more than `CANDIDATES` orders covered one
+    /// prefix in one direction (the lowest-ranked are cut).
+    pub overflow: usize,
 }
 
-/// The best claim so far for one (direction, action): longest target, then
-/// smallest order id.
+/// One order's claim on a prefix, for one direction.
 #[derive(Clone, Copy)]
-struct Best<'a> {
-    prefix_len: u8,
+struct Claim<'a> {
+    rank: u32,
     id: &'a str,
     slot: u32,
 }
 
-fn better<'a>(current: Option<Best<'a>>, candidate: Best<'a>) -> Option<Best<'a>> {
-    match current {
-        Some(c)
-            if (c.prefix_len, std::cmp::Reverse(c.id))
-                >= (candidate.prefix_len, std::cmp::Reverse(candidate.id)) =>
-        {
-            Some(c)
-        }
-        _ => Some(candidate),
-    }
+/// Best first: higher rank (drop, then longer target), then smaller id.
+fn claim_order(a: &Claim<'_>, b: &Claim<'_>) -> std::cmp::Ordering {
+    b.rank.cmp(&a.rank).then_with(|| a.id.cmp(b.id))
 }
 
-/// [dst_drop, dst_monitor, src_drop, src_monitor]
-type Resolved<'a> = [Option<Best<'a>>; 4];
+/// Candidates per direction: [dst, src], best first, one per order.
+type Resolved<'a> = [Vec<Claim<'a>>; 2];
+
+/// Sorts, keeps each order's best claim, and keeps the best
+/// [`CANDIDATES`]; returns how many were cut.
+fn normalise(claims: &mut Vec<Claim<'_>>) -> usize {
+    claims.sort_by(claim_order);
+    let mut seen = BTreeSet::new();
+    claims.retain(|c| seen.insert(c.id));
+    let cut = claims.len().saturating_sub(CANDIDATES);
+    claims.truncate(CANDIDATES);
+    cut
+}
 
 fn to_entry(resolved: &Resolved<'_>) -> PrefixEntry {
-    let m = |b: Option<Best<'_>>| {
-        b.map_or(Match::NONE, |b| Match {
-            slot: b.slot,
-            prefix_len: u32::from(b.prefix_len),
-        })
-    };
-    PrefixEntry {
-        dst_drop: m(resolved[0]),
-        dst_monitor: m(resolved[1]),
-        src_drop: m(resolved[2]),
-        src_monitor: m(resolved[3]),
+    let mut entry = PrefixEntry::EMPTY;
+    for (out, claims) in [&mut entry.dst, &mut entry.src].into_iter().zip(resolved) {
+        for (slot, claim) in out.iter_mut().zip(claims) {
+            *slot = Candidate {
+                slot: claim.slot,
+                rank: claim.rank,
+            };
+        }
     }
+    entry
 }
 
 /// A prefix in sortable form: address bits left-aligned in a u128.
@@ -206,20 +215,23 @@ fn key_of(prefix: &IpNetwork) -> Key {
 }
 
 /// Resolves one family: claims per prefix → entry per prefix.
-fn resolve<'a>(claims: BTreeMap<Key, Resolved<'a>>) -> Vec<(Key, PrefixEntry)> {
+fn resolve<'a>(claims: BTreeMap<Key, Resolved<'a>>, cut: &mut usize) -> Vec<(Key, PrefixEntry)> {
     let mut out = Vec::with_capacity(claims.len());
     // Ancestors of the current prefix, outermost first, with their resolved
-    // winners (own claims merged with their ancestors').
+    // candidates (own claims merged with their ancestors').
     let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
     for (key, own) in claims {
         while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
             stack.pop();
         }
-        let mut resolved = stack.last().map_or([None; 4], |(_, r)| *r);
-        for (slot, claim) in resolved.iter_mut().zip(own) {
-            if let Some(claim) = claim {
-                *slot = better(*slot, claim);
+        let mut resolved = own;
+        if let Some((_, inherited)) = stack.last() {
+            for (mine, theirs) in resolved.iter_mut().zip(inherited) {
+                mine.extend_from_slice(theirs);
             }
+        }
+        for claims in &mut resolved {
+            *cut += normalise(claims);
         }
         out.push((key, to_entry(&resolved)));
         stack.push((key, resolved));
@@ -227,50 +239,56 @@ fn resolve<'a>(claims: BTreeMap<Key, Resolved<'a>>) -> Vec<(Key, PrefixEntry)> {
     out
 }
 
-/// Compiles the orders in force into table entries and counter slots.
+/// Compiles the orders to enforce into table entries and counter slots.
+/// Orders may carry windows (`effective_from`, `expires_at`): pass the
+/// orders in force *and* the pending ones, and the datapath starts and
+/// stops each on time by itself.
 pub fn compile(
-    orders_in_force: &[&Order],
+    orders: &[&Order],
     enforcement: Enforcement,
     previous: &SlotTable,
 ) -> Result<Compiled, CompileError> {
-    let slots = previous.reassign(orders_in_force.iter().map(|o| o.id.as_str()))?;
+    let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
     let mut v4: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
     let mut v6: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
-    let mut orders = Vec::with_capacity(orders_in_force.len());
-    for order in orders_in_force {
+    let mut compiled_orders = Vec::with_capacity(orders.len());
+    for order in orders {
         let Some(slot) = slots.get(&order.id) else {
             continue;
         };
         let action = enforcement.effective(order.action);
-        let column = usize::from(action == Action::Monitor);
+        let drop_bit = if action == Action::Drop { RANK_DROP } else { 0 };
         for target in &order.targets {
             let key = key_of(target);
             let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
-            let resolved = table.entry(key).or_insert([None; 4]);
-            let claim = Best {
-                prefix_len: key.len,
+            let resolved = table.entry(key).or_default();
+            let claim = Claim {
+                rank: drop_bit | u32::from(key.len),
                 id: &order.id,
                 slot,
             };
             if order.direction.covers_dst() {
-                resolved[column] = better(resolved[column], claim);
+                resolved[0].push(claim);
             }
             if order.direction.covers_src() {
-                resolved[2 + column] = better(resolved[2 + column], claim);
+                resolved[1].push(claim);
             }
         }
-        orders.push(CompiledOrder {
+        compiled_orders.push(CompiledOrder {
             id: order.id.clone(),
             slot,
             action,
             prefixes: u32::try_from(order.targets.len()).unwrap_or(u32::MAX),
+            effective_from: order.effective_from,
+            expires_at: order.expires_at,
         });
     }
-    let v4 = resolve(v4)
+    let mut overflow = 0;
+    let v4 = resolve(v4, &mut overflow)
         .into_iter()
         .map(|(k, e)| (((k.bits >> 96) as u32).to_be_bytes(), k.len, e))
         .collect();
-    let v6 = resolve(v6)
+    let v6 = resolve(v6, &mut overflow)
         .into_iter()
         .map(|(k, e)| (k.bits.to_be_bytes(), k.len, e))
         .collect();
@@ -278,73 +296,91 @@ pub fn compile(
         v4,
         v6,
         slots,
-        orders,
+        orders: compiled_orders,
+        overflow,
     })
 }
 
 /// What the XDP program does with a compiled table, in plain Rust: the
-/// longest-prefix entry for the destination and for the source, combined
-/// (drop over monitor; then the longer prefix; a tie goes to the
-/// destination). Returns the counted slot and the action.
-pub fn simulate(compiled: &Compiled, src: IpAddr, dst: IpAddr) -> Option<(u32, Action)> {
-    let lookup = |addr: IpAddr| -> Option<PrefixEntry> {
-        match addr {
-            IpAddr::V4(a) => {
-                let key = Key {
-                    bits: u128::from(u32::from(a)) << 96,
-                    len: 32,
-                };
-                compiled
-                    .v4
-                    .iter()
-                    .filter(|(n, l, _)| {
-                        Key {
-                            bits: u128::from(u32::from_be_bytes(*n)) << 96,
-                            len: *l,
-                        }
-                        .contains(&key)
-                    })
-                    .max_by_key(|(_, l, _)| *l)
-                    .map(|(_, _, e)| *e)
-            }
-            IpAddr::V6(a) => {
-                let key = Key {
-                    bits: u128::from(a),
-                    len: 128,
-                };
-                compiled
-                    .v6
-                    .iter()
-                    .filter(|(n, l, _)| {
-                        Key {
-                            bits: u128::from_be_bytes(*n),
-                            len: *l,
-                        }
-                        .contains(&key)
-                    })
-                    .max_by_key(|(_, l, _)| *l)
-                    .map(|(_, _, e)| *e)
-            }
-        }
-    };
+/// longest-prefix entry for the destination and for the source; in each, the
+/// first candidate whose order is within its window at `now`; the higher
+/// rank wins, a tie goes to the destination. Returns the counted slot and
+/// the action.
+pub fn simulate(
+    compiled: &Compiled,
+    src: IpAddr,
+    dst: IpAddr,
+    now: OffsetDateTime,
+) -> Option<(u32, Action)> {
     if src.is_ipv4() != dst.is_ipv4() {
         return None;
     }
-    let d = lookup(dst).unwrap_or(PrefixEntry::EMPTY);
-    let s = lookup(src).unwrap_or(PrefixEntry::EMPTY);
-    let pick = |d: Match, s: Match| {
-        if d.is_some() && (!s.is_some() || d.prefix_len >= s.prefix_len) {
-            d
+    let lookup = |addr: IpAddr| -> Option<PrefixEntry> {
+        let key = match addr {
+            IpAddr::V4(a) => Key {
+                bits: u128::from(u32::from(a)) << 96,
+                len: 32,
+            },
+            IpAddr::V6(a) => Key {
+                bits: u128::from(a),
+                len: 128,
+            },
+        };
+        let table: Vec<(Key, PrefixEntry)> = if addr.is_ipv4() {
+            compiled
+                .v4
+                .iter()
+                .map(|(n, l, e)| {
+                    let bits = u128::from(u32::from_be_bytes(*n)) << 96;
+                    (Key { bits, len: *l }, *e)
+                })
+                .collect()
         } else {
-            s
-        }
+            compiled
+                .v6
+                .iter()
+                .map(|(n, l, e)| {
+                    let bits = u128::from_be_bytes(*n);
+                    (Key { bits, len: *l }, *e)
+                })
+                .collect()
+        };
+        table
+            .into_iter()
+            .filter(|(k, _)| k.contains(&key))
+            .max_by_key(|(k, _)| k.len)
+            .map(|(_, e)| e)
     };
-    let drop = pick(d.dst_drop, s.src_drop);
-    if drop.is_some() {
-        return Some((drop.slot, Action::Drop));
-    }
-    let monitor = pick(d.dst_monitor, s.src_monitor);
-    monitor.is_some().then_some((monitor.slot, Action::Monitor))
+    let in_window = |slot: u32| {
+        compiled.orders.iter().any(|o| {
+            o.slot == slot
+                && o.effective_from.is_none_or(|from| from <= now)
+                && o.expires_at.is_none_or(|until| now < until)
+        })
+    };
+    let first = |candidates: &[Candidate; CANDIDATES]| {
+        candidates
+            .iter()
+            .take_while(|c| c.is_some())
+            .find(|c| in_window(c.slot))
+            .copied()
+            .unwrap_or(Candidate::NONE)
+    };
+    let d = lookup(dst).map_or(Candidate::NONE, |e| first(&e.dst));
+    let s = lookup(src).map_or(Candidate::NONE, |e| first(&e.src));
+    let winner = if d.is_some() && (!s.is_some() || d.rank >= s.rank) {
+        d
+    } else {
+        s
+    };
+    winner.is_some().then(|| {
+        let action = if winner.is_drop() {
+            Action::Drop
+        } else {
+            Action::Monitor
+        };
+        (winner.slot, action)
+    })
 }
 
 #[cfg(test)]
@@ -372,15 +408,26 @@ mod tests {
     }
 
     fn verdict(c: &Compiled, src: &str, dst: &str) -> Option<(String, Action)> {
-        simulate(c, src.parse().expect("src"), dst.parse().expect("dst")).map(|(slot, action)| {
-            let id = c
-                .slots
-                .iter()
-                .find(|(_, s)| *s == slot)
-                .map(|(id, _)| id.to_owned())
-                .expect("slot has an id");
-            (id, action)
-        })
+        verdict_at(c, src, dst, OffsetDateTime::now_utc())
+    }
+
+    fn verdict_at(
+        c: &Compiled,
+        src: &str,
+        dst: &str,
+        now: OffsetDateTime,
+    ) -> Option<(String, Action)> {
+        simulate(c, src.parse().expect("src"), dst.parse().expect("dst"), now).map(
+            |(slot, action)| {
+                let id = c
+                    .slots
+                    .iter()
+                    .find(|(_, s)| *s == slot)
+                    .map(|(id, _)| id.to_owned())
+                    .expect("slot has an id");
+                (id, action)
+            },
+        )
     }
 
     #[test]
@@ -433,6 +480,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_order_is_compiled_and_enforced_only_in_its_window() {
+        let from = OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("t");
+        let mut pending = order("LATER", Action::Drop, Direction::Dst, &["203.0.113.7/32"]);
+        pending.effective_from = Some(from);
+        pending.expires_at = Some(from + time::Duration::seconds(60));
+        let monitor = order("NOW", Action::Monitor, Direction::Dst, &["203.0.113.0/24"]);
+        let c = compile(
+            &[&pending, &monitor],
+            Enforcement::Enforce,
+            &SlotTable::new(),
+        )
+        .expect("compile");
+        let at = |secs| from + time::Duration::seconds(secs);
+        assert_eq!(
+            verdict_at(&c, "192.0.2.1", "203.0.113.7", at(-1)),
+            Some(("NOW".into(), Action::Monitor))
+        );
+        assert_eq!(
+            verdict_at(&c, "192.0.2.1", "203.0.113.7", at(0)),
+            Some(("LATER".into(), Action::Drop))
+        );
+        assert_eq!(
+            verdict_at(&c, "192.0.2.1", "203.0.113.7", at(60)),
+            Some(("NOW".into(), Action::Monitor))
+        );
+    }
+
+    #[test]
     fn slots_are_stable_and_not_handed_on_at_once() {
         let a = order("A", Action::Drop, Direction::Dst, &["203.0.113.1/32"]);
         let b = order("B", Action::Drop, Direction::Dst, &["203.0.113.2/32"]);
@@ -460,6 +535,10 @@ mod tests {
         })
     }
 
+    fn base() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("base time")
+    }
+
     fn arb_order() -> impl Strategy<Value = Order> {
         (
             0u8..6,
@@ -470,12 +549,20 @@ mod tests {
                 Just(Direction::Both)
             ],
             prop::collection::vec(prop_oneof![universe_v4(), universe_v6()], 1..4),
+            0u8..4,
         )
-            .prop_map(|(id, action, direction, targets)| {
+            .prop_map(|(id, action, direction, targets, window)| {
                 let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
                 let mut o = order(&format!("O{id}"), action, direction, &targets);
                 o.targets.sort();
                 o.targets.dedup();
+                let at = |secs: i64| Some(base() + time::Duration::seconds(secs));
+                (o.effective_from, o.expires_at) = match window {
+                    0 => (None, None),
+                    1 => (at(10), None),
+                    2 => (None, at(10)),
+                    _ => (at(-10), at(10)),
+                };
                 o
             })
     }
@@ -484,16 +571,24 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn compiled_tables_decide_like_the_reference(
-            orders in prop::collection::vec(arb_order(), 0..6),
+            orders in prop::collection::vec(arb_order(), 0..7),
             observe in any::<bool>(),
-            packets in prop::collection::vec((any::<bool>(), 0u16..20, 0u16..20), 1..20),
+            packets in prop::collection::vec((any::<bool>(), 0u16..20, 0u16..20, 0i64..3), 1..20),
         ) {
             let mut unique: BTreeMap<String, Order> = BTreeMap::new();
             for o in orders { unique.entry(o.id.clone()).or_insert(o); }
             let refs: Vec<&Order> = unique.values().collect();
             let enforcement = if observe { Enforcement::Observe } else { Enforcement::Enforce };
             let c = compile(&refs, enforcement, &SlotTable::new()).expect("compile");
-            for (v6, s, d) in packets {
+            prop_assume!(c.overflow == 0);
+            for (v6, s, d, when) in packets {
+                let now = base() + time::Duration::seconds(when * 10 - 5);
+                let in_force: Vec<&Order> = refs
+                    .iter()
+                    .copied()
+                    .filter(|o| o.effective_from.is_none_or(|f| f <= now)
+                        && o.expires_at.is_none_or(|u| now < u))
+                    .collect();
                 let (src, dst): (IpAddr, IpAddr) = if v6 {
                     (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, s).into(),
                      std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d).into())
@@ -501,10 +596,10 @@ mod tests {
                     (std::net::Ipv4Addr::new(203, 0, 113, s as u8).into(),
                      std::net::Ipv4Addr::new(203, 0, 113, d as u8).into())
                 };
-                let expected = reference::verdict(&refs, enforcement, src, dst)
+                let expected = reference::verdict(&in_force, enforcement, src, dst)
                     .map(|w| (w.order, w.action));
-                let got = verdict(&c, &src.to_string(), &dst.to_string());
-                prop_assert_eq!(got, expected, "src {} dst {}", src, dst);
+                let got = verdict_at(&c, &src.to_string(), &dst.to_string(), now);
+                prop_assert_eq!(got, expected, "src {} dst {} at {}", src, dst, now);
             }
         }
     }

@@ -356,6 +356,13 @@ impl Daemon {
         self.state
             .save_slots(&compiled.slots)
             .map_err(|e| apply_error(e.to_string()))?;
+        if compiled.overflow > 0 {
+            tracing::warn!(
+                serial,
+                cut = compiled.overflow,
+                "more orders cover one prefix than an entry holds; the lowest-ranked were cut"
+            );
+        }
         let stats = self
             .datapath
             .apply(&compiled, &fresh)

@@ -29,8 +29,10 @@ use aya::{
     },
 };
 use blocker_common::{
-    Control, MAX_ORDERS, OrderCounters, PROGRAM_NAME, PrefixEntry, STAT_COUNT, map_names,
+    Control, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry, STAT_COUNT,
+    map_names,
 };
+use time::OffsetDateTime;
 
 use crate::{compile::Compiled, config::AttachMode};
 
@@ -150,6 +152,7 @@ pub struct Maps {
     v4: [LpmTrie<MapData, [u8; 4], PrefixEntry>; 2],
     v6: [LpmTrie<MapData, [u8; 16], PrefixEntry>; 2],
     counters: PerCpuArray<MapData, OrderCounters>,
+    windows: Array<MapData, OrderWindow>,
     stats: PerCpuArray<MapData, u64>,
     /// max_entries of each lookup table.
     capacity: u32,
@@ -195,6 +198,7 @@ impl Maps {
             v4: [typed(first_table, v4a)?, typed(take(v4b)?, v4b)?],
             v6: [typed(take(v6a)?, v6a)?, typed(take(v6b)?, v6b)?],
             counters: typed(take(map_names::ORDER_COUNTERS)?, map_names::ORDER_COUNTERS)?,
+            windows: typed(take(map_names::ORDER_WINDOWS)?, map_names::ORDER_WINDOWS)?,
             stats: typed(take(map_names::STATS)?, map_names::STATS)?,
             capacity,
         })
@@ -312,6 +316,26 @@ impl Maps {
             self.v6[generation]
                 .insert(&Key::new(u32::from(*len), *addr), entry, 0)
                 .map_err(map_err(name6))?;
+        }
+        Ok(())
+    }
+
+    /// Writes each order's window, converted to the CLOCK_TAI nanoseconds
+    /// the program reads.
+    fn set_windows(&mut self, compiled: &Compiled) -> Result<()> {
+        let offset = tai_offset_ns();
+        let to_tai = |at: OffsetDateTime| -> u64 {
+            let ns = at.unix_timestamp_nanos() + offset;
+            u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
+        };
+        for order in &compiled.orders {
+            let window = OrderWindow {
+                not_before: order.effective_from.map_or(0, to_tai),
+                not_after: order.expires_at.map_or(u64::MAX, to_tai),
+            };
+            self.windows
+                .set(order.slot, window, 0)
+                .map_err(map_err(map_names::ORDER_WINDOWS))?;
         }
         Ok(())
     }
@@ -502,6 +526,7 @@ impl Datapath {
             }
         }
         self.maps.zero_counters(fresh_slots)?;
+        self.maps.set_windows(compiled)?;
         if let Some(flipped) = self.last_flip {
             let since = flipped.elapsed();
             if since < GENERATION_GRACE {
@@ -539,6 +564,24 @@ impl Datapath {
         let result = program.test_run(options).map_err(DatapathError::Program)?;
         Ok((result.return_value, result.duration))
     }
+}
+
+/// CLOCK_TAI minus CLOCK_REALTIME, in nanoseconds (37 s where the kernel
+/// knows the leap seconds, 0 where nobody told it).
+fn tai_offset_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    let realtime = read(libc::CLOCK_REALTIME);
+    let tai = read(libc::CLOCK_TAI);
+    // Rounded to whole seconds: the offset is an integer number of seconds.
+    ((tai - realtime + 500_000_000).div_euclid(1_000_000_000)) * 1_000_000_000
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

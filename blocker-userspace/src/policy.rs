@@ -92,6 +92,15 @@ impl Evaluation {
             .map(|o| &o.order)
     }
 
+    /// The orders the datapath holds: in force now, or pending (their
+    /// window opens later; the datapath starts them on time by itself).
+    pub fn enforceable(&self) -> impl Iterator<Item = &Order> {
+        self.orders
+            .iter()
+            .filter(|o| matches!(o.state, OrderState::InForce | OrderState::Pending))
+            .map(|o| &o.order)
+    }
+
     pub fn count(&self, state: OrderState) -> usize {
         self.orders.iter().filter(|o| o.state == state).count()
     }

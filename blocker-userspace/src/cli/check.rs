@@ -80,10 +80,22 @@ pub(super) fn check(config_path: &Path, address: &str, json: bool) -> Result<Exi
         .and_then(|maps| maps.lookup(addr).ok())
         .map(|entry| {
             let entry = entry.unwrap_or(blocker_common::PrefixEntry::EMPTY);
-            let name = |m: blocker_common::Match| m.is_some().then(|| slot_name(m.slot));
+            let names = |candidates: &[blocker_common::Candidate]| {
+                candidates
+                    .iter()
+                    .filter(|c| c.is_some())
+                    .map(|c| {
+                        json!({
+                            "order": slot_name(c.slot),
+                            "action": if c.is_drop() { "drop" } else { "monitor" },
+                            "prefix_len": c.prefix_len(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
             json!({
-                "as_destination": {"drop": name(entry.dst_drop), "monitor": name(entry.dst_monitor)},
-                "as_source": {"drop": name(entry.src_drop), "monitor": name(entry.src_monitor)},
+                "as_destination": names(&entry.dst),
+                "as_source": names(&entry.src),
             })
         });
 
