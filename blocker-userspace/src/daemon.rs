@@ -157,6 +157,18 @@ impl Daemon {
     fn attach_all(&mut self) -> Result<(), DaemonError> {
         let mut failures = Vec::new();
         let interfaces = self.config.interfaces.clone();
+        // An interface taken out of the config is detached: the config says
+        // where blocker enforces.
+        for stale in datapath::attachments(&self.config.bpffs_dir)?
+            .into_iter()
+            .filter(|a| !interfaces.iter().any(|i| i.name == a.interface))
+        {
+            datapath::detach_one(&stale)?;
+            tracing::info!(interface = %stale.interface, "detached: no longer in the config");
+            self.record(AuditEvent::Detached {
+                interfaces: vec![stale.interface.clone()],
+            });
+        }
         for interface in &interfaces {
             match self.datapath.attach(&interface.name, interface.mode) {
                 Ok(mode) => {

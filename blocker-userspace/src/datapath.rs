@@ -85,6 +85,10 @@ pub enum DatapathError {
         source: aya::pin::PinError,
     },
     #[error(
+        "the maps pinned under {path} have another layout ({detail}) than this build of blocker: they were made by a different version. `blocker detach --config ...` (lifts enforcement) and start again"
+    )]
+    Layout { path: PathBuf, detail: String },
+    #[error(
         "the feed compiles to {count} {family} prefixes but the maps hold at most {capacity}; raise guardrails.max_prefixes (and `blocker detach` to resize)"
     )]
     Capacity {
@@ -387,6 +391,7 @@ impl Datapath {
         }
         fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
         fs::create_dir_all(links_dir(bpffs_dir)).map_err(io_err(bpffs_dir))?;
+        check_pinned_layout(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         for name in map_names::V4.into_iter().chain(map_names::V6) {
@@ -594,6 +599,39 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     program.try_into().map_err(DatapathError::Program)
 }
 
+/// Refuses pinned maps whose entries differ from this build's: the program
+/// would misread them.
+fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
+    let expected = [
+        (map_names::V4[0], size_of::<PrefixEntry>()),
+        (map_names::ORDER_WINDOWS, size_of::<OrderWindow>()),
+        (map_names::ORDER_COUNTERS, size_of::<OrderCounters>()),
+    ];
+    for (name, value_size) in expected {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            if name == map_names::ORDER_WINDOWS && maps_dir.join(map_names::CONTROL).exists() {
+                return Err(DatapathError::Layout {
+                    path: maps_dir.to_owned(),
+                    detail: format!("no {name} map"),
+                });
+            }
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if info.value_size() as usize != value_size {
+            return Err(DatapathError::Layout {
+                path: maps_dir.to_owned(),
+                detail: format!(
+                    "{name} values are {} bytes, this build uses {value_size}",
+                    info.value_size()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn maps_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("maps")
 }
@@ -638,6 +676,12 @@ pub fn attachments(bpffs_dir: &Path) -> Result<Vec<Attachment>> {
     }
     found.sort_by(|a, b| a.interface.cmp(&b.interface));
     Ok(found)
+}
+
+/// Removes the pinned link of one attachment: the program leaves that
+/// interface.
+pub fn detach_one(attachment: &Attachment) -> Result<()> {
+    fs::remove_file(&attachment.pin).map_err(io_err(&attachment.pin))
 }
 
 /// Removes every link, the program and the maps pinned under `bpffs_dir`:
