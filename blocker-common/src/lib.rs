@@ -125,8 +125,20 @@ pub struct OrderCounters {
     pub bytes: u64,
 }
 
-/// Per-CPU datapath statistics, indexed by [`Stat`] value.
+/// Statistics kept per frame outcome ([`Stat`]).
 pub const STAT_COUNT: u32 = 10;
+
+/// Interface slots of the statistics array: a frame counts in slot
+/// `ingress ifindex % IF_SLOTS` (one array lookup per frame; the controller
+/// maps slots back to the configured interfaces).
+pub const IF_SLOTS: u32 = 256;
+
+/// Per-CPU statistics of one interface slot, indexed by [`Stat`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfStats {
+    pub counters: [u64; STAT_COUNT as usize],
+}
 
 /// Indices into the statistics array.
 #[repr(u32)]
@@ -174,6 +186,7 @@ const _: () = assert!(size_of::<Candidate>() == 8);
 const _: () = assert!(size_of::<PrefixEntry>() == 64);
 const _: () = assert!(size_of::<OrderWindow>() == 16);
 const _: () = assert!(size_of::<Control>() == 8);
+const _: () = assert!(size_of::<IfStats>() == 80);
 const _: () = assert!(size_of::<OrderCounters>() == 16);
 
 #[cfg(feature = "user")]
@@ -185,4 +198,5 @@ mod pod {
     unsafe impl aya::Pod for super::PrefixEntry {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::OrderCounters {}
+    unsafe impl aya::Pod for super::IfStats {}
 }

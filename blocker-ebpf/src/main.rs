@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use blocker_common::{
-    CANDIDATES, Candidate, Control, MAX_ORDERS, OrderCounters, OrderWindow, PrefixEntry,
-    STAT_COUNT, Stat,
+    CANDIDATES, Candidate, Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow,
+    PrefixEntry, Stat,
 };
 
 /// Default capacity of each lookup table; the controller sets the real one
@@ -55,7 +55,7 @@ static BLK_ORDER_CNT: PerCpuArray<OrderCounters> = PerCpuArray::pinned(MAX_ORDER
 #[map]
 static BLK_ORDER_WIN: Array<OrderWindow> = Array::pinned(MAX_ORDERS, 0);
 #[map]
-static BLK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+static BLK_STATS: PerCpuArray<IfStats> = PerCpuArray::pinned(IF_SLOTS, 0);
 
 /// Why a frame was not looked up.
 enum Skip {
@@ -81,27 +81,36 @@ impl Skip {
 
 #[xdp]
 pub fn blocker(ctx: XdpContext) -> u32 {
-    bump(Stat::Seen);
-    let verdict = match try_blocker(&ctx) {
+    let slot = (ctx.ingress_ifindex() as u32) % IF_SLOTS;
+    let stats = BLK_STATS.get_ptr_mut(slot);
+    bump(stats, Stat::Seen);
+    let verdict = match try_blocker(&ctx, stats) {
         Ok(verdict) => verdict,
         Err(skip) => {
-            bump(skip.stat());
+            bump(stats, skip.stat());
             XDP_PASS
         }
     };
-    bump(if verdict == XDP_DROP {
-        Stat::Dropped
-    } else {
-        Stat::Passed
-    });
+    bump(
+        stats,
+        if verdict == XDP_DROP {
+            Stat::Dropped
+        } else {
+            Stat::Passed
+        },
+    );
     verdict
 }
 
+/// This CPU's statistics of the frame's interface slot.
+type Stats = Option<*mut IfStats>;
+
 #[inline(always)]
-fn bump(stat: Stat) {
-    if let Some(counter) = BLK_STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU slot: no other context writes it concurrently.
-        unsafe { *counter += 1 };
+fn bump(stats: Stats, stat: Stat) {
+    if let Some(stats) = stats {
+        // SAFETY: a per-CPU slot: no other context writes it concurrently;
+        // the index is a constant below STAT_COUNT.
+        unsafe { (*stats).counters[stat as usize] += 1 };
     }
 }
 
@@ -124,7 +133,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
 }
 
 #[inline(always)]
-fn try_blocker(ctx: &XdpContext) -> Result<u32, Skip> {
+fn try_blocker(ctx: &XdpContext, stats: Stats) -> Result<u32, Skip> {
     let mut ethertype = read_be16(ctx, 12)?;
     let mut offset = ETH_HDR_LEN;
     // Up to two tags (QinQ: 802.1ad outer, 802.1Q inner), unrolled.
@@ -140,8 +149,8 @@ fn try_blocker(ctx: &XdpContext) -> Result<u32, Skip> {
         }
     }
     match ethertype {
-        ETH_P_IPV4 => ipv4(ctx, offset),
-        ETH_P_IPV6 => ipv6(ctx, offset),
+        ETH_P_IPV4 => ipv4(ctx, offset, stats),
+        ETH_P_IPV6 => ipv6(ctx, offset, stats),
         _ => Err(Skip::NonIp),
     }
 }
@@ -152,7 +161,7 @@ fn is_vlan(ethertype: u16) -> bool {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
+fn ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Skip> {
     let hdr = ptr_at::<[u8; IPV4_MIN_HDR_LEN]>(ctx, offset)?;
     // SAFETY: ptr_at checked the 20 bytes lie inside the frame.
     let hdr = unsafe { &*hdr };
@@ -178,11 +187,11 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
             BLK_V4_B.get(Key::new(32, src)),
         )
     };
-    Ok(decide(ctx, table_dst, table_src))
+    Ok(decide(ctx, stats, table_dst, table_src))
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
+fn ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Skip> {
     let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, offset)?;
     // SAFETY: ptr_at checked the 40 bytes lie inside the frame.
     let hdr = unsafe { &*hdr };
@@ -205,7 +214,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<u32, Skip> {
             BLK_V6_B.get(Key::new(128, src)),
         )
     };
-    Ok(decide(ctx, table_dst, table_src))
+    Ok(decide(ctx, stats, table_dst, table_src))
 }
 
 #[inline(always)]
@@ -222,8 +231,13 @@ fn generation() -> Result<u32, Skip> {
 /// within its window wins its direction, then the higher rank wins, and on a
 /// tie the destination.
 #[inline(always)]
-fn decide(ctx: &XdpContext, dst: Option<&PrefixEntry>, src: Option<&PrefixEntry>) -> u32 {
-    bump(Stat::Looked);
+fn decide(
+    ctx: &XdpContext,
+    stats: Stats,
+    dst: Option<&PrefixEntry>,
+    src: Option<&PrefixEntry>,
+) -> u32 {
+    bump(stats, Stat::Looked);
     // The clock is read only when there is a candidate (a miss costs none).
     let mut now = 0;
     let dst = match dst {
@@ -242,11 +256,11 @@ fn decide(ctx: &XdpContext, dst: Option<&PrefixEntry>, src: Option<&PrefixEntry>
     if !winner.is_some() {
         return XDP_PASS;
     }
-    count(ctx, winner.slot);
+    count(ctx, stats, winner.slot);
     if winner.is_drop() {
         XDP_DROP
     } else {
-        bump(Stat::Monitored);
+        bump(stats, Stat::Monitored);
         XDP_PASS
     }
 }
@@ -272,7 +286,7 @@ fn first_in_window(candidates: &[Candidate; CANDIDATES], now: &mut u64) -> Candi
 }
 
 #[inline(always)]
-fn count(ctx: &XdpContext, slot: u32) {
+fn count(ctx: &XdpContext, stats: Stats, slot: u32) {
     match BLK_ORDER_CNT.get_ptr_mut(slot) {
         Some(counters) => {
             let len = (ctx.data_end() - ctx.data()) as u64;
@@ -282,7 +296,7 @@ fn count(ctx: &XdpContext, slot: u32) {
                 (*counters).bytes += len;
             }
         }
-        None => bump(Stat::Errors),
+        None => bump(stats, Stat::Errors),
     }
 }
 

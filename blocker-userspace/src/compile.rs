@@ -146,6 +146,14 @@ struct Claim<'a> {
     rank: u32,
     id: &'a str,
     slot: u32,
+    from: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+}
+
+impl Claim<'_> {
+    fn in_window(&self, at: OffsetDateTime) -> bool {
+        self.from.is_none_or(|from| from <= at) && self.until.is_none_or(|until| at < until)
+    }
 }
 
 /// Best first: higher rank (drop, then longer target), then smaller id.
@@ -156,12 +164,33 @@ fn claim_order(a: &Claim<'_>, b: &Claim<'_>) -> std::cmp::Ordering {
 /// Candidates per direction: [dst, src], best first, one per order.
 type Resolved<'a> = [Vec<Claim<'a>>; 2];
 
-/// Sorts, keeps each order's best claim, and keeps the best
-/// [`CANDIDATES`]; returns how many were cut.
+/// Sorts, keeps each order's best claim and, when more than
+/// [`CANDIDATES`] remain, only those that win at some instant: between any
+/// two window boundaries the datapath picks the first claim in its window,
+/// so the claims that are first somewhere are all it ever needs. Returns how
+/// many claims that still leaves out (their orders lose this prefix).
 fn normalise(claims: &mut Vec<Claim<'_>>) -> usize {
     claims.sort_by(claim_order);
     let mut seen = BTreeSet::new();
     claims.retain(|c| seen.insert(c.id));
+    if claims.len() > CANDIDATES {
+        let bounds: BTreeSet<OffsetDateTime> = claims
+            .iter()
+            .flat_map(|c| [c.from, c.until])
+            .flatten()
+            .collect();
+        let mut instants: Vec<OffsetDateTime> = bounds.iter().copied().collect();
+        if let Some(first) = bounds.first() {
+            instants.push(*first - time::Duration::nanoseconds(1));
+        } else {
+            instants.push(OffsetDateTime::UNIX_EPOCH);
+        }
+        let winners: BTreeSet<&str> = instants
+            .iter()
+            .filter_map(|&at| claims.iter().find(|c| c.in_window(at)).map(|c| c.id))
+            .collect();
+        claims.retain(|c| winners.contains(c.id));
+    }
     let cut = claims.len().saturating_sub(CANDIDATES);
     claims.truncate(CANDIDATES);
     cut
@@ -266,6 +295,8 @@ pub fn compile(
                 rank: drop_bit | u32::from(key.len),
                 id: &order.id,
                 slot,
+                from: order.effective_from,
+                until: order.expires_at,
             };
             if order.direction.covers_dst() {
                 resolved[0].push(claim);

@@ -189,6 +189,20 @@ impl Daemon {
         if failures.len() == interfaces.len() {
             return Err(DaemonError::NoInterface(failures.join("; ")));
         }
+        let indexed: Vec<(String, u32)> = interfaces
+            .iter()
+            .filter_map(|i| datapath::ifindex(&i.name).map(|index| (i.name.clone(), index)))
+            .collect();
+        for (i, a) in indexed.iter().enumerate() {
+            let Some(b) = indexed[i + 1..]
+                .iter()
+                .find(|b| a.1 % blocker_common::IF_SLOTS == b.1 % blocker_common::IF_SLOTS)
+            else {
+                continue;
+            };
+            tracing::warn!(first = %a.0, second = %b.0, "interfaces share a statistics slot; their per-interface frames add up");
+        }
+        self.metrics.set_interfaces(indexed);
         Ok(())
     }
 

@@ -29,8 +29,8 @@ use aya::{
     },
 };
 use blocker_common::{
-    Control, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry, STAT_COUNT,
-    map_names,
+    Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
+    STAT_COUNT, map_names,
 };
 use time::OffsetDateTime;
 
@@ -157,7 +157,7 @@ pub struct Maps {
     v6: [LpmTrie<MapData, [u8; 16], PrefixEntry>; 2],
     counters: PerCpuArray<MapData, OrderCounters>,
     windows: Array<MapData, OrderWindow>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, IfStats>,
     /// max_entries of each lookup table.
     capacity: u32,
 }
@@ -231,15 +231,34 @@ impl Maps {
             }))
     }
 
-    /// Datapath statistics summed over CPUs, indexed by `blocker_common::Stat`.
+    /// Datapath statistics of all interfaces, summed over CPUs, indexed by
+    /// `blocker_common::Stat`.
     pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
         let mut totals = [0u64; STAT_COUNT as usize];
-        for (index, total) in (0u32..).zip(totals.iter_mut()) {
-            let per_cpu = self
-                .stats
-                .get(&index, 0)
-                .map_err(map_err(map_names::STATS))?;
-            *total = per_cpu.iter().sum();
+        for slot in 0..IF_SLOTS {
+            for (total, value) in totals.iter_mut().zip(self.slot_stats(slot)?) {
+                *total += value;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Datapath statistics of the interface with `ifindex` (and of any other
+    /// interface sharing its slot: `ifindex % IF_SLOTS`).
+    pub fn interface_stats(&self, ifindex: u32) -> Result<[u64; STAT_COUNT as usize]> {
+        self.slot_stats(ifindex % IF_SLOTS)
+    }
+
+    fn slot_stats(&self, slot: u32) -> Result<[u64; STAT_COUNT as usize]> {
+        let per_cpu = self
+            .stats
+            .get(&slot, 0)
+            .map_err(map_err(map_names::STATS))?;
+        let mut totals = [0u64; STAT_COUNT as usize];
+        for cpu in per_cpu.iter() {
+            for (total, value) in totals.iter_mut().zip(cpu.counters) {
+                *total += value;
+            }
         }
         Ok(totals)
     }
@@ -571,6 +590,14 @@ impl Datapath {
     }
 }
 
+/// The index of `interface` in this network namespace.
+pub fn ifindex(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: a valid C string; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// CLOCK_TAI minus CLOCK_REALTIME, in nanoseconds (37 s where the kernel
 /// knows the leap seconds, 0 where nobody told it).
 fn tai_offset_ns() -> i128 {
@@ -606,6 +633,7 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
         (map_names::V4[0], size_of::<PrefixEntry>()),
         (map_names::ORDER_WINDOWS, size_of::<OrderWindow>()),
         (map_names::ORDER_COUNTERS, size_of::<OrderCounters>()),
+        (map_names::STATS, size_of::<IfStats>()),
     ];
     for (name, value_size) in expected {
         let path = maps_dir.join(name);

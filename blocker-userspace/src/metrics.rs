@@ -54,6 +54,8 @@ pub struct Metrics {
     sync_failures: IntCounterVec,
     xdp_attached: IntGaugeVec,
     frames: IntCounterVec,
+    interface_frames: IntCounterVec,
+    interfaces: Mutex<Vec<(String, u32)>>,
     order_enforced_since: IntGaugeVec,
     sync_duration: Histogram,
     apply_duration: Gauge,
@@ -128,6 +130,14 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let interface_frames = IntCounterVec::new(
+            Opts::new(
+                "blocker_interface_frames_total",
+                "Frames the XDP program saw on each attached interface, by outcome (as blocker_datapath_frames_total).",
+            ),
+            &["interface", "kind"],
+        )?;
+        registry.register(Box::new(interface_frames.clone()))?;
         let order_enforced_since = IntGaugeVec::new(
             Opts::new(
                 "blocker_order_enforced_since_timestamp_seconds",
@@ -195,6 +205,8 @@ impl Metrics {
             sync_failures,
             xdp_attached,
             frames,
+            interface_frames,
+            interfaces: Mutex::new(Vec::new()),
             order_enforced_since,
             sync_duration,
             apply_duration,
@@ -283,6 +295,14 @@ impl Metrics {
         self.sync_failures.with_label_values(&[reason]);
     }
 
+    /// The attached interfaces and their ifindex, for per-interface frames.
+    pub fn set_interfaces(&self, interfaces: Vec<(String, u32)>) {
+        *self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = interfaces;
+    }
+
     pub fn set_attached(&self, interface: &str, mode: &str, attached: bool) {
         self.xdp_attached
             .with_label_values(&[interface, mode])
@@ -324,6 +344,22 @@ impl Metrics {
                 }
             }
             Err(err) => tracing::warn!(error = %err, "reading datapath statistics"),
+        }
+        let interfaces = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (name, ifindex) in interfaces.iter() {
+            match maps.interface_stats(*ifindex) {
+                Ok(stats) => {
+                    for (stat, label) in blocker_common::Stat::ALL {
+                        advance(&self.interface_frames, &[name, label], stats[stat as usize]);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(interface = %name, error = %err, "reading interface statistics")
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::{cell::RefCell, collections::BTreeMap, net::IpAddr, time::Duration};
 use blocker::{
     compile::{self, Compiled, Enforcement, SlotTable},
     datapath::Datapath,
-    feed::{self, Action, Direction, Order},
+    feed::{self, Action, Direction, Order, Status},
     policy, reference,
 };
 use blocker_common::{OrderCounters, STAT_COUNT, Stat};
@@ -20,7 +20,7 @@ use blocker_tests::{
 };
 use proptest::{
     prelude::*,
-    test_runner::{Config, TestRunner},
+    test_runner::{Config, TestCaseError, TestRunner},
 };
 use time::OffsetDateTime;
 
@@ -762,8 +762,12 @@ orders:
         "in force: {ids:?}"
     );
 
+    // The daemon loads what is in force and what is pending (the datapath
+    // opens a pending order's window by itself); do the same.
+    let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+    assert_eq!(enforceable.len(), 3, "in force + pending");
     let mut rig = Rig::new();
-    rig.apply_in_force(&in_force, Enforcement::Enforce);
+    rig.apply_in_force(&enforceable, Enforcement::Enforce);
     rig.expect_drop(
         "active v4",
         &udp("192.0.2.1", "203.0.113.1").build().bytes,
@@ -776,7 +780,7 @@ orders:
     );
     for dst in ["203.0.113.2", "203.0.113.3", "203.0.113.4", "198.51.100.9"] {
         rig.expect_clean_pass(
-            &format!("{dst}: order not in force"),
+            &format!("{dst}: order not in force (pending, expired, suspended or withdrawn)"),
             &udp("192.0.2.1", dst).build().bytes,
         );
     }
@@ -784,6 +788,104 @@ orders:
         "monitored source",
         &udp("198.51.100.200", "192.0.2.1").build().bytes,
         "ATKM-MONITOR",
+    );
+}
+
+/// The datapath enforces each order only inside its window, by the kernel's
+/// clock: loaded once, an order starts and stops on time with no apply.
+#[test]
+fn order_window_opens_and_closes_without_an_apply() {
+    let now = OffsetDateTime::now_utc();
+    let opens = now + Duration::from_millis(1500);
+    let closes = now + Duration::from_millis(3000);
+    let mut timed = drop_order("TIMED", Direction::Dst, &["203.0.113.7", "2001:db8:7::1"]);
+    timed.effective_from = Some(opens);
+    timed.expires_at = Some(closes);
+    let mut rig = Rig::with(
+        &[
+            timed,
+            monitor_order("ALWAYS", Direction::Dst, &["203.0.113.0/24"]),
+        ],
+        Enforcement::Enforce,
+    );
+    let v4 = udp("192.0.2.1", "203.0.113.7").build();
+    let v6 = udp("2001:db8:1::1", "2001:db8:7::1").build();
+    let wait_until = |at: OffsetDateTime| {
+        let left = at - OffsetDateTime::now_utc();
+        if left.is_positive() {
+            std::thread::sleep(left.unsigned_abs());
+        }
+    };
+    assert!(
+        OffsetDateTime::now_utc() < opens - Duration::from_millis(500),
+        "set-up too slow for the window under test"
+    );
+    rig.expect_monitor(
+        "before the window: the broader monitor order",
+        &v4.bytes,
+        "ALWAYS",
+    );
+    rig.expect_clean_pass("before the window, v6", &v6.bytes);
+    wait_until(opens + Duration::from_millis(200));
+    rig.expect_drop("inside the window", &v4.bytes, "TIMED");
+    rig.expect_drop("inside the window, v6", &v6.bytes, "TIMED");
+    wait_until(closes + Duration::from_millis(200));
+    rig.expect_monitor("after the window", &v4.bytes, "ALWAYS");
+    rig.expect_clean_pass("after the window, v6", &v6.bytes);
+    assert_eq!(rig.counters("TIMED").packets, 2);
+}
+
+/// An order in force must act even when more higher-ranked orders than an
+/// entry holds cover the same address but are not in force yet (the daemon
+/// loads pending orders with their windows).
+#[test]
+fn in_force_order_behind_many_pending_orders_is_enforced() {
+    let now = OffsetDateTime::now_utc();
+    let tomorrow = now + time::Duration::days(1);
+    let mut orders: Vec<Order> = ["A", "B", "C", "D", "E", "F"]
+        .iter()
+        .map(|id| {
+            let mut pending =
+                drop_order(&format!("PENDING-{id}"), Direction::Dst, &["203.0.113.7"]);
+            pending.effective_from = Some(tomorrow);
+            pending
+        })
+        .collect();
+    orders.push(drop_order(
+        "ZZ-IN-FORCE",
+        Direction::Dst,
+        &["203.0.113.0/24"],
+    ));
+    let feed = feed::Feed {
+        serial: 1,
+        issued_at: now,
+        issuer: "BLKT-TEST".to_owned(),
+        orders,
+    };
+    let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
+        .unwrap_or_else(|err| panic!("evaluating: {err}"));
+    let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+    let in_force: Vec<&Order> = evaluation.in_force().collect();
+    assert_eq!((enforceable.len(), in_force.len()), (7, 1));
+    let winner = reference::verdict(
+        &in_force,
+        Enforcement::Enforce,
+        ip("192.0.2.1"),
+        ip("203.0.113.7"),
+    )
+    .expect("the reference drops the packet");
+    assert_eq!(winner.order, "ZZ-IN-FORCE");
+    let mut rig = Rig::new();
+    rig.apply_in_force(&enforceable, Enforcement::Enforce);
+    rig.expect_drop(
+        "another host of the /24",
+        &udp("192.0.2.1", "203.0.113.8").build().bytes,
+        "ZZ-IN-FORCE",
+    );
+    rig.expect_drop(
+        "the host six pending /32 orders name",
+        &udp("192.0.2.1", "203.0.113.7").build().bytes,
+        "ZZ-IN-FORCE",
     );
 }
 
@@ -935,22 +1037,50 @@ impl Packet {
     }
 }
 
-fn order_strategy() -> impl Strategy<Value = (bool, u8, Vec<&'static str>)> {
+/// Order windows relative to the test's `now`: (effective_from, expires_at)
+/// in hours, `None` open. Weighted towards orders in force.
+const WINDOWS: &[(Option<i64>, Option<i64>)] = &[
+    (None, None),
+    (None, None),
+    (Some(-1), None),
+    (None, Some(1)),
+    (Some(-2), Some(2)),
+    (Some(1), None),      // pending
+    (Some(1), Some(2)),   // pending
+    (None, Some(-1)),     // expired
+    (Some(-2), Some(-1)), // expired
+];
+const STATUSES: &[Status] = &[
+    Status::Active,
+    Status::Active,
+    Status::Active,
+    Status::Active,
+    Status::Suspended,
+    Status::Withdrawn,
+];
+
+type OrderParts = (bool, u8, Vec<&'static str>, usize, Status);
+
+fn order_strategy() -> impl Strategy<Value = OrderParts> {
     let prefixes: Vec<&'static str> = V4_PREFIXES.iter().chain(V6_PREFIXES).copied().collect();
     (
         any::<bool>(),
         0u8..3,
         prop::sample::subsequence(prefixes, 1..=3),
+        0..WINDOWS.len(),
+        prop::sample::select(STATUSES),
     )
 }
 
-fn feed_strategy() -> impl Strategy<Value = Vec<Order>> {
+/// Up to six orders with unique ids, random actions, directions, targets,
+/// windows (around `now`) and statuses, in random feed order.
+fn feed_strategy(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
     prop::collection::btree_map(0u8..24, order_strategy(), 1..=6)
-        .prop_map(|orders| {
+        .prop_map(move |orders| {
             orders
                 .into_iter()
-                .map(|(n, (drop, direction, targets))| {
-                    order(
+                .map(|(n, (drop, direction, targets, window, status))| {
+                    let mut order = order(
                         &format!("P-{n:02}"),
                         if drop { Action::Drop } else { Action::Monitor },
                         match direction {
@@ -959,7 +1089,12 @@ fn feed_strategy() -> impl Strategy<Value = Vec<Order>> {
                             _ => Direction::Both,
                         },
                         &targets,
-                    )
+                    );
+                    let (from, until) = WINDOWS[window];
+                    order.effective_from = from.map(|h| now + time::Duration::hours(h));
+                    order.expires_at = until.map(|h| now + time::Duration::hours(h));
+                    order.status = status;
+                    order
                 })
                 .collect::<Vec<_>>()
         })
@@ -998,8 +1133,9 @@ fn kernel_verdicts_match_the_reference() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
+    let now = OffsetDateTime::now_utc();
     let strategy = (
-        feed_strategy(),
+        feed_strategy(now),
         any::<bool>(),
         prop::collection::vec(packet_strategy(), 1..=24),
     );
@@ -1010,9 +1146,23 @@ fn kernel_verdicts_match_the_reference() {
         } else {
             Enforcement::Enforce
         };
+        // As the daemon does: evaluate at `now`, load what is in force or
+        // pending (the kernel keeps pending orders closed by their window).
+        let feed = feed::Feed {
+            serial: 1,
+            issued_at: now,
+            issuer: "BLKT-TEST".to_owned(),
+            orders,
+        };
+        let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
+            .map_err(|err| TestCaseError::fail(format!("evaluating: {err}")))?;
+        let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+        let in_force: Vec<&Order> = evaluation.in_force().collect();
         let mut rig = rig.borrow_mut();
-        rig.apply(&orders, enforcement);
-        let in_force: Vec<&Order> = orders.iter().collect();
+        rig.apply_in_force(&enforceable, enforcement);
+        // More orders on one prefix than an entry holds is covered by
+        // `in_force_order_behind_many_pending_orders_is_enforced`.
+        prop_assume!(rig.compiled.as_ref().is_some_and(|c| c.overflow == 0));
         for packet in &packets {
             let frame = packet.frame();
             let expected = reference::verdict(&in_force, enforcement, packet.src, packet.dst);
