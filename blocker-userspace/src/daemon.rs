@@ -358,13 +358,13 @@ impl Daemon {
             detail: err.to_string(),
         })?;
         let in_force: Vec<_> = evaluation.in_force().collect();
-        let compiled =
-            compile::compile(&in_force, self.config.enforcement, &self.slots).map_err(|err| {
-                Refusal {
-                    reason: "apply",
-                    serial: Some(serial),
-                    detail: err.to_string(),
-                }
+        // Pending orders too: the datapath starts each on time by itself.
+        let enforceable: Vec<_> = evaluation.enforceable().collect();
+        let compiled = compile::compile(&enforceable, self.config.enforcement, &self.slots)
+            .map_err(|err| Refusal {
+                reason: "apply",
+                serial: Some(serial),
+                detail: err.to_string(),
             })?;
         let fresh: Vec<u32> = compiled
             .orders

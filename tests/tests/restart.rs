@@ -4,9 +4,13 @@
 //! the blocked server may arrive across the whole run, the control stream to
 //! an allowed server must arrive whole, and the order's counter must carry on
 //! from the kernel's pinned maps to exactly the number of datagrams sent.
+//! Order windows that open or close while no daemon runs take effect on time.
 
 use std::{
+    fs,
     net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -36,6 +40,41 @@ fn orders() -> Vec<Order> {
         Direction::Dst,
         &["198.51.100.10", "2001:db8:100::10"],
     )]
+}
+
+/// Every file under `bpffs_dir/links` with its inode: the pinned bpf_links.
+/// A daemon that takes a link over keeps the pin; one that attached anew
+/// would replace it (and leave a moment with no program on the link).
+fn link_pins(bpffs_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut pins = Vec::new();
+    let mut dirs = vec![bpffs_dir.join("links")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let ino = fs::metadata(&path)
+                    .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+                    .ino();
+                pins.push((path, ino));
+            }
+        }
+    }
+    pins.sort();
+    pins
+}
+
+/// The id of the XDP program attached to the edge's interface.
+fn xdp_prog_id(edge: &Edge) -> u64 {
+    let json = edge
+        .edge
+        .ip(&["-j", "-d", "link", "show", "dev", &edge.edge_if]);
+    let links: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|err| panic!("ip -j link: {err}: {json}"));
+    links[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no XDP program on {}: {json}", edge.edge_if))
 }
 
 enum Stop {
@@ -102,6 +141,10 @@ fn restart_keeps_enforcing(how: Stop) {
         .collect();
     let stream = start_stream(&edge, blocked.iter().chain(&allowed).copied().collect());
 
+    let pins = link_pins(edge.bpffs.path());
+    assert_eq!(pins.len(), 1, "one pinned link for one interface: {pins:?}");
+    let mut prog_id = xdp_prog_id(&edge);
+
     thread::sleep(Duration::from_millis(700));
     for round in 0..2 {
         let running = daemon.take().expect("a daemon is running");
@@ -120,6 +163,17 @@ fn restart_keeps_enforcing(how: Stop) {
             "round {round}: the counter went from {before} to {after} across the restart"
         );
         daemon = Some(restarted);
+        assert_eq!(
+            link_pins(edge.bpffs.path()),
+            pins,
+            "round {round}: the restarted daemon must take the pinned link over, not attach anew"
+        );
+        let new_prog_id = xdp_prog_id(&edge);
+        assert_ne!(
+            new_prog_id, prog_id,
+            "round {round}: the restarted daemon's program should now run on the link"
+        );
+        prog_id = new_prog_id;
         thread::sleep(Duration::from_millis(700));
     }
 
@@ -166,4 +220,102 @@ fn sigkill_and_restart_never_lets_a_blocked_datagram_through() {
 #[test]
 fn sigterm_and_restart_never_lets_a_blocked_datagram_through() {
     restart_keeps_enforcing(Stop::Terminate);
+}
+
+/// Order windows that open or close while no daemon runs take effect on
+/// time: one order starts and another expires at the same instant, with the
+/// daemon killed before it. The next daemon's counters include what was
+/// dropped in between.
+#[test]
+fn order_windows_open_and_close_on_time_while_the_daemon_is_down() {
+    const STARTING: &str = "WINDOW-STARTS";
+    const EXPIRING: &str = "WINDOW-ENDS";
+    const DATAGRAMS: usize = 20;
+    let starting = server_v4(10);
+    let expiring = server_v4(20);
+    let control = server_v4(30);
+    let edge = Edge::new(&[starting, expiring, control]);
+    let instant = time::OffsetDateTime::now_utc() + Duration::from_secs(5);
+    let mut starts = drop_order(STARTING, Direction::Dst, &["198.51.100.10"]);
+    starts.effective_from = Some(instant);
+    let mut ends = drop_order(EXPIRING, Direction::Dst, &["198.51.100.20"]);
+    ends.expires_at = Some(instant);
+    edge.publish(SERIAL, &[starts, ends]);
+    let daemon = edge.start_daemon(SERIAL);
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.get("blocker_orders", &[("state", "pending")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.get("blocker_orders", &[("state", "in_force")]),
+        Some(1.0)
+    );
+
+    let receivers: Vec<_> = [starting, expiring, control]
+        .into_iter()
+        .map(|addr| (addr, edge.edge_udp(SocketAddr::new(addr, PORT))))
+        .collect();
+    let sender = edge.client_udp(control);
+    // Datagrams received at (starting, expiring, control).
+    let send_and_count = || -> Vec<usize> {
+        for _ in 0..DATAGRAMS {
+            for (addr, _) in &receivers {
+                sender
+                    .send_to(b"window", SocketAddr::new(*addr, PORT))
+                    .expect("send");
+            }
+        }
+        receivers
+            .iter()
+            .map(|(_, socket)| {
+                blocker_tests::topology::drain_count(
+                    socket,
+                    Duration::from_millis(300),
+                    Duration::from_secs(5),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        time::OffsetDateTime::now_utc() + Duration::from_millis(1500) < instant,
+        "set-up took too long to observe the orders before the instant"
+    );
+    assert_eq!(
+        send_and_count(),
+        [DATAGRAMS, 0, DATAGRAMS],
+        "before the instant: {EXPIRING} drops, {STARTING} does not yet"
+    );
+
+    daemon.kill();
+    let left = instant + Duration::from_millis(300) - time::OffsetDateTime::now_utc();
+    if left.is_positive() {
+        thread::sleep(left.unsigned_abs());
+    }
+    assert_eq!(
+        send_and_count(),
+        [0, DATAGRAMS, DATAGRAMS],
+        "after the instant, no daemon running: {STARTING} drops, {EXPIRING} no longer"
+    );
+
+    let daemon = edge.start_daemon(SERIAL);
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.get("blocker_orders", &[("state", "in_force")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.get("blocker_orders", &[("state", "expired")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.order_packets(STARTING, "drop"),
+        DATAGRAMS as u64,
+        "what was dropped while no daemon ran is counted"
+    );
+    assert_eq!(
+        send_and_count(),
+        [0, DATAGRAMS, DATAGRAMS],
+        "after the restart"
+    );
 }
