@@ -27,6 +27,19 @@ import http.server, ssl, sys, os
 port, root, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.chdir(root)
 class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        # With a TRUNCATE file in the web root, the feed is cut short: the
+        # headers promise the whole body, half of it arrives.
+        if self.path == "/feed.yaml" and os.path.exists("TRUNCATE"):
+            body = open("feed.yaml", "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
     def log_message(self, fmt, *args):
         sys.stderr.write((fmt % args) + "\n")
         sys.stderr.flush()
@@ -246,8 +259,18 @@ fn https_feed_is_followed_and_bad_feeds_never_replace_the_good_one() {
     });
     assert_eq!(serial(&daemon.scrape()), 2.0);
 
+    // A truncated download: refused, serial 2 stays.
+    let before = failures(&daemon.scrape(), "fetch");
+    publish(&edge, &www, &order(7), None, 6);
+    fs::write(www.join("TRUNCATE"), "").expect("truncate switch");
+    daemon.scrape_until("truncated download refused", Duration::from_secs(10), |s| {
+        failures(s, "fetch") >= before + 1.0
+    });
+    assert_eq!(serial(&daemon.scrape()), 2.0);
+
     // The server goes away for several polls: failures rise, enforcement stays.
     drop(server);
+    fs::remove_file(www.join("TRUNCATE")).expect("truncate switch off");
     let before = failures(&daemon.scrape(), "fetch");
     let down = daemon.scrape_until("fetch failures while down", Duration::from_secs(15), |s| {
         failures(s, "fetch") >= before + 2.0
@@ -269,10 +292,10 @@ fn https_feed_is_followed_and_bad_feeds_never_replace_the_good_one() {
     );
 
     // Recovery.
-    publish(&edge, &www, &order(6), None, 6);
+    publish(&edge, &www, &order(8), None, 7);
     server = HttpsServer::start(&edge, &dir);
-    daemon.scrape_until("serial 6 after recovery", Duration::from_secs(20), |s| {
-        serial(s) == 6.0
+    daemon.scrape_until("serial 8 after recovery", Duration::from_secs(20), |s| {
+        serial(s) == 8.0
     });
     drop(server);
     drop(daemon);
