@@ -63,15 +63,6 @@ pub struct Metrics {
     maps: Mutex<Option<Maps>>,
 }
 
-const ORDER_STATES: [OrderState; 6] = [
-    OrderState::InForce,
-    OrderState::Pending,
-    OrderState::Expired,
-    OrderState::Suspended,
-    OrderState::Withdrawn,
-    OrderState::Refused,
-];
-
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
@@ -187,7 +178,7 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        for state in ORDER_STATES {
+        for state in OrderState::ALL {
             orders.with_label_values(&[state.as_str()]).set(0);
         }
         for family in ["ipv4", "ipv6"] {
@@ -241,7 +232,7 @@ impl Metrics {
     }
 
     pub fn set_evaluation(&self, evaluation: &Evaluation) {
-        for state in ORDER_STATES {
+        for state in OrderState::ALL {
             self.orders
                 .with_label_values(&[state.as_str()])
                 .set(evaluation.count(state) as i64);

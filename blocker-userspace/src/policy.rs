@@ -52,6 +52,16 @@ pub enum OrderState {
 }
 
 impl OrderState {
+    /// Every state, in the order reports list them.
+    pub const ALL: [OrderState; 6] = [
+        OrderState::InForce,
+        OrderState::Pending,
+        OrderState::Expired,
+        OrderState::Suspended,
+        OrderState::Withdrawn,
+        OrderState::Refused,
+    ];
+
     /// The `state` label of `blocker_orders`.
     pub const fn as_str(self) -> &'static str {
         match self {

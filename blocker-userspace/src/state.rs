@@ -112,12 +112,7 @@ impl StateDir {
 
     /// Records when the feed was last synced and applied (for `blocker status`).
     pub fn save_status(&self, status: &SyncStatus) -> Result<()> {
-        let path = self.status_path();
-        let json = serde_json::to_vec_pretty(status).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&path, &json)
+        write_json(&self.status_path(), status)
     }
 
     pub fn load_status(&self) -> Result<Option<SyncStatus>> {
@@ -190,12 +185,7 @@ impl StateDir {
     }
 
     pub fn save_slots(&self, slots: &SlotTable) -> Result<()> {
-        let path = self.slots_path();
-        let json = serde_json::to_vec_pretty(slots).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&path, &json)
+        write_json(&self.slots_path(), slots)
     }
 
     /// The slot table last saved, or an empty one.
@@ -210,6 +200,14 @@ impl StateDir {
             Err(err) => Err(io_err(&path)(err)),
         }
     }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &json)
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new

@@ -13,15 +13,6 @@ use crate::{
     state::StateDir,
 };
 
-const STATES: [OrderState; 6] = [
-    OrderState::InForce,
-    OrderState::Pending,
-    OrderState::Expired,
-    OrderState::Suspended,
-    OrderState::Withdrawn,
-    OrderState::Refused,
-];
-
 pub(super) fn status(config_path: &Path, json: bool) -> Result<Exit, EnvError> {
     let config = load_config(config_path)?;
     let now = OffsetDateTime::now_utc();
@@ -49,7 +40,7 @@ pub(super) fn status(config_path: &Path, json: bool) -> Result<Exit, EnvError> {
         .and_then(|s| s.load_status().ok().flatten())
         .unwrap_or_default();
     let orders = view.as_ref().map(|v| {
-        STATES
+        OrderState::ALL
             .iter()
             .map(|&s| (s.as_str().to_owned(), json!(v.evaluation.count(s))))
             .collect::<serde_json::Map<_, _>>()
@@ -115,7 +106,7 @@ pub(super) fn status(config_path: &Path, json: bool) -> Result<Exit, EnvError> {
         None => println!("feed:         none applied yet"),
     }
     if let Some(v) = &view {
-        let counts: Vec<String> = STATES
+        let counts: Vec<String> = OrderState::ALL
             .iter()
             .map(|&s| format!("{} {}", s.as_str(), v.evaluation.count(s)))
             .collect();
