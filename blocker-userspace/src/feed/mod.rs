@@ -327,10 +327,21 @@ fn check_characters(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses YAML anchors and aliases (`&a`, `*a`) where a node starts: a feed
-/// never needs them, and alias expansion is the classic YAML bomb.
+/// Refuses, before any YAML parsing, what a feed never needs and a hostile
+/// document uses: anchors and aliases (`&a`, `*a`) where a node starts
+/// (alias expansion is the classic YAML bomb), flow nesting (`[[[[`) deeper
+/// than [`MAX_DEPTH`], and indentation deeper than a feed needs.
 fn check_no_anchors(text: &str) -> Result<(), String> {
+    const MAX_INDENT: usize = 64;
+    let mut flow_depth = 0usize;
     for (line_no, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if indent > MAX_INDENT && !line.trim().is_empty() {
+            return Err(format!(
+                "line {}: indented {indent} columns; a feed never nests that deep",
+                line_no + 1
+            ));
+        }
         let mut quote: Option<char> = None;
         let mut node_start = true;
         let mut prev = ' ';
@@ -350,6 +361,19 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
                             "line {}: YAML anchors and aliases ({c}...) are not allowed in a feed",
                             line_no + 1
                         ));
+                    }
+                    match c {
+                        '[' | '{' => {
+                            flow_depth += 1;
+                            if flow_depth > MAX_DEPTH {
+                                return Err(format!(
+                                    "line {}: nested deeper than {MAX_DEPTH} levels; a feed is a flat list of orders",
+                                    line_no + 1
+                                ));
+                            }
+                        }
+                        ']' | '}' => flow_depth = flow_depth.saturating_sub(1),
+                        _ => {}
                     }
                     if (c == '"' || c == '\'') && node_start {
                         quote = Some(c);
@@ -535,6 +559,16 @@ orders:
                 "nested",
             ),
             ("{ unclosed".to_owned(), "YAML"),
+            (
+                format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+                "nested",
+            ),
+            (
+                (1..100).fold("a:\n".to_owned(), |t, i| {
+                    format!("{t}{}b:\n", " ".repeat(i))
+                }),
+                "indented",
+            ),
             ("- a list\n".to_owned(), "invalid type"),
             (
                 EXAMPLE.replace(
