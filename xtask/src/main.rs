@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workbench. Set-up, build, test and demo live here, in
 //! Rust, so a fresh machine needs nothing but `cargo xtask <command>`.
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -28,6 +29,8 @@ enum Command {
     Test(test::Options),
     /// The built-in demo: namespaces, a signed feed, blocker enforcing it, traffic, counters.
     Demo(demo::Options),
+    /// Build the Debian package (target/deb/); --check installs and tries it.
+    Deb(package::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test(options) => test::test(&options),
         Command::Demo(options) => demo::demo(&options),
+        Command::Deb(options) => package::deb(&options),
     }
 }

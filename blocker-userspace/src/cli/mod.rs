@@ -89,6 +89,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 /// How a command ended.
@@ -161,6 +166,18 @@ pub fn main() -> ExitCode {
             json,
         } => check::check(&config, &address, json),
         Command::Detach { config } => detach::detach(&config),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "blocker", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map(|()| Exit::Ok)
+                .map_err(|e| EnvError::new(format!("writing the manual page: {e}")))
+        }
     };
     match outcome {
         Ok(exit) => exit.into(),
