@@ -6,8 +6,9 @@ use anyhow::{Context as _, bail};
 
 use crate::util::{have, output, run};
 
-/// Debian packages: LLVM 22 for bpf-linker; the tools the tests and the
-/// demo drive (the real minisign, iproute2, ping, curl, Prometheus, ...).
+/// Debian packages: LLVM 22 for bpf-linker; the tools the tests, the demo
+/// and the package check drive (the real minisign, iproute2, ping, curl,
+/// Prometheus and promtool, openssl for the test CA, systemd-analyze).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "util-linux",
     "prometheus",
+    "openssl",
+    "systemd",
+    "gzip",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
