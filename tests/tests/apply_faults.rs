@@ -204,3 +204,81 @@ fn a_daemon_started_while_the_feed_is_unreachable_enforces_the_last_good_feed() 
     assert!(sent > 50, "the stream ran ({sent} sent)");
     assert_eq!(delivered, 0, "the last good feed is enforced at once");
 }
+
+/// One order whose window opens and closes while no daemon runs: the
+/// datapath alone enforces it exactly inside the window.
+#[test]
+fn an_order_is_enforced_exactly_in_its_window_while_the_daemon_is_dead() {
+    require_root();
+    let target = server_v4(43);
+    let edge = Edge::new(&[target]);
+    let now = time::OffsetDateTime::now_utc();
+    let from = (now + Duration::from_secs(5))
+        .replace_nanosecond(0)
+        .expect("whole second");
+    let until = from + Duration::from_secs(4);
+    let mut windowed = drop_order("WINDOW", Direction::Dst, &[&target.to_string()]);
+    windowed.effective_from = Some(from);
+    windowed.expires_at = Some(until);
+    edge.publish(1, &[windowed]);
+    edge.start_daemon(1).kill();
+
+    let receiver = edge.edge_udp(SocketAddr::new(target, PORT));
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let socket = edge.client_udp(target);
+    let end = until + Duration::from_secs(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let sender = thread::spawn(move || {
+        let mut sent = Vec::new();
+        // Bounded by `end` (about 11 s) and a hard 30 s.
+        let hard = Instant::now() + Duration::from_secs(30);
+        while time::OffsetDateTime::now_utc() < end && Instant::now() < hard {
+            let at = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+            if socket
+                .send_to(&at.to_be_bytes(), SocketAddr::new(target, PORT))
+                .is_ok()
+            {
+                sent.push(at);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        flag.store(true, Ordering::SeqCst);
+        sent
+    });
+    let mut received = Vec::new();
+    let mut buf = [0u8; 64];
+    let hard = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < hard {
+        match receiver.recv(&mut buf) {
+            Ok(16) => received.push(i128::from_be_bytes(buf[..16].try_into().expect("16 bytes"))),
+            Ok(_) => {}
+            Err(_) if stop.load(Ordering::SeqCst) => break,
+            Err(_) => {}
+        }
+    }
+    let sent = sender.join().expect("sender");
+    let margin = 300_000_000i128;
+    let (from, until) = (from.unix_timestamp_nanos(), until.unix_timestamp_nanos());
+    let inside = |t: &i128| *t >= from + margin && *t < until - margin;
+    assert!(
+        sent.iter().filter(|t| inside(t)).count() > 50,
+        "datagrams were sent in the window"
+    );
+    assert!(
+        received.iter().any(|t| *t < from - margin),
+        "traffic before the window passes"
+    );
+    assert!(
+        received.iter().any(|t| *t >= until + margin),
+        "traffic after the window passes"
+    );
+    let leaked: Vec<_> = received.iter().filter(|t| inside(t)).collect();
+    assert!(
+        leaked.is_empty(),
+        "{} datagrams sent inside the window got through",
+        leaked.len()
+    );
+}
