@@ -24,6 +24,17 @@ pub mod map_names {
     pub const ORDER_COUNTERS: &str = "BLK_ORDER_CNT";
     pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
     pub const STATS: &str = "BLK_STATS";
+    /// Every map, in the order the datapath pins them.
+    pub const ALL: [&str; 8] = [
+        CONTROL,
+        V4[0],
+        V4[1],
+        V6[0],
+        V6[1],
+        ORDER_COUNTERS,
+        ORDER_WINDOWS,
+        STATS,
+    ];
 }
 
 /// Name of the XDP program function.

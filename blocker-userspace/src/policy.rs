@@ -26,10 +26,11 @@ impl Default for Guardrails {
     /// The contract's rung limits: server /29 and /64, rack /22 and /48,
     /// datacenter /16 and /29; 1,000,000 prefixes; nothing protected.
     fn default() -> Self {
+        let rung = |r: Rung| [r.contract_min_len(false), r.contract_min_len(true)];
         Self {
             protected: Vec::new(),
             max_prefixes: 1_000_000,
-            min_len: [[29, 64], [22, 48], [16, 29]],
+            min_len: [rung(Rung::Server), rung(Rung::Rack), rung(Rung::Datacenter)],
         }
     }
 }

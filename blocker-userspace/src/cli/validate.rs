@@ -9,6 +9,7 @@ use crate::{
     feed,
     policy::{self, OrderState},
     signature::{self, PublicKey},
+    state::StateDir,
 };
 
 pub(super) fn validate(
@@ -57,6 +58,18 @@ pub(super) fn validate(
     if let Some(feed) = &parsed {
         summary = format!("serial {}, {} orders", feed.serial, feed.orders.len());
         if let Some(config) = &config {
+            // As the daemon would: a feed must be newer than the one in force.
+            if let Some(in_force) = StateDir::existing(&config.state_dir)
+                .and_then(|state| state.load_feed().ok().flatten())
+                && feed.serial <= in_force.serial
+            {
+                problems.push(format!(
+                    "serial {} is not larger than serial {} in force (state_dir {}); a new feed needs a larger serial",
+                    feed.serial,
+                    in_force.serial,
+                    config.state_dir.display()
+                ));
+            }
             match policy::evaluate(
                 feed,
                 &config.guardrails.to_policy(),

@@ -1,8 +1,9 @@
 //! The order feed (contract §1): parse and validate bytes into a [`Feed`].
 //!
 //! Validation reports *every* problem, each with the order it belongs to and
-//! what to fix. Guardrails that depend on the operator (rung breadth,
-//! protected prefixes, max_prefixes) are not checked here: see `policy`.
+//! what to fix. The contract's rung bounds are checked here (a feed that
+//! breaks them is invalid); the operator's own guardrails (tighter rung
+//! bounds, protected prefixes, max_prefixes) are not: see `policy`.
 
 mod model;
 
@@ -213,6 +214,19 @@ fn parse_order(
         let field = format!("targets[{i}]");
         match parse_target(target) {
             Ok(prefix) => {
+                let ipv6 = prefix.is_ipv6();
+                let min = raw.rung.contract_min_len(ipv6);
+                if prefix.prefix() < min {
+                    let (family, max) = if ipv6 { ("IPv6", 128) } else { ("IPv4", 32) };
+                    problems.push(problem(
+                        Some(name),
+                        Some(&field),
+                        format!(
+                            "{prefix} is broader than rung {} allows ({family} /{min}..{max}); use a longer prefix or a deeper rung",
+                            raw.rung
+                        ),
+                    ));
+                }
                 if !seen.insert(prefix) {
                     problems.push(problem(
                         Some(name),
@@ -503,6 +517,33 @@ orders:
         assert!(err.contains("order ATKM-2026-0001: targets[0]: 203.0.113.7/24 has host bits set; did you mean 203.0.113.0/24?"), "{err}");
         assert!(err.contains("expires_at"), "{err}");
         assert_eq!(err.lines().count(), 2, "{err}");
+    }
+
+    #[test]
+    fn targets_broader_than_the_contract_allows_for_their_rung_are_errors() {
+        for (rung, target, allowed) in [
+            ("server", "203.0.113.0/28", "IPv4 /29..32"),
+            ("server", "0.0.0.0/0", "IPv4 /29..32"),
+            ("rack", "2001:db8::/47", "IPv6 /48..128"),
+            ("datacenter", "198.18.0.0/15", "IPv4 /16..32"),
+            ("datacenter", "::/0", "IPv6 /29..128"),
+        ] {
+            let text = EXAMPLE
+                .replace("rung: server", &format!("rung: {rung}"))
+                .replace("203.0.113.7/32", target);
+            let err = errors(&text);
+            assert!(
+                err.contains(&format!(
+                    "order ATKM-2026-0001: targets[0]: {target} is broader than rung {rung} allows ({allowed})"
+                )),
+                "{err}"
+            );
+        }
+        let widest = EXAMPLE
+            .replace("rung: server", "rung: datacenter")
+            .replace("203.0.113.7/32", "198.18.0.0/16")
+            .replace("2001:db8:7::/64", "2001:db8::/29");
+        parse(widest.as_bytes()).expect("a datacenter may take a /16 and a /29");
     }
 
     #[test]

@@ -17,6 +17,22 @@ pub enum Rung {
     Datacenter,
 }
 
+impl Rung {
+    /// The broadest prefix the contract lets this rung target: server /29
+    /// and /64, rack /22 and /48, datacenter /16 and /29. A feed that goes
+    /// broader is invalid; an operator may only tighten these.
+    pub const fn contract_min_len(self, ipv6: bool) -> u8 {
+        match (self, ipv6) {
+            (Rung::Server, false) => 29,
+            (Rung::Server, true) => 64,
+            (Rung::Rack, false) => 22,
+            (Rung::Rack, true) => 48,
+            (Rung::Datacenter, false) => 16,
+            (Rung::Datacenter, true) => 29,
+        }
+    }
+}
+
 /// What a matching packet gets.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
