@@ -27,6 +27,15 @@ pub enum AuditEvent {
         interface: String,
         mode: String,
     },
+    /// Enforcement plumbing removed by someone else was put back.
+    Repaired {
+        what: String,
+        detail: String,
+    },
+    /// A configured interface disappeared; the program returns when it does.
+    InterfaceGone {
+        interface: String,
+    },
     FeedApplied {
         serial: u64,
         in_force: Vec<String>,
@@ -72,13 +81,31 @@ pub struct AuditError {
 
 pub struct AuditLog {
     path: PathBuf,
-    file: File,
+    /// `None` while the file cannot be opened (state_dir read-only, say):
+    /// each record tries again.
+    file: Option<File>,
 }
 
 impl AuditLog {
     /// Opens (creating, mode 0600) the log for appending.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let file = OpenOptions::new()
+        Ok(Self {
+            path: path.to_owned(),
+            file: Some(Self::open_file(path)?),
+        })
+    }
+
+    /// A log whose file is opened at the first record that can: the daemon
+    /// starts (and enforces) even when `state_dir` cannot be written.
+    pub fn deferred(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            file: None,
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<File, AuditError> {
+        OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
@@ -86,11 +113,7 @@ impl AuditLog {
             .map_err(|source| AuditError {
                 path: path.to_owned(),
                 source,
-            })?;
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-        })
+            })
     }
 
     /// Appends one event stamped `at` and fsyncs it.
@@ -104,14 +127,46 @@ impl AuditLog {
             source: io::Error::other(e),
         })?;
         bytes.push(b'\n');
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| AuditError {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                // A write that failed half-way (disk full) may have left a
+                // partial line: end it so every other line still parses.
+                if !ends_with_newline(&self.path) {
+                    bytes.insert(0, b'\n');
+                }
+                self.file.insert(Self::open_file(&self.path)?)
+            }
+        };
+        let before = file.metadata().map(|m| m.len()).ok();
+        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+        if let Err(source) = written {
+            // Take back a partial line, and reopen next time: the file may
+            // have been replaced.
+            if let Some(len) = before {
+                let _ = file.set_len(len);
+            }
+            self.file = None;
+            return Err(AuditError {
                 path: self.path.clone(),
                 source,
-            })
+            });
+        }
+        Ok(())
     }
+}
+
+/// Whether the file at `path` is empty, missing or ends with a newline.
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return true;
+    };
+    let mut last = [b'\n'];
+    if file.seek(SeekFrom::End(-1)).is_err() {
+        return true;
+    }
+    file.read_exact(&mut last).is_err() || last[0] == b'\n'
 }
 
 #[cfg(test)]

@@ -18,17 +18,20 @@ use crate::{
     audit::{AuditError, AuditEvent, AuditLog},
     compile::{self, SlotTable},
     config::Config,
-    datapath::{self, Datapath, DatapathError, Maps},
+    datapath::{self, Datapath, DatapathError, Maps, Repair},
     feed::{self, Feed},
     metrics::{CountedOrder, Metrics, MetricsError},
     policy::{self, Evaluation, Guardrails, OrderState},
     signature::{self, PublicKey},
-    state::{SavedFeed, StateDir, StateError, SyncStatus},
+    state::{DaemonLock, SavedFeed, StateDir, StateError, SyncStatus},
     sync::{FeedSource, Fetch, Fetched, SyncError},
 };
 
 /// How often a `file://` feed is checked for changes (a stat, no read).
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often pins and attachments are checked (a few stats).
+const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -82,6 +85,9 @@ pub struct Daemon {
     status: SyncStatus,
     /// Consecutive failed fetches (drives the backoff).
     fetch_failures: u32,
+    /// Repairs that failed, logged once until they succeed.
+    repair_failures: BTreeSet<String>,
+    _lock: DaemonLock,
 }
 
 impl Daemon {
@@ -89,13 +95,11 @@ impl Daemon {
     /// the last good feed, syncs once, and attaches to every interface.
     pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Self, DaemonError> {
         let state = StateDir::open(&config.state_dir)?;
-        let mut audit = AuditLog::open(&state.audit_log_path())?;
-        audit.record(
-            OffsetDateTime::now_utc(),
-            &AuditEvent::DaemonStart {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            },
-        )?;
+        let lock = state.lock()?;
+        // An audit log that cannot be opened (state_dir read-only or full)
+        // does not stop enforcement: every record tries again, and each
+        // failure is logged and counted.
+        let audit = AuditLog::deferred(&state.audit_log_path());
         let public_key =
             PublicKey::from_file(&config.feed.public_key).map_err(DaemonError::PublicKey)?;
         let datapath = Datapath::open(&config.bpffs_dir, config.guardrails.max_prefixes)?;
@@ -130,7 +134,12 @@ impl Daemon {
             current: None,
             status: SyncStatus::default(),
             fetch_failures: 0,
+            repair_failures: BTreeSet::new(),
+            _lock: lock,
         };
+        daemon.record(AuditEvent::DaemonStart {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
         daemon.restore_last_good();
         daemon.sync(true);
         daemon.attach_all()?;
@@ -189,7 +198,15 @@ impl Daemon {
         if failures.len() == interfaces.len() {
             return Err(DaemonError::NoInterface(failures.join("; ")));
         }
-        let indexed: Vec<(String, u32)> = interfaces
+        self.index_interfaces();
+        Ok(())
+    }
+
+    /// Tells the metrics which ifindex each configured interface has now.
+    fn index_interfaces(&self) {
+        let indexed: Vec<(String, u32)> = self
+            .config
+            .interfaces
             .iter()
             .filter_map(|i| datapath::ifindex(&i.name).map(|index| (i.name.clone(), index)))
             .collect();
@@ -203,7 +220,66 @@ impl Daemon {
             tracing::warn!(first = %a.0, second = %b.0, "interfaces share a statistics slot; their per-interface frames add up");
         }
         self.metrics.set_interfaces(indexed);
-        Ok(())
+    }
+
+    /// Puts back what was removed under the daemon's feet (pins removed by
+    /// hand, an interface deleted and recreated); see [`Datapath::repair`].
+    pub fn repair(&mut self) {
+        let interfaces: Vec<_> = self
+            .config
+            .interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.mode))
+            .collect();
+        let mut failures = BTreeSet::new();
+        let mut reindex = false;
+        for repair in self.datapath.repair(&interfaces) {
+            match repair {
+                Repair::Pin(path) => {
+                    tracing::warn!(%path, "pin removed by hand; pinned again");
+                    self.metrics.repaired("pin");
+                    self.record(AuditEvent::Repaired {
+                        what: "pin".to_owned(),
+                        detail: path,
+                    });
+                }
+                Repair::Link { interface } => {
+                    tracing::warn!(%interface, "link pin removed by hand; pinned again (the program stayed attached)");
+                    self.metrics.repaired("link");
+                    self.record(AuditEvent::Repaired {
+                        what: "link".to_owned(),
+                        detail: interface,
+                    });
+                }
+                Repair::Reattached { interface, mode } => {
+                    tracing::warn!(%interface, mode = mode.as_str(), "interface is back; attached again");
+                    self.metrics.repaired("attach");
+                    self.metrics.set_attached(&interface, mode.as_str(), true);
+                    self.record(AuditEvent::Attached {
+                        interface,
+                        mode: mode.as_str().to_owned(),
+                    });
+                    reindex = true;
+                }
+                Repair::Gone { interface, mode } => {
+                    tracing::error!(%interface, "interface gone; the program returns when it does");
+                    self.metrics.set_attached(&interface, mode.as_str(), false);
+                    self.record(AuditEvent::InterfaceGone { interface });
+                    reindex = true;
+                }
+                Repair::Failed { what, error } => {
+                    let key = format!("{what}: {error}");
+                    if !self.repair_failures.contains(&key) {
+                        tracing::error!(%what, %error, "cannot restore enforcement plumbing");
+                    }
+                    failures.insert(key);
+                }
+            }
+        }
+        self.repair_failures = failures;
+        if reindex {
+            self.index_interfaces();
+        }
     }
 
     /// Fetches the feed (if changed, or always when `force`) and applies it
@@ -378,10 +454,13 @@ impl Daemon {
             detail,
         };
         // Slots first: after a crash past this point the table in the kernel
-        // and the slot table on disk still agree.
-        self.state
-            .save_slots(&compiled.slots)
-            .map_err(|e| apply_error(e.to_string()))?;
+        // and the slot table on disk still agree. A state_dir that cannot be
+        // written does not hold enforcement back: the orders are applied,
+        // the failure is logged and counted.
+        if let Err(err) = self.state.save_slots(&compiled.slots) {
+            tracing::error!(error = %err, "saving the slot table; applying anyway");
+            self.metrics.state_write_failed("slots");
+        }
         if compiled.overflow > 0 {
             tracing::warn!(
                 serial,
@@ -399,6 +478,7 @@ impl Daemon {
         if new_feed && let Err(err) = self.state.save_feed(&saved) {
             // Enforcement is right; only the restart copy is stale.
             tracing::error!(error = %err, "saving the last good feed");
+            self.metrics.state_write_failed("feed");
         }
 
         let before: BTreeSet<String> = self
@@ -516,12 +596,14 @@ impl Daemon {
     fn save_status(&self) {
         if let Err(err) = self.state.save_status(&self.status) {
             tracing::error!(error = %err, "saving sync status");
+            self.metrics.state_write_failed("status");
         }
     }
 
     fn record(&mut self, event: AuditEvent) {
         if let Err(err) = self.audit.record(OffsetDateTime::now_utc(), &event) {
-            tracing::error!(error = %err, "audit log write failed");
+            tracing::error!(error = %err, ?event, "audit log write failed");
+            self.metrics.state_write_failed("audit");
         }
     }
 
@@ -557,6 +639,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     tokio::pin!(shutdown);
     let mut next_poll = tokio::time::Instant::now() + daemon.next_poll();
+    let mut repair = tokio::time::interval(REPAIR_INTERVAL);
+    repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let lifecycle = daemon.next_change().map(|at| {
             let wait = at - OffsetDateTime::now_utc();
@@ -574,6 +658,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 // metrics listener keeps serving on the other worker.
                 tokio::task::block_in_place(|| daemon.sync(false));
                 next_poll = tokio::time::Instant::now() + daemon.next_poll();
+            }
+            _ = repair.tick() => {
+                tokio::task::block_in_place(|| daemon.repair());
             }
             () = sleep_until_opt(lifecycle) => {
                 tokio::task::block_in_place(|| daemon.reevaluate(OffsetDateTime::now_utc()));

@@ -9,6 +9,7 @@
 //! Layout under `bpffs_dir`: `maps/<NAME>`, `prog`, `links/<mode>/<interface>`.
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -385,12 +386,48 @@ fn remove_present(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// An attachment this daemon holds open: besides the pin, our own handle
+/// on the link keeps the program attached if the pin is removed by hand.
+struct HeldLink {
+    mode: AttachedMode,
+    /// The interface's index when attached: another index under the same
+    /// name means the interface was deleted and recreated.
+    ifindex: u32,
+    link: PinnedLink,
+}
+
+/// What [`Datapath::repair`] found missing and put back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// A map or program pin was removed; pinned again from our handle.
+    Pin(String),
+    /// An interface's link pin was removed; pinned again from our handle
+    /// (the program never left the interface).
+    Link { interface: String },
+    /// The interface was deleted and recreated; the program is attached to
+    /// the new one.
+    Reattached {
+        interface: String,
+        mode: AttachedMode,
+    },
+    /// The interface does not exist (any more); attached again when it is back.
+    Gone {
+        interface: String,
+        mode: AttachedMode,
+    },
+    /// Something is missing and could not be put back.
+    Failed { what: String, error: String },
+}
+
 /// The loaded program with its maps, pinned under `bpffs_dir`.
 pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
     bpffs_dir: PathBuf,
     last_flip: Option<Instant>,
+    /// Kernel ids of the pinned maps, to pin them again if a pin goes.
+    map_ids: Vec<(&'static str, u32)>,
+    links: BTreeMap<String, HeldLink>,
 }
 
 impl Datapath {
@@ -433,11 +470,18 @@ impl Datapath {
                 source,
             })?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut map_ids = Vec::with_capacity(map_names::ALL.len());
+        for name in map_names::ALL {
+            let info = aya::maps::MapInfo::from_pin(maps_dir.join(name)).map_err(map_err(name))?;
+            map_ids.push((name, info.id()));
+        }
         Ok(Self {
             ebpf,
             maps,
             bpffs_dir: bpffs_dir.to_owned(),
             last_flip: None,
+            map_ids,
+            links: BTreeMap::new(),
         })
     }
 
@@ -463,7 +507,10 @@ impl Datapath {
             .find(|a| a.interface == interface);
         if let Some(existing) = existing {
             match self.take_over(&existing) {
-                Ok(()) => return Ok(existing.mode),
+                Ok(()) => {
+                    self.hold(interface, existing.mode, &existing.pin)?;
+                    return Ok(existing.mode);
+                }
                 Err(err) => {
                     // The interface went away (a link to a deleted device is
                     // defunct) or the pin is foreign: start afresh.
@@ -527,11 +574,153 @@ impl Datapath {
         let dir = links_dir(&self.bpffs_dir).join(mode.as_str());
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let pin = dir.join(interface);
-        fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+        let link = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
             path: pin.clone(),
             source,
         })?;
+        self.links.insert(
+            interface.to_owned(),
+            HeldLink {
+                mode,
+                ifindex: ifindex(interface).unwrap_or(0),
+                link,
+            },
+        );
         Ok(())
+    }
+
+    /// Keeps our own handle on the link pinned at `pin`.
+    fn hold(&mut self, interface: &str, mode: AttachedMode, pin: &Path) -> Result<()> {
+        let link = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Attach {
+            interface: interface.to_owned(),
+            mode: mode.as_str(),
+            source: ProgramError::IOError(io::Error::other(e)),
+        })?;
+        self.links.insert(
+            interface.to_owned(),
+            HeldLink {
+                mode,
+                ifindex: ifindex(interface).unwrap_or(0),
+                link,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops holding `interface`'s link (it was detached on purpose).
+    pub fn release(&mut self, interface: &str) {
+        self.links.remove(interface);
+    }
+
+    /// Puts back what was removed under the daemon's feet: map and program
+    /// pins, link pins, and attachments to interfaces that were deleted and
+    /// recreated. `interfaces` are the configured ones. Cheap when nothing
+    /// is missing (a few stats).
+    pub fn repair(&mut self, interfaces: &[(String, AttachMode)]) -> Vec<Repair> {
+        let mut done = Vec::new();
+        let failed = |what: String, error: String| Repair::Failed { what, error };
+        let maps_dir = maps_dir(&self.bpffs_dir);
+        for dir in [maps_dir.clone(), links_dir(&self.bpffs_dir)] {
+            if let Err(err) = fs::create_dir_all(&dir) {
+                done.push(failed(dir.display().to_string(), err.to_string()));
+                return done;
+            }
+        }
+        for &(name, id) in &self.map_ids {
+            let path = maps_dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            let pinned = MapData::from_id(id)
+                .map_err(|e| e.to_string())
+                .and_then(|map| map.pin(&path).map_err(|e| e.to_string()));
+            done.push(match pinned {
+                Ok(()) => Repair::Pin(path.display().to_string()),
+                Err(error) => failed(path.display().to_string(), error),
+            });
+        }
+        let prog_pin = self.bpffs_dir.join("prog");
+        if !prog_pin.exists() {
+            let pinned = xdp_program(&mut self.ebpf)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.pin(&prog_pin).map_err(|e| e.to_string()));
+            done.push(match pinned {
+                Ok(()) => Repair::Pin(prog_pin.display().to_string()),
+                Err(error) => failed(prog_pin.display().to_string(), error),
+            });
+        }
+        for (interface, mode) in interfaces {
+            if let Some(repair) = self.repair_link(interface, *mode) {
+                done.push(repair);
+            }
+        }
+        done
+    }
+
+    fn repair_link(&mut self, interface: &str, mode: AttachMode) -> Option<Repair> {
+        let Some(index) = ifindex(interface) else {
+            // The link of a deleted interface is defunct; let it go.
+            return self.links.remove(interface).map(|held| {
+                let _ = fs::remove_file(
+                    links_dir(&self.bpffs_dir)
+                        .join(held.mode.as_str())
+                        .join(interface),
+                );
+                Repair::Gone {
+                    interface: interface.to_owned(),
+                    mode: held.mode,
+                }
+            });
+        };
+        let held = self.links.remove(interface);
+        if let Some(held) = held {
+            let pin = links_dir(&self.bpffs_dir)
+                .join(held.mode.as_str())
+                .join(interface);
+            if held.ifindex == index {
+                if pin.exists() {
+                    self.links.insert(interface.to_owned(), held);
+                    return None;
+                }
+                let dir = links_dir(&self.bpffs_dir).join(held.mode.as_str());
+                let repinned = fs::create_dir_all(&dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| FdLink::from(held.link).pin(&pin).map_err(|e| e.to_string()));
+                match repinned {
+                    Ok(link) => {
+                        self.links.insert(
+                            interface.to_owned(),
+                            HeldLink {
+                                mode: held.mode,
+                                ifindex: index,
+                                link,
+                            },
+                        );
+                        return Some(Repair::Link {
+                            interface: interface.to_owned(),
+                        });
+                    }
+                    // Our handle is gone with the failed pin: attach anew.
+                    Err(error) => {
+                        tracing::warn!(interface, %error, "pinning the link again failed")
+                    }
+                }
+            } else {
+                // Recreated: the old link is defunct.
+                drop(held);
+                let _ = fs::remove_file(&pin);
+            }
+        }
+        Some(match self.attach(interface, mode) {
+            Ok(mode) => Repair::Reattached {
+                interface: interface.to_owned(),
+                mode,
+            },
+            Err(err) => Repair::Failed {
+                what: format!("attaching {interface}"),
+                error: err.to_string(),
+            },
+        })
     }
 
     /// Replaces what is enforced with `compiled`, atomically for packets: the

@@ -59,6 +59,8 @@ pub struct Metrics {
     order_enforced_since: IntGaugeVec,
     sync_duration: Histogram,
     apply_duration: Gauge,
+    state_write_failures: IntCounterVec,
+    repairs: IntCounterVec,
     counted: Mutex<Vec<CountedOrder>>,
     maps: Mutex<Option<Maps>>,
 }
@@ -162,6 +164,28 @@ impl Metrics {
                 &crate::datapath::PROGRAM.len().to_string(),
             ])
             .set(1);
+        let state_write_failures = IntCounterVec::new(
+            Opts::new(
+                "blocker_state_write_failures_total",
+                "Writes to state_dir that failed (disk full, read-only, ...), by file; enforcement goes on.",
+            ),
+            &["file"],
+        )?;
+        for file in ["audit", "feed", "slots", "status"] {
+            state_write_failures.with_label_values(&[file]);
+        }
+        let repairs = IntCounterVec::new(
+            Opts::new(
+                "blocker_datapath_repairs_total",
+                "Times the daemon restored enforcement plumbing someone removed: pin (a map or program pin), link (an interface's link pin), attach (re-attached to a recreated interface).",
+            ),
+            &["what"],
+        )?;
+        for what in ["pin", "link", "attach"] {
+            repairs.with_label_values(&[what]);
+        }
+        registry.register(Box::new(state_write_failures.clone()))?;
+        registry.register(Box::new(repairs.clone()))?;
         registry.register(Box::new(sync_duration.clone()))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -201,6 +225,8 @@ impl Metrics {
             order_enforced_since,
             sync_duration,
             apply_duration,
+            state_write_failures,
+            repairs,
             counted: Mutex::new(Vec::new()),
             maps: Mutex::new(None),
         })
@@ -292,6 +318,16 @@ impl Metrics {
             .interfaces
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = interfaces;
+    }
+
+    /// A write to `state_dir` failed; `file` is audit, feed, slots or status.
+    pub fn state_write_failed(&self, file: &str) {
+        self.state_write_failures.with_label_values(&[file]).inc();
+    }
+
+    /// The daemon put back what someone removed (`what`: pin, link, attach).
+    pub fn repaired(&self, what: &str) {
+        self.repairs.with_label_values(&[what]).inc();
     }
 
     pub fn set_attached(&self, interface: &str, mode: &str, attached: bool) {

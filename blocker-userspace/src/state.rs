@@ -25,6 +25,17 @@ pub enum StateError {
     },
     #[error("{path} is corrupt ({reason}); remove it to start afresh")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "another blocker daemon{pid} runs with state_dir {path}: two daemons would fight over one datapath; stop it first"
+    )]
+    Locked { path: PathBuf, pid: String },
+}
+
+/// Held by the running daemon for as long as it runs: an advisory lock on
+/// `state_dir/daemon.lock` (released by the kernel when the process dies).
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
 }
 
 type Result<T, E = StateError> = std::result::Result<T, E>;
@@ -84,6 +95,43 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
+    }
+
+    /// Takes the daemon lock, writing our pid into it where the directory
+    /// can be written. Fails when another daemon holds it.
+    pub fn lock(&self) -> Result<DaemonLock> {
+        let path = self.lock_path();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            // A read-only state_dir: a lock needs no write access.
+            .or_else(|_| File::open(&path))
+            .map_err(io_err(&path))?;
+        if !try_flock(&file, libc::LOCK_EX) {
+            return Err(StateError::Locked {
+                pid: running_pid(&path),
+                path: self.dir.clone(),
+            });
+        }
+        let _ = file.set_len(0);
+        let _ = (&file).write_all(std::process::id().to_string().as_bytes());
+        Ok(DaemonLock { _file: file })
+    }
+
+    /// The pid (as " (pid N)", or "") of the daemon running with this
+    /// state_dir, if one is.
+    pub fn running_daemon(&self) -> Option<String> {
+        let path = self.lock_path();
+        let file = File::open(&path).ok()?;
+        (!try_flock(&file, libc::LOCK_SH)).then(|| running_pid(&path))
     }
 
     pub fn audit_log_path(&self) -> PathBuf {
@@ -234,6 +282,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(())
+}
+
+/// A non-blocking flock; `false` when another process holds a conflicting lock.
+fn try_flock(file: &File, operation: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) == 0 }
+}
+
+fn running_pid(lock_path: &Path) -> String {
+    fs::read_to_string(lock_path)
+        .ok()
+        .map(|pid| pid.trim().to_owned())
+        .filter(|pid| !pid.is_empty())
+        .map_or_else(String::new, |pid| format!(" (pid {pid})"))
 }
 
 #[cfg(test)]

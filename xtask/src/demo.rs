@@ -38,7 +38,14 @@ fn cleanup() {
             .arg(pid.trim())
             .stderr(Stdio::null())
             .status();
-        thread::sleep(Duration::from_millis(300));
+        // detach refuses while the daemon still runs: wait for it to exit.
+        let proc_dir = Path::new("/proc").join(pid.trim());
+        for _ in 0..100 {
+            if !proc_dir.exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
     let config = Path::new(DIR).join("blocker.yaml");
     if config.exists() {
