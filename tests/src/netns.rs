@@ -184,8 +184,11 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new(ns_a: &NetNs, ns_b: &NetNs) -> Self {
-        let a = unique_ifname('a');
-        let b = unique_ifname('b');
+        Self::named(ns_a, ns_b, unique_ifname('a'), unique_ifname('b'))
+    }
+
+    /// A pair with the given names (to recreate one that was deleted).
+    pub fn named(ns_a: &NetNs, ns_b: &NetNs, a: String, b: String) -> Self {
         run_ok(Command::new("ip").args([
             "link",
             "add",

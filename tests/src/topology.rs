@@ -83,24 +83,6 @@ impl Edge {
         let veth = VethPair::new(&client, &edge);
         let client_if = veth.a.clone();
         let edge_if = veth.b.clone();
-        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &client_if]);
-        client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_V6}/64"),
-            "dev",
-            &client_if,
-            "nodad",
-        ]);
-        edge.ip(&["addr", "add", &format!("{EDGE_V4}/24"), "dev", &edge_if]);
-        edge.ip(&[
-            "addr",
-            "add",
-            &format!("{EDGE_V6}/64"),
-            "dev",
-            &edge_if,
-            "nodad",
-        ]);
         for server in servers {
             match server {
                 IpAddr::V4(a) => edge.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]),
@@ -108,41 +90,6 @@ impl Edge {
                     edge.ip(&["addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"])
                 }
             };
-        }
-        client.ip(&[
-            "route",
-            "add",
-            "198.51.100.0/24",
-            "via",
-            &EDGE_V4.to_string(),
-        ]);
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:100::/64",
-            "via",
-            &EDGE_V6.to_string(),
-        ]);
-        let client_mac = client.mac(&client_if);
-        let edge_mac = edge.mac(&edge_if);
-        for (ns, dev, addr, mac) in [
-            (&client, &client_if, IpAddr::V4(EDGE_V4), &edge_mac),
-            (&client, &client_if, IpAddr::V6(EDGE_V6), &edge_mac),
-            (&edge, &edge_if, IpAddr::V4(CLIENT_V4), &client_mac),
-            (&edge, &edge_if, IpAddr::V6(CLIENT_V6), &client_mac),
-        ] {
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
         }
         let dir = tempfile::Builder::new()
             .prefix("blkt-edge-")
@@ -159,8 +106,114 @@ impl Edge {
             edge_if,
             client_if,
         };
+        setup.wire();
         setup.config().write(&setup.config_path());
         setup
+    }
+
+    /// Addresses, routes and static neighbours on the veth pair.
+    fn wire(&self) {
+        self.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V4}/24"),
+            "dev",
+            &self.client_if,
+        ]);
+        self.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            &self.client_if,
+            "nodad",
+        ]);
+        self.edge.ip(&[
+            "addr",
+            "add",
+            &format!("{EDGE_V4}/24"),
+            "dev",
+            &self.edge_if,
+        ]);
+        self.edge.ip(&[
+            "addr",
+            "add",
+            &format!("{EDGE_V6}/64"),
+            "dev",
+            &self.edge_if,
+            "nodad",
+        ]);
+        self.client.ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &EDGE_V4.to_string(),
+        ]);
+        self.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:100::/64",
+            "via",
+            &EDGE_V6.to_string(),
+        ]);
+        let client_mac = self.client.mac(&self.client_if);
+        let edge_mac = self.edge.mac(&self.edge_if);
+        for (ns, dev, addr, mac) in [
+            (
+                &self.client,
+                &self.client_if,
+                IpAddr::V4(EDGE_V4),
+                &edge_mac,
+            ),
+            (
+                &self.client,
+                &self.client_if,
+                IpAddr::V6(EDGE_V6),
+                &edge_mac,
+            ),
+            (
+                &self.edge,
+                &self.edge_if,
+                IpAddr::V4(CLIENT_V4),
+                &client_mac,
+            ),
+            (
+                &self.edge,
+                &self.edge_if,
+                IpAddr::V6(CLIENT_V6),
+                &client_mac,
+            ),
+        ] {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+
+    /// Deletes the veth pair and creates it again under the same names
+    /// (new ifindexes, new MACs), wired as before: what a router sees when
+    /// an interface is removed and re-added.
+    pub fn recreate_link(&mut self) {
+        self.client.ip(&["link", "del", &self.client_if]);
+        let recreated = VethPair::named(
+            &self.client,
+            &self.edge,
+            self.client_if.clone(),
+            self.edge_if.clone(),
+        );
+        // The old guard would delete the new pair by its name.
+        std::mem::forget(std::mem::replace(&mut self.veth, recreated));
+        self.wire();
     }
 
     pub fn feed_path(&self) -> PathBuf {
@@ -352,4 +405,49 @@ pub fn count_in_background(socket: UdpSocket, stop: Arc<AtomicBool>) -> thread::
         }
         count
     })
+}
+
+/// A steady stream (one datagram per 2 ms, at most 120 s) from the client
+/// to `addr`:`port`, counted on the edge.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    sender: thread::JoinHandle<usize>,
+    receiver: thread::JoinHandle<usize>,
+}
+
+impl Stream {
+    pub fn start(edge: &Edge, addr: IpAddr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let receiver =
+            count_in_background(edge.edge_udp(SocketAddr::new(addr, port)), stop.clone());
+        let socket = edge.client_udp(addr);
+        let flag = stop.clone();
+        let sender = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut sent = 0;
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if socket
+                    .send_to(b"stays", SocketAddr::new(addr, port))
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        });
+        Self {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// (sent, delivered)
+    pub fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self.sender.join().expect("sender");
+        let delivered = self.receiver.join().expect("receiver");
+        (sent, delivered)
+    }
 }
