@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workbench. Set-up, build, test and demo live here, in
 //! Rust, so a fresh machine needs nothing but `cargo xtask <command>`.
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Command {
     Demo(demo::Options),
     /// Build the Debian package (target/deb/); --check installs and tries it.
     Deb(package::Options),
+    /// Run the cargo-fuzz targets (feed parser, compiler) for a while each.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +46,9 @@ fn main() -> anyhow::Result<()> {
         Command::Test(options) => test::test(&options),
         Command::Demo(options) => demo::demo(&options),
         Command::Deb(options) => package::deb(&options),
+        Command::Fuzz(options) => {
+            setup::setup()?;
+            fuzz::fuzz(&options)
+        }
     }
 }

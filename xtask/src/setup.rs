@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
+/// cargo-fuzz drives the fuzz targets under `fuzz/` (with nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13";
 
 fn installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
@@ -103,6 +105,23 @@ pub fn setup() -> anyhow::Result<()> {
             run(&mut cmd)
         };
         install(true).or_else(|_| install(false))?;
+    }
+
+    let fuzz_ok = output(Command::new("cargo").args(["fuzz", "--version"]))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {CARGO_FUZZ_VERSION}."))
+        })
+        .unwrap_or(false);
+    if !fuzz_ok {
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            &format!("~{CARGO_FUZZ_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
     }
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

@@ -14,6 +14,12 @@ pub struct Options {
     /// Unit tests only (no root needed).
     #[arg(long)]
     only_unit: bool,
+    /// Skip the fuzz targets.
+    #[arg(long)]
+    skip_fuzz: bool,
+    /// Seconds each fuzz target runs.
+    #[arg(long, default_value_t = 60)]
+    fuzz_seconds: u32,
     /// Filter passed to the integration test run.
     #[arg(last = true)]
     filter: Vec<String>,
@@ -43,6 +49,12 @@ pub fn test(options: &Options) -> anyhow::Result<()> {
         "--exclude",
         "blocker-tests",
     ]))?;
+    if !options.skip_fuzz {
+        crate::fuzz::fuzz(&crate::fuzz::Options {
+            seconds: options.fuzz_seconds,
+            target: None,
+        })?;
+    }
     if options.only_unit {
         eprintln!("xtask test: unit tests only (--only-unit): privileged tests NOT run");
         return Ok(());
