@@ -342,9 +342,10 @@ fn check_characters(text: &str) -> Result<(), String> {
 }
 
 /// Refuses, before any YAML parsing, what a feed never needs and a hostile
-/// document uses: anchors and aliases (`&a`, `*a`) where a node starts
-/// (alias expansion is the classic YAML bomb), flow nesting (`[[[[`) deeper
-/// than [`MAX_DEPTH`], and indentation deeper than a feed needs.
+/// document uses: anchors and aliases (`&a`, `*a`; alias expansion is the
+/// classic YAML bomb) and tags (`!!binary`, `!custom`) where a node starts,
+/// flow nesting (`[[[[`) deeper than [`MAX_DEPTH`], and indentation deeper
+/// than a feed needs.
 fn check_no_anchors(text: &str) -> Result<(), String> {
     const MAX_INDENT: usize = 64;
     let mut flow_depth = 0usize;
@@ -373,6 +374,12 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
                     if node_start && (c == '&' || c == '*') {
                         return Err(format!(
                             "line {}: YAML anchors and aliases ({c}...) are not allowed in a feed",
+                            line_no + 1
+                        ));
+                    }
+                    if node_start && c == '!' {
+                        return Err(format!(
+                            "line {}: YAML tags (!...) are not allowed in a feed; write plain values",
                             line_no + 1
                         ));
                     }
@@ -558,6 +565,10 @@ orders:
                 "extra",
             ),
             (EXAMPLE.replace("action: drop", "action: block"), "block"),
+            (
+                EXAMPLE.replace("issuer: ATKM", "issuer: !!binary QVRLTQ=="),
+                "YAML tags",
+            ),
             (
                 EXAMPLE.replace("blocker-feed/v1", "blocker-feed/v2"),
                 "format",
