@@ -172,7 +172,7 @@ impl Daemon {
             .into_iter()
             .filter(|a| !interfaces.iter().any(|i| i.name == a.interface))
         {
-            datapath::detach_one(&stale)?;
+            self.datapath.detach_interface(&stale)?;
             tracing::info!(interface = %stale.interface, "detached: no longer in the config");
             self.record(AuditEvent::Detached {
                 interfaces: vec![stale.interface.clone()],

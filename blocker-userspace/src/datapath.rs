@@ -578,14 +578,7 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
-        self.links.insert(
-            interface.to_owned(),
-            HeldLink {
-                mode,
-                ifindex: ifindex(interface).unwrap_or(0),
-                link,
-            },
-        );
+        self.keep(interface, mode, link);
         Ok(())
     }
 
@@ -596,6 +589,11 @@ impl Datapath {
             mode: mode.as_str(),
             source: ProgramError::IOError(io::Error::other(e)),
         })?;
+        self.keep(interface, mode, link);
+        Ok(())
+    }
+
+    fn keep(&mut self, interface: &str, mode: AttachedMode, link: PinnedLink) {
         self.links.insert(
             interface.to_owned(),
             HeldLink {
@@ -604,12 +602,13 @@ impl Datapath {
                 link,
             },
         );
-        Ok(())
     }
 
-    /// Stops holding `interface`'s link (it was detached on purpose).
-    pub fn release(&mut self, interface: &str) {
-        self.links.remove(interface);
+    /// Detaches `interface` (taken out of the config): removes its pin and
+    /// lets go of our handle, so the program leaves it.
+    pub fn detach_interface(&mut self, attachment: &Attachment) -> Result<()> {
+        self.links.remove(&attachment.interface);
+        detach_one(attachment)
     }
 
     /// Puts back what was removed under the daemon's feet: map and program

@@ -111,6 +111,13 @@ impl Daemon {
         daemon
     }
 
+    /// SIGHUP: sync the feed now.
+    pub fn hangup(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
+        // SAFETY: kill(2) on our own running child.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -262,14 +262,20 @@ impl Edge {
     }
 
     /// Starts `blocker run` in the edge namespace and waits until it serves
-    /// metrics with feed `serial` applied and the interface attached.
-    pub fn start_daemon(&self, serial: u64) -> Daemon {
-        let daemon = Daemon::start(
+    /// metrics (whatever it made of the feed).
+    pub fn spawn_daemon(&self) -> Daemon {
+        Daemon::start(
             &self.edge,
             &self.config_path(),
             self.listen(),
             &self.log_path(),
-        );
+        )
+    }
+
+    /// Starts `blocker run` in the edge namespace and waits until it serves
+    /// metrics with feed `serial` applied and the interface attached.
+    pub fn start_daemon(&self, serial: u64) -> Daemon {
+        let daemon = self.spawn_daemon();
         let interface = self.edge_if.clone();
         daemon.scrape_until(
             &format!("feed serial {serial} applied and {interface} attached"),

@@ -16,7 +16,6 @@ use std::{
 
 use blocker::feed::{Direction, Order};
 use blocker_tests::{
-    daemon::Daemon,
     orders::drop_order,
     require_root,
     topology::{Edge, Stream, server_v4},
@@ -27,12 +26,6 @@ const STAYS: &str = "STAYS";
 
 fn stays(addr: IpAddr) -> Order {
     drop_order(STAYS, Direction::Dst, &[&addr.to_string()])
-}
-
-fn hangup(daemon: &Daemon) {
-    let pid = libc::pid_t::try_from(daemon.pid()).expect("pid");
-    // SAFETY: kill(2) on our own running child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
 }
 
 #[test]
@@ -58,7 +51,7 @@ fn fifty_feed_updates_never_unblock_a_prefix_that_stays() {
             ));
         }
         edge.publish(serial, &orders);
-        hangup(&daemon);
+        daemon.hangup();
         daemon.scrape_until(&format!("serial {serial}"), Duration::from_secs(10), |s| {
             s.get("blocker_feed_serial", &[]) == Some(serial as f64)
         });
@@ -100,7 +93,7 @@ fn sigkill_during_applies_loses_nothing() {
         let mut bulk = bulk;
         bulk.rung = blocker::feed::Rung::Datacenter;
         edge.publish(serial, &[stays(target), bulk]);
-        hangup(&daemon);
+        daemon.hangup();
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         thread::sleep(Duration::from_millis((seed >> 33) % 150));
         daemon.kill();

@@ -27,12 +27,6 @@ fn blocks(id: &str, addr: IpAddr) -> Order {
     drop_order(id, Direction::Dst, &[&addr.to_string()])
 }
 
-fn hangup(daemon: &Daemon) {
-    let pid = libc::pid_t::try_from(daemon.pid()).expect("pid");
-    // SAFETY: kill(2) on our own running child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-}
-
 /// Sends `count` datagrams from the client to `addr` and returns how many
 /// the edge received.
 fn delivered(edge: &Edge, addr: IpAddr, count: usize) -> usize {
@@ -57,7 +51,7 @@ fn counter(scrape: &Scrape, name: &str, label: (&str, &str)) -> f64 {
 
 fn publish_and_wait(edge: &Edge, daemon: &Daemon, serial: u64, orders: &[Order]) {
     edge.publish(serial, orders);
-    hangup(daemon);
+    daemon.hangup();
     daemon.scrape_until(
         &format!("serial {serial} applied"),
         Duration::from_secs(15),
@@ -377,12 +371,7 @@ fn a_feed_bigger_than_the_maps_is_refused_whole() {
     );
     big.rung = Rung::Datacenter;
     edge.publish(2, &[blocks("SMALL", target), big]);
-    let daemon = Daemon::start(
-        &edge.edge,
-        &edge.config_path(),
-        edge.listen(),
-        &edge.log_path(),
-    );
+    let daemon = edge.spawn_daemon();
     let scrape = daemon.scrape_until(
         "the feed refused for capacity",
         Duration::from_secs(20),

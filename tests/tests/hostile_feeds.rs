@@ -12,7 +12,6 @@ use std::{
 
 use blocker::feed::{Direction, Order, Rung};
 use blocker_tests::{
-    daemon::Daemon,
     minisign::KeyPair,
     orders::{drop_order, feed_yaml},
     require_root,
@@ -248,12 +247,6 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn hangup(daemon: &Daemon) {
-    let pid = libc::pid_t::try_from(daemon.pid()).expect("pid");
-    // SAFETY: kill(2) on our own running child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
-}
-
 #[test]
 fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
     require_root();
@@ -318,7 +311,7 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
             .get("blocker_feed_sync_failures_total", &label)
             .unwrap_or(0.0);
         place(case, &edge.feed_path(), &edge.key, &foreign, &scratch);
-        hangup(&daemon);
+        daemon.hangup();
         let scrape = daemon.scrape_until(
             &format!("{} refused as {}", case.name, case.reason),
             Duration::from_secs(15),
@@ -377,7 +370,7 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
 
     // And a good feed after all that is applied.
     edge.publish(GOOD_SERIAL + 1, &[good_order(&target.to_string())]);
-    hangup(&daemon);
+    daemon.hangup();
     daemon.scrape_until("the next good feed", Duration::from_secs(15), |s| {
         s.get("blocker_feed_serial", &[]) == Some((GOOD_SERIAL + 1) as f64)
     });

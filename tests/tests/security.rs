@@ -17,7 +17,6 @@ use std::{
 
 use blocker::feed::Direction;
 use blocker_tests::{
-    daemon::Daemon,
     orders::drop_order,
     require_root,
     topology::{EDGE_V4, Edge, server_v4},
@@ -269,12 +268,7 @@ fn the_fetcher_refuses_scheme_changing_redirects_and_caps_size_and_time() {
         );
         fs::write(edge.config_path(), config).expect("config");
         let started = Instant::now();
-        let daemon = Daemon::start(
-            &edge.edge,
-            &edge.config_path(),
-            edge.listen(),
-            &edge.log_path(),
-        );
+        let daemon = edge.spawn_daemon();
         let scrape = daemon.scrape_until(
             &format!("{path} refused as {reason}"),
             Duration::from_secs(15),
