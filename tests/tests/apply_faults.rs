@@ -118,14 +118,45 @@ fn sigkill_during_applies_loses_nothing() {
     );
     let audit = fs::read_to_string(edge.dir.path().join("state/audit.jsonl")).expect("audit log");
     let mut applied = 0;
+    let mut newest = serde_json::Value::Null;
     for line in audit.lines() {
         let event: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("torn audit line {line:?}: {e}"));
         if event["event"] == "feed_applied" {
-            applied = applied.max(event["serial"].as_u64().expect("serial"));
+            let serial = event["serial"].as_u64().expect("serial");
+            if serial >= applied {
+                applied = serial;
+                newest = event;
+            }
         }
     }
     assert_eq!(applied, last, "the audit log records the last feed applied");
+    // What the audit log says is in force is what the maps hold.
+    let in_force: Vec<&str> = newest["in_force"]
+        .as_array()
+        .expect("in_force")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(in_force, [format!("BULK-{last}").as_str(), STAYS]);
+    let scrape = daemon.scrape();
+    for family in ["ipv4", "ipv6"] {
+        assert_eq!(
+            scrape.get("blocker_prefixes", &[("family", family)]),
+            newest[format!("{family}_prefixes")].as_f64(),
+            "{family} prefixes: the maps hold what the audit log says"
+        );
+    }
+    let config = edge.config_path().display().to_string();
+    let bulk_host = format!("2001:db8:100::{last:x}:7");
+    for (address, order) in [
+        (target.to_string(), STAYS.to_owned()),
+        (bulk_host, format!("BULK-{last}")),
+    ] {
+        let out = edge.blocker(&["check", "--config", &config, &address]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&order), "check {address}: {text}");
+    }
     drop(daemon);
 }
 
