@@ -126,12 +126,45 @@ impl StateDir {
         Ok(DaemonLock { _file: file })
     }
 
-    /// The pid (as " (pid N)", or "") of the daemon running with this
-    /// state_dir, if one is.
-    pub fn running_daemon(&self) -> Option<String> {
+    /// Stops the daemon running with this state_dir, if one runs: SIGTERM to
+    /// the pid in its lock file, then waits up to `timeout` for the lock to
+    /// be released. Returns the pid it stopped.
+    pub fn stop_running_daemon(&self, timeout: std::time::Duration) -> Result<Option<u32>, String> {
         let path = self.lock_path();
-        let file = File::open(&path).ok()?;
-        (!try_flock(&file, libc::LOCK_SH)).then(|| running_pid(&path))
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        let free = || try_flock(&file, libc::LOCK_SH);
+        if free() {
+            return Ok(None);
+        }
+        let pid: u32 = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "a blocker daemon holds {} but its pid is unknown: stop it first",
+                    path.display()
+                )
+            })?;
+        let signal_pid = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
+        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+        if unsafe { libc::kill(signal_pid, libc::SIGTERM) } != 0 {
+            return Err(format!(
+                "stopping blocker run (pid {pid}): {}",
+                io::Error::last_os_error()
+            ));
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while !free() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "blocker run (pid {pid}) did not stop within {timeout:?}; stop it first"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(Some(pid))
     }
 
     pub fn audit_log_path(&self) -> PathBuf {

@@ -395,3 +395,39 @@ fn a_feed_bigger_than_the_maps_is_refused_whole() {
     );
     drop(daemon);
 }
+
+#[test]
+fn detach_while_the_daemon_runs_stops_it_and_lifts_enforcement() {
+    require_root();
+    let target = server_v4(69);
+    let edge = Edge::new(&[target]);
+    edge.publish(1, &[blocks("LIFTED", target)]);
+    let daemon = edge.start_daemon(1);
+    assert_eq!(delivered(&edge, target, 20), 0, "blocked before");
+    let out = edge.blocker(&[
+        "detach",
+        "--config",
+        &edge.config_path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "detach: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("stopped blocker run (pid {})", daemon.pid())),
+        "{stdout}"
+    );
+    // Stopped, the daemon puts nothing back: the pins stay gone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !edge.bpffs.path().join("maps").exists()
+            && link_pin(edge.bpffs.path(), &edge.edge_if).is_none(),
+        "the pins are gone"
+    );
+    assert!(delivered(&edge, target, 20) > 0, "enforcement is lifted");
+    let audit = fs::read_to_string(edge.dir.path().join("state/audit.jsonl")).expect("audit");
+    assert!(audit.contains("\"event\":\"detached\""), "{audit}");
+    drop(daemon);
+}

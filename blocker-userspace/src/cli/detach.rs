@@ -13,12 +13,14 @@ use crate::{
 
 pub(super) fn detach(config_path: &Path) -> Result<Exit, EnvError> {
     let config = load_config(config_path)?;
-    // A running daemon would put back every pin detach removes.
-    if let Some(pid) = StateDir::existing(&config.state_dir).and_then(|s| s.running_daemon()) {
-        return Err(EnvError::new(format!(
-            "blocker run{pid} is running with state_dir {} and restores what detach removes: stop it first (`systemctl stop blocker`), then detach",
-            config.state_dir.display()
-        )));
+    // A running daemon would put back every pin detach removes: stop it
+    // first (it leaves enforcement pinned when it stops).
+    if let Some(state) = StateDir::existing(&config.state_dir)
+        && let Some(pid) = state
+            .stop_running_daemon(std::time::Duration::from_secs(10))
+            .map_err(EnvError::new)?
+    {
+        println!("stopped blocker run (pid {pid})");
     }
     let detached = datapath::detach(&config.bpffs_dir).map_err(EnvError::new)?;
     if detached.is_empty() {
