@@ -129,14 +129,7 @@ impl AuditLog {
         bytes.push(b'\n');
         let file = match &mut self.file {
             Some(file) => file,
-            None => {
-                // A write that failed half-way (disk full) may have left a
-                // partial line: end it so every other line still parses.
-                if !ends_with_newline(&self.path) {
-                    bytes.insert(0, b'\n');
-                }
-                self.file.insert(Self::open_file(&self.path)?)
-            }
+            None => self.file.insert(Self::open_file(&self.path)?),
         };
         let before = file.metadata().map(|m| m.len()).ok();
         let written = file.write_all(&bytes).and_then(|()| file.sync_data());
@@ -154,19 +147,6 @@ impl AuditLog {
         }
         Ok(())
     }
-}
-
-/// Whether the file at `path` is empty, missing or ends with a newline.
-fn ends_with_newline(path: &Path) -> bool {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut file) = File::open(path) else {
-        return true;
-    };
-    let mut last = [b'\n'];
-    if file.seek(SeekFrom::End(-1)).is_err() {
-        return true;
-    }
-    file.read_exact(&mut last).is_err() || last[0] == b'\n'
 }
 
 #[cfg(test)]

@@ -225,32 +225,18 @@ impl Daemon {
     /// Puts back what was removed under the daemon's feet (pins removed by
     /// hand, an interface deleted and recreated); see [`Datapath::repair`].
     pub fn repair(&mut self) {
-        let interfaces: Vec<_> = self
-            .config
-            .interfaces
-            .iter()
-            .map(|i| (i.name.clone(), i.mode))
-            .collect();
+        let repairs = self.datapath.repair(
+            self.config
+                .interfaces
+                .iter()
+                .map(|i| (i.name.as_str(), i.mode)),
+        );
         let mut failures = BTreeSet::new();
         let mut reindex = false;
-        for repair in self.datapath.repair(&interfaces) {
+        for repair in repairs {
             match repair {
-                Repair::Pin(path) => {
-                    tracing::warn!(%path, "pin removed by hand; pinned again");
-                    self.metrics.repaired("pin");
-                    self.record(AuditEvent::Repaired {
-                        what: "pin".to_owned(),
-                        detail: path,
-                    });
-                }
-                Repair::Link { interface } => {
-                    tracing::warn!(%interface, "link pin removed by hand; pinned again (the program stayed attached)");
-                    self.metrics.repaired("link");
-                    self.record(AuditEvent::Repaired {
-                        what: "link".to_owned(),
-                        detail: interface,
-                    });
-                }
+                Repair::Pin(path) => self.repinned("pin", path),
+                Repair::Link { interface } => self.repinned("link", interface),
                 Repair::Reattached { interface, mode } => {
                     tracing::warn!(%interface, mode = mode.as_str(), "interface is back; attached again");
                     self.metrics.repaired("attach");
@@ -280,6 +266,16 @@ impl Daemon {
         if reindex {
             self.index_interfaces();
         }
+    }
+
+    /// A pin (`what`: pin or link) was removed by hand and is back.
+    fn repinned(&mut self, what: &'static str, detail: String) {
+        tracing::warn!(what, %detail, "pin removed by hand; pinned again (the program stayed attached)");
+        self.metrics.repaired(what);
+        self.record(AuditEvent::Repaired {
+            what: what.to_owned(),
+            detail,
+        });
     }
 
     /// Fetches the feed (if changed, or always when `force`) and applies it

@@ -393,7 +393,7 @@ struct HeldLink {
     /// The interface's index when attached: another index under the same
     /// name means the interface was deleted and recreated.
     ifindex: u32,
-    link: PinnedLink,
+    link: FdLink,
 }
 
 /// What [`Datapath::repair`] found missing and put back.
@@ -507,8 +507,8 @@ impl Datapath {
             .find(|a| a.interface == interface);
         if let Some(existing) = existing {
             match self.take_over(&existing) {
-                Ok(()) => {
-                    self.hold(interface, existing.mode, &existing.pin)?;
+                Ok(link) => {
+                    self.keep(interface, existing.mode, link);
                     return Ok(existing.mode);
                 }
                 Err(err) => {
@@ -537,7 +537,9 @@ impl Datapath {
         }))
     }
 
-    fn take_over(&mut self, existing: &Attachment) -> Result<()> {
+    /// Swaps our program into the pinned link of `existing`; returns our
+    /// handle on that link.
+    fn take_over(&mut self, existing: &Attachment) -> Result<FdLink> {
         let pinned = PinnedLink::from_pin(&existing.pin).map_err(|e| DatapathError::Attach {
             interface: existing.interface.clone(),
             mode: existing.mode.as_str(),
@@ -553,9 +555,8 @@ impl Datapath {
             .map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))?;
         let program = xdp_program(&mut self.ebpf)?;
         let id = program.attach_to_link(link).map_err(attach_error)?;
-        // The pin keeps the link (and so the attachment) alive; our handle can go.
-        drop(program.take_link(id).map_err(attach_error)?);
-        Ok(())
+        let link = program.take_link(id).map_err(attach_error)?;
+        FdLink::try_from(link).map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))
     }
 
     fn attach_new(&mut self, interface: &str, mode: AttachedMode) -> Result<()> {
@@ -571,29 +572,12 @@ impl Datapath {
         let link = program.take_link(id).map_err(attach_error)?;
         let fd_link = FdLink::try_from(link)
             .map_err(|e| attach_error(ProgramError::IOError(io::Error::other(e))))?;
-        let dir = links_dir(&self.bpffs_dir).join(mode.as_str());
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let pin = dir.join(interface);
-        let link = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
-            path: pin.clone(),
-            source,
-        })?;
+        let link = pin_link(&self.bpffs_dir, mode, interface, fd_link)?;
         self.keep(interface, mode, link);
         Ok(())
     }
 
-    /// Keeps our own handle on the link pinned at `pin`.
-    fn hold(&mut self, interface: &str, mode: AttachedMode, pin: &Path) -> Result<()> {
-        let link = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Attach {
-            interface: interface.to_owned(),
-            mode: mode.as_str(),
-            source: ProgramError::IOError(io::Error::other(e)),
-        })?;
-        self.keep(interface, mode, link);
-        Ok(())
-    }
-
-    fn keep(&mut self, interface: &str, mode: AttachedMode, link: PinnedLink) {
+    fn keep(&mut self, interface: &str, mode: AttachedMode, link: FdLink) {
         self.links.insert(
             interface.to_owned(),
             HeldLink {
@@ -615,99 +599,79 @@ impl Datapath {
     /// pins, link pins, and attachments to interfaces that were deleted and
     /// recreated. `interfaces` are the configured ones. Cheap when nothing
     /// is missing (a few stats).
-    pub fn repair(&mut self, interfaces: &[(String, AttachMode)]) -> Vec<Repair> {
+    pub fn repair<'a>(
+        &mut self,
+        interfaces: impl IntoIterator<Item = (&'a str, AttachMode)>,
+    ) -> Vec<Repair> {
+        let outcome = |path: &Path, pinned: Result<(), String>| match pinned {
+            Ok(()) => Repair::Pin(path.display().to_string()),
+            Err(error) => Repair::Failed {
+                what: path.display().to_string(),
+                error,
+            },
+        };
         let mut done = Vec::new();
-        let failed = |what: String, error: String| Repair::Failed { what, error };
         let maps_dir = maps_dir(&self.bpffs_dir);
-        for dir in [maps_dir.clone(), links_dir(&self.bpffs_dir)] {
-            if let Err(err) = fs::create_dir_all(&dir) {
-                done.push(failed(dir.display().to_string(), err.to_string()));
-                return done;
-            }
+        if let Err(err) = fs::create_dir_all(&maps_dir) {
+            done.push(outcome(&maps_dir, Err(err.to_string())));
+            return done;
         }
         for &(name, id) in &self.map_ids {
             let path = maps_dir.join(name);
-            if path.exists() {
-                continue;
+            if !path.exists() {
+                let pinned = MapData::from_id(id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|map| map.pin(&path).map_err(|e| e.to_string()));
+                done.push(outcome(&path, pinned));
             }
-            let pinned = MapData::from_id(id)
-                .map_err(|e| e.to_string())
-                .and_then(|map| map.pin(&path).map_err(|e| e.to_string()));
-            done.push(match pinned {
-                Ok(()) => Repair::Pin(path.display().to_string()),
-                Err(error) => failed(path.display().to_string(), error),
-            });
         }
         let prog_pin = self.bpffs_dir.join("prog");
         if !prog_pin.exists() {
             let pinned = xdp_program(&mut self.ebpf)
                 .map_err(|e| e.to_string())
                 .and_then(|p| p.pin(&prog_pin).map_err(|e| e.to_string()));
-            done.push(match pinned {
-                Ok(()) => Repair::Pin(prog_pin.display().to_string()),
-                Err(error) => failed(prog_pin.display().to_string(), error),
-            });
+            done.push(outcome(&prog_pin, pinned));
         }
         for (interface, mode) in interfaces {
-            if let Some(repair) = self.repair_link(interface, *mode) {
-                done.push(repair);
-            }
+            done.extend(self.repair_link(interface, mode));
         }
         done
     }
 
     fn repair_link(&mut self, interface: &str, mode: AttachMode) -> Option<Repair> {
-        let Some(index) = ifindex(interface) else {
+        let index = ifindex(interface);
+        let held = self.links.remove(interface);
+        let Some(index) = index else {
             // The link of a deleted interface is defunct; let it go.
-            return self.links.remove(interface).map(|held| {
-                let _ = fs::remove_file(
-                    links_dir(&self.bpffs_dir)
-                        .join(held.mode.as_str())
-                        .join(interface),
-                );
+            return held.map(|held| {
+                let _ = fs::remove_file(link_pin_path(&self.bpffs_dir, held.mode, interface));
                 Repair::Gone {
                     interface: interface.to_owned(),
                     mode: held.mode,
                 }
             });
         };
-        let held = self.links.remove(interface);
         if let Some(held) = held {
-            let pin = links_dir(&self.bpffs_dir)
-                .join(held.mode.as_str())
-                .join(interface);
-            if held.ifindex == index {
-                if pin.exists() {
-                    self.links.insert(interface.to_owned(), held);
-                    return None;
-                }
-                let dir = links_dir(&self.bpffs_dir).join(held.mode.as_str());
-                let repinned = fs::create_dir_all(&dir)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| FdLink::from(held.link).pin(&pin).map_err(|e| e.to_string()));
-                match repinned {
+            let pin = link_pin_path(&self.bpffs_dir, held.mode, interface);
+            if held.ifindex != index {
+                // Recreated: the old link is defunct.
+                let _ = fs::remove_file(&pin);
+            } else if pin.exists() {
+                self.links.insert(interface.to_owned(), held);
+                return None;
+            } else {
+                match pin_link(&self.bpffs_dir, held.mode, interface, held.link) {
                     Ok(link) => {
-                        self.links.insert(
-                            interface.to_owned(),
-                            HeldLink {
-                                mode: held.mode,
-                                ifindex: index,
-                                link,
-                            },
-                        );
+                        self.keep(interface, held.mode, link);
                         return Some(Repair::Link {
                             interface: interface.to_owned(),
                         });
                     }
-                    // Our handle is gone with the failed pin: attach anew.
+                    // Our handle went with the failed pin: attach anew.
                     Err(error) => {
                         tracing::warn!(interface, %error, "pinning the link again failed")
                     }
                 }
-            } else {
-                // Recreated: the old link is defunct.
-                drop(held);
-                let _ = fs::remove_file(&pin);
             }
         }
         Some(match self.attach(interface, mode) {
@@ -854,6 +818,25 @@ fn maps_dir(bpffs_dir: &Path) -> PathBuf {
 
 fn links_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("links")
+}
+
+/// Where the link of `interface` attached in `mode` is pinned.
+fn link_pin_path(bpffs_dir: &Path, mode: AttachedMode, interface: &str) -> PathBuf {
+    links_dir(bpffs_dir).join(mode.as_str()).join(interface)
+}
+
+/// Pins `link` at [`link_pin_path`] (creating the directory) and returns our
+/// handle on it.
+fn pin_link(bpffs_dir: &Path, mode: AttachedMode, interface: &str, link: FdLink) -> Result<FdLink> {
+    let pin = link_pin_path(bpffs_dir, mode, interface);
+    if let Some(dir) = pin.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let pinned = link.pin(&pin).map_err(|source| DatapathError::Pin {
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(pinned.into())
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -22,6 +22,7 @@ pub mod frame;
 pub mod minisign;
 pub mod netns;
 pub mod orders;
+pub mod rig;
 pub mod topology;
 
 use std::{

@@ -20,19 +20,16 @@
 //!   winning order counts one packet and the frame's length in bytes.
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use blocker::{
-    compile::{self, Enforcement, SlotTable},
-    datapath::Datapath,
+    compile::Enforcement,
     feed::{Action, Direction, Order},
     reference,
 };
-use blocker_common::OrderCounters;
-use blocker_tests::{bpffs::BpffsDir, orders::order, require_root};
+use blocker_tests::{orders::order, rig::Rig};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
@@ -350,102 +347,57 @@ fn orders_strategy() -> impl Strategy<Value = Vec<Order>> {
     })
 }
 
-struct Rig {
-    dp: Datapath,
-    slots: SlotTable,
-    _bpffs: BpffsDir,
-}
-
-impl Rig {
-    fn new() -> Self {
-        require_root();
-        let bpffs = BpffsDir::new();
-        let dp = Datapath::open(bpffs.path(), 1024)
-            .unwrap_or_else(|err| panic!("loading the XDP program: {err}"));
-        Self {
-            dp,
-            slots: SlotTable::new(),
-            _bpffs: bpffs,
-        }
-    }
-
-    fn apply(&mut self, orders: &[&Order]) {
-        let compiled = compile::compile(orders, Enforcement::Enforce, &self.slots)
-            .unwrap_or_else(|err| panic!("compiling: {err}"));
-        let fresh: Vec<u32> = compiled
-            .orders
-            .iter()
-            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
-            .map(|o| o.slot)
-            .collect();
-        self.dp
-            .apply(&compiled, &fresh)
-            .unwrap_or_else(|err| panic!("applying: {err}"));
-        self.slots = compiled.slots;
-    }
-
-    fn counters(&self, orders: &[&Order]) -> BTreeMap<String, OrderCounters> {
-        orders
-            .iter()
-            .map(|o| {
-                let slot = self.slots.get(&o.id).expect("a slot");
-                let c = self.dp.maps().order_counters(slot).expect("counters");
-                (o.id.clone(), c)
-            })
-            .collect()
-    }
-
-    /// Runs `frame` and checks verdict and counters against the reference.
-    fn check(&mut self, orders: &[&Order], frame: &[u8]) -> Result<(), String> {
-        let expected = reference_addresses(frame)
-            .and_then(|(src, dst)| reference::verdict(orders, Enforcement::Enforce, src, dst));
-        if frame.len() < 14 {
-            // Shorter than an Ethernet header: the kernel refuses to run it.
-            return match self.dp.test_run(frame) {
-                Err(_) => Ok(()),
-                Ok(verdict) => Err(format!(
-                    "the kernel ran a {}-byte frame ({verdict})",
-                    frame.len()
-                )),
-            };
-        }
-        let before = self.counters(orders);
-        let verdict = self
-            .dp
-            .test_run(frame)
-            .map_err(|err| format!("running a {}-byte frame: {err}", frame.len()))?;
-        let after = self.counters(orders);
-        let want = match &expected {
-            Some(w) if w.action == Action::Drop => XDP_DROP,
-            _ => XDP_PASS,
+/// Runs `frame` on `rig` and checks verdict and counters against the
+/// reference.
+fn check(rig: &mut Rig, orders: &[&Order], frame: &[u8]) -> Result<(), String> {
+    let expected = reference_addresses(frame)
+        .and_then(|(src, dst)| reference::verdict(orders, Enforcement::Enforce, src, dst));
+    if frame.len() < 14 {
+        // Shorter than an Ethernet header: the kernel refuses to run it.
+        return match rig.dp.test_run(frame) {
+            Err(_) => Ok(()),
+            Ok(verdict) => Err(format!(
+                "the kernel ran a {}-byte frame ({verdict})",
+                frame.len()
+            )),
         };
-        if verdict != want {
+    }
+    let before = rig.all_counters();
+    let verdict = rig
+        .dp
+        .test_run(frame)
+        .map_err(|err| format!("running a {}-byte frame: {err}", frame.len()))?;
+    let after = rig.all_counters();
+    let want = match &expected {
+        Some(w) if w.action == Action::Drop => XDP_DROP,
+        _ => XDP_PASS,
+    };
+    if verdict != want {
+        return Err(format!(
+            "verdict {verdict}, reference {want} ({expected:?}) for {frame:02x?}"
+        ));
+    }
+    for (id, a) in &after {
+        let b = before[id];
+        let (packets, bytes) = (a.packets - b.packets, a.bytes - b.bytes);
+        let counted = expected.as_ref().is_some_and(|w| &w.order == id);
+        let want = if counted {
+            (1, frame.len() as u64)
+        } else {
+            (0, 0)
+        };
+        if (packets, bytes) != want {
             return Err(format!(
-                "verdict {verdict}, reference {want} ({expected:?}) for {frame:02x?}"
+                "order {id} counted {packets} packets / {bytes} bytes, the reference {want:?} ({expected:?}) for {frame:02x?}"
             ));
         }
-        for (id, a) in &after {
-            let b = before[id];
-            let (packets, bytes) = (a.packets - b.packets, a.bytes - b.bytes);
-            let counted = expected.as_ref().is_some_and(|w| &w.order == id);
-            let want = if counted {
-                (1, frame.len() as u64)
-            } else {
-                (0, 0)
-            };
-            if (packets, bytes) != want {
-                return Err(format!(
-                    "order {id} counted {packets} packets / {bytes} bytes, the reference {want:?} ({expected:?}) for {frame:02x?}"
-                ));
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 #[test]
 fn random_and_malformed_frames_get_the_reference_verdict() {
-    let mut rig = Rig::new();
+    let rig = std::cell::RefCell::new(Rig::new());
     let config = Config {
         cases: 400,
         max_shrink_iters: 300,
@@ -458,7 +410,6 @@ fn random_and_malformed_frames_get_the_reference_verdict() {
     let frames = std::cell::Cell::new(0usize);
     let looked_up = std::cell::Cell::new(0usize);
     let runts = std::cell::Cell::new(0usize);
-    let rig = std::cell::RefCell::new(&mut rig);
     let strategy = (
         orders_strategy(),
         prop::collection::vec(frame_strategy(), 1..=24),
@@ -466,9 +417,9 @@ fn random_and_malformed_frames_get_the_reference_verdict() {
     let result = runner.run(&strategy, |(orders, batch)| {
         let refs: Vec<&Order> = orders.iter().collect();
         let mut rig = rig.borrow_mut();
-        rig.apply(&refs);
+        rig.apply_in_force(&refs, Enforcement::Enforce);
         for frame in &batch {
-            rig.check(&refs, frame).map_err(TestCaseError::fail)?;
+            check(&mut rig, &refs, frame).map_err(TestCaseError::fail)?;
             frames.set(frames.get() + 1);
             if frame.len() < 14 {
                 runts.set(runts.get() + 1);
@@ -540,7 +491,7 @@ fn nasty_frames_to_a_blocked_address() {
         &["203.0.113.7", "2001:db8:7::1"],
     );
     let refs = [&blocked];
-    rig.apply(&refs);
+    rig.apply_in_force(&refs, Enforcement::Enforce);
     let target4 = [203, 0, 113, 7];
     let target6 = Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1).octets();
     let v6 = |extensions: Vec<(u8, u8)>| L3::V6 {
@@ -628,7 +579,6 @@ fn nasty_frames_to_a_blocked_address() {
     for (what, frame, want) in &cases {
         let got = rig.dp.test_run(frame).expect("test run");
         assert_eq!(got, *want, "{what}");
-        rig.check(&refs, frame)
-            .unwrap_or_else(|err| panic!("{what}: {err}"));
+        check(&mut rig, &refs, frame).unwrap_or_else(|err| panic!("{what}: {err}"));
     }
 }

@@ -3,20 +3,18 @@
 //! are run through the program and the verdict, the per-order counters and
 //! the datapath statistics are checked frame by frame.
 
-use std::{cell::RefCell, collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{cell::RefCell, net::IpAddr, time::Duration};
 
 use blocker::{
-    compile::{self, Compiled, Enforcement, SlotTable},
-    datapath::Datapath,
+    compile::Enforcement,
     feed::{self, Action, Direction, Order, Status},
     policy, reference,
 };
 use blocker_common::{OrderCounters, STAT_COUNT, Stat};
 use blocker_tests::{
-    bpffs::BpffsDir,
     frame::{self, ETH_HDR_LEN, ETH_P_8021Q, Frame, FrameSpec},
     orders::{drop_order, monitor_order, order},
-    require_root,
+    rig::Rig,
 };
 use proptest::{
     prelude::*,
@@ -27,104 +25,27 @@ use time::OffsetDateTime;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-/// Table capacity for these tests: small maps load fast.
-const MAX_PREFIXES: u32 = 1024;
-
 fn ip(text: &str) -> IpAddr {
     text.parse()
         .unwrap_or_else(|err| panic!("bad address {text:?}: {err}"))
 }
 
-/// A loaded datapath with what was last applied to it. `dp` is declared
-/// before `bpffs` so the program and maps are closed before the pins go.
-struct Rig {
-    dp: Datapath,
-    slots: SlotTable,
-    compiled: Option<Compiled>,
-    _bpffs: BpffsDir,
+/// What these tests check of one frame run on the [`Rig`].
+trait Expect {
+    fn expect(
+        &mut self,
+        what: &str,
+        frame: &[u8],
+        verdict: u32,
+        counted: Option<&str>,
+        stats: &[Stat],
+    );
+    fn expect_drop(&mut self, what: &str, frame: &[u8], order: &str);
+    fn expect_monitor(&mut self, what: &str, frame: &[u8], order: &str);
+    fn expect_clean_pass(&mut self, what: &str, frame: &[u8]);
 }
 
-impl Rig {
-    fn new() -> Self {
-        require_root();
-        let bpffs = BpffsDir::new();
-        let dp = Datapath::open(bpffs.path(), MAX_PREFIXES)
-            .unwrap_or_else(|err| panic!("loading the XDP program: {err}"));
-        Self {
-            dp,
-            slots: SlotTable::new(),
-            compiled: None,
-            _bpffs: bpffs,
-        }
-    }
-
-    /// A rig with `orders` (all in force) applied.
-    fn with(orders: &[Order], enforcement: Enforcement) -> Self {
-        let mut rig = Self::new();
-        rig.apply(orders, enforcement);
-        rig
-    }
-
-    /// Compiles `orders` (all taken as in force) against the slot table of
-    /// the previous apply and applies the result, as the daemon does: slots
-    /// that changed hands are fresh (their counters are zeroed).
-    fn apply(&mut self, orders: &[Order], enforcement: Enforcement) {
-        let in_force: Vec<&Order> = orders.iter().collect();
-        self.apply_in_force(&in_force, enforcement);
-    }
-
-    fn apply_in_force(&mut self, in_force: &[&Order], enforcement: Enforcement) {
-        let compiled = compile::compile(in_force, enforcement, &self.slots)
-            .unwrap_or_else(|err| panic!("compiling {in_force:#?}: {err}"));
-        let fresh: Vec<u32> = compiled
-            .orders
-            .iter()
-            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
-            .map(|o| o.slot)
-            .collect();
-        self.dp
-            .apply(&compiled, &fresh)
-            .unwrap_or_else(|err| panic!("applying: {err}"));
-        self.slots = compiled.slots.clone();
-        self.compiled = Some(compiled);
-    }
-
-    fn slot(&self, id: &str) -> u32 {
-        self.slots
-            .get(id)
-            .unwrap_or_else(|| panic!("order {id} has no slot"))
-    }
-
-    fn counters(&self, id: &str) -> OrderCounters {
-        self.dp
-            .maps()
-            .order_counters(self.slot(id))
-            .unwrap_or_else(|err| panic!("reading counters of {id}: {err}"))
-    }
-
-    /// Counters of every order of the last apply.
-    fn all_counters(&self) -> BTreeMap<String, OrderCounters> {
-        let compiled = self.compiled.as_ref().expect("nothing applied yet");
-        compiled
-            .orders
-            .iter()
-            .map(|o| (o.id.clone(), self.counters(&o.id)))
-            .collect()
-    }
-
-    fn stats(&self) -> [u64; STAT_COUNT as usize] {
-        self.dp
-            .maps()
-            .stats()
-            .unwrap_or_else(|err| panic!("reading statistics: {err}"))
-    }
-
-    fn run(&mut self, frame: &[u8]) -> u32 {
-        self.dp.test_run(frame).unwrap_or_else(|err| {
-            panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {err}", frame.len())
-        })
-    }
-
+impl Expect for Rig {
     /// Runs `frame` once and checks everything it may change: the verdict,
     /// which order (if any) counted it with exactly its length in bytes, and
     /// the statistics (`stats` lists the non-zero increments; every other

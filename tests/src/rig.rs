@@ -1,0 +1,113 @@
+//! The real XDP program under BPF_PROG_TEST_RUN, with orders compiled and
+//! applied through `Datapath` exactly as the daemon does.
+
+use std::collections::BTreeMap;
+
+use blocker::{
+    compile::{self, Compiled, Enforcement, SlotTable},
+    datapath::Datapath,
+    feed::Order,
+};
+use blocker_common::{OrderCounters, STAT_COUNT};
+
+use crate::{bpffs::BpffsDir, require_root};
+
+/// Table capacity for these tests: small maps load fast.
+pub const MAX_PREFIXES: u32 = 1024;
+
+/// A loaded datapath with what was last applied to it. `dp` is declared
+/// before `bpffs` so the program and maps are closed before the pins go.
+pub struct Rig {
+    pub dp: Datapath,
+    pub slots: SlotTable,
+    pub compiled: Option<Compiled>,
+    _bpffs: BpffsDir,
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rig {
+    pub fn new() -> Self {
+        require_root();
+        let bpffs = BpffsDir::new();
+        let dp = Datapath::open(bpffs.path(), MAX_PREFIXES)
+            .unwrap_or_else(|err| panic!("loading the XDP program: {err}"));
+        Self {
+            dp,
+            slots: SlotTable::new(),
+            compiled: None,
+            _bpffs: bpffs,
+        }
+    }
+
+    /// A rig with `orders` (all in force) applied.
+    pub fn with(orders: &[Order], enforcement: Enforcement) -> Self {
+        let mut rig = Self::new();
+        rig.apply(orders, enforcement);
+        rig
+    }
+
+    /// Compiles `orders` (all taken as in force) against the slot table of
+    /// the previous apply and applies the result, as the daemon does: slots
+    /// that changed hands are fresh (their counters are zeroed).
+    pub fn apply(&mut self, orders: &[Order], enforcement: Enforcement) {
+        let in_force: Vec<&Order> = orders.iter().collect();
+        self.apply_in_force(&in_force, enforcement);
+    }
+
+    pub fn apply_in_force(&mut self, in_force: &[&Order], enforcement: Enforcement) {
+        let compiled = compile::compile(in_force, enforcement, &self.slots)
+            .unwrap_or_else(|err| panic!("compiling {in_force:#?}: {err}"));
+        let fresh: Vec<u32> = compiled
+            .orders
+            .iter()
+            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
+            .map(|o| o.slot)
+            .collect();
+        self.dp
+            .apply(&compiled, &fresh)
+            .unwrap_or_else(|err| panic!("applying: {err}"));
+        self.slots = compiled.slots.clone();
+        self.compiled = Some(compiled);
+    }
+
+    pub fn slot(&self, id: &str) -> u32 {
+        self.slots
+            .get(id)
+            .unwrap_or_else(|| panic!("order {id} has no slot"))
+    }
+
+    pub fn counters(&self, id: &str) -> OrderCounters {
+        self.dp
+            .maps()
+            .order_counters(self.slot(id))
+            .unwrap_or_else(|err| panic!("reading counters of {id}: {err}"))
+    }
+
+    /// Counters of every order of the last apply.
+    pub fn all_counters(&self) -> BTreeMap<String, OrderCounters> {
+        let compiled = self.compiled.as_ref().expect("nothing applied yet");
+        compiled
+            .orders
+            .iter()
+            .map(|o| (o.id.clone(), self.counters(&o.id)))
+            .collect()
+    }
+
+    pub fn stats(&self) -> [u64; STAT_COUNT as usize] {
+        self.dp
+            .maps()
+            .stats()
+            .unwrap_or_else(|err| panic!("reading statistics: {err}"))
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.dp.test_run(frame).unwrap_or_else(|err| {
+            panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {err}", frame.len())
+        })
+    }
+}
