@@ -10,8 +10,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
         let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
-        std::fs::write(std::path::Path::new(&out_dir).join("blocker"), [])
-            .context("writing the placeholder object")?;
+        for name in ["blocker", "blocker-bench"] {
+            std::fs::write(std::path::Path::new(&out_dir).join(name), [])
+                .context("writing the placeholder object")?;
+        }
         return Ok(());
     }
     let metadata = MetadataCommand::new()

@@ -4,10 +4,15 @@
 //! Everything here is `#[repr(C)]`, `Copy`, free of implicit padding and free
 //! of `Option`/enums, so the kernel and userspace agree on every byte.
 //!
-//! The lookup structure: two generations (A/B) of one LPM trie per address
-//! family. [`Control::generation`] names the generation the program reads; the
-//! controller fills the other one and flips the selector, so a packet always
-//! sees one whole feed, never a half-applied one.
+//! The lookup structure ([`layout`]): per address family a bitmap of
+//! buckets (IPv4 /24s; IPv6 /32s, hashed) that says which buckets hold any
+//! prefix, and a two-choice hash table of 4-slot buckets (one cache line for
+//! IPv4) keyed by (prefix length, network). A miss, nearly every packet,
+//! costs one bit test per address. Table entries ([`PrefixEntry`]) live in an
+//! array, deduplicated. Everything comes in two generations (A/B):
+//! [`Control::generation`] names the one the program reads; the controller
+//! writes the other one and flips the selector, so a packet always sees one
+//! whole feed, never a half-applied one.
 #![no_std]
 
 /// No order: the slot value of an empty [`Candidate`].
@@ -19,18 +24,32 @@ pub const MAX_ORDERS: u32 = 65_536;
 /// Map names, as the XDP program declares them and as they are pinned.
 pub mod map_names {
     pub const CONTROL: &str = "BLK_CONTROL";
+    pub const V4_BITS: [&str; 2] = ["BLK_V4_BITS_A", "BLK_V4_BITS_B"];
     pub const V4: [&str; 2] = ["BLK_V4_A", "BLK_V4_B"];
+    pub const V6_BITS: [&str; 2] = ["BLK_V6_BITS_A", "BLK_V6_BITS_B"];
     pub const V6: [&str; 2] = ["BLK_V6_A", "BLK_V6_B"];
+    pub const ENTRIES: [&str; 2] = ["BLK_ENTRY_A", "BLK_ENTRY_B"];
     pub const ORDER_COUNTERS: &str = "BLK_ORDER_CNT";
     pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
     pub const STATS: &str = "BLK_STATS";
+    /// The lookup tables of one generation, in [`TABLES`] order.
+    pub const TABLES: [[&str; 5]; 2] = [
+        [V4_BITS[0], V4[0], V6_BITS[0], V6[0], ENTRIES[0]],
+        [V4_BITS[1], V4[1], V6_BITS[1], V6[1], ENTRIES[1]],
+    ];
     /// Every map, in the order the datapath pins them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 14] = [
         CONTROL,
+        V4_BITS[0],
         V4[0],
-        V4[1],
+        V6_BITS[0],
         V6[0],
+        ENTRIES[0],
+        V4_BITS[1],
+        V4[1],
+        V6_BITS[1],
         V6[1],
+        ENTRIES[1],
         ORDER_COUNTERS,
         ORDER_WINDOWS,
         STATS,
@@ -50,7 +69,7 @@ pub const RANK_DROP: u32 = 1 << 8;
 /// it on, and its rank: [`RANK_DROP`] for a drop order, plus the length of
 /// the target through which it matched. A higher rank wins.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Candidate {
     /// Order slot, or [`NO_SLOT`].
     pub slot: u32,
@@ -87,7 +106,7 @@ impl Candidate {
 /// ([`OrderWindow`]) holds the current time, for the destination and the
 /// source lookup, and combines the two (higher rank; on a tie, destination).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PrefixEntry {
     pub dst: [Candidate; CANDIDATES],
     pub src: [Candidate; CANDIDATES],
@@ -117,7 +136,8 @@ impl OrderWindow {
     };
 }
 
-/// The one-entry control array: which table generation is live.
+/// The one-entry control array: which table generation is live, and how
+/// to hash into each generation's tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Control {
@@ -125,6 +145,16 @@ pub struct Control {
     pub generation: u32,
     /// Reserved, zero.
     pub flags: u32,
+    /// Hash seed of each generation's tables.
+    pub seed: [u32; 2],
+    /// Buckets in each IPv4 hash table (fixed at load).
+    pub v4_buckets: u32,
+    /// Buckets in each IPv6 hash table (fixed at load).
+    pub v6_buckets: u32,
+    /// Prefixes per family the tables were made for (`max_prefixes`).
+    pub capacity: u32,
+    /// Prefixes each generation holds: `[A IPv4, A IPv6, B IPv4, B IPv6]`.
+    pub prefixes: [u32; 4],
 }
 
 /// Per-order, per-CPU counters.
@@ -196,7 +226,9 @@ impl Stat {
 const _: () = assert!(size_of::<Candidate>() == 8);
 const _: () = assert!(size_of::<PrefixEntry>() == 64);
 const _: () = assert!(size_of::<OrderWindow>() == 16);
-const _: () = assert!(size_of::<Control>() == 8);
+const _: () = assert!(size_of::<Control>() == 44);
+const _: () = assert!(size_of::<layout::Bucket4>() == 64);
+const _: () = assert!(size_of::<layout::Bucket6>() == 160);
 const _: () = assert!(size_of::<IfStats>() == 80);
 const _: () = assert!(size_of::<OrderCounters>() == 16);
 
@@ -210,4 +242,8 @@ mod pod {
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::OrderCounters {}
     unsafe impl aya::Pod for super::IfStats {}
+    unsafe impl aya::Pod for super::layout::Bucket4 {}
+    unsafe impl aya::Pod for super::layout::Bucket6 {}
 }
+
+pub mod layout;

@@ -1,303 +1,224 @@
-//! The blocker XDP program.
-//!
-//! Parse Ethernet (with up to two VLAN tags) and the IPv4/IPv6 header, look the
-//! destination and source addresses up in the live table generation, pick the
-//! winning order (the controller already resolved everything that does not
-//! depend on combining the two lookups), count, and return the verdict.
-//!
-//! Anything unexpected passes: traffic nobody ordered blocked must flow, so an
-//! internal failure is counted and fails open.
+//! The blocker XDP program: [`shared`] parses, decides and counts; this
+//! file holds the lookup tables (`blocker_common::layout`: a bitmap test
+//! per address, hash probes only for addresses in a bucket that holds
+//! prefixes) in two generations, and the control value that picks one.
 #![no_std]
 #![no_main]
 
+mod shared;
+
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_tai_ns,
+    bindings::BPF_F_MMAPABLE,
+    cty::c_void,
+    helpers::generated::bpf_loop,
     macros::{map, xdp},
-    maps::{
-        Array, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::Array,
     programs::XdpContext,
 };
 use blocker_common::{
-    CANDIDATES, Candidate, Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow,
-    PrefixEntry, Stat,
+    Control, PrefixEntry,
+    layout::{
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe4, Probe6, Shape, Tables, V4_STEPS,
+        V6_STEPS,
+    },
 };
+use shared::{Found, Lookup, Skip};
 
-/// Default capacity of each lookup table; the controller sets the real one
-/// (`guardrails.max_prefixes`) at load time.
-const DEFAULT_MAX_PREFIXES: u32 = 1 << 20;
-
-const ETH_HDR_LEN: usize = 14;
-const VLAN_HDR_LEN: usize = 4;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const IPV4_MIN_HDR_LEN: usize = 20;
-const IPV6_HDR_LEN: usize = 40;
+/// Default size of each table; the controller sets the real ones (from
+/// `guardrails.max_prefixes`) at load time.
+const DEFAULT_BUCKETS: u32 = 1 << 10;
+/// The controller writes the tables through a memory mapping.
+const MMAP: u32 = BPF_F_MMAPABLE as u32;
 
 #[map]
 static BLK_CONTROL: Array<Control> = Array::pinned(1, 0);
+#[map]
+static BLK_V4_BITS_A: Array<u64> = Array::pinned(BITMAP_WORDS, MMAP);
+#[map]
+static BLK_V4_BITS_B: Array<u64> = Array::pinned(BITMAP_WORDS, MMAP);
+#[map]
+static BLK_V4_A: Array<Bucket4> = Array::pinned(DEFAULT_BUCKETS, MMAP);
+#[map]
+static BLK_V4_B: Array<Bucket4> = Array::pinned(DEFAULT_BUCKETS, MMAP);
+#[map]
+static BLK_V6_BITS_A: Array<u64> = Array::pinned(BITMAP_WORDS, MMAP);
+#[map]
+static BLK_V6_BITS_B: Array<u64> = Array::pinned(BITMAP_WORDS, MMAP);
+#[map]
+static BLK_V6_A: Array<Bucket6> = Array::pinned(DEFAULT_BUCKETS, MMAP);
+#[map]
+static BLK_V6_B: Array<Bucket6> = Array::pinned(DEFAULT_BUCKETS, MMAP);
+#[map]
+static BLK_ENTRY_A: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
+#[map]
+static BLK_ENTRY_B: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 
-#[map]
-static BLK_V4_A: LpmTrie<[u8; 4], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
-#[map]
-static BLK_V4_B: LpmTrie<[u8; 4], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
-#[map]
-static BLK_V6_A: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
-#[map]
-static BLK_V6_B: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(DEFAULT_MAX_PREFIXES, 0);
+/// The maps of one table generation, for `layout`'s lookups.
+macro_rules! generation {
+    ($name:ident, $bits4:ident, $v4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
+        #[derive(Default)]
+        struct $name;
 
-#[map]
-static BLK_ORDER_CNT: PerCpuArray<OrderCounters> = PerCpuArray::pinned(MAX_ORDERS, 0);
-#[map]
-static BLK_ORDER_WIN: Array<OrderWindow> = Array::pinned(MAX_ORDERS, 0);
-#[map]
-static BLK_STATS: PerCpuArray<IfStats> = PerCpuArray::pinned(IF_SLOTS, 0);
+        impl Tables for $name {
+            #[inline(always)]
+            fn v4_bits(&self, index: u32) -> u64 {
+                $bits4.get(index).copied().unwrap_or(0)
+            }
+            #[inline(always)]
+            fn v6_bits(&self, index: u32) -> u64 {
+                $bits6.get(index).copied().unwrap_or(0)
+            }
+            #[inline(always)]
+            fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
+                $v4.get(index)
+            }
+            #[inline(always)]
+            fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
+                $v6.get(index)
+            }
+        }
 
-/// Why a frame was not looked up.
-enum Skip {
-    NonIp,
-    Truncated,
-    Malformed,
-    TooManyVlans,
-    Error,
+        impl $name {
+            #[inline(always)]
+            fn entry(index: u32) -> Option<&'static PrefixEntry> {
+                if index == NO_ENTRY {
+                    None
+                } else {
+                    $entries.get(index)
+                }
+            }
+        }
+    };
 }
 
-impl Skip {
+generation!(
+    GenA,
+    BLK_V4_BITS_A,
+    BLK_V4_A,
+    BLK_V6_BITS_A,
+    BLK_V6_A,
+    BLK_ENTRY_A
+);
+generation!(
+    GenB,
+    BLK_V4_BITS_B,
+    BLK_V4_B,
+    BLK_V6_BITS_B,
+    BLK_V6_B,
+    BLK_ENTRY_B
+);
+
+struct Blocker;
+
+impl Lookup for Blocker {
     #[inline(always)]
-    fn stat(&self) -> Stat {
-        match self {
-            Skip::NonIp => Stat::NonIp,
-            Skip::Truncated => Stat::Truncated,
-            Skip::Malformed => Stat::Malformed,
-            Skip::TooManyVlans => Stat::TooManyVlans,
-            Skip::Error => Stat::Errors,
-        }
+    fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
+        let (generation, shape) = control()?;
+        Ok(if generation == 0 {
+            (
+                GenA::entry(lookup_v4::<GenA>(&shape, dst)),
+                GenA::entry(lookup_v4::<GenA>(&shape, src)),
+            )
+        } else {
+            (
+                GenB::entry(lookup_v4::<GenB>(&shape, dst)),
+                GenB::entry(lookup_v4::<GenB>(&shape, src)),
+            )
+        })
+    }
+
+    #[inline(always)]
+    fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
+        let (generation, shape) = control()?;
+        Ok(if generation == 0 {
+            (
+                GenA::entry(lookup_v6::<GenA>(&shape, dst)),
+                GenA::entry(lookup_v6::<GenA>(&shape, src)),
+            )
+        } else {
+            (
+                GenB::entry(lookup_v6::<GenB>(&shape, dst)),
+                GenB::entry(lookup_v6::<GenB>(&shape, src)),
+            )
+        })
     }
 }
 
 #[xdp]
 pub fn blocker(ctx: XdpContext) -> u32 {
-    let slot = (ctx.ingress_ifindex() as u32) % IF_SLOTS;
-    let stats = BLK_STATS.get_ptr_mut(slot);
-    bump(stats, Stat::Seen);
-    let verdict = match try_blocker(&ctx, stats) {
-        Ok(verdict) => verdict,
-        Err(skip) => {
-            bump(stats, skip.stat());
-            XDP_PASS
+    shared::run::<Blocker>(&ctx)
+}
+
+/// A lookup past its descriptor, as `bpf_loop` hands it to each step: the
+/// verifier checks a step once, not once per prefix length.
+struct Looking<P> {
+    shape: Shape,
+    probe: P,
+}
+
+extern "C" fn step_v4<T: Tables + Default>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Looking<Probe4>` that `lookup_v4` passed to
+    // bpf_loop, on its stack, for the duration of the loop.
+    let ctx = unsafe { &mut *ctx.cast::<Looking<Probe4>>() };
+    i64::from(layout::step_v4(&T::default(), &ctx.shape, &mut ctx.probe))
+}
+
+extern "C" fn step_v6<T: Tables + Default>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: as in `step_v4`, for `lookup_v6`.
+    let ctx = unsafe { &mut *ctx.cast::<Looking<Probe6>>() };
+    i64::from(layout::step_v6(&T::default(), &ctx.shape, &mut ctx.probe))
+}
+
+/// `layout::lookup_v4`, with the longer lengths tried under bpf_loop.
+#[inline(always)]
+fn lookup_v4<T: Tables + Default>(shape: &Shape, addr: u32) -> u32 {
+    match layout::start_v4(&T::default(), shape, addr) {
+        Err(entry) => entry,
+        Ok(probe) => {
+            let mut ctx = Looking {
+                shape: *shape,
+                probe,
+            };
+            let step: extern "C" fn(u64, *mut c_void) -> i64 = step_v4::<T>;
+            // SAFETY: a bounded loop calling `step` with `ctx`, which
+            // outlives it.
+            unsafe { bpf_loop(V4_STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
+            ctx.probe.entry
         }
-    };
-    bump(
-        stats,
-        if verdict == XDP_DROP {
-            Stat::Dropped
-        } else {
-            Stat::Passed
+    }
+}
+
+/// `layout::lookup_v6`, with the longer lengths tried under bpf_loop.
+#[inline(always)]
+fn lookup_v6<T: Tables + Default>(shape: &Shape, (hi, lo): (u64, u64)) -> u32 {
+    match layout::start_v6(&T::default(), shape, hi, lo) {
+        Err(entry) => entry,
+        Ok(probe) => {
+            let mut ctx = Looking {
+                shape: *shape,
+                probe,
+            };
+            let step: extern "C" fn(u64, *mut c_void) -> i64 = step_v6::<T>;
+            // SAFETY: as in `lookup_v4`.
+            unsafe { bpf_loop(V6_STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
+            ctx.probe.entry
+        }
+    }
+}
+
+/// The live generation and how to hash into its tables.
+#[inline(always)]
+fn control() -> Result<(u32, Shape), Skip> {
+    let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
+    let generation = control.generation & 1;
+    Ok((
+        generation,
+        Shape {
+            seed: control.seed[generation as usize],
+            v4_buckets: control.v4_buckets,
+            v6_buckets: control.v6_buckets,
         },
-    );
-    verdict
-}
-
-/// This CPU's statistics of the frame's interface slot.
-type Stats = Option<*mut IfStats>;
-
-#[inline(always)]
-fn bump(stats: Stats, stat: Stat) {
-    if let Some(stats) = stats {
-        // SAFETY: a per-CPU slot: no other context writes it concurrently;
-        // the index is a constant below STAT_COUNT.
-        unsafe { (*stats).counters[stat as usize] += 1 };
-    }
-}
-
-/// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return Err(Skip::Truncated);
-    }
-    Ok((start + offset) as *const T)
-}
-
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
-    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
-    // SAFETY: ptr_at checked the two bytes lie inside the frame.
-    Ok(u16::from_be_bytes(unsafe { *p }))
-}
-
-#[inline(always)]
-fn try_blocker(ctx: &XdpContext, stats: Stats) -> Result<u32, Skip> {
-    let mut ethertype = read_be16(ctx, 12)?;
-    let mut offset = ETH_HDR_LEN;
-    // Up to two tags (QinQ: 802.1ad outer, 802.1Q inner), unrolled.
-    if is_vlan(ethertype) {
-        ethertype = read_be16(ctx, offset + 2)?;
-        offset += VLAN_HDR_LEN;
-        if is_vlan(ethertype) {
-            ethertype = read_be16(ctx, offset + 2)?;
-            offset += VLAN_HDR_LEN;
-            if is_vlan(ethertype) {
-                return Err(Skip::TooManyVlans);
-            }
-        }
-    }
-    match ethertype {
-        ETH_P_IPV4 => ipv4(ctx, offset, stats),
-        ETH_P_IPV6 => ipv6(ctx, offset, stats),
-        _ => Err(Skip::NonIp),
-    }
-}
-
-#[inline(always)]
-fn is_vlan(ethertype: u16) -> bool {
-    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
-}
-
-#[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Skip> {
-    let hdr = ptr_at::<[u8; IPV4_MIN_HDR_LEN]>(ctx, offset)?;
-    // SAFETY: ptr_at checked the 20 bytes lie inside the frame.
-    let hdr = unsafe { &*hdr };
-    let version = hdr[0] >> 4;
-    let header_len = usize::from(hdr[0] & 0x0f) * 4;
-    if version != 4 || header_len < IPV4_MIN_HDR_LEN {
-        return Err(Skip::Malformed);
-    }
-    if ctx.data() + offset + header_len > ctx.data_end() {
-        return Err(Skip::Truncated);
-    }
-    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
-    let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
-    let generation = generation()?;
-    let (table_dst, table_src) = if generation == 0 {
-        (
-            BLK_V4_A.get(Key::new(32, dst)),
-            BLK_V4_A.get(Key::new(32, src)),
-        )
-    } else {
-        (
-            BLK_V4_B.get(Key::new(32, dst)),
-            BLK_V4_B.get(Key::new(32, src)),
-        )
-    };
-    Ok(decide(ctx, stats, table_dst, table_src))
-}
-
-#[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32, Skip> {
-    let hdr = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, offset)?;
-    // SAFETY: ptr_at checked the 40 bytes lie inside the frame.
-    let hdr = unsafe { &*hdr };
-    if hdr[0] >> 4 != 6 {
-        return Err(Skip::Malformed);
-    }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    dst.copy_from_slice(&hdr[24..40]);
-    let generation = generation()?;
-    let (table_dst, table_src) = if generation == 0 {
-        (
-            BLK_V6_A.get(Key::new(128, dst)),
-            BLK_V6_A.get(Key::new(128, src)),
-        )
-    } else {
-        (
-            BLK_V6_B.get(Key::new(128, dst)),
-            BLK_V6_B.get(Key::new(128, src)),
-        )
-    };
-    Ok(decide(ctx, stats, table_dst, table_src))
-}
-
-#[inline(always)]
-fn generation() -> Result<u32, Skip> {
-    BLK_CONTROL
-        .get(0)
-        .map(|control| control.generation)
-        .ok_or(Skip::Error)
-}
-
-/// Combine the two lookups by the contract's attribution rule. Each entry
-/// lists its candidates best first (drop over monitor, longer target,
-/// smaller id: resolved by the controller); the first one whose order is
-/// within its window wins its direction, then the higher rank wins, and on a
-/// tie the destination.
-#[inline(always)]
-fn decide(
-    ctx: &XdpContext,
-    stats: Stats,
-    dst: Option<&PrefixEntry>,
-    src: Option<&PrefixEntry>,
-) -> u32 {
-    bump(stats, Stat::Looked);
-    // The clock is read only when there is a candidate (a miss costs none).
-    let mut now = 0;
-    let dst = match dst {
-        Some(entry) => first_in_window(&entry.dst, &mut now),
-        None => Candidate::NONE,
-    };
-    let src = match src {
-        Some(entry) => first_in_window(&entry.src, &mut now),
-        None => Candidate::NONE,
-    };
-    let winner = if dst.is_some() && (!src.is_some() || dst.rank >= src.rank) {
-        dst
-    } else {
-        src
-    };
-    if !winner.is_some() {
-        return XDP_PASS;
-    }
-    count(ctx, stats, winner.slot);
-    if winner.is_drop() {
-        XDP_DROP
-    } else {
-        bump(stats, Stat::Monitored);
-        XDP_PASS
-    }
-}
-
-#[inline(always)]
-fn first_in_window(candidates: &[Candidate; CANDIDATES], now: &mut u64) -> Candidate {
-    for candidate in candidates {
-        if !candidate.is_some() {
-            break;
-        }
-        if *now == 0 {
-            // SAFETY: a plain helper call with no arguments.
-            *now = unsafe { bpf_ktime_get_tai_ns() };
-        }
-        if let Some(window) = BLK_ORDER_WIN.get(candidate.slot)
-            && window.not_before <= *now
-            && *now < window.not_after
-        {
-            return *candidate;
-        }
-    }
-    Candidate::NONE
-}
-
-#[inline(always)]
-fn count(ctx: &XdpContext, stats: Stats, slot: u32) {
-    match BLK_ORDER_CNT.get_ptr_mut(slot) {
-        Some(counters) => {
-            let len = (ctx.data_end() - ctx.data()) as u64;
-            // SAFETY: a per-CPU slot: no other context writes it concurrently.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += len;
-            }
-        }
-        None => bump(stats, Stat::Errors),
-    }
+    ))
 }
 
 #[cfg(not(test))]

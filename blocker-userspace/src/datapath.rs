@@ -19,10 +19,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -31,14 +28,25 @@ use aya::{
 };
 use blocker_common::{
     Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
-    STAT_COUNT, map_names,
+    STAT_COUNT,
+    layout::{self, Bucket4, Bucket6, Shape},
+    map_names,
 };
 use time::OffsetDateTime;
 
-use crate::{compile::Compiled, config::AttachMode};
+use crate::{
+    compile::Compiled,
+    config::AttachMode,
+    layout::{Geometry, LayoutError, Tables},
+};
 
 /// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker"));
+
+/// The benchmark's programs (`blocker-ebpf/src/bench.rs`): an empty
+/// program, the LPM-trie reference and the address driver. Never attached.
+pub static BENCH_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker-bench"));
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -97,6 +105,8 @@ pub enum DatapathError {
         count: usize,
         capacity: u32,
     },
+    #[error("{0}")]
+    Tables(#[from] LayoutError),
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -154,13 +164,12 @@ pub struct ApplyStats {
 /// The pinned map set.
 pub struct Maps {
     control: Array<MapData, Control>,
-    v4: [LpmTrie<MapData, [u8; 4], PrefixEntry>; 2],
-    v6: [LpmTrie<MapData, [u8; 16], PrefixEntry>; 2],
+    /// Each generation's lookup tables, in `map_names::TABLES` order.
+    tables: [[MapData; 5]; 2],
     counters: PerCpuArray<MapData, OrderCounters>,
     windows: Array<MapData, OrderWindow>,
     stats: PerCpuArray<MapData, IfStats>,
-    /// max_entries of each lookup table.
-    capacity: u32,
+    geometry: Geometry,
 }
 
 impl Maps {
@@ -172,6 +181,7 @@ impl Maps {
                 path: bpffs_dir.to_owned(),
             });
         }
+        check_pinned_layout(&dir)?;
         Self::build(|name| {
             let map = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(map).map_err(map_err(name))
@@ -191,31 +201,55 @@ impl Maps {
         fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
             T::try_from(map).map_err(map_err(name))
         }
-        let [v4a, v4b] = map_names::V4;
-        let [v6a, v6b] = map_names::V6;
-        let first_table = take(v4a)?;
-        let capacity = match &first_table {
-            Map::LpmTrie(data) => data.info().map_err(map_err(v4a))?.max_entries(),
-            _ => 0,
+        let mut array = |name: &'static str| -> Result<MapData> {
+            match take(name)? {
+                Map::Array(data) => Ok(data),
+                _ => Err(DatapathError::Missing {
+                    what: "array map",
+                    name: name.to_owned(),
+                }),
+            }
+        };
+        let mut generation = |g: usize| -> Result<[MapData; 5]> {
+            let [a, b, c, d, e] = map_names::TABLES[g];
+            Ok([array(a)?, array(b)?, array(c)?, array(d)?, array(e)?])
+        };
+        let tables = [generation(0)?, generation(1)?];
+        let max_entries = |data: &MapData, name: &'static str| -> Result<u32> {
+            Ok(data.info().map_err(map_err(name))?.max_entries())
+        };
+        let geometry = Geometry {
+            v4_buckets: max_entries(&tables[0][1], map_names::V4[0])?,
+            v6_buckets: max_entries(&tables[0][3], map_names::V6[0])?,
+            entries: max_entries(&tables[0][4], map_names::ENTRIES[0])?,
         };
         Ok(Self {
             control: typed(take(map_names::CONTROL)?, map_names::CONTROL)?,
-            v4: [typed(first_table, v4a)?, typed(take(v4b)?, v4b)?],
-            v6: [typed(take(v6a)?, v6a)?, typed(take(v6b)?, v6b)?],
+            tables,
             counters: typed(take(map_names::ORDER_COUNTERS)?, map_names::ORDER_COUNTERS)?,
             windows: typed(take(map_names::ORDER_WINDOWS)?, map_names::ORDER_WINDOWS)?,
             stats: typed(take(map_names::STATS)?, map_names::STATS)?,
-            capacity,
+            geometry,
         })
+    }
+
+    fn control(&self) -> Result<Control> {
+        self.control.get(&0, 0).map_err(map_err(map_names::CONTROL))
     }
 
     /// The live table generation (0 or 1).
     pub fn generation(&self) -> Result<u32> {
-        let control = self
-            .control
-            .get(&0, 0)
-            .map_err(map_err(map_names::CONTROL))?;
-        Ok(control.generation & 1)
+        Ok(self.control()?.generation & 1)
+    }
+
+    /// Prefixes per family the tables were made for.
+    pub fn capacity(&self) -> Result<u32> {
+        Ok(self.control()?.capacity)
+    }
+
+    /// Sizes of each generation's tables.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     /// Counters of one order slot, summed over CPUs.
@@ -264,30 +298,42 @@ impl Maps {
         Ok(totals)
     }
 
-    /// The entry the program finds for `addr` in the live generation: the
-    /// longest table prefix containing it, and that prefix's entry.
+    /// The live generation's tables, mapped read-only.
+    fn live_tables(&self) -> Result<(Control, MappedTables)> {
+        let control = self.control()?;
+        let g = (control.generation & 1) as usize;
+        let tables = MappedTables::map(&self.tables[g], g, false)?;
+        Ok((control, tables))
+    }
+
+    /// The entry the program finds for `addr` in the live generation: that
+    /// of the longest table prefix containing it.
     pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixEntry>> {
-        let generation = self.generation()? as usize;
-        let found = match addr {
-            IpAddr::V4(v4) => self.v4[generation].get(&Key::new(32, v4.octets()), 0),
-            IpAddr::V6(v6) => self.v6[generation].get(&Key::new(128, v6.octets()), 0),
+        let (control, tables) = self.live_tables()?;
+        let shape = Shape {
+            seed: control.seed[(control.generation & 1) as usize],
+            v4_buckets: control.v4_buckets,
+            v6_buckets: control.v6_buckets,
         };
-        match found {
-            Ok(entry) => Ok(Some(entry)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                name: "lookup table",
-                source,
-            }),
-        }
+        let index = match addr {
+            IpAddr::V4(a) => layout::lookup_v4(&tables, &shape, u32::from(a)),
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                layout::lookup_v6(&tables, &shape, (bits >> 64) as u64, bits as u64)
+            }
+        };
+        Ok((index != layout::NO_ENTRY)
+            .then(|| tables.entries.as_slice().get(index as usize).copied())
+            .flatten())
     }
 
     /// Number of prefixes in the live generation: (IPv4, IPv6).
     pub fn live_prefixes(&self) -> Result<(usize, usize)> {
-        let generation = self.generation()? as usize;
+        let control = self.control()?;
+        let g = (control.generation & 1) as usize;
         Ok((
-            self.v4[generation].keys().count(),
-            self.v6[generation].keys().count(),
+            control.prefixes[2 * g] as usize,
+            control.prefixes[2 * g + 1] as usize,
         ))
     }
 
@@ -311,36 +357,14 @@ impl Maps {
         Ok(())
     }
 
-    /// Empties generation `generation` of both tables.
-    fn clear(&mut self, generation: usize) -> Result<()> {
-        let name4 = map_names::V4[generation];
-        let table = &mut self.v4[generation];
-        let keys = table.keys().collect::<Result<Vec<_>, _>>();
-        for key in keys.map_err(map_err(name4))? {
-            remove_present(table.remove(&key)).map_err(map_err(name4))?;
-        }
-        let name6 = map_names::V6[generation];
-        let table = &mut self.v6[generation];
-        let keys = table.keys().collect::<Result<Vec<_>, _>>();
-        for key in keys.map_err(map_err(name6))? {
-            remove_present(table.remove(&key)).map_err(map_err(name6))?;
-        }
-        Ok(())
-    }
-
-    fn fill(&mut self, generation: usize, compiled: &Compiled) -> Result<()> {
-        let name4 = map_names::V4[generation];
-        for (addr, len, entry) in &compiled.v4 {
-            self.v4[generation]
-                .insert(&Key::new(u32::from(*len), *addr), entry, 0)
-                .map_err(map_err(name4))?;
-        }
-        let name6 = map_names::V6[generation];
-        for (addr, len, entry) in &compiled.v6 {
-            self.v6[generation]
-                .insert(&Key::new(u32::from(*len), *addr), entry, 0)
-                .map_err(map_err(name6))?;
-        }
+    /// Writes `tables` into generation `generation` (which must be idle).
+    fn fill(&mut self, generation: usize, tables: &Tables) -> Result<()> {
+        let mut mapped = MappedTables::map(&self.tables[generation], generation, true)?;
+        mapped.v4_bits.copy_in(&tables.v4_bits);
+        mapped.v4.copy_in(&tables.v4);
+        mapped.v6_bits.copy_in(&tables.v6_bits);
+        mapped.v6.copy_in(&tables.v6);
+        mapped.entries.copy_in(&tables.entries);
         Ok(())
     }
 
@@ -364,25 +388,136 @@ impl Maps {
         Ok(())
     }
 
-    fn set_generation(&mut self, generation: u32) -> Result<()> {
+    fn set_control(&mut self, control: Control) -> Result<()> {
         self.control
-            .set(
-                0,
-                Control {
-                    generation,
-                    flags: 0,
-                },
-                0,
-            )
+            .set(0, control, 0)
             .map_err(map_err(map_names::CONTROL))
     }
 }
 
-/// Deleting a key that a concurrent iteration already saw gone is fine.
-fn remove_present(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
+/// An array map's values mapped into our memory (the table maps are
+/// BPF_F_MMAPABLE): a whole generation is written with memory copies, not
+/// one syscall per entry.
+struct Mapped<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+impl<T: Copy> Mapped<T> {
+    fn map(data: &MapData, name: &'static str, writable: bool) -> Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let info = data.info().map_err(map_err(name))?;
+        if info.value_size() as usize != size_of::<T>() || !size_of::<T>().is_multiple_of(8) {
+            return Err(DatapathError::Layout {
+                path: PathBuf::from(name),
+                detail: format!(
+                    "{name} values are {} bytes, this build uses {}",
+                    info.value_size(),
+                    size_of::<T>()
+                ),
+            });
+        }
+        let len = info.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (len * size_of::<T>()).next_multiple_of(page);
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of the map's value area; the kernel
+        // checks the length against the map and keeps the map alive while
+        // the mapping exists.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(DatapathError::Io {
+                path: PathBuf::from(format!("mmap of map {name}")),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| DatapathError::Io {
+            path: PathBuf::from(format!("mmap of map {name}")),
+            source: io::Error::other("null mapping"),
+        })?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: `len` values of `T` (plain integers, any bit pattern
+        // valid) lie at `ptr`, mapped for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Copies `values` to the start of the map (only where they differ,
+    /// so pages that did not change are not dirtied).
+    fn copy_in(&mut self, values: &[T])
+    where
+        T: PartialEq,
+    {
+        let n = values.len().min(self.len);
+        // SAFETY: as in `as_slice`; mapped writable (only `fill` calls
+        // this), and nothing else in this process aliases the mapping.
+        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) };
+        for (to, from) in target.iter_mut().zip(&values[..n]) {
+            if to != from {
+                *to = *from;
+            }
+        }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// One generation's tables, mapped.
+struct MappedTables {
+    v4_bits: Mapped<u64>,
+    v4: Mapped<Bucket4>,
+    v6_bits: Mapped<u64>,
+    v6: Mapped<Bucket6>,
+    entries: Mapped<PrefixEntry>,
+}
+
+impl MappedTables {
+    fn map(maps: &[MapData; 5], generation: usize, writable: bool) -> Result<Self> {
+        let [n0, n1, n2, n3, n4] = map_names::TABLES[generation];
+        Ok(Self {
+            v4_bits: Mapped::map(&maps[0], n0, writable)?,
+            v4: Mapped::map(&maps[1], n1, writable)?,
+            v6_bits: Mapped::map(&maps[2], n2, writable)?,
+            v6: Mapped::map(&maps[3], n3, writable)?,
+            entries: Mapped::map(&maps[4], n4, writable)?,
+        })
+    }
+}
+
+impl layout::Tables for MappedTables {
+    fn v4_bits(&self, index: u32) -> u64 {
+        self.v4_bits
+            .as_slice()
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn v6_bits(&self, index: u32) -> u64 {
+        self.v6_bits
+            .as_slice()
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
+        self.v4.as_slice().get(index as usize)
+    }
+    fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
+        self.v6.as_slice().get(index as usize)
     }
 }
 
@@ -450,8 +585,11 @@ impl Datapath {
         check_pinned_layout(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
-        for name in map_names::V4.into_iter().chain(map_names::V6) {
-            loader.map_max_entries(name, max_prefixes);
+        let geometry = Geometry::for_capacity(max_prefixes);
+        for g in 0..2 {
+            loader.map_max_entries(map_names::V4[g], geometry.v4_buckets);
+            loader.map_max_entries(map_names::V6[g], geometry.v6_buckets);
+            loader.map_max_entries(map_names::ENTRIES[g], geometry.entries);
         }
         loader.map_max_entries(map_names::ORDER_COUNTERS, MAX_ORDERS);
         let mut ebpf = loader
@@ -469,7 +607,17 @@ impl Datapath {
                 path: prog_pin.clone(),
                 source,
             })?;
-        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut control = maps.control()?;
+        if control.v4_buckets == 0 {
+            // Maps made just now: record their shape. (Pinned maps keep
+            // theirs: the pinned tables may be enforcing right now.)
+            let geometry = maps.geometry;
+            control.v4_buckets = geometry.v4_buckets;
+            control.v6_buckets = geometry.v6_buckets;
+            control.capacity = max_prefixes;
+            maps.set_control(control)?;
+        }
         let mut map_ids = Vec::with_capacity(map_names::ALL.len());
         for name in map_names::ALL {
             let info = aya::maps::MapInfo::from_pin(maps_dir.join(name)).map_err(map_err(name))?;
@@ -487,7 +635,7 @@ impl Datapath {
 
     /// Prefixes each family's table holds at most.
     pub fn capacity(&self) -> u32 {
-        self.maps.capacity
+        self.maps.capacity().unwrap_or(0)
     }
 
     pub fn maps(&self) -> &Maps {
@@ -691,7 +839,7 @@ impl Datapath {
     /// `fresh_slots` are slots newly given to an order id; their counters are
     /// zeroed first so a reused slot does not inherit counts.
     pub fn apply(&mut self, compiled: &Compiled, fresh_slots: &[u32]) -> Result<ApplyStats> {
-        let capacity = self.maps.capacity;
+        let capacity = self.capacity();
         for (family, count) in [("IPv4", compiled.v4.len()), ("IPv6", compiled.v6.len())] {
             if count > capacity as usize {
                 return Err(DatapathError::Capacity {
@@ -709,11 +857,20 @@ impl Datapath {
                 thread::sleep(GENERATION_GRACE - since);
             }
         }
-        let live = self.maps.generation()?;
-        let idle = 1 - live;
-        self.maps.clear(idle as usize)?;
-        self.maps.fill(idle as usize, compiled)?;
-        self.maps.set_generation(idle)?;
+        let tables = crate::layout::build(compiled, &self.maps.geometry)?;
+        let mut control = self.maps.control()?;
+        let idle = 1 - (control.generation & 1);
+        self.maps.fill(idle as usize, &tables)?;
+        // The idle generation's seed and counts first, the flip alone
+        // after: a packet reading the control value while it is copied sees
+        // either generation with its own seed.
+        control.seed[idle as usize] = tables.shape.seed;
+        control.prefixes[2 * idle as usize] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
+        control.prefixes[2 * idle as usize + 1] =
+            u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
+        self.maps.set_control(control)?;
+        control.generation = idle;
+        self.maps.set_control(control)?;
         self.last_flip = Some(Instant::now());
         Ok(ApplyStats {
             ipv4: compiled.v4.len(),
@@ -782,7 +939,9 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// would misread them.
 fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
     let expected = [
-        (map_names::V4[0], size_of::<PrefixEntry>()),
+        (map_names::CONTROL, size_of::<Control>()),
+        (map_names::V4[0], size_of::<Bucket4>()),
+        (map_names::ENTRIES[0], size_of::<PrefixEntry>()),
         (map_names::ORDER_WINDOWS, size_of::<OrderWindow>()),
         (map_names::ORDER_COUNTERS, size_of::<OrderCounters>()),
         (map_names::STATS, size_of::<IfStats>()),
@@ -790,7 +949,7 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
     for (name, value_size) in expected {
         let path = maps_dir.join(name);
         if !path.exists() {
-            if name == map_names::ORDER_WINDOWS && maps_dir.join(map_names::CONTROL).exists() {
+            if name != map_names::CONTROL && maps_dir.join(map_names::CONTROL).exists() {
                 return Err(DatapathError::Layout {
                     path: maps_dir.to_owned(),
                     detail: format!("no {name} map"),

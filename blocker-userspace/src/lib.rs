@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod feed;
+pub mod layout;
 pub mod metrics;
 pub mod policy;
 pub mod reference;

@@ -1,0 +1,335 @@
+//! The lookup tables and the one lookup algorithm that reads them: the XDP
+//! program runs it on the maps, the controller on its own copy (to check
+//! what it wrote, and in tests), so both agree by construction.
+//!
+//! Per family, a **bucket** is a fixed-length prefix: an IPv4 /24 or an
+//! IPv6 /32. For an address:
+//!
+//! 1. One bit of the family's bitmap says whether its bucket holds any
+//!    prefix (IPv4: the /24 indexes the bitmap; IPv6: a hash of the /32
+//!    does). Clear: no prefix contains the address. Nearly every packet
+//!    stops here, after one load from a 2 MiB array.
+//! 2. The bucket's **descriptor** (the hash-table key of length
+//!    [`V4_BUCKET_LEN`] / [`V6_BUCKET_LEN`]) holds the entry of the longest
+//!    table prefix no longer than the bucket that covers it, and a mask of
+//!    the longer prefix lengths present inside the bucket.
+//! 3. For each of those longer lengths, longest first, the address masked
+//!    to that length is looked up; the first hit is the longest match.
+//!    Otherwise the descriptor's entry is.
+//!
+//! Prefixes shorter than a bucket are expanded into every bucket they cover
+//! (a /16 into 256 IPv4 descriptors).
+//!
+//! The hash tables are two-choice, with [`SLOTS`] slots per bucket: a key
+//! sits in one of the two buckets its hash names, so a lookup reads at most
+//! two buckets, whatever the table's size.
+
+/// Slots per hash bucket.
+pub const SLOTS: usize = 4;
+/// 64-bit words of each bitmap: one bit per bucket (2^24 bits, 2 MiB).
+pub const BITMAP_WORDS: u32 = 1 << 18;
+/// Prefix length of an IPv4 bucket.
+pub const V4_BUCKET_LEN: u32 = 24;
+/// Prefix length of an IPv6 bucket.
+pub const V6_BUCKET_LEN: u32 = 32;
+/// No entry: index 0 of the entries array is never used.
+pub const NO_ENTRY: u32 = 0;
+
+/// One IPv4 hash-table slot. `len == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot4 {
+    /// The network, as a host-order integer, masked to `len`.
+    pub net: u32,
+    pub len: u32,
+    /// Index into the entries array ([`NO_ENTRY`]: none).
+    pub entry: u32,
+    /// Descriptors only: bit `i` set when a prefix of length `32 - i`
+    /// (25..=32) lies inside the bucket.
+    pub longer: u32,
+}
+
+/// One IPv6 hash-table slot. `len == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot6 {
+    /// The network's upper and lower 64 bits, host order, masked to `len`.
+    pub hi: u64,
+    pub lo: u64,
+    pub len: u32,
+    pub entry: u32,
+    /// Descriptors only: bit `i` of `longer[0]` set when a prefix of length
+    /// `128 - i` (65..=128) lies inside the bucket; bit `j` of `longer[1]`
+    /// for length `64 - j` (33..=64).
+    pub longer: [u64; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket4 {
+    pub slots: [Slot4; SLOTS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket6 {
+    pub slots: [Slot6; SLOTS],
+}
+
+/// Read access to one generation of the tables.
+pub trait Tables {
+    /// Word `index` of the IPv4 bitmap (0 when out of range).
+    fn v4_bits(&self, index: u32) -> u64;
+    fn v6_bits(&self, index: u32) -> u64;
+    fn v4_bucket(&self, index: u32) -> Option<&Bucket4>;
+    fn v6_bucket(&self, index: u32) -> Option<&Bucket6>;
+}
+
+/// How a generation's hash tables are addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub seed: u32,
+    pub v4_buckets: u32,
+    pub v6_buckets: u32,
+}
+
+/// The bitmap bit of an IPv4 address's bucket.
+#[inline(always)]
+pub const fn v4_bit(addr: u32) -> u32 {
+    addr >> (32 - V4_BUCKET_LEN)
+}
+
+/// The bitmap bit of an IPv6 address's bucket (a hash of its /32).
+#[inline(always)]
+pub const fn v6_bit(hi: u64) -> u32 {
+    ((hi >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32
+}
+
+#[inline(always)]
+const fn bit_set(word: u64, bit: u32) -> bool {
+    (word >> (bit & 63)) & 1 != 0
+}
+
+/// murmur3's 64-bit finaliser.
+#[inline(always)]
+const fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+#[inline(always)]
+pub const fn hash4(net: u32, len: u32, seed: u32) -> u64 {
+    mix(((len as u64) << 32 | net as u64) ^ (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+#[inline(always)]
+pub const fn hash6(hi: u64, lo: u64, len: u32, seed: u32) -> u64 {
+    mix(hi ^ mix(lo ^ ((seed as u64) << 32 | len as u64)))
+}
+
+/// The two buckets a hash names, out of `buckets`.
+#[inline(always)]
+pub const fn choices(hash: u64, buckets: u32) -> [u32; 2] {
+    let n = buckets as u64;
+    [
+        (((hash >> 32) * n) >> 32) as u32,
+        (((hash & 0xffff_ffff) * n) >> 32) as u32,
+    ]
+}
+
+/// Number of set bits (branch-free: the verifier sees one path).
+#[inline(always)]
+const fn popcount(mut x: u64) -> u32 {
+    x -= (x >> 1) & 0x5555_5555_5555_5555;
+    x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+}
+
+/// Index of the lowest set bit of a non-zero `x`.
+#[inline(always)]
+const fn lowest(x: u64) -> u32 {
+    popcount((x & x.wrapping_neg()).wrapping_sub(1))
+}
+
+#[inline(always)]
+fn find4<T: Tables>(tables: &T, shape: &Shape, net: u32, len: u32) -> Option<Slot4> {
+    for index in choices(hash4(net, len, shape.seed), shape.v4_buckets) {
+        if let Some(bucket) = tables.v4_bucket(index) {
+            for slot in &bucket.slots {
+                if slot.len == len && slot.net == net {
+                    return Some(*slot);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn find6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64, len: u32) -> Option<Slot6> {
+    for index in choices(hash6(hi, lo, len, shape.seed), shape.v6_buckets) {
+        if let Some(bucket) = tables.v6_bucket(index) {
+            for slot in &bucket.slots {
+                if slot.len == len && slot.hi == hi && slot.lo == lo {
+                    return Some(*slot);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Longer prefix lengths left to try for an IPv4 address, and the answer
+/// so far (the descriptor's entry, until a longer prefix matches).
+#[derive(Clone, Copy, Debug)]
+pub struct Probe4 {
+    pub addr: u32,
+    pub longer: u64,
+    pub entry: u32,
+}
+
+/// As [`Probe4`], for an IPv6 address.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe6 {
+    pub hi: u64,
+    pub lo: u64,
+    pub longer: [u64; 2],
+    pub entry: u32,
+}
+
+/// Longer lengths an IPv4 lookup may try (25..=32).
+pub const V4_STEPS: u32 = 32 - V4_BUCKET_LEN;
+/// Longer lengths an IPv6 lookup may try (33..=128).
+pub const V6_STEPS: u32 = 128 - V6_BUCKET_LEN;
+
+/// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the
+/// answer is known, else the longer lengths to try with [`step_v4`].
+#[inline(always)]
+pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
+    let bit = v4_bit(addr);
+    if !bit_set(tables.v4_bits(bit >> 6), bit) {
+        return Err(NO_ENTRY);
+    }
+    let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
+    let Some(descriptor) = find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) else {
+        return Err(NO_ENTRY);
+    };
+    if descriptor.longer == 0 {
+        return Err(descriptor.entry);
+    }
+    Ok(Probe4 {
+        addr,
+        longer: u64::from(descriptor.longer),
+        entry: descriptor.entry,
+    })
+}
+
+/// Tries the longest length left; true when `probe.entry` is the answer.
+#[inline(always)]
+pub fn step_v4<T: Tables>(tables: &T, shape: &Shape, probe: &mut Probe4) -> bool {
+    if probe.longer == 0 {
+        return true;
+    }
+    let i = lowest(probe.longer) & 31;
+    probe.longer &= probe.longer - 1;
+    if let Some(slot) = find4(tables, shape, probe.addr & (u32::MAX << i), 32 - i) {
+        probe.entry = slot.entry;
+        return true;
+    }
+    probe.longer == 0
+}
+
+/// Steps 1 and 2 for the IPv6 address `hi:lo` (host order).
+#[inline(always)]
+pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Result<Probe6, u32> {
+    let bit = v6_bit(hi);
+    if !bit_set(tables.v6_bits(bit >> 6), bit) {
+        return Err(NO_ENTRY);
+    }
+    let bucket_mask = u64::MAX << (64 - V6_BUCKET_LEN);
+    let Some(descriptor) = find6(tables, shape, hi & bucket_mask, 0, V6_BUCKET_LEN) else {
+        return Err(NO_ENTRY);
+    };
+    if descriptor.longer == [0, 0] {
+        return Err(descriptor.entry);
+    }
+    Ok(Probe6 {
+        hi,
+        lo,
+        longer: descriptor.longer,
+        entry: descriptor.entry,
+    })
+}
+
+/// Tries the longest length left; true when `probe.entry` is the answer.
+#[inline(always)]
+pub fn step_v6<T: Tables>(tables: &T, shape: &Shape, probe: &mut Probe6) -> bool {
+    let [low_half, high_half] = probe.longer;
+    let (net_hi, net_lo, len) = if low_half != 0 {
+        let i = lowest(low_half) & 63;
+        probe.longer[0] = low_half & (low_half - 1);
+        (probe.hi, probe.lo & (u64::MAX << i), 128 - i)
+    } else if high_half != 0 {
+        let j = lowest(high_half) & 63;
+        probe.longer[1] = high_half & (high_half - 1);
+        (probe.hi & (u64::MAX << j), 0, 64 - j)
+    } else {
+        return true;
+    };
+    if let Some(slot) = find6(tables, shape, net_hi, net_lo, len) {
+        probe.entry = slot.entry;
+        return true;
+    }
+    probe.longer == [0, 0]
+}
+
+/// The entry index of the longest table prefix containing `addr` (host
+/// order), or [`NO_ENTRY`].
+#[inline(always)]
+pub fn lookup_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> u32 {
+    match start_v4(tables, shape, addr) {
+        Err(entry) => entry,
+        Ok(mut probe) => {
+            for _ in 0..V4_STEPS {
+                if step_v4(tables, shape, &mut probe) {
+                    break;
+                }
+            }
+            probe.entry
+        }
+    }
+}
+
+/// The entry index of the longest table prefix containing the address
+/// `hi:lo` (host order), or [`NO_ENTRY`].
+#[inline(always)]
+pub fn lookup_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> u32 {
+    match start_v6(tables, shape, hi, lo) {
+        Err(entry) => entry,
+        Ok(mut probe) => {
+            for _ in 0..V6_STEPS {
+                if step_v6(tables, shape, &mut probe) {
+                    break;
+                }
+            }
+            probe.entry
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_bit_index() {
+        for i in 0..64 {
+            assert_eq!(lowest(1 << i), i);
+            assert_eq!(lowest((1 << i) | (1 << 63)), i);
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Lays compiled prefixes out in the datapath's lookup tables
+//! (`blocker_common::layout`): bitmaps, descriptors, two-choice hash
+//! buckets and a deduplicated entries array. Pure: the datapath copies the
+//! result into the idle generation's maps.
+
+use std::collections::HashMap;
+
+use blocker_common::{
+    PrefixEntry,
+    layout::{
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, SLOTS, Shape, Slot4, Slot6, V4_BUCKET_LEN,
+        V6_BUCKET_LEN,
+    },
+};
+
+use crate::compile::Compiled;
+
+/// Sizes of one generation's tables, fixed when the maps are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub v4_buckets: u32,
+    pub v6_buckets: u32,
+    /// Length of the entries array (index 0 unused).
+    pub entries: u32,
+}
+
+/// Hash seeds tried before a layout gives up.
+const SEEDS: u32 = 8;
+/// Evictions one insertion may make before the seed is given up.
+const MAX_KICKS: usize = 500;
+
+impl Geometry {
+    /// Tables for `max_prefixes` prefixes per family: hash slots for one and
+    /// a half keys per prefix (a descriptor and a longer prefix each, at
+    /// worst; two-choice buckets of four fill to over 90%), and room for
+    /// as many distinct entries as prefixes up to 2^18 (entries are shared
+    /// by every prefix with the same orders).
+    pub fn for_capacity(max_prefixes: u32) -> Self {
+        let slots = u64::from(max_prefixes) * 3 / 2;
+        let buckets = u32::try_from(slots.div_ceil(SLOTS as u64))
+            .unwrap_or(u32::MAX)
+            .max(1024);
+        Self {
+            v4_buckets: buckets,
+            v6_buckets: buckets,
+            entries: max_prefixes.saturating_mul(2).clamp(1024, 1 << 18) + 1,
+        }
+    }
+
+    /// Kernel memory of one generation's tables, in bytes.
+    pub fn bytes_per_generation(&self) -> u64 {
+        let bitmaps = 2 * u64::from(BITMAP_WORDS) * 8;
+        bitmaps
+            + u64::from(self.v4_buckets) * size_of::<Bucket4>() as u64
+            + u64::from(self.v6_buckets) * size_of::<Bucket6>() as u64
+            + u64::from(self.entries) * size_of::<PrefixEntry>() as u64
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error(
+        "the feed needs {needed} {family} hash-table keys (a descriptor per /{bucket} bucket, expanded for shorter targets, plus one per longer target); the tables hold about {capacity}: raise guardrails.max_prefixes (and `blocker detach` to resize)"
+    )]
+    TableFull {
+        family: &'static str,
+        bucket: u32,
+        needed: usize,
+        capacity: usize,
+    },
+    #[error(
+        "the feed needs {needed} distinct table entries (distinct sets of orders per prefix); the entries array holds {capacity}: raise guardrails.max_prefixes (and `blocker detach` to resize)"
+    )]
+    EntriesFull { needed: usize, capacity: usize },
+}
+
+/// One generation's tables, as written to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub shape: Shape,
+    pub v4_bits: Vec<u64>,
+    pub v4: Vec<Bucket4>,
+    pub v6_bits: Vec<u64>,
+    pub v6: Vec<Bucket6>,
+    pub entries: Vec<PrefixEntry>,
+    /// Keys in the hash tables: (IPv4, IPv6).
+    pub keys: (usize, usize),
+}
+
+impl layout::Tables for Tables {
+    fn v4_bits(&self, index: u32) -> u64 {
+        self.v4_bits.get(index as usize).copied().unwrap_or(0)
+    }
+    fn v6_bits(&self, index: u32) -> u64 {
+        self.v6_bits.get(index as usize).copied().unwrap_or(0)
+    }
+    fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
+        self.v4.get(index as usize)
+    }
+    fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
+        self.v6.get(index as usize)
+    }
+}
+
+impl Tables {
+    /// The entry the datapath finds for `addr`.
+    pub fn lookup(&self, addr: std::net::IpAddr) -> Option<PrefixEntry> {
+        let index = match addr {
+            std::net::IpAddr::V4(a) => layout::lookup_v4(self, &self.shape, u32::from(a)),
+            std::net::IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                layout::lookup_v6(self, &self.shape, (bits >> 64) as u64, bits as u64)
+            }
+        };
+        (index != NO_ENTRY).then(|| self.entries[index as usize])
+    }
+}
+
+/// Deduplicates entries; index 0 stays [`NO_ENTRY`].
+struct Entries {
+    list: Vec<PrefixEntry>,
+    index: HashMap<PrefixEntry, u32>,
+}
+
+impl Entries {
+    fn intern(&mut self, entry: &PrefixEntry) -> u32 {
+        if let Some(&index) = self.index.get(entry) {
+            return index;
+        }
+        let index = self.list.len() as u32;
+        self.list.push(*entry);
+        self.index.insert(*entry, index);
+        index
+    }
+}
+
+/// A descriptor being built: the longest covering prefix no longer than the
+/// bucket (its length and entry) and the longer lengths inside.
+#[derive(Clone, Copy, Default)]
+struct Descriptor {
+    short_len: Option<u32>,
+    entry: u32,
+    longer: [u64; 2],
+}
+
+impl Descriptor {
+    fn cover(&mut self, len: u32, entry: u32) {
+        if self.short_len.is_none_or(|l| l < len) {
+            self.short_len = Some(len);
+            self.entry = entry;
+        }
+    }
+}
+
+/// A key in one family's hash table, as a slot.
+trait Slot: Copy + Default {
+    fn len(&self) -> u32;
+    fn hash(&self, seed: u32) -> u64;
+}
+
+impl Slot for Slot4 {
+    fn len(&self) -> u32 {
+        self.len
+    }
+    fn hash(&self, seed: u32) -> u64 {
+        layout::hash4(self.net, self.len, seed)
+    }
+}
+
+impl Slot for Slot6 {
+    fn len(&self) -> u32 {
+        self.len
+    }
+    fn hash(&self, seed: u32) -> u64 {
+        layout::hash6(self.hi, self.lo, self.len, seed)
+    }
+}
+
+/// Places `keys` in `buckets` two-choice buckets of [`SLOTS`] (cuckoo
+/// insertion). `None` when this seed does not fit them all.
+fn place<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; SLOTS]>> {
+    let mut table = vec![[S::default(); SLOTS]; buckets as usize];
+    let mut rng = u64::from(seed) | 1;
+    for key in keys {
+        let mut key = *key;
+        let mut placed = false;
+        for _ in 0..MAX_KICKS {
+            let choices = layout::choices(key.hash(seed), buckets);
+            for b in choices {
+                if let Some(free) = table[b as usize].iter_mut().find(|s| s.len() == 0) {
+                    *free = key;
+                    placed = true;
+                    break;
+                }
+            }
+            if placed {
+                break;
+            }
+            // xorshift: pick a bucket and a slot to evict.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let b = choices[(rng & 1) as usize] as usize;
+            let s = ((rng >> 1) % SLOTS as u64) as usize;
+            std::mem::swap(&mut table[b][s], &mut key);
+        }
+        if !placed {
+            return None;
+        }
+    }
+    Some(table)
+}
+
+fn place_any<S: Slot>(
+    keys: &[S],
+    buckets: u32,
+    family: &'static str,
+    bucket: u32,
+) -> Result<(u32, Vec<[S; SLOTS]>), LayoutError> {
+    let capacity = buckets as usize * SLOTS;
+    if keys.len() <= capacity * 19 / 20 {
+        for seed in 1..=SEEDS {
+            if let Some(table) = place(keys, buckets, seed) {
+                return Ok((seed, table));
+            }
+        }
+    }
+    Err(LayoutError::TableFull {
+        family,
+        bucket,
+        needed: keys.len(),
+        capacity: capacity * 19 / 20,
+    })
+}
+
+/// Marks a bucket as holding prefixes.
+fn set_bit(bits: &mut [u64], bit: u32) {
+    bits[(bit >> 6) as usize] |= 1 << (bit & 63);
+}
+
+/// Builds one generation's tables for `compiled`.
+pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
+    let mut entries = Entries {
+        list: vec![PrefixEntry::EMPTY],
+        index: HashMap::new(),
+    };
+
+    // IPv4: descriptors per /24, keys for longer prefixes.
+    let mut v4_desc: HashMap<u32, Descriptor> = HashMap::new();
+    let mut v4_keys: Vec<Slot4> = Vec::new();
+    for (net, len, entry) in &compiled.v4 {
+        let (net, len) = (u32::from_be_bytes(*net), u32::from(*len));
+        let entry = entries.intern(entry);
+        if len <= V4_BUCKET_LEN {
+            let first = net >> (32 - V4_BUCKET_LEN);
+            for bucket in first..first + (1 << (V4_BUCKET_LEN - len)) {
+                v4_desc.entry(bucket).or_default().cover(len, entry);
+            }
+        } else {
+            let desc = v4_desc.entry(net >> (32 - V4_BUCKET_LEN)).or_default();
+            desc.longer[0] |= 1 << (32 - len);
+            v4_keys.push(Slot4 {
+                net,
+                len,
+                entry,
+                longer: 0,
+            });
+        }
+    }
+    let mut v4_bits = vec![0u64; BITMAP_WORDS as usize];
+    for (&bucket, desc) in &v4_desc {
+        set_bit(&mut v4_bits, bucket);
+        v4_keys.push(Slot4 {
+            net: bucket << (32 - V4_BUCKET_LEN),
+            len: V4_BUCKET_LEN,
+            entry: desc.entry,
+            longer: desc.longer[0] as u32,
+        });
+    }
+
+    // IPv6: descriptors per /32.
+    let mut v6_desc: HashMap<u32, Descriptor> = HashMap::new();
+    let mut v6_keys: Vec<Slot6> = Vec::new();
+    for (net, len, entry) in &compiled.v6 {
+        let bits = u128::from_be_bytes(*net);
+        let len = u32::from(*len);
+        let entry = entries.intern(entry);
+        let top = (bits >> (128 - V6_BUCKET_LEN)) as u32;
+        if len <= V6_BUCKET_LEN {
+            for bucket in top..=top + ((1u64 << (V6_BUCKET_LEN - len)) - 1) as u32 {
+                v6_desc.entry(bucket).or_default().cover(len, entry);
+            }
+        } else {
+            let desc = v6_desc.entry(top).or_default();
+            if len > 64 {
+                desc.longer[0] |= 1 << (128 - len);
+            } else {
+                desc.longer[1] |= 1 << (64 - len);
+            }
+            v6_keys.push(Slot6 {
+                hi: (bits >> 64) as u64,
+                lo: bits as u64,
+                len,
+                entry,
+                longer: [0; 2],
+            });
+        }
+    }
+    let mut v6_bits = vec![0u64; BITMAP_WORDS as usize];
+    for (&bucket, desc) in &v6_desc {
+        let hi = u64::from(bucket) << 32;
+        set_bit(&mut v6_bits, layout::v6_bit(hi));
+        v6_keys.push(Slot6 {
+            hi,
+            lo: 0,
+            len: V6_BUCKET_LEN,
+            entry: desc.entry,
+            longer: desc.longer,
+        });
+    }
+
+    if entries.list.len() > geometry.entries as usize {
+        return Err(LayoutError::EntriesFull {
+            needed: entries.list.len() - 1,
+            capacity: geometry.entries as usize - 1,
+        });
+    }
+    let keys = (v4_keys.len(), v6_keys.len());
+    // One seed for both families (the program reads one per generation).
+    let mut last = None;
+    for seed in 1..=SEEDS {
+        let v4 = place(&v4_keys, geometry.v4_buckets, seed);
+        let v6 = v4
+            .as_ref()
+            .and_then(|_| place(&v6_keys, geometry.v6_buckets, seed));
+        if let (Some(v4), Some(v6)) = (v4, v6) {
+            last = Some((seed, v4, v6));
+            break;
+        }
+    }
+    let Some((seed, v4, v6)) = last else {
+        // Name the family that does not fit.
+        place_any(&v4_keys, geometry.v4_buckets, "IPv4", V4_BUCKET_LEN)?;
+        place_any(&v6_keys, geometry.v6_buckets, "IPv6", V6_BUCKET_LEN)?;
+        return Err(LayoutError::TableFull {
+            family: "IPv4 and IPv6",
+            bucket: V4_BUCKET_LEN,
+            needed: keys.0 + keys.1,
+            capacity: (geometry.v4_buckets + geometry.v6_buckets) as usize * SLOTS,
+        });
+    };
+    Ok(Tables {
+        shape: Shape {
+            seed,
+            v4_buckets: geometry.v4_buckets,
+            v6_buckets: geometry.v6_buckets,
+        },
+        v4_bits,
+        v4: v4.into_iter().map(|slots| Bucket4 { slots }).collect(),
+        v6_bits,
+        v6: v6.into_iter().map(|slots| Bucket6 { slots }).collect(),
+        entries: entries.list,
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(tag: u32) -> PrefixEntry {
+        let mut e = PrefixEntry::EMPTY;
+        e.dst[0] = blocker_common::Candidate { slot: tag, rank: 1 };
+        e
+    }
+
+    /// The longest prefix of `table` containing `addr`, by brute force.
+    fn longest<const N: usize>(
+        table: &[([u8; N], u8, PrefixEntry)],
+        addr: u128,
+        width: u32,
+    ) -> Option<PrefixEntry> {
+        table
+            .iter()
+            .filter(|(net, len, _)| {
+                let mut bits = 0u128;
+                for b in net {
+                    bits = bits << 8 | u128::from(*b);
+                }
+                let shift = width - u32::from(*len);
+                shift >= width || (bits >> shift) == (addr >> shift)
+            })
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, e)| *e)
+    }
+
+    fn v4_table() -> impl Strategy<Value = Vec<([u8; 4], u8, PrefixEntry)>> {
+        prop::collection::btree_map((0u32..64, 16u8..=32), 0u32..5, 0..40).prop_map(|m| {
+            m.into_iter()
+                .map(|((host, len), tag)| {
+                    let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14);
+                    let net = addr & (u32::MAX << (32 - u32::from(len)));
+                    (net.to_be_bytes(), len, entry(tag + 1))
+                })
+                .collect()
+        })
+    }
+
+    fn v6_table() -> impl Strategy<Value = Vec<([u8; 16], u8, PrefixEntry)>> {
+        prop::collection::btree_map((0u128..64, 29u8..=128), 0u32..5, 0..40).prop_map(|m| {
+            m.into_iter()
+                .map(|((host, len), tag)| {
+                    let addr = (0x2001_0db8u128 << 96) ^ host ^ (host << 70) ^ (host << 95);
+                    let net = if len == 0 {
+                        0
+                    } else {
+                        addr & (u128::MAX << (128 - u32::from(len)))
+                    };
+                    (net.to_be_bytes(), len, entry(tag + 1))
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn lookup_is_longest_prefix_match(
+            mut v4 in v4_table(),
+            mut v6 in v6_table(),
+            probes4 in prop::collection::vec(0u32..64, 32),
+            probes6 in prop::collection::vec(0u128..64, 32),
+        ) {
+            v4.sort_by_key(|(n, l, _)| (*n, *l));
+            v4.dedup_by_key(|(n, l, _)| (*n, *l));
+            v6.sort_by_key(|(n, l, _)| (*n, *l));
+            v6.dedup_by_key(|(n, l, _)| (*n, *l));
+            let compiled = Compiled { v4: v4.clone(), v6: v6.clone(), ..Compiled::default() };
+            let tables = build(&compiled, &Geometry::for_capacity(128)).unwrap();
+            for host in probes4 {
+                let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14) ^ (host & 7);
+                prop_assert_eq!(
+                    tables.lookup(IpAddr::from(addr.to_be_bytes())),
+                    longest(&v4, u128::from(addr), 32),
+                    "IPv4 {:#x}", addr
+                );
+            }
+            for host in probes6 {
+                let addr = (0x2001_0db8u128 << 96) ^ host ^ (host << 70) ^ (host << 95) ^ (host & 3) << 40;
+                prop_assert_eq!(
+                    tables.lookup(IpAddr::from(addr.to_be_bytes())),
+                    longest(&v6, addr, 128),
+                    "IPv6 {:#x}", addr
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_table_is_refused_by_name() {
+        let v4 = (0u32..10_000)
+            .map(|i| ((0x0a00_0000u32 + (i << 8)).to_be_bytes(), 24u8, entry(1)))
+            .collect();
+        let compiled = Compiled {
+            v4,
+            ..Compiled::default()
+        };
+        let err = build(&compiled, &Geometry::for_capacity(100)).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::TableFull { family: "IPv4", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn entries_are_shared() {
+        let v4 = (0u32..1000)
+            .map(|i| ((0x0a00_0000u32 + i).to_be_bytes(), 32u8, entry(7)))
+            .collect();
+        let compiled = Compiled {
+            v4,
+            ..Compiled::default()
+        };
+        let tables = build(&compiled, &Geometry::for_capacity(1000)).unwrap();
+        assert_eq!(tables.entries.len(), 2);
+        assert_eq!(tables.keys.0, 1000 + 4);
+    }
+}
