@@ -161,8 +161,34 @@ fn claim_order(a: &Claim<'_>, b: &Claim<'_>) -> std::cmp::Ordering {
     b.rank.cmp(&a.rank).then_with(|| a.id.cmp(b.id))
 }
 
-/// Candidates per direction: [dst, src], best first, one per order.
-type Resolved<'a> = [Vec<Claim<'a>>; 2];
+/// Candidates of one direction after [`normalise`]: at most [`CANDIDATES`],
+/// best first, one per order. Fixed size: resolving a prefix allocates
+/// nothing.
+#[derive(Clone, Copy)]
+struct Top<'a> {
+    len: usize,
+    claims: [Claim<'a>; CANDIDATES],
+}
+
+impl<'a> Top<'a> {
+    const EMPTY: Self = Self {
+        len: 0,
+        claims: [Claim {
+            rank: 0,
+            id: "",
+            slot: blocker_common::NO_SLOT,
+            from: None,
+            until: None,
+        }; CANDIDATES],
+    };
+
+    fn as_slice(&self) -> &[Claim<'a>] {
+        &self.claims[..self.len]
+    }
+}
+
+/// Candidates per direction: [dst, src].
+type Resolved<'a> = [Top<'a>; 2];
 
 /// Sorts, keeps each order's best claim and, when more than
 /// [`CANDIDATES`] remain, only those that win at some instant: between any
@@ -170,9 +196,24 @@ type Resolved<'a> = [Vec<Claim<'a>>; 2];
 /// so the claims that are first somewhere are all it ever needs. Returns how
 /// many claims that still leaves out (their orders lose this prefix).
 fn normalise(claims: &mut Vec<Claim<'_>>) -> usize {
+    if claims.len() <= 1 {
+        return 0;
+    }
     claims.sort_by(claim_order);
-    let mut seen = BTreeSet::new();
-    claims.retain(|c| seen.insert(c.id));
+    if claims.len() <= CANDIDATES * 2 {
+        // Few claims (nearly always): drop repeats of an order by scanning.
+        let mut kept = 0;
+        for i in 0..claims.len() {
+            if !claims[..kept].iter().any(|c| c.id == claims[i].id) {
+                claims.swap(kept, i);
+                kept += 1;
+            }
+        }
+        claims.truncate(kept);
+    } else {
+        let mut seen = BTreeSet::new();
+        claims.retain(|c| seen.insert(c.id));
+    }
     if claims.len() > CANDIDATES {
         let bounds: BTreeSet<OffsetDateTime> = claims
             .iter()
@@ -198,8 +239,8 @@ fn normalise(claims: &mut Vec<Claim<'_>>) -> usize {
 
 fn to_entry(resolved: &Resolved<'_>) -> PrefixEntry {
     let mut entry = PrefixEntry::EMPTY;
-    for (out, claims) in [&mut entry.dst, &mut entry.src].into_iter().zip(resolved) {
-        for (slot, claim) in out.iter_mut().zip(claims) {
+    for (out, top) in [&mut entry.dst, &mut entry.src].into_iter().zip(resolved) {
+        for (slot, claim) in out.iter_mut().zip(top.as_slice()) {
             *slot = Candidate {
                 slot: claim.slot,
                 rank: claim.rank,
@@ -243,24 +284,41 @@ fn key_of(prefix: &IpNetwork) -> Key {
     }
 }
 
-/// Resolves one family: claims per prefix → entry per prefix.
-fn resolve<'a>(claims: BTreeMap<Key, Resolved<'a>>, cut: &mut usize) -> Vec<(Key, PrefixEntry)> {
-    let mut out = Vec::with_capacity(claims.len());
+/// One order's claim on one target, for one direction (0 = dst, 1 = src).
+type Tagged<'a> = (Key, u8, Claim<'a>);
+
+/// Resolves one family: claims → entry per prefix, sorted by prefix.
+/// Sorted, a prefix's claims are adjacent and its ancestors come before it.
+fn resolve<'a>(mut claims: Vec<Tagged<'a>>, cut: &mut usize) -> Vec<(Key, PrefixEntry)> {
+    claims.sort_unstable_by_key(|(key, _, _)| *key);
+    let mut out = Vec::new();
     // Ancestors of the current prefix, outermost first, with their resolved
     // candidates (own claims merged with their ancestors').
     let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
-    for (key, own) in claims {
+    let mut buffers: [Vec<Claim<'a>>; 2] = [Vec::new(), Vec::new()];
+    let mut rest = claims.as_slice();
+    while let Some(&(key, _, _)) = rest.first() {
+        let same = rest.iter().take_while(|(k, _, _)| *k == key).count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
         while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
             stack.pop();
         }
-        let mut resolved = own;
-        if let Some((_, inherited)) = stack.last() {
-            for (mine, theirs) in resolved.iter_mut().zip(inherited) {
-                mine.extend_from_slice(theirs);
-            }
-        }
-        for claims in &mut resolved {
-            *cut += normalise(claims);
+        let inherited = stack.last().map_or([Top::EMPTY; 2], |(_, r)| *r);
+        let mut resolved = [Top::EMPTY; 2];
+        for (direction, buffer) in buffers.iter_mut().enumerate() {
+            buffer.clear();
+            buffer.extend(
+                group
+                    .iter()
+                    .filter(|(_, d, _)| usize::from(*d) == direction)
+                    .map(|(_, _, claim)| *claim),
+            );
+            buffer.extend_from_slice(inherited[direction].as_slice());
+            *cut += normalise(buffer);
+            let top = &mut resolved[direction];
+            top.len = buffer.len();
+            top.claims[..buffer.len()].copy_from_slice(buffer);
         }
         out.push((key, to_entry(&resolved)));
         stack.push((key, resolved));
@@ -278,8 +336,8 @@ pub fn compile(
     previous: &SlotTable,
 ) -> Result<Compiled, CompileError> {
     let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
-    let mut v4: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
-    let mut v6: BTreeMap<Key, Resolved<'_>> = BTreeMap::new();
+    let mut v4: Vec<Tagged<'_>> = Vec::new();
+    let mut v6: Vec<Tagged<'_>> = Vec::new();
     let mut compiled_orders = Vec::with_capacity(orders.len());
     for order in orders {
         let Some(slot) = slots.get(&order.id) else {
@@ -290,7 +348,6 @@ pub fn compile(
         for target in &order.targets {
             let key = key_of(target);
             let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
-            let resolved = table.entry(key).or_default();
             let claim = Claim {
                 rank: drop_bit | u32::from(key.len),
                 id: &order.id,
@@ -299,10 +356,10 @@ pub fn compile(
                 until: order.expires_at,
             };
             if order.direction.covers_dst() {
-                resolved[0].push(claim);
+                table.push((key, 0, claim));
             }
             if order.direction.covers_src() {
-                resolved[1].push(claim);
+                table.push((key, 1, claim));
             }
         }
         compiled_orders.push(CompiledOrder {

@@ -4,8 +4,6 @@
 //! breaks one is refused (reported by id and reason, never enforced) and the
 //! rest of the feed still applies. Only `max_prefixes` refuses a feed whole.
 
-use std::collections::BTreeSet;
-
 use ipnetwork::IpNetwork;
 use time::OffsetDateTime;
 
@@ -168,7 +166,7 @@ pub fn evaluate(
     let mut next_change: Option<OffsetDateTime> = None;
     // Pending and suspended orders count: they may enter force without a
     // new feed, and the tables must hold them then.
-    let mut prefixes = BTreeSet::new();
+    let mut prefixes = Vec::new();
     for order in &feed.orders {
         let reasons = guardrail_reasons(order, guardrails);
         let state = if !reasons.is_empty() {
@@ -204,6 +202,8 @@ pub fn evaluate(
             order: order.clone(),
         });
     }
+    prefixes.sort_unstable();
+    prefixes.dedup();
     if prefixes.len() > guardrails.max_prefixes as usize {
         return Err(PolicyError::TooManyPrefixes {
             count: prefixes.len(),

@@ -7,7 +7,7 @@
 
 mod model;
 
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{fmt, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 pub use model::*;
@@ -116,6 +116,9 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
     })?;
     check_characters(text).map_err(whole)?;
     check_no_anchors(text).map_err(whole)?;
+    if let Some(fast) = fast_path(text) {
+        return finish(fast.header, fast.orders.into_iter().map(Ok));
+    }
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| whole(format!("not valid YAML: {e}")))?;
     if depth(&value) > MAX_DEPTH {
@@ -128,7 +131,29 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
             "{e} (see the feed format: format, serial, issued_at, issuer, orders)"
         ))
     })?;
+    let header = Header {
+        format: raw.format,
+        serial: raw.serial,
+        issued_at: raw.issued_at,
+        issuer: raw.issuer,
+    };
+    finish(header, raw.orders.into_iter().map(Err))
+}
 
+/// The feed's fields besides its orders.
+struct Header {
+    format: String,
+    serial: u64,
+    issued_at: String,
+    issuer: String,
+}
+
+/// Validates the header and every order (deserialized already, or still a
+/// YAML value to deserialize).
+fn finish(
+    raw: Header,
+    orders: impl Iterator<Item = Result<RawOrder, serde_yaml::Value>>,
+) -> Result<Feed, FeedError> {
     let mut problems = Vec::new();
     if raw.format != FORMAT {
         problems.push(problem(
@@ -144,10 +169,14 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
     if raw.issuer.trim().is_empty() {
         problems.push(problem(None, Some("issuer"), "must not be empty"));
     }
-    let mut orders = Vec::with_capacity(raw.orders.len());
-    let mut seen = BTreeSet::new();
-    for (index, value) in raw.orders.into_iter().enumerate() {
-        if let Some(order) = parse_order(index, value, &mut problems) {
+    let mut parsed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (index, order) in orders.enumerate() {
+        let order = match order {
+            Ok(raw) => check_order(index, raw, &mut problems),
+            Err(value) => parse_order(index, value, &mut problems),
+        };
+        if let Some(order) = order {
             if !seen.insert(order.id.clone()) {
                 problems.push(problem(
                     Some(&order.id),
@@ -155,7 +184,7 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
                     "duplicate order id; every order needs its own id",
                 ));
             }
-            orders.push(order);
+            parsed.push(order);
         }
     }
     if problems.is_empty() {
@@ -163,11 +192,92 @@ pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
             serial: raw.serial,
             issued_at,
             issuer: raw.issuer,
-            orders,
+            orders: parsed,
         })
     } else {
         Err(FeedError { problems })
     }
+}
+
+/// A feed deserialized straight into its types, without a YAML value tree
+/// in between: the fast path for a well-formed feed. Every field that must
+/// be a string is taken as a YAML value and must be one; anything else (or
+/// any error at all) returns `None`, and the general path, which names each
+/// problem, runs instead. So both paths accept exactly the same feeds.
+struct Fast {
+    header: Header,
+    orders: Vec<RawOrder>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastFeed {
+    format: serde_yaml::Value,
+    serial: u64,
+    issued_at: serde_yaml::Value,
+    issuer: serde_yaml::Value,
+    orders: Vec<FastOrder>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastOrder {
+    id: serde_yaml::Value,
+    rung: Rung,
+    action: Action,
+    direction: Direction,
+    targets: Vec<serde_yaml::Value>,
+    status: Status,
+    #[serde(default)]
+    effective_from: Option<serde_yaml::Value>,
+    #[serde(default)]
+    expires_at: Option<serde_yaml::Value>,
+    #[serde(default)]
+    reference: Option<serde_yaml::Value>,
+}
+
+fn fast_path(text: &str) -> Option<Fast> {
+    fn string(value: serde_yaml::Value) -> Option<String> {
+        match value {
+            serde_yaml::Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn optional(value: Option<serde_yaml::Value>) -> Option<Option<String>> {
+        match value {
+            None | Some(serde_yaml::Value::Null) => Some(None),
+            Some(value) => string(value).map(Some),
+        }
+    }
+    let feed: FastFeed = serde_yaml::from_str(text).ok()?;
+    let mut orders = Vec::with_capacity(feed.orders.len());
+    for order in feed.orders {
+        let targets = order
+            .targets
+            .into_iter()
+            .map(string)
+            .collect::<Option<Vec<String>>>()?;
+        orders.push(RawOrder {
+            id: string(order.id)?,
+            rung: order.rung,
+            action: order.action,
+            direction: order.direction,
+            targets,
+            status: order.status,
+            effective_from: optional(order.effective_from)?,
+            expires_at: optional(order.expires_at)?,
+            reference: optional(order.reference)?,
+        });
+    }
+    Some(Fast {
+        header: Header {
+            format: string(feed.format)?,
+            serial: feed.serial,
+            issued_at: string(feed.issued_at)?,
+            issuer: string(feed.issuer)?,
+        },
+        orders,
+    })
 }
 
 fn parse_order(
@@ -175,24 +285,33 @@ fn parse_order(
     value: serde_yaml::Value,
     problems: &mut Vec<Problem>,
 ) -> Option<Order> {
-    let position = format!("orders[{index}]");
     // Name the order by its id when the id is usable, even if the rest fails.
     let id_hint = value
         .get("id")
         .and_then(serde_yaml::Value::as_str)
         .filter(|id| valid_id(id))
-        .map_or_else(|| position.clone(), str::to_owned);
-    let raw: RawOrder = match serde_yaml::from_value(value) {
-        Ok(raw) => raw,
+        .map_or_else(|| format!("orders[{index}]"), str::to_owned);
+    match serde_yaml::from_value(value) {
+        Ok(raw) => check_order(index, raw, problems),
         Err(e) => {
             problems.push(problem(Some(&id_hint), None, e.to_string()));
-            return None;
+            None
         }
+    }
+}
+
+/// Validates one deserialized order.
+fn check_order(index: usize, raw: RawOrder, problems: &mut Vec<Problem>) -> Option<Order> {
+    let position = || format!("orders[{index}]");
+    let id_hint = if valid_id(&raw.id) {
+        raw.id.clone()
+    } else {
+        position()
     };
     let before = problems.len();
     if !valid_id(&raw.id) {
         problems.push(problem(
-            Some(&position),
+            Some(&position()),
             Some("id"),
             format!(
                 "{:?} is not a valid id: use 1 to {MAX_ID_LEN} ASCII characters from A-Z a-z 0-9 . _ : -",
@@ -209,9 +328,9 @@ fn parse_order(
             "an order needs at least one target",
         ));
     }
-    let mut seen = BTreeSet::new();
+    let mut seen = std::collections::HashSet::with_capacity(raw.targets.len());
     for (i, target) in raw.targets.iter().enumerate() {
-        let field = format!("targets[{i}]");
+        let field = || format!("targets[{i}]");
         match parse_target(target) {
             Ok(prefix) => {
                 let ipv6 = prefix.is_ipv6();
@@ -220,7 +339,7 @@ fn parse_order(
                     let (family, max) = if ipv6 { ("IPv6", 128) } else { ("IPv4", 32) };
                     problems.push(problem(
                         Some(name),
-                        Some(&field),
+                        Some(&field()),
                         format!(
                             "{prefix} is broader than rung {} allows ({family} /{min}..{max}); use a longer prefix or a deeper rung",
                             raw.rung
@@ -230,13 +349,13 @@ fn parse_order(
                 if !seen.insert(prefix) {
                     problems.push(problem(
                         Some(name),
-                        Some(&field),
+                        Some(&field()),
                         format!("{prefix} is listed twice"),
                     ));
                 }
                 targets.push(prefix);
             }
-            Err(message) => problems.push(problem(Some(name), Some(&field), message)),
+            Err(message) => problems.push(problem(Some(name), Some(&field()), message)),
         }
     }
     let mut time_field = |field: &str, text: &Option<String>| {
