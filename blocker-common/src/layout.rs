@@ -17,8 +17,12 @@
 //!    to that length is looked up; the first hit is the longest match.
 //!    Otherwise the descriptor's entry is.
 //!
-//! Prefixes shorter than a bucket are expanded into every bucket they cover
-//! (a /16 into 256 IPv4 descriptors).
+//! IPv6 prefixes shorter than a bucket (/29../31) are expanded into every
+//! bucket they cover. IPv4 has one more level instead, since its /16../23
+//! would expand by up to 256: a direct array of /16s ([`Short4`]) holds the
+//! entry of an exact /16 and a mask of the lengths /17../23 inside, which
+//! are probed after the bucket's own lengths; an IPv4 descriptor's entry is
+//! that of an exact /24 only.
 //!
 //! The hash tables are two-choice, with [`SLOTS`] slots per bucket: a key
 //! sits in one of the two buckets its hash names, so a lookup reads at most
@@ -64,6 +68,21 @@ pub struct Slot6 {
     pub longer: [u64; 2],
 }
 
+/// One /16 of IPv4 space: the entry of the /16 prefix itself (or one
+/// shorter that covers it) and, bit `23 - len`, the lengths 17..=23
+/// present inside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Short4 {
+    pub entry: u32,
+    pub longer: u32,
+}
+
+/// Prefix length of the IPv4 [`Short4`] level.
+pub const V4_SHORT_LEN: u32 = 16;
+/// Entries of the [`Short4`] array.
+pub const V4_SHORTS: u32 = 1 << V4_SHORT_LEN;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket4 {
@@ -83,12 +102,15 @@ pub trait Tables {
     fn v6_bits(&self, index: u32) -> u64;
     fn v4_bucket(&self, index: u32) -> Option<&Bucket4>;
     fn v6_bucket(&self, index: u32) -> Option<&Bucket6>;
+    /// The /16 `index` (a default one when out of range).
+    fn v4_short(&self, index: u32) -> Short4;
 }
 
 /// How a generation's hash tables are addressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
-    pub seed: u32,
+    pub v4_seed: u32,
+    pub v6_seed: u32,
     pub v4_buckets: u32,
     pub v6_buckets: u32,
 }
@@ -157,7 +179,7 @@ const fn lowest(x: u64) -> u32 {
 
 #[inline(always)]
 fn find4<T: Tables>(tables: &T, shape: &Shape, net: u32, len: u32) -> Option<Slot4> {
-    for index in choices(hash4(net, len, shape.seed), shape.v4_buckets) {
+    for index in choices(hash4(net, len, shape.v4_seed), shape.v4_buckets) {
         if let Some(bucket) = tables.v4_bucket(index) {
             for slot in &bucket.slots {
                 if slot.len == len && slot.net == net {
@@ -171,7 +193,7 @@ fn find4<T: Tables>(tables: &T, shape: &Shape, net: u32, len: u32) -> Option<Slo
 
 #[inline(always)]
 fn find6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64, len: u32) -> Option<Slot6> {
-    for index in choices(hash6(hi, lo, len, shape.seed), shape.v6_buckets) {
+    for index in choices(hash6(hi, lo, len, shape.v6_seed), shape.v6_buckets) {
         if let Some(bucket) = tables.v6_bucket(index) {
             for slot in &bucket.slots {
                 if slot.len == len && slot.hi == hi && slot.lo == lo {
@@ -188,7 +210,10 @@ fn find6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64, len: u32) -> Op
 #[derive(Clone, Copy, Debug)]
 pub struct Probe4 {
     pub addr: u32,
+    /// Bit `32 - len` for each length still to try (17..=32); the /24 is
+    /// the descriptor's own entry, not a probe.
     pub longer: u64,
+    pub exact24: u32,
     pub entry: u32,
 }
 
@@ -201,13 +226,13 @@ pub struct Probe6 {
     pub entry: u32,
 }
 
-/// Longer lengths an IPv4 lookup may try (25..=32).
-pub const V4_STEPS: u32 = 32 - V4_BUCKET_LEN;
+/// Lengths an IPv4 lookup may try (17..=32).
+pub const V4_STEPS: u32 = 32 - V4_SHORT_LEN;
 /// Longer lengths an IPv6 lookup may try (33..=128).
 pub const V6_STEPS: u32 = 128 - V6_BUCKET_LEN;
 
 /// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the
-/// answer is known, else the longer lengths to try with [`step_v4`].
+/// answer is known, else the lengths to try with [`step_v4`].
 #[inline(always)]
 pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
     let bit = v4_bit(addr);
@@ -215,16 +240,25 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
         return Err(NO_ENTRY);
     }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
-    let Some(descriptor) = find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) else {
-        return Err(NO_ENTRY);
+    let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
+        Some(descriptor) => (descriptor.entry, u64::from(descriptor.longer & 0xff)),
+        None => (NO_ENTRY, 0),
     };
-    if descriptor.longer == 0 {
-        return Err(descriptor.entry);
+    let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
+    let at24 = if exact24 == NO_ENTRY {
+        0
+    } else {
+        1 << (32 - V4_BUCKET_LEN)
+    };
+    let longer = in_bucket | at24 | (u64::from(short.longer & 0x7f) << (32 - V4_BUCKET_LEN + 1));
+    if longer == 0 {
+        return Err(short.entry);
     }
     Ok(Probe4 {
         addr,
-        longer: u64::from(descriptor.longer),
-        entry: descriptor.entry,
+        longer,
+        exact24,
+        entry: short.entry,
     })
 }
 
@@ -236,6 +270,10 @@ pub fn step_v4<T: Tables>(tables: &T, shape: &Shape, probe: &mut Probe4) -> bool
     }
     let i = lowest(probe.longer) & 31;
     probe.longer &= probe.longer - 1;
+    if i == 32 - V4_BUCKET_LEN {
+        probe.entry = probe.exact24;
+        return true;
+    }
     if let Some(slot) = find4(tables, shape, probe.addr & (u32::MAX << i), 32 - i) {
         probe.entry = slot.entry;
         return true;

@@ -25,6 +25,7 @@ pub const MAX_ORDERS: u32 = 65_536;
 pub mod map_names {
     pub const CONTROL: &str = "BLK_CONTROL";
     pub const V4_BITS: [&str; 2] = ["BLK_V4_BITS_A", "BLK_V4_BITS_B"];
+    pub const V4_SHORT: [&str; 2] = ["BLK_V4_SHORT_A", "BLK_V4_SHORT_B"];
     pub const V4: [&str; 2] = ["BLK_V4_A", "BLK_V4_B"];
     pub const V6_BITS: [&str; 2] = ["BLK_V6_BITS_A", "BLK_V6_BITS_B"];
     pub const V6: [&str; 2] = ["BLK_V6_A", "BLK_V6_B"];
@@ -33,23 +34,39 @@ pub mod map_names {
     pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
     pub const STATS: &str = "BLK_STATS";
     /// The lookup tables of one generation, in [`TABLES`] order.
-    pub const TABLES: [[&str; 5]; 2] = [
-        [V4_BITS[0], V4[0], V6_BITS[0], V6[0], ENTRIES[0]],
-        [V4_BITS[1], V4[1], V6_BITS[1], V6[1], ENTRIES[1]],
+    pub const TABLES: [[&str; 6]; 2] = [
+        [
+            V4_BITS[0],
+            V4[0],
+            V6_BITS[0],
+            V6[0],
+            ENTRIES[0],
+            V4_SHORT[0],
+        ],
+        [
+            V4_BITS[1],
+            V4[1],
+            V6_BITS[1],
+            V6[1],
+            ENTRIES[1],
+            V4_SHORT[1],
+        ],
     ];
     /// Every map, in the order the datapath pins them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         CONTROL,
         V4_BITS[0],
         V4[0],
         V6_BITS[0],
         V6[0],
         ENTRIES[0],
+        V4_SHORT[0],
         V4_BITS[1],
         V4[1],
         V6_BITS[1],
         V6[1],
         ENTRIES[1],
+        V4_SHORT[1],
         ORDER_COUNTERS,
         ORDER_WINDOWS,
         STATS,
@@ -145,8 +162,8 @@ pub struct Control {
     pub generation: u32,
     /// Reserved, zero.
     pub flags: u32,
-    /// Hash seed of each generation's tables.
-    pub seed: [u32; 2],
+    /// Hash seeds: `[A IPv4, A IPv6, B IPv4, B IPv6]`.
+    pub seed: [u32; 4],
     /// Buckets in each IPv4 hash table (fixed at load).
     pub v4_buckets: u32,
     /// Buckets in each IPv6 hash table (fixed at load).
@@ -226,7 +243,7 @@ impl Stat {
 const _: () = assert!(size_of::<Candidate>() == 8);
 const _: () = assert!(size_of::<PrefixEntry>() == 64);
 const _: () = assert!(size_of::<OrderWindow>() == 16);
-const _: () = assert!(size_of::<Control>() == 44);
+const _: () = assert!(size_of::<Control>() == 52);
 const _: () = assert!(size_of::<layout::Bucket4>() == 64);
 const _: () = assert!(size_of::<layout::Bucket6>() == 160);
 const _: () = assert!(size_of::<IfStats>() == 80);
@@ -244,6 +261,7 @@ mod pod {
     unsafe impl aya::Pod for super::IfStats {}
     unsafe impl aya::Pod for super::layout::Bucket4 {}
     unsafe impl aya::Pod for super::layout::Bucket6 {}
+    unsafe impl aya::Pod for super::layout::Short4 {}
 }
 
 pub mod layout;

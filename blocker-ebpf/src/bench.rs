@@ -8,15 +8,19 @@
 //!   addresses into the frame, then tail-calls the program under test. This
 //!   varies the addresses per packet under BPF_PROG_TEST_RUN; the driver's
 //!   own cost is measured by driving `bench_empty`.
+//! - `bench_gen`: the same, then XDP_TX: under BPF_PROG_TEST_RUN with live
+//!   frames it is a traffic generator (as xdp-trafficgen is) for the
+//!   end-to-end comparison on a veth pair.
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)] // blocker's own error paths
 mod shared;
 
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC,
-        xdp_action::{XDP_ABORTED, XDP_PASS},
+        xdp_action::{XDP_ABORTED, XDP_PASS, XDP_TX},
     },
     macros::{map, xdp},
     maps::{
@@ -89,6 +93,14 @@ pub fn bench_drive(ctx: XdpContext) -> u32 {
     // SAFETY: a tail call with our own context; returns only on failure.
     unsafe { DRV_TARGET.tail_call(&ctx, 0) };
     XDP_ABORTED
+}
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    if drive(&ctx).is_none() {
+        return XDP_ABORTED;
+    }
+    XDP_TX
 }
 
 #[inline(always)]

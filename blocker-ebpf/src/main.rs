@@ -18,8 +18,8 @@ use aya_ebpf::{
 use blocker_common::{
     Control, PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe4, Probe6, Shape, Tables, V4_STEPS,
-        V6_STEPS,
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe4, Probe6, Shape, Short4, Tables,
+        V4_SHORTS, V4_STEPS, V6_STEPS,
     },
 };
 use shared::{Found, Lookup, Skip};
@@ -49,13 +49,17 @@ static BLK_V6_A: Array<Bucket6> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 #[map]
 static BLK_V6_B: Array<Bucket6> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 #[map]
+static BLK_V4_SHORT_A: Array<Short4> = Array::pinned(V4_SHORTS, MMAP);
+#[map]
+static BLK_V4_SHORT_B: Array<Short4> = Array::pinned(V4_SHORTS, MMAP);
+#[map]
 static BLK_ENTRY_A: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 #[map]
 static BLK_ENTRY_B: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 
 /// The maps of one table generation, for `layout`'s lookups.
 macro_rules! generation {
-    ($name:ident, $bits4:ident, $v4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
+    ($name:ident, $bits4:ident, $v4:ident, $short4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
         #[derive(Default)]
         struct $name;
 
@@ -76,6 +80,10 @@ macro_rules! generation {
             fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
                 $v6.get(index)
             }
+            #[inline(always)]
+            fn v4_short(&self, index: u32) -> Short4 {
+                $short4.get(index).copied().unwrap_or_default()
+            }
         }
 
         impl $name {
@@ -95,6 +103,7 @@ generation!(
     GenA,
     BLK_V4_BITS_A,
     BLK_V4_A,
+    BLK_V4_SHORT_A,
     BLK_V6_BITS_A,
     BLK_V6_A,
     BLK_ENTRY_A
@@ -103,6 +112,7 @@ generation!(
     GenB,
     BLK_V4_BITS_B,
     BLK_V4_B,
+    BLK_V4_SHORT_B,
     BLK_V6_BITS_B,
     BLK_V6_B,
     BLK_ENTRY_B
@@ -174,7 +184,12 @@ extern "C" fn step_v6<T: Tables + Default>(_index: u64, ctx: *mut c_void) -> i64
 fn lookup_v4<T: Tables + Default>(shape: &Shape, addr: u32) -> u32 {
     match layout::start_v4(&T::default(), shape, addr) {
         Err(entry) => entry,
-        Ok(probe) => {
+        Ok(mut probe) => {
+            // The longest length inline (it nearly always decides), the
+            // rest under bpf_loop.
+            if layout::step_v4(&T::default(), shape, &mut probe) {
+                return probe.entry;
+            }
             let mut ctx = Looking {
                 shape: *shape,
                 probe,
@@ -193,7 +208,10 @@ fn lookup_v4<T: Tables + Default>(shape: &Shape, addr: u32) -> u32 {
 fn lookup_v6<T: Tables + Default>(shape: &Shape, (hi, lo): (u64, u64)) -> u32 {
     match layout::start_v6(&T::default(), shape, hi, lo) {
         Err(entry) => entry,
-        Ok(probe) => {
+        Ok(mut probe) => {
+            if layout::step_v6(&T::default(), shape, &mut probe) {
+                return probe.entry;
+            }
             let mut ctx = Looking {
                 shape: *shape,
                 probe,
@@ -214,7 +232,8 @@ fn control() -> Result<(u32, Shape), Skip> {
     Ok((
         generation,
         Shape {
-            seed: control.seed[generation as usize],
+            v4_seed: control.seed[2 * generation as usize],
+            v6_seed: control.seed[2 * generation as usize + 1],
             v4_buckets: control.v4_buckets,
             v6_buckets: control.v6_buckets,
         },

@@ -204,7 +204,8 @@ fn decide(
     src: Option<&PrefixEntry>,
 ) -> u32 {
     bump(stats, Stat::Looked);
-    // The clock is read only when there is a candidate (a miss costs none).
+    // The clock is read only for a candidate with a window (a miss, and a
+    // hit on an order without one, cost none).
     let mut now = 0;
     let dst = match dst {
         Some(entry) => first_in_window(&entry.dst, &mut now),
@@ -237,14 +238,19 @@ fn first_in_window(candidates: &[Candidate; CANDIDATES], now: &mut u64) -> Candi
         if !candidate.is_some() {
             break;
         }
+        let Some(window) = BLK_ORDER_WIN.get(candidate.slot) else {
+            continue;
+        };
+        // An order without a window needs no clock (the read costs more
+        // than the rest of a hit).
+        if window.not_before == 0 && window.not_after == u64::MAX {
+            return *candidate;
+        }
         if *now == 0 {
             // SAFETY: a plain helper call with no arguments.
             *now = unsafe { bpf_ktime_get_tai_ns() };
         }
-        if let Some(window) = BLK_ORDER_WIN.get(candidate.slot)
-            && window.not_before <= *now
-            && *now < window.not_after
-        {
+        if window.not_before <= *now && *now < window.not_after {
             return *candidate;
         }
     }

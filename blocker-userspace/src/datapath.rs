@@ -29,7 +29,7 @@ use aya::{
 use blocker_common::{
     Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
     STAT_COUNT,
-    layout::{self, Bucket4, Bucket6, Shape},
+    layout::{self, Bucket4, Bucket6, Shape, Short4},
     map_names,
 };
 use time::OffsetDateTime;
@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use crate::{
     compile::Compiled,
     config::AttachMode,
-    layout::{Geometry, LayoutError, Tables},
+    layout::{Geometry, LayoutError},
 };
 
 /// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
@@ -159,13 +159,19 @@ pub struct ApplyStats {
     pub ipv4: usize,
     pub ipv6: usize,
     pub generation: u32,
+    /// Hash-table keys (descriptors and longer prefixes): (IPv4, IPv6).
+    pub keys: (usize, usize),
+    /// Distinct table entries.
+    pub entries: usize,
+    /// Laying the tables out and writing the idle generation.
+    pub written: Duration,
 }
 
 /// The pinned map set.
 pub struct Maps {
     control: Array<MapData, Control>,
     /// Each generation's lookup tables, in `map_names::TABLES` order.
-    tables: [[MapData; 5]; 2],
+    tables: [[MapData; 6]; 2],
     counters: PerCpuArray<MapData, OrderCounters>,
     windows: Array<MapData, OrderWindow>,
     stats: PerCpuArray<MapData, IfStats>,
@@ -210,9 +216,16 @@ impl Maps {
                 }),
             }
         };
-        let mut generation = |g: usize| -> Result<[MapData; 5]> {
-            let [a, b, c, d, e] = map_names::TABLES[g];
-            Ok([array(a)?, array(b)?, array(c)?, array(d)?, array(e)?])
+        let mut generation = |g: usize| -> Result<[MapData; 6]> {
+            let [a, b, c, d, e, f] = map_names::TABLES[g];
+            Ok([
+                array(a)?,
+                array(b)?,
+                array(c)?,
+                array(d)?,
+                array(e)?,
+                array(f)?,
+            ])
         };
         let tables = [generation(0)?, generation(1)?];
         let max_entries = |data: &MapData, name: &'static str| -> Result<u32> {
@@ -302,7 +315,7 @@ impl Maps {
     fn live_tables(&self) -> Result<(Control, MappedTables)> {
         let control = self.control()?;
         let g = (control.generation & 1) as usize;
-        let tables = MappedTables::map(&self.tables[g], g, false)?;
+        let tables = MappedTables::map(&self.tables[g], g)?;
         Ok((control, tables))
     }
 
@@ -310,8 +323,10 @@ impl Maps {
     /// of the longest table prefix containing it.
     pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixEntry>> {
         let (control, tables) = self.live_tables()?;
+        let g = (control.generation & 1) as usize;
         let shape = Shape {
-            seed: control.seed[(control.generation & 1) as usize],
+            v4_seed: control.seed[2 * g],
+            v6_seed: control.seed[2 * g + 1],
             v4_buckets: control.v4_buckets,
             v6_buckets: control.v6_buckets,
         };
@@ -357,15 +372,19 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes `tables` into generation `generation` (which must be idle).
-    fn fill(&mut self, generation: usize, tables: &Tables) -> Result<()> {
-        let mut mapped = MappedTables::map(&self.tables[generation], generation, true)?;
-        mapped.v4_bits.copy_in(&tables.v4_bits);
-        mapped.v4.copy_in(&tables.v4);
-        mapped.v6_bits.copy_in(&tables.v6_bits);
-        mapped.v6.copy_in(&tables.v6);
-        mapped.entries.copy_in(&tables.entries);
-        Ok(())
+    /// Writes one table of generation `generation` (which must be idle):
+    /// `which` indexes `map_names::TABLES`.
+    fn write<T: Copy + PartialEq>(
+        &self,
+        generation: usize,
+        which: usize,
+        values: &[T],
+    ) -> Result<()> {
+        write_mapped(
+            &self.tables[generation][which],
+            map_names::TABLES[generation][which],
+            values,
+        )
     }
 
     /// Writes each order's window, converted to the CLOCK_TAI nanoseconds
@@ -395,9 +414,8 @@ impl Maps {
     }
 }
 
-/// An array map's values mapped into our memory (the table maps are
-/// BPF_F_MMAPABLE): a whole generation is written with memory copies, not
-/// one syscall per entry.
+/// An array map's values mapped read-only into our memory (the table maps
+/// are BPF_F_MMAPABLE): lookups read the few pages they touch.
 struct Mapped<T> {
     ptr: std::ptr::NonNull<T>,
     len: usize,
@@ -405,7 +423,7 @@ struct Mapped<T> {
 }
 
 impl<T: Copy> Mapped<T> {
-    fn map(data: &MapData, name: &'static str, writable: bool) -> Result<Self> {
+    fn map(data: &MapData, name: &'static str) -> Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let info = data.info().map_err(map_err(name))?;
         if info.value_size() as usize != size_of::<T>() || !size_of::<T>().is_multiple_of(8) {
@@ -422,16 +440,20 @@ impl<T: Copy> Mapped<T> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let bytes = (len * size_of::<T>()).next_multiple_of(page);
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's value area; the kernel
         // checks the length against the map and keeps the map alive while
         // the mapping exists.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(DatapathError::Io {
                 path: PathBuf::from(format!("mmap of map {name}")),
@@ -450,23 +472,6 @@ impl<T: Copy> Mapped<T> {
         // valid) lie at `ptr`, mapped for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
-
-    /// Copies `values` to the start of the map (only where they differ,
-    /// so pages that did not change are not dirtied).
-    fn copy_in(&mut self, values: &[T])
-    where
-        T: PartialEq,
-    {
-        let n = values.len().min(self.len);
-        // SAFETY: as in `as_slice`; mapped writable (only `fill` calls
-        // this), and nothing else in this process aliases the mapping.
-        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) };
-        for (to, from) in target.iter_mut().zip(&values[..n]) {
-            if to != from {
-                *to = *from;
-            }
-        }
-    }
 }
 
 impl<T> Drop for Mapped<T> {
@@ -476,6 +481,81 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+/// Bytes of a map mapped at once while writing: the window is unmapped
+/// before the next, so writing a table never holds more of it in our memory.
+const WRITE_WINDOW: usize = 4 << 20;
+
+/// Writes `values` to the start of the array map `data` through windows of
+/// a memory mapping, storing only values that differ (pages that do not
+/// change are not dirtied).
+fn write_mapped<T: Copy + PartialEq>(
+    data: &MapData,
+    name: &'static str,
+    values: &[T],
+) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let info = data.info().map_err(map_err(name))?;
+    let size = size_of::<T>();
+    if info.value_size() as usize != size || !size.is_multiple_of(8) {
+        return Err(DatapathError::Layout {
+            path: PathBuf::from(name),
+            detail: format!(
+                "{name} values are {} bytes, this build uses {size}",
+                info.value_size()
+            ),
+        });
+    }
+    let len = values.len().min(info.max_entries() as usize);
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // Windows start on page boundaries: a whole number of values per step.
+    let step = page / gcd(page, size);
+    let per_window = (WRITE_WINDOW / (step * size)).max(1) * step;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut start = 0;
+    while start < len {
+        let count = per_window.min(len - start);
+        let bytes = (count * size).next_multiple_of(page);
+        let offset = libc::off_t::try_from(start * size).unwrap_or(libc::off_t::MAX);
+        // SAFETY: a shared mapping of `bytes` of the map's value area from
+        // a page-aligned offset inside it; the kernel checks both.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DatapathError::Io {
+                path: PathBuf::from(format!("mmap of map {name}")),
+                source: io::Error::last_os_error(),
+            });
+        }
+        {
+            // SAFETY: `count` values of `T` (plain integers) lie at `ptr`,
+            // mapped writable until the munmap below; nothing aliases them.
+            let target = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), count) };
+            for (to, from) in target.iter_mut().zip(&values[start..start + count]) {
+                if to != from {
+                    *to = *from;
+                }
+            }
+        }
+        // SAFETY: unmapping exactly what was mapped above.
+        unsafe { libc::munmap(ptr, bytes) };
+        start += count;
+    }
+    Ok(())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// One generation's tables, mapped.
 struct MappedTables {
     v4_bits: Mapped<u64>,
@@ -483,17 +563,19 @@ struct MappedTables {
     v6_bits: Mapped<u64>,
     v6: Mapped<Bucket6>,
     entries: Mapped<PrefixEntry>,
+    v4_short: Mapped<Short4>,
 }
 
 impl MappedTables {
-    fn map(maps: &[MapData; 5], generation: usize, writable: bool) -> Result<Self> {
-        let [n0, n1, n2, n3, n4] = map_names::TABLES[generation];
+    fn map(maps: &[MapData; 6], generation: usize) -> Result<Self> {
+        let [n0, n1, n2, n3, n4, n5] = map_names::TABLES[generation];
         Ok(Self {
-            v4_bits: Mapped::map(&maps[0], n0, writable)?,
-            v4: Mapped::map(&maps[1], n1, writable)?,
-            v6_bits: Mapped::map(&maps[2], n2, writable)?,
-            v6: Mapped::map(&maps[3], n3, writable)?,
-            entries: Mapped::map(&maps[4], n4, writable)?,
+            v4_bits: Mapped::map(&maps[0], n0)?,
+            v4: Mapped::map(&maps[1], n1)?,
+            v6_bits: Mapped::map(&maps[2], n2)?,
+            v6: Mapped::map(&maps[3], n3)?,
+            entries: Mapped::map(&maps[4], n4)?,
+            v4_short: Mapped::map(&maps[5], n5)?,
         })
     }
 }
@@ -518,6 +600,13 @@ impl layout::Tables for MappedTables {
     }
     fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
         self.v6.as_slice().get(index as usize)
+    }
+    fn v4_short(&self, index: u32) -> Short4 {
+        self.v4_short
+            .as_slice()
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -857,26 +946,52 @@ impl Datapath {
                 thread::sleep(GENERATION_GRACE - since);
             }
         }
-        let tables = crate::layout::build(compiled, &self.maps.geometry)?;
+        let started = Instant::now();
+        let geometry = self.maps.geometry;
+        let keys = crate::layout::prepare(compiled, &geometry)?;
         let mut control = self.maps.control()?;
-        let idle = 1 - (control.generation & 1);
-        self.maps.fill(idle as usize, &tables)?;
-        // The idle generation's seed and counts first, the flip alone
+        let idle = 1 - (control.generation & 1) as usize;
+        // The two families are placed side by side (two threads).
+        let (v4, v6) = thread::scope(|scope| {
+            let v6 = scope.spawn(|| crate::layout::place_v6(&keys, &geometry));
+            let v4 = crate::layout::place_v4(&keys, &geometry);
+            (v4, v6.join())
+        });
+        let (v4_seed, v4) = v4?;
+        let (v6_seed, v6) = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        self.maps.write(idle, 1, &v4)?;
+        drop(v4);
+        self.maps.write(idle, 3, &v6)?;
+        drop(v6);
+        self.maps.write(idle, 0, &keys.v4_bits)?;
+        self.maps.write(idle, 2, &keys.v6_bits)?;
+        self.maps.write(idle, 4, &keys.entries)?;
+        self.maps.write(idle, 5, &keys.v4_short)?;
+        let written = started.elapsed();
+        // The idle generation's seeds and counts first, the flip alone
         // after: a packet reading the control value while it is copied sees
-        // either generation with its own seed.
-        control.seed[idle as usize] = tables.shape.seed;
-        control.prefixes[2 * idle as usize] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
-        control.prefixes[2 * idle as usize + 1] =
-            u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
+        // either generation with its own seeds.
+        control.seed[2 * idle] = v4_seed;
+        control.seed[2 * idle + 1] = v6_seed;
+        control.prefixes[2 * idle] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
+        control.prefixes[2 * idle + 1] = u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
         self.maps.set_control(control)?;
-        control.generation = idle;
+        control.generation = idle as u32;
         self.maps.set_control(control)?;
         self.last_flip = Some(Instant::now());
         Ok(ApplyStats {
             ipv4: compiled.v4.len(),
             ipv6: compiled.v6.len(),
-            generation: idle,
+            generation: idle as u32,
+            keys: (keys.v4.len(), keys.v6.len()),
+            entries: keys.entries.len() - 1,
+            written,
         })
+    }
+
+    /// The loaded XDP program (the benchmark times it and tail-calls it).
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf)
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN and returns

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use blocker_common::{
     PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, SLOTS, Shape, Slot4, Slot6, V4_BUCKET_LEN,
-        V6_BUCKET_LEN,
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, SLOTS, Shape, Short4, Slot4, Slot6,
+        V4_BUCKET_LEN, V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN,
     },
 };
 
@@ -30,27 +30,31 @@ const SEEDS: u32 = 8;
 const MAX_KICKS: usize = 500;
 
 impl Geometry {
-    /// Tables for `max_prefixes` prefixes per family: hash slots for one and
-    /// a half keys per prefix (a descriptor and a longer prefix each, at
-    /// worst; two-choice buckets of four fill to over 90%), and room for
-    /// as many distinct entries as prefixes up to 2^18 (entries are shared
-    /// by every prefix with the same orders).
+    /// Tables for `max_prefixes` prefixes per family: hash slots for two
+    /// keys per prefix (a descriptor and a longer prefix each, at worst;
+    /// two-choice buckets of four fill to over 95%), and an entry
+    /// per prefix (prefixes with the same orders share one; descriptors
+    /// reuse their prefix's), so the entries never run out.
     pub fn for_capacity(max_prefixes: u32) -> Self {
-        let slots = u64::from(max_prefixes) * 3 / 2;
+        // Two keys per prefix at most (a descriptor and the prefix), and
+        // room to spare for cuckoo placement.
+        let slots = u64::from(max_prefixes) * 2 * 20 / 19;
         let buckets = u32::try_from(slots.div_ceil(SLOTS as u64))
             .unwrap_or(u32::MAX)
             .max(1024);
         Self {
             v4_buckets: buckets,
             v6_buckets: buckets,
-            entries: max_prefixes.saturating_mul(2).clamp(1024, 1 << 18) + 1,
+            entries: max_prefixes.clamp(1024, 1 << 24) + 1,
         }
     }
 
     /// Kernel memory of one generation's tables, in bytes.
     pub fn bytes_per_generation(&self) -> u64 {
         let bitmaps = 2 * u64::from(BITMAP_WORDS) * 8;
+        let shorts = u64::from(V4_SHORTS) * size_of::<Short4>() as u64;
         bitmaps
+            + shorts
             + u64::from(self.v4_buckets) * size_of::<Bucket4>() as u64
             + u64::from(self.v6_buckets) * size_of::<Bucket6>() as u64
             + u64::from(self.entries) * size_of::<PrefixEntry>() as u64
@@ -80,6 +84,7 @@ pub struct Tables {
     pub shape: Shape,
     pub v4_bits: Vec<u64>,
     pub v4: Vec<Bucket4>,
+    pub v4_short: Vec<Short4>,
     pub v6_bits: Vec<u64>,
     pub v6: Vec<Bucket6>,
     pub entries: Vec<PrefixEntry>,
@@ -100,6 +105,12 @@ impl layout::Tables for Tables {
     fn v6_bucket(&self, index: u32) -> Option<&Bucket6> {
         self.v6.get(index as usize)
     }
+    fn v4_short(&self, index: u32) -> Short4 {
+        self.v4_short
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 impl Tables {
@@ -119,7 +130,7 @@ impl Tables {
 /// Deduplicates entries; index 0 stays [`NO_ENTRY`].
 struct Entries {
     list: Vec<PrefixEntry>,
-    index: HashMap<PrefixEntry, u32>,
+    index: FastMap<PrefixEntry, u32>,
 }
 
 impl Entries {
@@ -178,7 +189,7 @@ impl Slot for Slot6 {
 
 /// Places `keys` in `buckets` two-choice buckets of [`SLOTS`] (cuckoo
 /// insertion). `None` when this seed does not fit them all.
-fn place<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; SLOTS]>> {
+fn place_seeded<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; SLOTS]>> {
     let mut table = vec![[S::default(); SLOTS]; buckets as usize];
     let mut rng = u64::from(seed) | 1;
     for key in keys {
@@ -211,7 +222,9 @@ fn place<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; SLOTS]>
     Some(table)
 }
 
-fn place_any<S: Slot>(
+/// Places one family's keys, trying [`SEEDS`] seeds; the seed used and the
+/// buckets.
+fn place<S: Slot>(
     keys: &[S],
     buckets: u32,
     family: &'static str,
@@ -220,7 +233,7 @@ fn place_any<S: Slot>(
     let capacity = buckets as usize * SLOTS;
     if keys.len() <= capacity * 19 / 20 {
         for seed in 1..=SEEDS {
-            if let Some(table) = place(keys, buckets, seed) {
+            if let Some(table) = place_seeded(keys, buckets, seed) {
                 return Ok((seed, table));
             }
         }
@@ -233,33 +246,80 @@ fn place_any<S: Slot>(
     })
 }
 
+/// Places the IPv4 keys of `keys`: (seed, buckets).
+pub fn place_v4(keys: &Keys, geometry: &Geometry) -> Result<(u32, Vec<Bucket4>), LayoutError> {
+    let (seed, table) = place(&keys.v4, geometry.v4_buckets, "IPv4", V4_BUCKET_LEN)?;
+    Ok((
+        seed,
+        table.into_iter().map(|slots| Bucket4 { slots }).collect(),
+    ))
+}
+
+/// Places the IPv6 keys of `keys`: (seed, buckets).
+pub fn place_v6(keys: &Keys, geometry: &Geometry) -> Result<(u32, Vec<Bucket6>), LayoutError> {
+    let (seed, table) = place(&keys.v6, geometry.v6_buckets, "IPv6", V6_BUCKET_LEN)?;
+    Ok((
+        seed,
+        table.into_iter().map(|slots| Bucket6 { slots }).collect(),
+    ))
+}
+
 /// Marks a bucket as holding prefixes.
 fn set_bit(bits: &mut [u64], bit: u32) {
     bits[(bit >> 6) as usize] |= 1 << (bit & 63);
 }
 
-/// Builds one generation's tables for `compiled`.
-pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
+/// Everything of a generation but the hash buckets: the keys to place (in
+/// a deterministic order), the bitmaps and the entries.
+pub struct Keys {
+    pub v4: Vec<Slot4>,
+    pub v4_short: Vec<Short4>,
+    pub v6: Vec<Slot6>,
+    pub v4_bits: Vec<u64>,
+    pub v6_bits: Vec<u64>,
+    pub entries: Vec<PrefixEntry>,
+}
+
+/// Descriptors, keys, bitmaps and deduplicated entries for `compiled`.
+pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutError> {
     let mut entries = Entries {
         list: vec![PrefixEntry::EMPTY],
-        index: HashMap::new(),
+        index: FastMap::default(),
     };
 
-    // IPv4: descriptors per /24, keys for longer prefixes.
-    let mut v4_desc: HashMap<u32, Descriptor> = HashMap::new();
-    let mut v4_keys: Vec<Slot4> = Vec::new();
+    // IPv4: /16s in the short array; /17../23 as keys, marked in their
+    // /16; a descriptor per /24 with an exact /24 or longer prefixes inside;
+    // /25../32 as keys. Every /24 a prefix touches is marked in the bitmap.
+    let mut v4_short: Vec<Descriptor> = vec![Descriptor::default(); V4_SHORTS as usize];
+    let mut v4_desc: FastMap<u32, Descriptor> = FastMap::default();
+    let mut v4: Vec<Slot4> = Vec::new();
+    let mut v4_bits = vec![0u64; BITMAP_WORDS as usize];
     for (net, len, entry) in &compiled.v4 {
         let (net, len) = (u32::from_be_bytes(*net), u32::from(*len));
         let entry = entries.intern(entry);
-        if len <= V4_BUCKET_LEN {
-            let first = net >> (32 - V4_BUCKET_LEN);
-            for bucket in first..first + (1 << (V4_BUCKET_LEN - len)) {
-                v4_desc.entry(bucket).or_default().cover(len, entry);
+        let bucket = net >> (32 - V4_BUCKET_LEN);
+        let buckets = 1u32 << V4_BUCKET_LEN.saturating_sub(len);
+        for b in bucket..bucket + buckets {
+            set_bit(&mut v4_bits, b);
+        }
+        let short = net >> (32 - V4_SHORT_LEN);
+        if len <= V4_SHORT_LEN {
+            for s in short..short + (1 << (V4_SHORT_LEN - len)) {
+                v4_short[s as usize].cover(len, entry);
             }
+        } else if len < V4_BUCKET_LEN {
+            v4_short[short as usize].longer[0] |= 1 << (V4_BUCKET_LEN - 1 - len);
+            v4.push(Slot4 {
+                net,
+                len,
+                entry,
+                longer: 0,
+            });
+        } else if len == V4_BUCKET_LEN {
+            v4_desc.entry(bucket).or_default().cover(len, entry);
         } else {
-            let desc = v4_desc.entry(net >> (32 - V4_BUCKET_LEN)).or_default();
-            desc.longer[0] |= 1 << (32 - len);
-            v4_keys.push(Slot4 {
+            v4_desc.entry(bucket).or_default().longer[0] |= 1 << (32 - len);
+            v4.push(Slot4 {
                 net,
                 len,
                 entry,
@@ -267,20 +327,27 @@ pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutE
             });
         }
     }
-    let mut v4_bits = vec![0u64; BITMAP_WORDS as usize];
-    for (&bucket, desc) in &v4_desc {
-        set_bit(&mut v4_bits, bucket);
-        v4_keys.push(Slot4 {
+    let mut descriptors: Vec<(u32, Descriptor)> = v4_desc.into_iter().collect();
+    descriptors.sort_unstable_by_key(|(bucket, _)| *bucket);
+    for (bucket, desc) in descriptors {
+        v4.push(Slot4 {
             net: bucket << (32 - V4_BUCKET_LEN),
             len: V4_BUCKET_LEN,
             entry: desc.entry,
             longer: desc.longer[0] as u32,
         });
     }
+    let v4_short: Vec<Short4> = v4_short
+        .iter()
+        .map(|d| Short4 {
+            entry: d.entry,
+            longer: d.longer[0] as u32,
+        })
+        .collect();
 
     // IPv6: descriptors per /32.
-    let mut v6_desc: HashMap<u32, Descriptor> = HashMap::new();
-    let mut v6_keys: Vec<Slot6> = Vec::new();
+    let mut v6_desc: FastMap<u32, Descriptor> = FastMap::default();
+    let mut v6: Vec<Slot6> = Vec::new();
     for (net, len, entry) in &compiled.v6 {
         let bits = u128::from_be_bytes(*net);
         let len = u32::from(*len);
@@ -297,7 +364,7 @@ pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutE
             } else {
                 desc.longer[1] |= 1 << (64 - len);
             }
-            v6_keys.push(Slot6 {
+            v6.push(Slot6 {
                 hi: (bits >> 64) as u64,
                 lo: bits as u64,
                 len,
@@ -307,10 +374,12 @@ pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutE
         }
     }
     let mut v6_bits = vec![0u64; BITMAP_WORDS as usize];
-    for (&bucket, desc) in &v6_desc {
+    let mut descriptors: Vec<(u32, Descriptor)> = v6_desc.into_iter().collect();
+    descriptors.sort_unstable_by_key(|(bucket, _)| *bucket);
+    for (bucket, desc) in descriptors {
         let hi = u64::from(bucket) << 32;
         set_bit(&mut v6_bits, layout::v6_bit(hi));
-        v6_keys.push(Slot6 {
+        v6.push(Slot6 {
             hi,
             lo: 0,
             len: V6_BUCKET_LEN,
@@ -325,44 +394,64 @@ pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutE
             capacity: geometry.entries as usize - 1,
         });
     }
-    let keys = (v4_keys.len(), v6_keys.len());
-    // One seed for both families (the program reads one per generation).
-    let mut last = None;
-    for seed in 1..=SEEDS {
-        let v4 = place(&v4_keys, geometry.v4_buckets, seed);
-        let v6 = v4
-            .as_ref()
-            .and_then(|_| place(&v6_keys, geometry.v6_buckets, seed));
-        if let (Some(v4), Some(v6)) = (v4, v6) {
-            last = Some((seed, v4, v6));
-            break;
-        }
-    }
-    let Some((seed, v4, v6)) = last else {
-        // Name the family that does not fit.
-        place_any(&v4_keys, geometry.v4_buckets, "IPv4", V4_BUCKET_LEN)?;
-        place_any(&v6_keys, geometry.v6_buckets, "IPv6", V6_BUCKET_LEN)?;
-        return Err(LayoutError::TableFull {
-            family: "IPv4 and IPv6",
-            bucket: V4_BUCKET_LEN,
-            needed: keys.0 + keys.1,
-            capacity: (geometry.v4_buckets + geometry.v6_buckets) as usize * SLOTS,
-        });
-    };
+    Ok(Keys {
+        v4,
+        v4_short,
+        v6,
+        v4_bits,
+        v6_bits,
+        entries: entries.list,
+    })
+}
+
+/// Builds one generation's tables for `compiled`, whole.
+pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
+    let keys = prepare(compiled, geometry)?;
+    let (v4_seed, v4) = place_v4(&keys, geometry)?;
+    let (v6_seed, v6) = place_v6(&keys, geometry)?;
     Ok(Tables {
         shape: Shape {
-            seed,
+            v4_seed,
+            v6_seed,
             v4_buckets: geometry.v4_buckets,
             v6_buckets: geometry.v6_buckets,
         },
-        v4_bits,
-        v4: v4.into_iter().map(|slots| Bucket4 { slots }).collect(),
-        v6_bits,
-        v6: v6.into_iter().map(|slots| Bucket6 { slots }).collect(),
-        entries: entries.list,
-        keys,
+        v4_bits: keys.v4_bits,
+        v4,
+        v4_short: keys.v4_short,
+        v6_bits: keys.v6_bits,
+        v6,
+        entries: keys.entries,
+        keys: (keys.v4.len(), keys.v6.len()),
     })
 }
+
+/// A fast, deterministic hasher for the build's own maps (keys are ours,
+/// not an attacker's choice of collisions that matter: a slow build at
+/// worst).
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 #[cfg(test)]
 mod tests {
@@ -399,7 +488,7 @@ mod tests {
     }
 
     fn v4_table() -> impl Strategy<Value = Vec<([u8; 4], u8, PrefixEntry)>> {
-        prop::collection::btree_map((0u32..64, 16u8..=32), 0u32..5, 0..40).prop_map(|m| {
+        prop::collection::btree_map((0u32..64, 12u8..=32), 0u32..5, 0..40).prop_map(|m| {
             m.into_iter()
                 .map(|((host, len), tag)| {
                     let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14);
@@ -411,7 +500,7 @@ mod tests {
     }
 
     fn v6_table() -> impl Strategy<Value = Vec<([u8; 16], u8, PrefixEntry)>> {
-        prop::collection::btree_map((0u128..64, 29u8..=128), 0u32..5, 0..40).prop_map(|m| {
+        prop::collection::btree_map((0u128..64, 26u8..=128), 0u32..5, 0..40).prop_map(|m| {
             m.into_iter()
                 .map(|((host, len), tag)| {
                     let addr = (0x2001_0db8u128 << 96) ^ host ^ (host << 70) ^ (host << 95);
