@@ -16,6 +16,7 @@
 //! These tests never skip: without root they panic ([`require_root`]).
 //! Every guard cleans up on drop, also while a test panics.
 
+pub mod bench;
 pub mod bpffs;
 pub mod daemon;
 pub mod frame;

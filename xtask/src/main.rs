@@ -1,5 +1,6 @@
 //! `cargo xtask`: the workbench. Set-up, build, test and demo live here, in
 //! Rust, so a fresh machine needs nothing but `cargo xtask <command>`.
+mod bench;
 mod demo;
 mod fuzz;
 mod package;
@@ -34,6 +35,9 @@ enum Command {
     Deb(package::Options),
     /// Run the cargo-fuzz targets (feed parser, compiler) for a while each.
     Fuzz(fuzz::Options),
+    /// The benchmark: per-packet cost against an empty program and an
+    /// LPM-trie reference at 0..1M prefixes, the control plane, memory.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(options) => test::test(&options),
         Command::Demo(options) => demo::demo(&options),
         Command::Deb(options) => package::deb(&options),
+        Command::Bench(options) => bench::bench(&options),
         Command::Fuzz(options) => {
             setup::setup()?;
             fuzz::fuzz(&options)

@@ -6,9 +6,10 @@ use anyhow::{Context as _, bail};
 
 use crate::util::{have, output, run};
 
-/// Debian packages: LLVM 22 for bpf-linker; the tools the tests, the demo
-/// and the package check drive (the real minisign, iproute2, ping, curl,
-/// Prometheus and promtool, openssl for the test CA, systemd-analyze).
+/// Debian packages: LLVM 22 for bpf-linker; the tools the tests, the demo,
+/// the benchmark and the package check drive (the real minisign, iproute2,
+/// ping, curl, Prometheus and promtool, openssl for the test CA,
+/// systemd-analyze, nftables and xdp-tools' xdp-filter to compare with).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "systemd",
     "gzip",
+    "nftables",
+    "xdp-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

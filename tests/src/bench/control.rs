@@ -1,0 +1,194 @@
+//! The control plane on the benchmark's feed: each stage of a from-scratch
+//! load and of a 1% update, in process; then the real daemon on the same
+//! feeds, for its apply time and its peak memory.
+
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use blocker::{
+    compile::{self, Enforcement, SlotTable},
+    datapath::Datapath,
+    feed::{self, Order},
+    policy, signature,
+};
+use time::OffsetDateTime;
+
+use crate::{bpffs::BpffsDir, minisign::KeyPair, orders::feed_yaml, topology::Edge};
+
+/// One prefix in this many changes in the update.
+pub const UPDATE_EVERY: usize = 100;
+
+/// Time per stage of taking one signed feed to the datapath.
+#[derive(Clone, Debug, Default)]
+pub struct Stages {
+    pub verify: Duration,
+    pub parse: Duration,
+    pub evaluate: Duration,
+    pub compile: Duration,
+    /// Writing the idle generation and flipping it live.
+    pub load: Duration,
+}
+
+impl Stages {
+    pub fn total(&self) -> Duration {
+        self.verify + self.parse + self.evaluate + self.compile + self.load
+    }
+
+    /// What the daemon counts as an apply once a feed is parsed.
+    pub fn apply(&self) -> Duration {
+        self.evaluate + self.compile + self.load
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Pipeline {
+    pub prefixes: usize,
+    pub feed_bytes: usize,
+    /// Loading the program and making the maps (not part of a feed load).
+    pub open: Duration,
+    pub scratch: Stages,
+    pub update: Stages,
+}
+
+/// The daemon on the same feeds.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonRun {
+    /// From exec to the 1M feed enforced.
+    pub start_to_enforced: Duration,
+    /// `blocker_feed_last_apply_duration_seconds` after the 1% update.
+    pub update_apply: f64,
+    /// From SIGHUP to the update's serial reported.
+    pub update_seen: Duration,
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+}
+
+struct Signed {
+    feed: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+fn signed(key: &KeyPair, dir: &std::path::Path, serial: u64, orders: &[Order]) -> Signed {
+    let path = dir.join(format!("feed-{serial}.yaml"));
+    fs::write(&path, feed_yaml(serial, OffsetDateTime::now_utc(), orders))
+        .expect("writing the feed");
+    let signature = key.sign(&path);
+    Signed {
+        feed: fs::read(&path).expect("reading the feed"),
+        signature: fs::read(signature).expect("reading the signature"),
+    }
+}
+
+fn stages(
+    key: &signature::PublicKey,
+    signed: &Signed,
+    dp: &mut Datapath,
+    slots: &mut SlotTable,
+    max_prefixes: u32,
+) -> Stages {
+    let mut stages = Stages::default();
+    let t = Instant::now();
+    signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
+    stages.verify = t.elapsed();
+    let t = Instant::now();
+    let feed = feed::parse(&signed.feed).expect("the feed parses");
+    stages.parse = t.elapsed();
+    let t = Instant::now();
+    let guardrails = policy::Guardrails {
+        max_prefixes,
+        ..policy::Guardrails::default()
+    };
+    let evaluation =
+        policy::evaluate(&feed, &guardrails, OffsetDateTime::now_utc()).expect("guardrails pass");
+    let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+    stages.evaluate = t.elapsed();
+    let t = Instant::now();
+    let compiled = compile::compile(&enforceable, Enforcement::Enforce, slots).expect("compiles");
+    stages.compile = t.elapsed();
+    let fresh: Vec<u32> = compiled
+        .orders
+        .iter()
+        .filter(|o| slots.get(&o.id) != Some(o.slot))
+        .map(|o| o.slot)
+        .collect();
+    let t = Instant::now();
+    dp.apply(&compiled, &fresh).expect("applies");
+    stages.load = t.elapsed();
+    *slots = compiled.slots;
+    stages
+}
+
+/// A from-scratch load of `orders` and a 1% update, stage by stage.
+pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = KeyPair::generate();
+    let public = signature::PublicKey::from_file(&key.public_key()).expect("public key");
+    let first = signed(&key, dir.path(), 1, orders);
+    let changed = super::workload::changed(orders, UPDATE_EVERY, 7);
+    let second = signed(&key, dir.path(), 2, &changed);
+    let bpffs = BpffsDir::new();
+    let t = Instant::now();
+    let mut dp = Datapath::open(bpffs.path(), max_prefixes).expect("loading blocker");
+    let open = t.elapsed();
+    let mut slots = SlotTable::new();
+    let scratch = stages(&public, &first, &mut dp, &mut slots, max_prefixes);
+    eprintln!("bench: from scratch {:?}: {scratch:?}", scratch.total());
+    let update = stages(&public, &second, &mut dp, &mut slots, max_prefixes);
+    eprintln!("bench: 1% update {:?}: {update:?}", update.total());
+    drop(dp);
+    Pipeline {
+        prefixes: orders.iter().map(|o| o.targets.len()).sum(),
+        feed_bytes: first.feed.len(),
+        open,
+        scratch,
+        update,
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `blocker run` (the binary `BLOCKER_BIN` names) on `orders`, then on the
+/// 1% update.
+pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
+    let edge = Edge::new(&[]);
+    let mut config = edge.config();
+    config.max_prefixes = max_prefixes;
+    config.protected.clear();
+    config.write(&edge.config_path());
+    edge.publish(1, orders);
+    let started = Instant::now();
+    let daemon = edge.spawn_daemon();
+    daemon.scrape_until("the feed enforced", Duration::from_secs(120), |s| {
+        s.get("blocker_feed_serial", &[]) == Some(1.0)
+    });
+    let start_to_enforced = started.elapsed();
+    let changed = super::workload::changed(orders, UPDATE_EVERY, 7);
+    edge.publish(2, &changed);
+    let hup = Instant::now();
+    daemon.hangup();
+    let scrape = daemon.scrape_until("the update enforced", Duration::from_secs(120), |s| {
+        s.get("blocker_feed_serial", &[]) == Some(2.0)
+    });
+    let update_seen = hup.elapsed();
+    let run = DaemonRun {
+        start_to_enforced,
+        update_apply: scrape
+            .get("blocker_feed_last_apply_duration_seconds", &[])
+            .unwrap_or(f64::NAN),
+        update_seen,
+        rss_kib: status_kib(daemon.pid(), "VmRSS:"),
+        peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
+    };
+    eprintln!("bench: daemon {run:?}");
+    daemon.terminate();
+    run
+}

@@ -1,0 +1,307 @@
+//! Per-packet cost under BPF_PROG_TEST_RUN: the real blocker program (loaded
+//! and fed by `Datapath`, as the daemon does), an empty program, and the
+//! LPM-trie reference (same parsing, decision and counting; loaded against
+//! blocker's pinned order maps). "Hot" repeats one frame; "varied" puts a
+//! driver in front that writes the next address pair of a pool into the
+//! frame and tail-calls the program under test.
+
+use std::{
+    net::IpAddr,
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, ProgramArray, lpm_trie::LpmTrie},
+    programs::{ProgramFd, TestRun as _, TestRunOptions, Xdp},
+};
+use blocker::{
+    compile::{self, Compiled, Enforcement, SlotTable},
+    datapath::{BENCH_PROGRAMS, Datapath},
+    feed::Order,
+};
+use blocker_common::PrefixEntry;
+
+use crate::{bpffs::BpffsDir, frame::FrameSpec};
+
+/// A program the benchmark times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Empty,
+    Lpm,
+    Blocker,
+}
+
+impl Program {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Program::Empty => "empty",
+            Program::Lpm => "lpm_reference",
+            Program::Blocker => "blocker",
+        }
+    }
+}
+
+/// Everything loaded: blocker through `Datapath`, the bench object beside it.
+pub struct Kernel {
+    pub dp: Datapath,
+    slots: SlotTable,
+    bench: Ebpf,
+    bpffs: BpffsDir,
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
+        .unwrap_or_else(|| panic!("the bench object has no program {name}"))
+        .try_into()
+        .unwrap_or_else(|err| panic!("{name} is not an XDP program: {err}"))
+}
+
+impl Kernel {
+    /// Loads blocker with tables for `max_prefixes`, and the bench programs.
+    pub fn new(max_prefixes: u32) -> Self {
+        let bpffs = BpffsDir::new();
+        let dp = Datapath::open(bpffs.path(), max_prefixes)
+            .unwrap_or_else(|err| panic!("loading blocker: {err}"));
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(bpffs.path().join("maps"));
+        let mut bench = loader
+            .load(BENCH_PROGRAMS)
+            .unwrap_or_else(|err| panic!("loading the bench object: {err}"));
+        for name in ["bench_empty", "bench_lpm", "bench_drive", "bench_gen"] {
+            xdp(&mut bench, name)
+                .load()
+                .unwrap_or_else(|err| panic!("verifying {name}: {err}"));
+        }
+        Self {
+            dp,
+            slots: SlotTable::new(),
+            bench,
+            bpffs,
+        }
+    }
+
+    /// Compiles `orders` (all in force) and applies them to blocker; returns
+    /// the compiled tables and how long compile and apply took.
+    pub fn apply(&mut self, orders: &[Order]) -> (Compiled, Duration, Duration) {
+        let in_force: Vec<&Order> = orders.iter().collect();
+        let started = Instant::now();
+        let compiled = compile::compile(&in_force, Enforcement::Enforce, &self.slots)
+            .unwrap_or_else(|err| panic!("compiling the workload: {err}"));
+        let compiled_in = started.elapsed();
+        let fresh: Vec<u32> = compiled
+            .orders
+            .iter()
+            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
+            .map(|o| o.slot)
+            .collect();
+        let started = Instant::now();
+        self.dp
+            .apply(&compiled, &fresh)
+            .unwrap_or_else(|err| panic!("applying the workload: {err}"));
+        let applied_in = started.elapsed();
+        self.slots = compiled.slots.clone();
+        (compiled, compiled_in, applied_in)
+    }
+
+    /// Puts the same entries in the LPM reference (the workloads are
+    /// nested, so it only grows).
+    pub fn load_reference(&mut self, compiled: &Compiled) {
+        let mut v4: LpmTrie<&mut MapData, [u8; 4], PrefixEntry> =
+            LpmTrie::try_from(self.bench.map_mut("REF_V4").expect("REF_V4 map"))
+                .expect("REF_V4 is an LPM trie");
+        for (net, len, entry) in &compiled.v4 {
+            v4.insert(
+                &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
+                entry,
+                0,
+            )
+            .expect("inserting into REF_V4");
+        }
+        let mut v6: LpmTrie<&mut MapData, [u8; 16], PrefixEntry> =
+            LpmTrie::try_from(self.bench.map_mut("REF_V6").expect("REF_V6 map"))
+                .expect("REF_V6 is an LPM trie");
+        for (net, len, entry) in &compiled.v6 {
+            v6.insert(
+                &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
+                entry,
+                0,
+            )
+            .expect("inserting into REF_V6");
+        }
+    }
+
+    fn program(&mut self, program: Program) -> &mut Xdp {
+        match program {
+            Program::Empty => xdp(&mut self.bench, "bench_empty"),
+            Program::Lpm => xdp(&mut self.bench, "bench_lpm"),
+            Program::Blocker => self.dp.program().expect("blocker's program"),
+        }
+    }
+
+    /// Mean wall-clock nanoseconds per run of `program` on `frame`, over
+    /// `repeat` runs; also the verdict.
+    fn run(&mut self, program: Program, frame: &[u8], repeat: u32) -> (f64, u32) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let xdp = self.program(program);
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        options.repeat = repeat;
+        let started = Instant::now();
+        let result = xdp
+            .test_run(options)
+            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {}: {err}", program.as_str()));
+        let ns = started.elapsed().as_nanos() as f64 / f64::from(repeat);
+        (ns, result.return_value)
+    }
+
+    /// The median of `rounds` timings of `program` on one frame (all caches
+    /// hot), and its verdict.
+    pub fn hot(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+        rounds: usize,
+    ) -> (f64, u32) {
+        let mut verdict = 0;
+        let mut times: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let (ns, v) = self.run(program, frame, repeat);
+                verdict = v;
+                ns
+            })
+            .collect();
+        (median(&mut times), verdict)
+    }
+
+    /// Loads an address pool into the driver.
+    pub fn load_pool(&mut self, pool: &[[u8; 32]], ipv6: bool) {
+        assert!(
+            pool.len().is_power_of_two(),
+            "pool length must be a power of two"
+        );
+        let mut map: Array<&mut MapData, [u8; 32]> =
+            Array::try_from(self.bench.map_mut("DRV_POOL").expect("DRV_POOL map"))
+                .expect("DRV_POOL is an array");
+        for (i, pair) in pool.iter().enumerate() {
+            map.set(i as u32, pair, 0).expect("filling the pool");
+        }
+        let mut config: Array<&mut MapData, u32> =
+            Array::try_from(self.bench.map_mut("DRV_CONFIG").expect("DRV_CONFIG map"))
+                .expect("DRV_CONFIG is an array");
+        config.set(0, if ipv6 { 6 } else { 4 }, 0).expect("config");
+        config.set(1, pool.len() as u32, 0).expect("config");
+    }
+
+    /// The median of `rounds` timings of the driver in front of `program`,
+    /// with the addresses of the loaded pool; and the verdicts seen.
+    pub fn varied(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+        rounds: usize,
+    ) -> (f64, u32) {
+        let fd: ProgramFd = {
+            let target = self.program(program);
+            let fd = target.fd().expect("loaded program");
+            fd.try_clone().expect("duplicating a program fd")
+        };
+        {
+            let mut targets: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(self.bench.map_mut("DRV_TARGET").expect("DRV_TARGET"))
+                    .expect("DRV_TARGET is a program array");
+            targets
+                .set(0, &fd, 0)
+                .unwrap_or_else(|err| panic!("tail-call target {}: {err}", program.as_str()));
+        }
+        let mut verdict = 0;
+        let mut times: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let mut out = vec![0u8; frame.len() + 256];
+                let driver = xdp(&mut self.bench, "bench_drive");
+                let mut options = TestRunOptions::new();
+                options.data_in = Some(frame);
+                options.data_out = Some(&mut out);
+                options.repeat = repeat;
+                let started = Instant::now();
+                let result = driver
+                    .test_run(options)
+                    .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of the driver: {err}"));
+                verdict = result.return_value;
+                started.elapsed().as_nanos() as f64 / f64::from(repeat)
+            })
+            .collect();
+        (median(&mut times), verdict)
+    }
+
+    /// Runs the generator `count` times with live frames: each run writes
+    /// the next pair of the loaded pool into `template` and transmits it on
+    /// the interface `ifindex` (of the calling thread's namespace). Returns
+    /// the seconds it took.
+    pub fn generate(&mut self, ifindex: u32, template: &[u8], count: u32) -> f64 {
+        let generator = xdp(&mut self.bench, "bench_gen");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut ctx = Vec::with_capacity(24);
+        for field in [0, template.len() as u32, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&field.to_ne_bytes());
+        }
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(template);
+        options.ctx_in = Some(&ctx);
+        options.repeat = count;
+        options.attrs = aya::programs::TestRunAttrs::new().xdp_live_frames(64);
+        let started = Instant::now();
+        generator
+            .test_run(options)
+            .unwrap_or_else(|err| panic!("the generator (live frames): {err}"));
+        started.elapsed().as_secs_f64()
+    }
+
+    /// Attaches the empty program (XDP_PASS) natively to `interface` (of
+    /// the calling thread's namespace), for as long as the interface lives.
+    pub fn attach_pass(&mut self, interface: &str) {
+        let program = xdp(&mut self.bench, "bench_empty");
+        let id = program
+            .attach(interface, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|err| panic!("attaching XDP_PASS to {interface}: {err}"));
+        let link = program.take_link(id).expect("the link just made");
+        // Deleting the interface detaches it; keep the link open till then.
+        std::mem::forget(link);
+    }
+
+    /// Kernel memory (memlock) of blocker's maps, in bytes, from fdinfo.
+    pub fn blocker_map_bytes(&self) -> u64 {
+        let dir = self.bpffs.path().join("maps");
+        let mut total = 0;
+        for entry in std::fs::read_dir(&dir).expect("maps dir").flatten() {
+            let map = MapData::from_pin(entry.path()).expect("pinned map");
+            let fd = {
+                use std::os::fd::AsRawFd as _;
+                map.fd().as_fd().as_raw_fd()
+            };
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A plain UDP frame from `src` to `dst`.
+pub fn frame(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    FrameSpec::udp(src, dst).build().bytes
+}

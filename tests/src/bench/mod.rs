@@ -1,0 +1,173 @@
+//! `cargo xtask bench`: per-packet cost of blocker against an empty XDP
+//! program and an LPM-trie reference at 0, 1k, 100k and 1M prefixes, hot
+//! and with varied addresses; the control plane on a 1M-prefix feed; and the
+//! real daemon's memory. Every figure is a ratio against a baseline measured
+//! in the same run.
+
+pub mod control;
+pub mod kernel;
+pub mod report;
+pub mod wire;
+pub mod workload;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Instant,
+};
+
+use kernel::{Kernel, Program, frame};
+use report::{Report, Sample};
+use workload::{PER_ORDER, PrefixSet};
+
+/// What `blocker-bench` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sizes up to 100k, smaller pools, fewer repeats.
+    pub quick: bool,
+    pub out: PathBuf,
+}
+
+/// The tables' capacity throughout: the config's default `max_prefixes`.
+pub const MAX_PREFIXES: u32 = 1_000_000;
+
+struct Scale {
+    sizes: Vec<usize>,
+    pool: usize,
+    hot_repeat: u32,
+    rounds: usize,
+    /// Prefixes on the wire against nftables, and frames per run.
+    wire_prefixes: usize,
+    wire_frames: u32,
+}
+
+impl Scale {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                sizes: vec![0, 1_000, 100_000],
+                pool: 1 << 16,
+                hot_repeat: 200_000,
+                rounds: 3,
+                wire_prefixes: 1_000,
+                wire_frames: 500_000,
+            }
+        } else {
+            Self {
+                sizes: vec![0, 1_000, 100_000, 1_000_000],
+                pool: 1 << 20,
+                hot_repeat: 1_000_000,
+                rounds: 5,
+                wire_prefixes: 100_000,
+                wire_frames: 4_000_000,
+            }
+        }
+    }
+}
+
+fn v4(bytes: &[u8]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+fn v6(bytes: &[u8]) -> IpAddr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&bytes[..16]);
+    IpAddr::V6(Ipv6Addr::from(a))
+}
+
+/// The first host address of a target of `order` in `family`.
+fn target_host(order: &blocker::feed::Order, ipv6: bool) -> IpAddr {
+    order
+        .targets
+        .iter()
+        .find(|t| t.is_ipv6() == ipv6)
+        .map(|t| t.network())
+        .unwrap_or_else(|| panic!("order {} has no target of that family", order.id))
+}
+
+pub fn run(options: &Options) -> Report {
+    let scale = Scale::new(options.quick);
+    let largest = *scale.sizes.last().expect("sizes");
+    let mut report = Report::new(options.quick);
+    let started = Instant::now();
+
+    eprintln!("bench: generating {largest} prefixes and miss pools");
+    let orders = workload::orders(largest, 1);
+    let set = PrefixSet::new(&orders);
+    let pools = [
+        workload::miss_pool(&set, false, scale.pool, 2),
+        workload::miss_pool(&set, true, scale.pool, 3),
+    ];
+    drop(set);
+
+    let mut kernel = Kernel::new(MAX_PREFIXES);
+    for &size in &scale.sizes {
+        let subset = &orders[..size.div_ceil(PER_ORDER)];
+        let (compiled, compile_time, apply_time) = kernel.apply(subset);
+        let lpm_started = Instant::now();
+        kernel.load_reference(&compiled);
+        eprintln!(
+            "bench: {size} prefixes: compile {compile_time:?}, blocker apply {apply_time:?}, LPM fill {:?}",
+            lpm_started.elapsed()
+        );
+        report
+            .loads
+            .push((size, compile_time, apply_time, lpm_started.elapsed()));
+        for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
+            let pool = &pools[usize::from(ipv6)];
+            let addr = |bytes: &[u8]| if ipv6 { v6(bytes) } else { v4(bytes) };
+            let (src, dst) = if ipv6 {
+                (addr(&pool[0][..16]), addr(&pool[0][16..]))
+            } else {
+                (addr(&pool[0][..4]), addr(&pool[0][4..8]))
+            };
+            let miss = frame(src, dst);
+            let mut sample =
+                |program: Program, mode: &'static str, matched: &'static str, ns: f64| {
+                    report.samples.push(Sample {
+                        program,
+                        family,
+                        mode,
+                        matched,
+                        prefixes: size,
+                        ns,
+                    });
+                };
+            for program in [Program::Empty, Program::Lpm, Program::Blocker] {
+                let (ns, verdict) = kernel.hot(program, &miss, scale.hot_repeat, scale.rounds);
+                assert_eq!(verdict, 2, "{} dropped a miss", program.as_str());
+                sample(program, "hot", "miss", ns);
+            }
+            if size >= 10 * PER_ORDER {
+                // Order 0 drops, order 9 monitors (see workload::order).
+                for (matched, order, want) in [("drop", &subset[0], 1), ("monitor", &subset[9], 2)]
+                {
+                    let hit = frame(src, target_host(order, ipv6));
+                    for program in [Program::Lpm, Program::Blocker] {
+                        let (ns, verdict) =
+                            kernel.hot(program, &hit, scale.hot_repeat, scale.rounds);
+                        assert_eq!(verdict, want, "{} on a {matched} hit", program.as_str());
+                        sample(program, "hot", matched, ns);
+                    }
+                }
+            }
+            kernel.load_pool(pool, ipv6);
+            let repeat = u32::try_from(pool.len() * 2).expect("repeat");
+            for program in [Program::Empty, Program::Lpm, Program::Blocker] {
+                let (ns, verdict) = kernel.varied(program, &miss, repeat, scale.rounds.min(3));
+                assert_eq!(verdict, 2, "{} dropped a varied miss", program.as_str());
+                sample(program, "varied", "miss", ns);
+            }
+        }
+        report.map_bytes.push((size, kernel.blocker_map_bytes()));
+    }
+    eprintln!("bench: per-packet figures took {:?}", started.elapsed());
+    let wire_orders = &orders[..scale.wire_prefixes.div_ceil(PER_ORDER)];
+    report.wire = wire::run(&mut kernel, wire_orders, 512, scale.wire_frames);
+    drop(kernel);
+
+    report.control = Some(control::pipeline(&orders, MAX_PREFIXES));
+    report.daemon = Some(control::daemon(&orders, MAX_PREFIXES));
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}

@@ -1,0 +1,363 @@
+//! The benchmark's figures, the goals as ratios between them, the
+//! printed table and `report.json`.
+
+use std::{fmt::Write as _, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::{
+    control::{DaemonRun, Pipeline},
+    kernel::Program,
+    wire::WireRun,
+};
+
+/// One timing: mean nanoseconds per packet.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub program: Program,
+    pub family: &'static str,
+    /// `hot` (one frame repeated) or `varied` (a pool of addresses).
+    pub mode: &'static str,
+    /// `miss`, `drop` or `monitor`.
+    pub matched: &'static str,
+    pub prefixes: usize,
+    pub ns: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub quick: bool,
+    pub samples: Vec<Sample>,
+    /// (prefixes, compile, blocker apply, LPM fill).
+    pub loads: Vec<(usize, Duration, Duration, Duration)>,
+    /// (prefixes, kernel memory of blocker's maps).
+    pub map_bytes: Vec<(usize, u64)>,
+    pub control: Option<Pipeline>,
+    pub wire: Vec<WireRun>,
+    pub daemon: Option<DaemonRun>,
+    pub seconds: f64,
+}
+
+/// One of the goals, judged.
+#[derive(Clone, Debug)]
+pub struct Goal {
+    pub goal: String,
+    pub value: f64,
+    /// `<=` or `>=`.
+    pub bound: &'static str,
+    pub target: f64,
+}
+
+impl Goal {
+    pub fn met(&self) -> bool {
+        match self.bound {
+            "<=" => self.value <= self.target,
+            _ => self.value >= self.target,
+        }
+    }
+}
+
+impl Report {
+    pub fn new(quick: bool) -> Self {
+        Self {
+            quick,
+            ..Self::default()
+        }
+    }
+
+    pub fn ns(
+        &self,
+        program: Program,
+        family: &str,
+        mode: &str,
+        matched: &str,
+        prefixes: usize,
+    ) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.program == program
+                    && s.family == family
+                    && s.mode == mode
+                    && s.matched == matched
+                    && s.prefixes == prefixes
+            })
+            .map(|s| s.ns)
+    }
+
+    fn largest(&self) -> usize {
+        self.samples.iter().map(|s| s.prefixes).max().unwrap_or(0)
+    }
+
+    /// The goals, at the largest size measured (1M; 100k in quick
+    /// mode).
+    pub fn goals(&self) -> Vec<Goal> {
+        let big = self.largest();
+        let mut goals = Vec::new();
+        let mut ratio = |goal: String, num: Option<f64>, den: Option<f64>, bound, target| {
+            if let (Some(n), Some(d)) = (num, den) {
+                goals.push(Goal {
+                    goal,
+                    value: n / d,
+                    bound,
+                    target,
+                });
+            }
+        };
+        use Program::{Blocker, Empty, Lpm};
+        for (family, hot_bound) in [("ipv4", 1.5), ("ipv6", 2.0)] {
+            ratio(
+                format!("{family} hot miss at {big}: blocker / empty"),
+                self.ns(Blocker, family, "hot", "miss", big),
+                self.ns(Empty, family, "hot", "miss", big),
+                "<=",
+                hot_bound,
+            );
+            ratio(
+                format!("{family} hot miss: blocker at {big} / at 1000"),
+                self.ns(Blocker, family, "hot", "miss", big),
+                self.ns(Blocker, family, "hot", "miss", 1000),
+                "<=",
+                1.1,
+            );
+            for matched in ["drop", "monitor"] {
+                ratio(
+                    format!("{family} hot {matched} hit at {big}: blocker / empty"),
+                    self.ns(Blocker, family, "hot", matched, big),
+                    self.ns(Empty, family, "hot", "miss", big),
+                    "<=",
+                    3.0,
+                );
+            }
+            ratio(
+                format!("{family} varied miss at {big}: LPM reference / blocker"),
+                self.ns(Lpm, family, "varied", "miss", big),
+                self.ns(Blocker, family, "varied", "miss", big),
+                ">=",
+                5.0,
+            );
+            ratio(
+                format!("{family} varied miss: blocker at {big} / at 1000"),
+                self.ns(Blocker, family, "varied", "miss", big),
+                self.ns(Blocker, family, "varied", "miss", 1000),
+                "<=",
+                1.5,
+            );
+        }
+        let rate = |dut: &str| self.wire.iter().find(|r| r.dut == dut).map(WireRun::mpps);
+        ratio(
+            "wire drop rate: blocker / nftables interval set".to_owned(),
+            rate("blocker"),
+            rate("nftables"),
+            ">=",
+            3.0,
+        );
+        ratio(
+            "wire drop rate on exact addresses: blocker / xdp-filter".to_owned(),
+            rate("blocker (exact addresses)"),
+            rate("xdp-filter"),
+            ">=",
+            1.0,
+        );
+        if let Some(control) = &self.control {
+            goals.push(Goal {
+                goal: format!(
+                    "{} prefixes from scratch (verify..load), seconds",
+                    control.prefixes
+                ),
+                value: control.scratch.total().as_secs_f64(),
+                bound: "<=",
+                target: 2.0,
+            });
+            goals.push(Goal {
+                goal: "1% update, whole (verify..load), seconds".to_owned(),
+                value: control.update.total().as_secs_f64(),
+                bound: "<=",
+                target: 0.1,
+            });
+            goals.push(Goal {
+                goal: "1% update, apply (evaluate, compile, load), seconds".to_owned(),
+                value: control.update.apply().as_secs_f64(),
+                bound: "<=",
+                target: 0.1,
+            });
+        }
+        if let Some(daemon) = &self.daemon {
+            goals.push(Goal {
+                goal: "daemon peak RSS, MB".to_owned(),
+                value: daemon.peak_rss_kib as f64 * 1024.0 / 1e6,
+                bound: "<=",
+                target: 300.0,
+            });
+        }
+        goals
+    }
+
+    /// The per-packet table and the goals, for the terminal and the README.
+    pub fn table(&self) -> String {
+        let sizes: Vec<usize> = {
+            let mut s: Vec<usize> = self.samples.iter().map(|s| s.prefixes).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        let mut out = String::new();
+        let _ = write!(out, "| family | mode | packets | program |");
+        for size in &sizes {
+            let _ = write!(out, " {} |", human(*size));
+        }
+        let _ = writeln!(out);
+        let _ = write!(out, "|---|---|---|---|");
+        for _ in &sizes {
+            let _ = write!(out, "---:|");
+        }
+        let _ = writeln!(out);
+        for family in ["ipv4", "ipv6"] {
+            for (mode, matched) in [
+                ("hot", "miss"),
+                ("hot", "drop"),
+                ("hot", "monitor"),
+                ("varied", "miss"),
+            ] {
+                for program in [Program::Empty, Program::Lpm, Program::Blocker] {
+                    if sizes
+                        .iter()
+                        .all(|&n| self.ns(program, family, mode, matched, n).is_none())
+                    {
+                        continue;
+                    }
+                    let _ = write!(
+                        out,
+                        "| {family} | {mode} | {matched} | {} |",
+                        program.as_str()
+                    );
+                    for &size in &sizes {
+                        match self.ns(program, family, mode, matched, size) {
+                            Some(ns) => {
+                                let _ = write!(out, " {ns:.1} ns |");
+                            }
+                            None => {
+                                let _ = write!(out, " – |");
+                            }
+                        }
+                    }
+                    let _ = writeln!(out);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n| goal | measured | target | met |\n|---|---:|---:|---|"
+        );
+        for goal in self.goals() {
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {} {} | {} |",
+                goal.goal,
+                goal.value,
+                goal.bound,
+                goal.target,
+                if goal.met() { "yes" } else { "**no**" }
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        let samples: Vec<Value> = self
+            .samples
+            .iter()
+            .map(|s| {
+                json!({
+                    "program": s.program.as_str(),
+                    "family": s.family,
+                    "mode": s.mode,
+                    "match": s.matched,
+                    "prefixes": s.prefixes,
+                    "ns_per_packet": s.ns,
+                })
+            })
+            .collect();
+        let goals: Vec<Value> = self
+            .goals()
+            .iter()
+            .map(|g| json!({"goal": g.goal, "value": g.value, "bound": g.bound, "target": g.target, "met": g.met()}))
+            .collect();
+        let loads: Vec<Value> = self
+            .loads
+            .iter()
+            .map(|(n, c, a, l)| {
+                json!({"prefixes": n, "compile_s": c.as_secs_f64(), "blocker_apply_s": a.as_secs_f64(), "lpm_fill_s": l.as_secs_f64()})
+            })
+            .collect();
+        let memory: Vec<Value> = self
+            .map_bytes
+            .iter()
+            .map(|(n, b)| json!({"prefixes": n, "blocker_map_bytes": b}))
+            .collect();
+        let stages = |s: &super::control::Stages| {
+            json!({
+                "verify_s": s.verify.as_secs_f64(),
+                "parse_s": s.parse.as_secs_f64(),
+                "evaluate_s": s.evaluate.as_secs_f64(),
+                "compile_s": s.compile.as_secs_f64(),
+                "load_s": s.load.as_secs_f64(),
+                "total_s": s.total().as_secs_f64(),
+            })
+        };
+        json!({
+            "quick": self.quick,
+            "machine": machine(),
+            "seconds": self.seconds,
+            "per_packet": samples,
+            "goals": goals,
+            "loads": loads,
+            "kernel_memory": memory,
+            "control_plane": self.control.as_ref().map(|c| json!({
+                "prefixes": c.prefixes,
+                "feed_bytes": c.feed_bytes,
+                "program_load_s": c.open.as_secs_f64(),
+                "from_scratch": stages(&c.scratch),
+                "update_1_percent": stages(&c.update),
+            })),
+            "daemon": self.daemon.as_ref().map(|d| json!({
+                "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
+                "update_apply_s": d.update_apply,
+                "update_seen_s": d.update_seen.as_secs_f64(),
+                "rss_kib": d.rss_kib,
+                "peak_rss_kib": d.peak_rss_kib,
+            })),
+            "wire": self.wire.iter().map(|r| json!({
+                "dut": r.dut,
+                "prefixes": r.prefixes,
+                "frames_sent": r.sent,
+                "dropped": r.dropped,
+                "seconds": r.seconds,
+                "mpps_dropped": r.mpps(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn human(n: usize) -> String {
+    match n {
+        0 => "0".to_owned(),
+        n if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({"cpus": cpus, "cpu": model, "kernel": kernel.trim()})
+}

@@ -1,0 +1,304 @@
+//! End to end on a veth pair: a generator in one namespace makes frames
+//! in the kernel (BPF_PROG_TEST_RUN with live frames, as xdp-trafficgen
+//! does: each run writes the next address pair of a pool and returns
+//! XDP_TX, so the frame leaves on the veth), and the device under test on
+//! the peer, in its own namespace, drops them: blocker (native XDP), an
+//! nftables netdev-ingress interval set holding the same prefixes, or
+//! xdp-filter (native XDP) holding exact addresses. The drop rate is what
+//! the device under test counted as dropped over the generator's time.
+
+use std::{fmt::Write as _, fs, os::fd::AsRawFd as _, process::Command, time::Instant};
+
+use blocker::{config::AttachMode, feed::Order};
+use blocker_common::Stat;
+use ipnetwork::IpNetwork;
+
+use super::{
+    kernel::{Kernel, frame},
+    workload::Rng,
+};
+use crate::{
+    netns::{NetNs, VethPair},
+    output, run_ok,
+};
+
+/// Runs of the generator per device under test (the median counts).
+const ROUNDS: u32 = 3;
+
+/// One device under test, driven once.
+#[derive(Clone, Debug)]
+pub struct WireRun {
+    pub dut: &'static str,
+    /// Prefixes (or addresses) the device held.
+    pub prefixes: usize,
+    pub sent: u64,
+    pub dropped: u64,
+    pub seconds: f64,
+}
+
+impl WireRun {
+    /// Frames dropped per second, in millions.
+    pub fn mpps(&self) -> f64 {
+        self.dropped as f64 / self.seconds / 1e6
+    }
+}
+
+/// Runs `f` on a thread inside `ns` (network namespace only).
+fn inside<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    let file = fs::File::open(ns.path()).expect("opening the namespace");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns on a namespace descriptor we hold; it
+                // changes only this thread's network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A generator namespace, a device-under-test namespace and the veth pair
+/// between them (removed on drop).
+struct Wire {
+    gen_ns: NetNs,
+    dut_ns: NetNs,
+    pair: VethPair,
+}
+
+impl Wire {
+    fn new() -> Self {
+        let gen_ns = NetNs::new();
+        let dut_ns = NetNs::new();
+        let pair = VethPair::new(&gen_ns, &dut_ns);
+        Self {
+            gen_ns,
+            dut_ns,
+            pair,
+        }
+    }
+
+    fn dut_command(&self, program: &str) -> Command {
+        self.dut_ns.command(program)
+    }
+
+    /// Sends `count` frames from the generator, in [`ROUNDS`] runs; the
+    /// seconds it took, the median run scaled to the whole.
+    fn send(&self, kernel: &mut Kernel, pool: &[[u8; 32]], count: u32) -> f64 {
+        kernel.load_pool(pool, false);
+        let template = frame(
+            std::net::IpAddr::from([192, 0, 2, 1]),
+            std::net::IpAddr::from([192, 0, 2, 2]),
+        );
+        let interface = self.pair.a.clone();
+        let per_round = count / ROUNDS;
+        let mut times: Vec<f64> = inside(&self.gen_ns, || {
+            let ifindex = blocker::datapath::ifindex(&interface).expect("generator interface");
+            (0..ROUNDS)
+                .map(|_| kernel.generate(ifindex, &template, per_round))
+                .collect()
+        });
+        super::kernel::median(&mut times) * f64::from(ROUNDS)
+    }
+}
+
+/// Hosts inside the IPv4 targets of drop orders (every tenth order
+/// monitors), as (source, destination) pairs; a power of two of them.
+fn hit_pool(orders: &[Order], count: usize, seed: u64) -> Vec<[u8; 32]> {
+    let targets: Vec<(u32, u8)> = orders
+        .iter()
+        .filter(|o| o.action == blocker::feed::Action::Drop)
+        .flat_map(|o| &o.targets)
+        .filter_map(|t| match t {
+            IpNetwork::V4(p) => Some((u32::from(p.network()), p.prefix())),
+            IpNetwork::V6(_) => None,
+        })
+        .collect();
+    assert!(!targets.is_empty(), "no IPv4 drop targets");
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|_| {
+            let (net, len) = targets[rng.below(targets.len() as u64) as usize];
+            let host = if len == 32 {
+                0
+            } else {
+                (rng.next_u64() as u32) & (u32::MAX >> len)
+            };
+            let mut pair = [0u8; 32];
+            // Sources from TEST-NET-1: they match nothing in the workload's
+            // drop decision either way (a destination drop wins).
+            pair[..4].copy_from_slice(&[192, 0, 2, 1 + (rng.below(200) as u8)]);
+            pair[4..8].copy_from_slice(&(net | host).to_be_bytes());
+            pair
+        })
+        .collect()
+}
+
+/// blocker, attached natively, with `orders` applied.
+fn blocker(
+    kernel: &mut Kernel,
+    orders: &[Order],
+    pool: &[[u8; 32]],
+    count: u32,
+    name: &'static str,
+) -> WireRun {
+    kernel.apply(orders);
+    let wire = Wire::new();
+    let interface = wire.pair.b.clone();
+    inside(&wire.dut_ns, || {
+        kernel
+            .dp
+            .attach(&interface, AttachMode::Native)
+            .unwrap_or_else(|err| panic!("attaching blocker natively: {err}"))
+    });
+    let dropped = |k: &Kernel| k.dp.maps().stats().expect("statistics")[Stat::Dropped as usize];
+    let before = dropped(kernel);
+    let seconds = wire.send(kernel, pool, count);
+    let after = dropped(kernel);
+    WireRun {
+        dut: name,
+        prefixes: orders.iter().map(|o| o.targets.len()).sum(),
+        sent: u64::from(count / ROUNDS * ROUNDS),
+        dropped: after - before,
+        seconds,
+    }
+}
+
+/// An nftables netdev-ingress chain dropping packets to and from an
+/// interval set of the IPv4 targets of `orders` (an XDP_PASS program on
+/// the device lets the veth take XDP frames).
+fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32) -> WireRun {
+    let wire = Wire::new();
+    let interface = wire.pair.b.clone();
+    inside(&wire.dut_ns, || kernel.attach_pass(&interface));
+    let targets: Vec<String> = orders
+        .iter()
+        .filter(|o| o.action == blocker::feed::Action::Drop)
+        .flat_map(|o| &o.targets)
+        .filter(|t| t.is_ipv4())
+        .map(ToString::to_string)
+        .collect();
+    let mut rules = String::new();
+    let _ = writeln!(rules, "table netdev blocker_bench {{");
+    let _ = writeln!(
+        rules,
+        "  set blocked {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}",
+        targets.join(", ")
+    );
+    let _ = writeln!(
+        rules,
+        "  chain ingress {{ type filter hook ingress device \"{interface}\" priority 0; policy accept;"
+    );
+    let _ = writeln!(rules, "    ip daddr @blocked counter drop");
+    let _ = writeln!(rules, "    ip saddr @blocked counter drop");
+    let _ = writeln!(rules, "  }}\n}}");
+    let file = std::env::temp_dir().join(format!("blocker-bench-{}.nft", std::process::id()));
+    fs::write(&file, rules).expect("writing the ruleset");
+    let loaded = Instant::now();
+    run_ok(wire.dut_command("nft").arg("-f").arg(&file));
+    eprintln!(
+        "bench: nft loaded {} prefixes in {:?}",
+        targets.len(),
+        loaded.elapsed()
+    );
+    let _ = fs::remove_file(&file);
+    let seconds = wire.send(kernel, pool, count);
+    let listing = run_ok(wire.dut_command("nft").args([
+        "list",
+        "chain",
+        "netdev",
+        "blocker_bench",
+        "ingress",
+    ]));
+    let dropped: u64 = listing
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    WireRun {
+        dut: "nftables",
+        prefixes: targets.len(),
+        sent: u64::from(count / ROUNDS * ROUNDS),
+        dropped,
+        seconds,
+    }
+}
+
+/// xdp-filter (native, IPv4 feature only) holding `addresses` as
+/// destinations.
+fn xdp_filter(kernel: &mut Kernel, addresses: &[u32], pool: &[[u8; 32]], count: u32) -> WireRun {
+    let wire = Wire::new();
+    let interface = wire.pair.b.clone();
+    run_ok(wire.dut_command("xdp-filter").args([
+        "load",
+        "--mode",
+        "native",
+        "--features",
+        "ipv4",
+        &interface,
+    ]));
+    for addr in addresses {
+        let text = std::net::Ipv4Addr::from(*addr).to_string();
+        run_ok(
+            wire.dut_command("xdp-filter")
+                .args(["ip", "--mode", "dst", &text]),
+        );
+    }
+    let dropped = || {
+        let status = output(wire.dut_command("xdp-filter").arg("status"));
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        text.lines()
+            .find(|l| l.trim_start().starts_with("XDP_DROP"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = dropped();
+    let seconds = wire.send(kernel, pool, count);
+    let after = dropped();
+    let _ = output(wire.dut_command("xdp-filter").args(["unload", &interface]));
+    WireRun {
+        dut: "xdp-filter",
+        prefixes: addresses.len(),
+        sent: u64::from(count / ROUNDS * ROUNDS),
+        dropped: after.saturating_sub(before),
+        seconds,
+    }
+}
+
+/// All four runs: blocker and nftables on `orders`; blocker and
+/// xdp-filter on `exact` /32 addresses.
+pub fn run(kernel: &mut Kernel, orders: &[Order], exact: usize, count: u32) -> Vec<WireRun> {
+    let pool = hit_pool(orders, 1 << 16, 11);
+    let mut runs = vec![
+        blocker(kernel, orders, &pool, count, "blocker"),
+        nftables(kernel, orders, &pool, count),
+    ];
+    // Documentation space: 198.51.100.0/24 and 203.0.113.0/24.
+    let addresses: Vec<u32> = [0xc633_6400u32, 0xcb00_7100]
+        .iter()
+        .flat_map(|net| (0..256).map(move |host| net | host))
+        .take(exact)
+        .collect();
+    let exact_order = super::workload::order(
+        0,
+        addresses
+            .iter()
+            .map(|a| IpNetwork::new(std::net::Ipv4Addr::from(*a).into(), 32).expect("a /32"))
+            .collect(),
+    );
+    let exact_pool = hit_pool(std::slice::from_ref(&exact_order), 1 << 16, 17);
+    runs.push(blocker(
+        kernel,
+        std::slice::from_ref(&exact_order),
+        &exact_pool,
+        count,
+        "blocker (exact addresses)",
+    ));
+    runs.push(xdp_filter(kernel, &addresses, &exact_pool, count));
+    for r in &runs {
+        eprintln!("bench: wire {r:?}: {:.2} Mpps dropped", r.mpps());
+    }
+    runs
+}

@@ -1,0 +1,36 @@
+//! `blocker-bench [--quick] [--out FILE]`: runs the benchmark (see
+//! `blocker_tests::bench`), prints the table and writes the JSON report.
+//! Needs root; `cargo xtask bench` builds and runs it.
+
+use std::path::PathBuf;
+
+use blocker_tests::bench::{self, Options};
+
+fn main() {
+    let mut options = Options {
+        quick: false,
+        out: blocker_tests::workspace_root().join("target/bench/report.json"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--out" => options.out = PathBuf::from(args.next().expect("--out needs a path")),
+            other => {
+                eprintln!(
+                    "blocker-bench: unknown argument {other:?}; usage: blocker-bench [--quick] [--out FILE]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    blocker_tests::require_root();
+    let report = bench::run(&options);
+    println!("{}", report.table());
+    if let Some(dir) = options.out.parent() {
+        std::fs::create_dir_all(dir).expect("creating the report directory");
+    }
+    let json = serde_json::to_string_pretty(&report.to_json()).expect("encoding the report");
+    std::fs::write(&options.out, json + "\n").expect("writing the report");
+    println!("report: {}", options.out.display());
+}

@@ -1,0 +1,48 @@
+//! `cargo xtask bench`: builds the release binaries and runs the benchmark
+//! (`blocker-bench`, in the tests crate), which prints a table and writes
+//! `target/bench/report.json`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use crate::util::{blocker_binary, cargo, is_root, root, run};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Up to 100k prefixes, smaller pools, fewer repeats (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/report.json")]
+    out: PathBuf,
+}
+
+pub fn bench(options: &Options) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    if !is_root() {
+        bail!(
+            "the benchmark loads XDP programs and creates network namespaces: run `cargo xtask bench` as root"
+        );
+    }
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "blocker-userspace",
+        "--package",
+        "blocker-tests",
+        "--bin",
+        "blocker",
+        "--bin",
+        "blocker-bench",
+    ]))?;
+    let bench = blocker_binary(true).with_file_name("blocker-bench");
+    let mut cmd = std::process::Command::new(bench);
+    cmd.env("BLOCKER_BIN", blocker_binary(true));
+    if options.quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(root().join(&options.out));
+    run(&mut cmd)
+}
