@@ -284,21 +284,39 @@ fn key_of(prefix: &IpNetwork) -> Key {
     }
 }
 
-/// One order's claim on one target, for one direction (0 = dst, 1 = src).
-type Tagged<'a> = (Key, u8, Claim<'a>);
+/// An order, as its claims on its targets need it.
+struct Claimant<'a> {
+    drop_bit: u32,
+    id: &'a str,
+    slot: u32,
+    from: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+}
 
-/// Resolves one family: claims → entry per prefix, sorted by prefix.
+/// Bits of a [`Tagged`] target: the order covers destinations, sources.
+const DST: u32 = 1;
+const SRC: u32 = 2;
+
+/// One target of one order: its key and `claimant << 2 | DST | SRC`
+/// (small: a million targets are sorted).
+type Tagged = (Key, u32);
+
+/// Resolves one family: targets → entry per prefix, sorted by prefix.
 /// Sorted, a prefix's claims are adjacent and its ancestors come before it.
-fn resolve<'a>(mut claims: Vec<Tagged<'a>>, cut: &mut usize) -> Vec<(Key, PrefixEntry)> {
-    claims.sort_unstable_by_key(|(key, _, _)| *key);
+fn resolve<'a>(
+    mut targets: Vec<Tagged>,
+    claimants: &[Claimant<'a>],
+    cut: &mut usize,
+) -> Vec<(Key, PrefixEntry)> {
+    targets.sort_unstable_by_key(|(key, _)| *key);
     let mut out = Vec::new();
     // Ancestors of the current prefix, outermost first, with their resolved
     // candidates (own claims merged with their ancestors').
     let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
     let mut buffers: [Vec<Claim<'a>>; 2] = [Vec::new(), Vec::new()];
-    let mut rest = claims.as_slice();
-    while let Some(&(key, _, _)) = rest.first() {
-        let same = rest.iter().take_while(|(k, _, _)| *k == key).count();
+    let mut rest = targets.as_slice();
+    while let Some(&(key, _)) = rest.first() {
+        let same = rest.iter().take_while(|(k, _)| *k == key).count();
         let (group, tail) = rest.split_at(same);
         rest = tail;
         while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
@@ -307,12 +325,22 @@ fn resolve<'a>(mut claims: Vec<Tagged<'a>>, cut: &mut usize) -> Vec<(Key, Prefix
         let inherited = stack.last().map_or([Top::EMPTY; 2], |(_, r)| *r);
         let mut resolved = [Top::EMPTY; 2];
         for (direction, buffer) in buffers.iter_mut().enumerate() {
+            let bit = if direction == 0 { DST } else { SRC };
             buffer.clear();
             buffer.extend(
                 group
                     .iter()
-                    .filter(|(_, d, _)| usize::from(*d) == direction)
-                    .map(|(_, _, claim)| *claim),
+                    .filter(|(_, tag)| tag & bit != 0)
+                    .map(|(_, tag)| {
+                        let c = &claimants[(tag >> 2) as usize];
+                        Claim {
+                            rank: c.drop_bit | u32::from(key.len),
+                            id: c.id,
+                            slot: c.slot,
+                            from: c.from,
+                            until: c.until,
+                        }
+                    }),
             );
             buffer.extend_from_slice(inherited[direction].as_slice());
             *cut += normalise(buffer);
@@ -336,31 +364,28 @@ pub fn compile(
     previous: &SlotTable,
 ) -> Result<Compiled, CompileError> {
     let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
-    let mut v4: Vec<Tagged<'_>> = Vec::new();
-    let mut v6: Vec<Tagged<'_>> = Vec::new();
+    let mut v4: Vec<Tagged> = Vec::new();
+    let mut v6: Vec<Tagged> = Vec::new();
+    let mut claimants = Vec::with_capacity(orders.len());
     let mut compiled_orders = Vec::with_capacity(orders.len());
     for order in orders {
         let Some(slot) = slots.get(&order.id) else {
             continue;
         };
         let action = enforcement.effective(order.action);
-        let drop_bit = if action == Action::Drop { RANK_DROP } else { 0 };
+        let tag = u32::try_from(claimants.len()).unwrap_or(u32::MAX) << 2
+            | if order.direction.covers_dst() { DST } else { 0 }
+            | if order.direction.covers_src() { SRC } else { 0 };
+        claimants.push(Claimant {
+            drop_bit: if action == Action::Drop { RANK_DROP } else { 0 },
+            id: &order.id,
+            slot,
+            from: order.effective_from,
+            until: order.expires_at,
+        });
         for target in &order.targets {
-            let key = key_of(target);
             let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
-            let claim = Claim {
-                rank: drop_bit | u32::from(key.len),
-                id: &order.id,
-                slot,
-                from: order.effective_from,
-                until: order.expires_at,
-            };
-            if order.direction.covers_dst() {
-                table.push((key, 0, claim));
-            }
-            if order.direction.covers_src() {
-                table.push((key, 1, claim));
-            }
+            table.push((key_of(target), tag));
         }
         compiled_orders.push(CompiledOrder {
             id: order.id.clone(),
@@ -372,11 +397,11 @@ pub fn compile(
         });
     }
     let mut overflow = 0;
-    let v4 = resolve(v4, &mut overflow)
+    let v4 = resolve(v4, &claimants, &mut overflow)
         .into_iter()
         .map(|(k, e)| (((k.bits >> 96) as u32).to_be_bytes(), k.len, e))
         .collect();
-    let v6 = resolve(v6, &mut overflow)
+    let v6 = resolve(v6, &claimants, &mut overflow)
         .into_iter()
         .map(|(k, e)| (k.bits.to_be_bytes(), k.len, e))
         .collect();
