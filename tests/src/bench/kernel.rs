@@ -280,20 +280,34 @@ impl Kernel {
         let mut total = 0;
         for entry in std::fs::read_dir(&dir).expect("maps dir").flatten() {
             let map = MapData::from_pin(entry.path()).expect("pinned map");
-            let fd = {
-                use std::os::fd::AsRawFd as _;
-                map.fd().as_fd().as_raw_fd()
-            };
-            let info =
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-            total += info
-                .lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            total += memlock(&map);
         }
         total
     }
+
+    /// Kernel memory (memlock) of the LPM reference's two tries.
+    pub fn reference_map_bytes(&self) -> u64 {
+        ["REF_V4", "REF_V6"]
+            .iter()
+            .map(|name| match self.bench.map(name) {
+                Some(aya::maps::Map::LpmTrie(data)) => memlock(data),
+                _ => panic!("the bench object has no LPM trie {name}"),
+            })
+            .sum()
+    }
+}
+
+/// A map's `memlock` from `/proc/self/fdinfo`: what the kernel charges for
+/// it (arrays: all of it, made up front; LPM tries: what they hold).
+fn memlock(map: &MapData) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

@@ -159,7 +159,11 @@ pub fn run(options: &Options) -> Report {
                 sample(program, "varied", "miss", ns);
             }
         }
-        report.map_bytes.push((size, kernel.blocker_map_bytes()));
+        report.map_bytes.push((
+            size,
+            kernel.blocker_map_bytes(),
+            kernel.reference_map_bytes(),
+        ));
     }
     eprintln!("bench: per-packet figures took {:?}", started.elapsed());
     let wire_orders = &orders[..scale.wire_prefixes.div_ceil(PER_ORDER)];

@@ -30,8 +30,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// (prefixes, compile, blocker apply, LPM fill).
     pub loads: Vec<(usize, Duration, Duration, Duration)>,
-    /// (prefixes, kernel memory of blocker's maps).
-    pub map_bytes: Vec<(usize, u64)>,
+    /// (prefixes, kernel memory of blocker's maps, of the LPM reference's).
+    pub map_bytes: Vec<(usize, u64, u64)>,
     pub control: Option<Pipeline>,
     pub wire: Vec<WireRun>,
     pub daemon: Option<DaemonRun>,
@@ -293,7 +293,7 @@ impl Report {
         let memory: Vec<Value> = self
             .map_bytes
             .iter()
-            .map(|(n, b)| json!({"prefixes": n, "blocker_map_bytes": b}))
+            .map(|(n, b, l)| json!({"prefixes": n, "blocker_map_bytes": b, "lpm_reference_map_bytes": l}))
             .collect();
         let stages = |s: &super::control::Stages| {
             json!({
