@@ -271,3 +271,13 @@ fn count(ctx: &XdpContext, stats: Stats, slot: u32) {
         None => bump(stats, Stat::Errors),
     }
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -140,6 +140,19 @@ pub struct Compiled {
     pub overflow: usize,
 }
 
+impl Compiled {
+    /// Slots that an order id holds now and did not in `previous`: their
+    /// counters must be zeroed before the apply, so a reused slot does not
+    /// inherit another order's counts.
+    pub fn fresh_slots(&self, previous: &SlotTable) -> Vec<u32> {
+        self.orders
+            .iter()
+            .filter(|order| previous.get(&order.id) != Some(order.slot))
+            .map(|order| order.slot)
+            .collect()
+    }
+}
+
 /// One order's claim on a prefix, for one direction.
 #[derive(Clone, Copy)]
 struct Claim<'a> {

@@ -438,12 +438,7 @@ impl Daemon {
                 serial: Some(serial),
                 detail: err.to_string(),
             })?;
-        let fresh: Vec<u32> = compiled
-            .orders
-            .iter()
-            .filter(|order| self.slots.get(&order.id) != Some(order.slot))
-            .map(|order| order.slot)
-            .collect();
+        let fresh = compiled.fresh_slots(&self.slots);
         let apply_error = |detail: String| Refusal {
             reason: "apply",
             serial: Some(serial),

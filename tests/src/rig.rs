@@ -62,12 +62,7 @@ impl Rig {
     pub fn apply_in_force(&mut self, in_force: &[&Order], enforcement: Enforcement) {
         let compiled = compile::compile(in_force, enforcement, &self.slots)
             .unwrap_or_else(|err| panic!("compiling {in_force:#?}: {err}"));
-        let fresh: Vec<u32> = compiled
-            .orders
-            .iter()
-            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
-            .map(|o| o.slot)
-            .collect();
+        let fresh = compiled.fresh_slots(&self.slots);
         self.dp
             .apply(&compiled, &fresh)
             .unwrap_or_else(|err| panic!("applying: {err}"));

@@ -107,12 +107,7 @@ fn stages(
     let t = Instant::now();
     let compiled = compile::compile(&enforceable, Enforcement::Enforce, slots).expect("compiles");
     stages.compile = t.elapsed();
-    let fresh: Vec<u32> = compiled
-        .orders
-        .iter()
-        .filter(|o| slots.get(&o.id) != Some(o.slot))
-        .map(|o| o.slot)
-        .collect();
+    let fresh = compiled.fresh_slots(slots);
     let t = Instant::now();
     dp.apply(&compiled, &fresh).expect("applies");
     stages.load = t.elapsed();

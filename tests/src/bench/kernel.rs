@@ -90,12 +90,7 @@ impl Kernel {
         let compiled = compile::compile(&in_force, Enforcement::Enforce, &self.slots)
             .unwrap_or_else(|err| panic!("compiling the workload: {err}"));
         let compiled_in = started.elapsed();
-        let fresh: Vec<u32> = compiled
-            .orders
-            .iter()
-            .filter(|o| self.slots.get(&o.id) != Some(o.slot))
-            .map(|o| o.slot)
-            .collect();
+        let fresh = compiled.fresh_slots(&self.slots);
         let started = Instant::now();
         self.dp
             .apply(&compiled, &fresh)
@@ -108,28 +103,8 @@ impl Kernel {
     /// Puts the same entries in the LPM reference (the workloads are
     /// nested, so it only grows).
     pub fn load_reference(&mut self, compiled: &Compiled) {
-        let mut v4: LpmTrie<&mut MapData, [u8; 4], PrefixEntry> =
-            LpmTrie::try_from(self.bench.map_mut("REF_V4").expect("REF_V4 map"))
-                .expect("REF_V4 is an LPM trie");
-        for (net, len, entry) in &compiled.v4 {
-            v4.insert(
-                &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
-                entry,
-                0,
-            )
-            .expect("inserting into REF_V4");
-        }
-        let mut v6: LpmTrie<&mut MapData, [u8; 16], PrefixEntry> =
-            LpmTrie::try_from(self.bench.map_mut("REF_V6").expect("REF_V6 map"))
-                .expect("REF_V6 is an LPM trie");
-        for (net, len, entry) in &compiled.v6 {
-            v6.insert(
-                &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
-                entry,
-                0,
-            )
-            .expect("inserting into REF_V6");
-        }
+        fill_trie(&mut self.bench, "REF_V4", &compiled.v4);
+        fill_trie(&mut self.bench, "REF_V6", &compiled.v6);
     }
 
     fn program(&mut self, program: Program) -> &mut Xdp {
@@ -308,6 +283,26 @@ fn memlock(map: &MapData) -> u64 {
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0)
+}
+
+/// Inserts `entries` into the bench object's LPM trie `name`.
+fn fill_trie<const N: usize>(bench: &mut Ebpf, name: &str, entries: &[([u8; N], u8, PrefixEntry)])
+where
+    [u8; N]: aya::Pod,
+{
+    let map = bench
+        .map_mut(name)
+        .unwrap_or_else(|| panic!("no map {name}"));
+    let mut trie: LpmTrie<&mut MapData, [u8; N], PrefixEntry> =
+        LpmTrie::try_from(map).unwrap_or_else(|err| panic!("{name} is not an LPM trie: {err}"));
+    for (net, len, entry) in entries {
+        trie.insert(
+            &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
+            entry,
+            0,
+        )
+        .unwrap_or_else(|err| panic!("inserting into {name}: {err}"));
+    }
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
