@@ -232,7 +232,7 @@ pub const V4_STEPS: u32 = 32 - V4_SHORT_LEN;
 pub const V6_STEPS: u32 = 128 - V6_BUCKET_LEN;
 
 /// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the
-/// answer is known, else the lengths to try with [`step_v4`].
+/// answer is known, else the lengths to try ([`Probe`]).
 #[inline(always)]
 pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
     let bit = v4_bit(addr);
@@ -262,25 +262,6 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
     })
 }
 
-/// Tries the longest length left; true when `probe.entry` is the answer.
-#[inline(always)]
-pub fn step_v4<T: Tables>(tables: &T, shape: &Shape, probe: &mut Probe4) -> bool {
-    if probe.longer == 0 {
-        return true;
-    }
-    let i = lowest(probe.longer) & 31;
-    probe.longer &= probe.longer - 1;
-    if i == 32 - V4_BUCKET_LEN {
-        probe.entry = probe.exact24;
-        return true;
-    }
-    if let Some(slot) = find4(tables, shape, probe.addr & (u32::MAX << i), 32 - i) {
-        probe.entry = slot.entry;
-        return true;
-    }
-    probe.longer == 0
-}
-
 /// Steps 1 and 2 for the IPv6 address `hi:lo` (host order).
 #[inline(always)]
 pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Result<Probe6, u32> {
@@ -303,58 +284,102 @@ pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Resul
     })
 }
 
-/// Tries the longest length left; true when `probe.entry` is the answer.
-#[inline(always)]
-pub fn step_v6<T: Tables>(tables: &T, shape: &Shape, probe: &mut Probe6) -> bool {
-    let [low_half, high_half] = probe.longer;
-    let (net_hi, net_lo, len) = if low_half != 0 {
-        let i = lowest(low_half) & 63;
-        probe.longer[0] = low_half & (low_half - 1);
-        (probe.hi, probe.lo & (u64::MAX << i), 128 - i)
-    } else if high_half != 0 {
-        let j = lowest(high_half) & 63;
-        probe.longer[1] = high_half & (high_half - 1);
-        (probe.hi & (u64::MAX << j), 0, 64 - j)
-    } else {
-        return true;
-    };
-    if let Some(slot) = find6(tables, shape, net_hi, net_lo, len) {
-        probe.entry = slot.entry;
-        return true;
-    }
-    probe.longer == [0, 0]
+/// A lookup past its descriptor: the longer lengths left to try, longest
+/// first, and the answer so far.
+pub trait Probe: Copy {
+    /// The most lengths a lookup may try.
+    const STEPS: u32;
+    /// Tries the longest length left; true when [`Probe::entry`] is the
+    /// answer.
+    fn step<T: Tables>(&mut self, tables: &T, shape: &Shape) -> bool;
+    fn entry(&self) -> u32;
 }
 
-/// The entry index of the longest table prefix containing `addr` (host
-/// order), or [`NO_ENTRY`].
+impl Probe for Probe4 {
+    const STEPS: u32 = V4_STEPS;
+
+    #[inline(always)]
+    fn step<T: Tables>(&mut self, tables: &T, shape: &Shape) -> bool {
+        if self.longer == 0 {
+            return true;
+        }
+        let i = lowest(self.longer) & 31;
+        self.longer &= self.longer - 1;
+        if i == 32 - V4_BUCKET_LEN {
+            self.entry = self.exact24;
+            return true;
+        }
+        if let Some(slot) = find4(tables, shape, self.addr & (u32::MAX << i), 32 - i) {
+            self.entry = slot.entry;
+            return true;
+        }
+        self.longer == 0
+    }
+
+    #[inline(always)]
+    fn entry(&self) -> u32 {
+        self.entry
+    }
+}
+
+impl Probe for Probe6 {
+    const STEPS: u32 = V6_STEPS;
+
+    #[inline(always)]
+    fn step<T: Tables>(&mut self, tables: &T, shape: &Shape) -> bool {
+        let [low_half, high_half] = self.longer;
+        let (net_hi, net_lo, len) = if low_half != 0 {
+            let i = lowest(low_half) & 63;
+            self.longer[0] = low_half & (low_half - 1);
+            (self.hi, self.lo & (u64::MAX << i), 128 - i)
+        } else if high_half != 0 {
+            let j = lowest(high_half) & 63;
+            self.longer[1] = high_half & (high_half - 1);
+            (self.hi & (u64::MAX << j), 0, 64 - j)
+        } else {
+            return true;
+        };
+        if let Some(slot) = find6(tables, shape, net_hi, net_lo, len) {
+            self.entry = slot.entry;
+            return true;
+        }
+        self.longer == [0, 0]
+    }
+
+    #[inline(always)]
+    fn entry(&self) -> u32 {
+        self.entry
+    }
+}
+
+/// Step 3 to the end: every length left until one matches.
 #[inline(always)]
-pub fn lookup_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> u32 {
-    match start_v4(tables, shape, addr) {
+pub fn finish<T: Tables, P: Probe>(tables: &T, shape: &Shape, start: Result<P, u32>) -> u32 {
+    match start {
         Err(entry) => entry,
         Ok(mut probe) => {
-            for _ in 0..V4_STEPS {
-                if step_v4(tables, shape, &mut probe) {
+            for _ in 0..P::STEPS {
+                if probe.step(tables, shape) {
                     break;
                 }
             }
-            probe.entry
+            probe.entry()
         }
     }
 }
 
-/// The entry index of the longest table prefix containing the address
-/// `hi:lo` (host order), or [`NO_ENTRY`].
-#[inline(always)]
-pub fn lookup_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> u32 {
-    match start_v6(tables, shape, hi, lo) {
-        Err(entry) => entry,
-        Ok(mut probe) => {
-            for _ in 0..V6_STEPS {
-                if step_v6(tables, shape, &mut probe) {
-                    break;
-                }
-            }
-            probe.entry
+/// The entry index of the longest table prefix containing `addr`, or
+/// [`NO_ENTRY`].
+pub fn lookup<T: Tables>(tables: &T, shape: &Shape, addr: core::net::IpAddr) -> u32 {
+    match addr {
+        core::net::IpAddr::V4(a) => finish(tables, shape, start_v4(tables, shape, u32::from(a))),
+        core::net::IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            finish(
+                tables,
+                shape,
+                start_v6(tables, shape, (bits >> 64) as u64, bits as u64),
+            )
         }
     }
 }

@@ -18,8 +18,7 @@ use aya_ebpf::{
 use blocker_common::{
     Control, PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe4, Probe6, Shape, Short4, Tables,
-        V4_SHORTS, V4_STEPS, V6_STEPS,
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe, Shape, Short4, Tables, V4_SHORTS,
     },
 };
 use shared::{Found, Lookup, Skip};
@@ -86,7 +85,7 @@ macro_rules! generation {
             }
         }
 
-        impl $name {
+        impl Generation for $name {
             #[inline(always)]
             fn entry(index: u32) -> Option<&'static PrefixEntry> {
                 if index == NO_ENTRY {
@@ -118,6 +117,11 @@ generation!(
     BLK_ENTRY_B
 );
 
+/// One table generation's maps: the lookup tables and the entries.
+trait Generation: Tables + Default {
+    fn entry(index: u32) -> Option<&'static PrefixEntry>;
+}
+
 struct Blocker;
 
 impl Lookup for Blocker {
@@ -125,15 +129,9 @@ impl Lookup for Blocker {
     fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
         let (generation, shape) = control()?;
         Ok(if generation == 0 {
-            (
-                GenA::entry(lookup_v4::<GenA>(&shape, dst)),
-                GenA::entry(lookup_v4::<GenA>(&shape, src)),
-            )
+            v4_in::<GenA>(&shape, dst, src)
         } else {
-            (
-                GenB::entry(lookup_v4::<GenB>(&shape, dst)),
-                GenB::entry(lookup_v4::<GenB>(&shape, src)),
-            )
+            v4_in::<GenB>(&shape, dst, src)
         })
     }
 
@@ -141,17 +139,37 @@ impl Lookup for Blocker {
     fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
         let (generation, shape) = control()?;
         Ok(if generation == 0 {
-            (
-                GenA::entry(lookup_v6::<GenA>(&shape, dst)),
-                GenA::entry(lookup_v6::<GenA>(&shape, src)),
-            )
+            v6_in::<GenA>(&shape, dst, src)
         } else {
-            (
-                GenB::entry(lookup_v6::<GenB>(&shape, dst)),
-                GenB::entry(lookup_v6::<GenB>(&shape, src)),
-            )
+            v6_in::<GenB>(&shape, dst, src)
         })
     }
+}
+
+/// The entries of an IPv4 destination and source in generation `G`.
+#[inline(always)]
+fn v4_in<G: Generation>(shape: &Shape, dst: u32, src: u32) -> Found {
+    let tables = G::default();
+    let entry = |addr| {
+        G::entry(finish::<G, _>(
+            shape,
+            layout::start_v4(&tables, shape, addr),
+        ))
+    };
+    (entry(dst), entry(src))
+}
+
+/// The entries of an IPv6 destination and source in generation `G`.
+#[inline(always)]
+fn v6_in<G: Generation>(shape: &Shape, dst: (u64, u64), src: (u64, u64)) -> Found {
+    let tables = G::default();
+    let entry = |(hi, lo)| {
+        G::entry(finish::<G, _>(
+            shape,
+            layout::start_v6(&tables, shape, hi, lo),
+        ))
+    };
+    (entry(dst), entry(src))
 }
 
 #[xdp]
@@ -166,62 +184,33 @@ struct Looking<P> {
     probe: P,
 }
 
-extern "C" fn step_v4<T: Tables + Default>(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Looking<Probe4>` that `lookup_v4` passed to
-    // bpf_loop, on its stack, for the duration of the loop.
-    let ctx = unsafe { &mut *ctx.cast::<Looking<Probe4>>() };
-    i64::from(layout::step_v4(&T::default(), &ctx.shape, &mut ctx.probe))
+extern "C" fn step<T: Tables + Default, P: Probe>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Looking<P>` that `finish` passed to bpf_loop,
+    // on its stack, for the duration of the loop.
+    let ctx = unsafe { &mut *ctx.cast::<Looking<P>>() };
+    i64::from(ctx.probe.step(&T::default(), &ctx.shape))
 }
 
-extern "C" fn step_v6<T: Tables + Default>(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: as in `step_v4`, for `lookup_v6`.
-    let ctx = unsafe { &mut *ctx.cast::<Looking<Probe6>>() };
-    i64::from(layout::step_v6(&T::default(), &ctx.shape, &mut ctx.probe))
-}
-
-/// `layout::lookup_v4`, with the longer lengths tried under bpf_loop.
+/// `layout::finish`, with the lengths after the longest tried under
+/// bpf_loop: the longest inline (it nearly always decides), the rest
+/// without unrolling a loop per length for the verifier.
 #[inline(always)]
-fn lookup_v4<T: Tables + Default>(shape: &Shape, addr: u32) -> u32 {
-    match layout::start_v4(&T::default(), shape, addr) {
-        Err(entry) => entry,
-        Ok(mut probe) => {
-            // The longest length inline (it nearly always decides), the
-            // rest under bpf_loop.
-            if layout::step_v4(&T::default(), shape, &mut probe) {
-                return probe.entry;
-            }
-            let mut ctx = Looking {
-                shape: *shape,
-                probe,
-            };
-            let step: extern "C" fn(u64, *mut c_void) -> i64 = step_v4::<T>;
-            // SAFETY: a bounded loop calling `step` with `ctx`, which
-            // outlives it.
-            unsafe { bpf_loop(V4_STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
-            ctx.probe.entry
-        }
+fn finish<T: Tables + Default, P: Probe>(shape: &Shape, start: Result<P, u32>) -> u32 {
+    let mut probe = match start {
+        Err(entry) => return entry,
+        Ok(probe) => probe,
+    };
+    if probe.step(&T::default(), shape) {
+        return probe.entry();
     }
-}
-
-/// `layout::lookup_v6`, with the longer lengths tried under bpf_loop.
-#[inline(always)]
-fn lookup_v6<T: Tables + Default>(shape: &Shape, (hi, lo): (u64, u64)) -> u32 {
-    match layout::start_v6(&T::default(), shape, hi, lo) {
-        Err(entry) => entry,
-        Ok(mut probe) => {
-            if layout::step_v6(&T::default(), shape, &mut probe) {
-                return probe.entry;
-            }
-            let mut ctx = Looking {
-                shape: *shape,
-                probe,
-            };
-            let step: extern "C" fn(u64, *mut c_void) -> i64 = step_v6::<T>;
-            // SAFETY: as in `lookup_v4`.
-            unsafe { bpf_loop(V6_STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
-            ctx.probe.entry
-        }
-    }
+    let mut ctx = Looking {
+        shape: *shape,
+        probe,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = step::<T, P>;
+    // SAFETY: a bounded loop calling `step` with `ctx`, which outlives it.
+    unsafe { bpf_loop(P::STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
+    ctx.probe.entry()
 }
 
 /// The live generation and how to hash into its tables.

@@ -330,13 +330,7 @@ impl Maps {
             v4_buckets: control.v4_buckets,
             v6_buckets: control.v6_buckets,
         };
-        let index = match addr {
-            IpAddr::V4(a) => layout::lookup_v4(&tables, &shape, u32::from(a)),
-            IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                layout::lookup_v6(&tables, &shape, (bits >> 64) as u64, bits as u64)
-            }
-        };
+        let index = layout::lookup(&tables, &shape, addr);
         Ok((index != layout::NO_ENTRY)
             .then(|| tables.entries.as_slice().get(index as usize).copied())
             .flatten())

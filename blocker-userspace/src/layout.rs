@@ -116,13 +116,7 @@ impl layout::Tables for Tables {
 impl Tables {
     /// The entry the datapath finds for `addr`.
     pub fn lookup(&self, addr: std::net::IpAddr) -> Option<PrefixEntry> {
-        let index = match addr {
-            std::net::IpAddr::V4(a) => layout::lookup_v4(self, &self.shape, u32::from(a)),
-            std::net::IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                layout::lookup_v6(self, &self.shape, (bits >> 64) as u64, bits as u64)
-            }
-        };
+        let index = layout::lookup(self, &self.shape, addr);
         (index != NO_ENTRY).then(|| self.entries[index as usize])
     }
 }
