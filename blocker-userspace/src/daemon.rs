@@ -530,6 +530,9 @@ impl Daemon {
                 in_force = after.len(),
                 ipv4 = stats.ipv4,
                 ipv6 = stats.ipv6,
+                table_keys = stats.keys.0 + stats.keys.1,
+                entries = stats.entries,
+                written_ms = stats.written.as_millis(),
                 "feed applied"
             );
             self.metrics.set_feed(serial, unix_now());

@@ -408,8 +408,9 @@ impl Maps {
     }
 }
 
-/// An array map's values mapped read-only into our memory (the table maps
-/// are BPF_F_MMAPABLE): lookups read the few pages they touch.
+/// Some of an array map's values mapped into our memory (the table maps
+/// are BPF_F_MMAPABLE): lookups map a whole table read-only and read the
+/// few pages they touch; writes go through windows of it.
 struct Mapped<T> {
     ptr: std::ptr::NonNull<T>,
     len: usize,
@@ -417,47 +418,51 @@ struct Mapped<T> {
 }
 
 impl<T: Copy> Mapped<T> {
+    /// The whole map, read-only.
     fn map(data: &MapData, name: &'static str) -> Result<Self> {
+        let len = values_of::<T>(data, name)?;
+        Self::window(data, name, 0, len, false)
+    }
+
+    /// Values `start..start + len` (`start` on a page boundary).
+    fn window(
+        data: &MapData,
+        name: &'static str,
+        start: usize,
+        len: usize,
+        writable: bool,
+    ) -> Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let info = data.info().map_err(map_err(name))?;
-        if info.value_size() as usize != size_of::<T>() || !size_of::<T>().is_multiple_of(8) {
-            return Err(DatapathError::Layout {
-                path: PathBuf::from(name),
-                detail: format!(
-                    "{name} values are {} bytes, this build uses {}",
-                    info.value_size(),
-                    size_of::<T>()
-                ),
-            });
-        }
-        let len = info.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (len * size_of::<T>()).next_multiple_of(page);
+        let bytes = (len * size_of::<T>()).next_multiple_of(page_size());
+        let offset = libc::off_t::try_from(start * size_of::<T>()).unwrap_or(libc::off_t::MAX);
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's value area; the kernel
-        // checks the length against the map and keeps the map alive while
-        // the mapping exists.
+        // checks offset and length against the map and keeps the map alive
+        // while the mapping exists.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                offset,
             )
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(DatapathError::Io {
-                path: PathBuf::from(format!("mmap of map {name}")),
-                source: io::Error::last_os_error(),
-            });
-        }
-        let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| DatapathError::Io {
+        let mapping_error = |source| DatapathError::Io {
             path: PathBuf::from(format!("mmap of map {name}")),
-            source: io::Error::other("null mapping"),
-        })?;
+            source,
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(mapping_error(io::Error::last_os_error()));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| mapping_error(io::Error::other("null mapping")))?;
         Ok(Self { ptr, len, bytes })
     }
 
@@ -466,28 +471,38 @@ impl<T: Copy> Mapped<T> {
         // valid) lie at `ptr`, mapped for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+
+    /// Stores `values` where they differ (pages that do not change are not
+    /// dirtied). Only on a window mapped writable.
+    fn store(&mut self, values: &[T])
+    where
+        T: PartialEq,
+    {
+        // SAFETY: as in `as_slice`; `window` mapped it writable, and
+        // `&mut self` is the only access to it.
+        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
+        for (to, from) in target.iter_mut().zip(values) {
+            if to != from {
+                *to = *from;
+            }
+        }
+    }
 }
 
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
+        // SAFETY: unmapping exactly what `window` mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }
 
-/// Bytes of a map mapped at once while writing: the window is unmapped
-/// before the next, so writing a table never holds more of it in our memory.
-const WRITE_WINDOW: usize = 4 << 20;
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
 
-/// Writes `values` to the start of the array map `data` through windows of
-/// a memory mapping, storing only values that differ (pages that do not
-/// change are not dirtied).
-fn write_mapped<T: Copy + PartialEq>(
-    data: &MapData,
-    name: &'static str,
-    values: &[T],
-) -> Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
+/// The number of values of map `data`, after checking they are `T`s.
+fn values_of<T>(data: &MapData, name: &'static str) -> Result<usize> {
     let info = data.info().map_err(map_err(name))?;
     let size = size_of::<T>();
     if info.value_size() as usize != size || !size.is_multiple_of(8) {
@@ -499,48 +514,28 @@ fn write_mapped<T: Copy + PartialEq>(
             ),
         });
     }
-    let len = values.len().min(info.max_entries() as usize);
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    Ok(info.max_entries() as usize)
+}
+
+/// Bytes of a map mapped at once while writing: the window is unmapped
+/// before the next, so writing a table never holds more of it in our memory.
+const WRITE_WINDOW: usize = 4 << 20;
+
+/// Writes `values` to the start of the array map `data`, window by window.
+fn write_mapped<T: Copy + PartialEq>(
+    data: &MapData,
+    name: &'static str,
+    values: &[T],
+) -> Result<()> {
+    let len = values.len().min(values_of::<T>(data, name)?);
+    let size = size_of::<T>();
     // Windows start on page boundaries: a whole number of values per step.
-    let step = page / gcd(page, size);
+    let step = page_size() / gcd(page_size(), size);
     let per_window = (WRITE_WINDOW / (step * size)).max(1) * step;
-    let fd = data.fd().as_fd().as_raw_fd();
     let mut start = 0;
     while start < len {
         let count = per_window.min(len - start);
-        let bytes = (count * size).next_multiple_of(page);
-        let offset = libc::off_t::try_from(start * size).unwrap_or(libc::off_t::MAX);
-        // SAFETY: a shared mapping of `bytes` of the map's value area from
-        // a page-aligned offset inside it; the kernel checks both.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DatapathError::Io {
-                path: PathBuf::from(format!("mmap of map {name}")),
-                source: io::Error::last_os_error(),
-            });
-        }
-        {
-            // SAFETY: `count` values of `T` (plain integers) lie at `ptr`,
-            // mapped writable until the munmap below; nothing aliases them.
-            let target = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), count) };
-            for (to, from) in target.iter_mut().zip(&values[start..start + count]) {
-                if to != from {
-                    *to = *from;
-                }
-            }
-        }
-        // SAFETY: unmapping exactly what was mapped above.
-        unsafe { libc::munmap(ptr, bytes) };
+        Mapped::window(data, name, start, count, true)?.store(&values[start..start + count]);
         start += count;
     }
     Ok(())

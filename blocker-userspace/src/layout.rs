@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use blocker_common::{
     PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, SLOTS, Shape, Short4, Slot4, Slot6,
-        V4_BUCKET_LEN, V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN,
+        self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN,
+        V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN,
     },
 };
 
@@ -48,17 +48,6 @@ impl Geometry {
             entries: max_prefixes.clamp(1024, 1 << 24) + 1,
         }
     }
-
-    /// Kernel memory of one generation's tables, in bytes.
-    pub fn bytes_per_generation(&self) -> u64 {
-        let bitmaps = 2 * u64::from(BITMAP_WORDS) * 8;
-        let shorts = u64::from(V4_SHORTS) * size_of::<Short4>() as u64;
-        bitmaps
-            + shorts
-            + u64::from(self.v4_buckets) * size_of::<Bucket4>() as u64
-            + u64::from(self.v6_buckets) * size_of::<Bucket6>() as u64
-            + u64::from(self.entries) * size_of::<PrefixEntry>() as u64
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,10 +67,12 @@ pub enum LayoutError {
     EntriesFull { needed: usize, capacity: usize },
 }
 
-/// One generation's tables, as written to the maps.
+/// One generation's tables whole, in memory (tests; the datapath writes
+/// them family by family).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {
-    pub shape: Shape,
+    pub shape: layout::Shape,
     pub v4_bits: Vec<u64>,
     pub v4: Vec<Bucket4>,
     pub v4_short: Vec<Short4>,
@@ -92,6 +83,7 @@ pub struct Tables {
     pub keys: (usize, usize),
 }
 
+#[cfg(test)]
 impl layout::Tables for Tables {
     fn v4_bits(&self, index: u32) -> u64 {
         self.v4_bits.get(index as usize).copied().unwrap_or(0)
@@ -113,11 +105,12 @@ impl layout::Tables for Tables {
     }
 }
 
+#[cfg(test)]
 impl Tables {
     /// The entry the datapath finds for `addr`.
     pub fn lookup(&self, addr: std::net::IpAddr) -> Option<PrefixEntry> {
         let index = layout::lookup(self, &self.shape, addr);
-        (index != NO_ENTRY).then(|| self.entries[index as usize])
+        (index != layout::NO_ENTRY).then(|| self.entries[index as usize])
     }
 }
 
@@ -399,12 +392,13 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
 }
 
 /// Builds one generation's tables for `compiled`, whole.
-pub fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
+#[cfg(test)]
+fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
     let keys = prepare(compiled, geometry)?;
     let (v4_seed, v4) = place_v4(&keys, geometry)?;
     let (v6_seed, v6) = place_v6(&keys, geometry)?;
     Ok(Tables {
-        shape: Shape {
+        shape: layout::Shape {
             v4_seed,
             v6_seed,
             v4_buckets: geometry.v4_buckets,
