@@ -115,23 +115,6 @@ impl Kernel {
         }
     }
 
-    /// Mean wall-clock nanoseconds per run of `program` on `frame`, over
-    /// `repeat` runs; also the verdict.
-    fn run(&mut self, program: Program, frame: &[u8], repeat: u32) -> (f64, u32) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let xdp = self.program(program);
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(frame);
-        options.data_out = Some(&mut out);
-        options.repeat = repeat;
-        let started = Instant::now();
-        let result = xdp
-            .test_run(options)
-            .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {}: {err}", program.as_str()));
-        let ns = started.elapsed().as_nanos() as f64 / f64::from(repeat);
-        (ns, result.return_value)
-    }
-
     /// The median of `rounds` timings of `program` on one frame (all caches
     /// hot), and its verdict.
     pub fn hot(
@@ -141,15 +124,9 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> (f64, u32) {
-        let mut verdict = 0;
-        let mut times: Vec<f64> = (0..rounds)
-            .map(|_| {
-                let (ns, v) = self.run(program, frame, repeat);
-                verdict = v;
-                ns
-            })
-            .collect();
-        (median(&mut times), verdict)
+        median_of(rounds, || {
+            time_run(self.program(program), program.as_str(), frame, repeat)
+        })
     }
 
     /// Loads an address pool into the driver.
@@ -193,24 +170,14 @@ impl Kernel {
                 .set(0, &fd, 0)
                 .unwrap_or_else(|err| panic!("tail-call target {}: {err}", program.as_str()));
         }
-        let mut verdict = 0;
-        let mut times: Vec<f64> = (0..rounds)
-            .map(|_| {
-                let mut out = vec![0u8; frame.len() + 256];
-                let driver = xdp(&mut self.bench, "bench_drive");
-                let mut options = TestRunOptions::new();
-                options.data_in = Some(frame);
-                options.data_out = Some(&mut out);
-                options.repeat = repeat;
-                let started = Instant::now();
-                let result = driver
-                    .test_run(options)
-                    .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of the driver: {err}"));
-                verdict = result.return_value;
-                started.elapsed().as_nanos() as f64 / f64::from(repeat)
-            })
-            .collect();
-        (median(&mut times), verdict)
+        median_of(rounds, || {
+            time_run(
+                xdp(&mut self.bench, "bench_drive"),
+                "the driver",
+                frame,
+                repeat,
+            )
+        })
     }
 
     /// Runs the generator `count` times with live frames: each run writes
@@ -303,6 +270,35 @@ where
         )
         .unwrap_or_else(|err| panic!("inserting into {name}: {err}"));
     }
+}
+
+/// Mean wall-clock nanoseconds per run of `xdp` on `frame` over `repeat`
+/// runs, and the verdict.
+fn time_run(xdp: &mut Xdp, what: &str, frame: &[u8], repeat: u32) -> (f64, u32) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.data_out = Some(&mut out);
+    options.repeat = repeat;
+    let started = Instant::now();
+    let result = xdp
+        .test_run(options)
+        .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {what}: {err}"));
+    let ns = started.elapsed().as_nanos() as f64 / f64::from(repeat);
+    (ns, result.return_value)
+}
+
+/// The median time of `rounds` timings, and the last verdict.
+fn median_of(rounds: usize, mut timing: impl FnMut() -> (f64, u32)) -> (f64, u32) {
+    let mut verdict = 0;
+    let mut times: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (ns, v) = timing();
+            verdict = v;
+            ns
+        })
+        .collect();
+    (median(&mut times), verdict)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

@@ -84,9 +84,9 @@ impl Wire {
         self.dut_ns.command(program)
     }
 
-    /// Sends `count` frames from the generator, in [`ROUNDS`] runs; the
-    /// seconds it took, the median run scaled to the whole.
-    fn send(&self, kernel: &mut Kernel, pool: &[[u8; 32]], count: u32) -> f64 {
+    /// Sends `count` frames from the generator, in [`ROUNDS`] runs: the
+    /// frames sent, and the seconds it took (the median run times the runs).
+    fn send(&self, kernel: &mut Kernel, pool: &[[u8; 32]], count: u32) -> (u64, f64) {
         kernel.load_pool(pool, false);
         let template = frame(
             std::net::IpAddr::from([192, 0, 2, 1]),
@@ -100,7 +100,8 @@ impl Wire {
                 .map(|_| kernel.generate(ifindex, &template, per_round))
                 .collect()
         });
-        super::kernel::median(&mut times) * f64::from(ROUNDS)
+        let sent = u64::from(per_round * ROUNDS);
+        (sent, super::kernel::median(&mut times) * f64::from(ROUNDS))
     }
 }
 
@@ -155,12 +156,12 @@ fn blocker(
     });
     let dropped = |k: &Kernel| k.dp.maps().stats().expect("statistics")[Stat::Dropped as usize];
     let before = dropped(kernel);
-    let seconds = wire.send(kernel, pool, count);
+    let (sent, seconds) = wire.send(kernel, pool, count);
     let after = dropped(kernel);
     WireRun {
         dut: name,
         prefixes: orders.iter().map(|o| o.targets.len()).sum(),
-        sent: u64::from(count / ROUNDS * ROUNDS),
+        sent,
         dropped: after - before,
         seconds,
     }
@@ -204,7 +205,7 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
         loaded.elapsed()
     );
     let _ = fs::remove_file(&file);
-    let seconds = wire.send(kernel, pool, count);
+    let (sent, seconds) = wire.send(kernel, pool, count);
     let listing = run_ok(wire.dut_command("nft").args([
         "list",
         "chain",
@@ -220,7 +221,7 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
     WireRun {
         dut: "nftables",
         prefixes: targets.len(),
-        sent: u64::from(count / ROUNDS * ROUNDS),
+        sent,
         dropped,
         seconds,
     }
@@ -255,13 +256,13 @@ fn xdp_filter(kernel: &mut Kernel, addresses: &[u32], pool: &[[u8; 32]], count: 
             .unwrap_or(0)
     };
     let before = dropped();
-    let seconds = wire.send(kernel, pool, count);
+    let (sent, seconds) = wire.send(kernel, pool, count);
     let after = dropped();
     let _ = output(wire.dut_command("xdp-filter").args(["unload", &interface]));
     WireRun {
         dut: "xdp-filter",
         prefixes: addresses.len(),
-        sent: u64::from(count / ROUNDS * ROUNDS),
+        sent,
         dropped: after.saturating_sub(before),
         seconds,
     }
