@@ -917,7 +917,8 @@ impl Datapath {
     /// `fresh_slots` are slots newly given to an order id; their counters are
     /// zeroed first so a reused slot does not inherit counts.
     pub fn apply(&mut self, compiled: &Compiled, fresh_slots: &[u32]) -> Result<ApplyStats> {
-        let capacity = self.capacity();
+        let mut control = self.maps.control()?;
+        let capacity = control.capacity;
         for (family, count) in [("IPv4", compiled.v4.len()), ("IPv6", compiled.v6.len())] {
             if count > capacity as usize {
                 return Err(DatapathError::Capacity {
@@ -927,19 +928,11 @@ impl Datapath {
                 });
             }
         }
-        self.maps.zero_counters(fresh_slots)?;
-        self.maps.set_windows(compiled)?;
-        if let Some(flipped) = self.last_flip {
-            let since = flipped.elapsed();
-            if since < GENERATION_GRACE {
-                thread::sleep(GENERATION_GRACE - since);
-            }
-        }
+        // Lay the tables out before touching any map: a feed that does not
+        // fit leaves the datapath exactly as it was.
         let started = Instant::now();
         let geometry = self.maps.geometry;
         let keys = crate::layout::prepare(compiled, &geometry)?;
-        let mut control = self.maps.control()?;
-        let idle = 1 - (control.generation & 1) as usize;
         // The two families are placed side by side (two threads).
         let (v4, v6) = thread::scope(|scope| {
             let v6 = scope.spawn(|| crate::layout::place_v6(&keys, &geometry));
@@ -948,6 +941,17 @@ impl Datapath {
         });
         let (v4_seed, v4) = v4?;
         let (v6_seed, v6) = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let laid_out = started.elapsed();
+        self.maps.zero_counters(fresh_slots)?;
+        self.maps.set_windows(compiled)?;
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+        let idle = 1 - (control.generation & 1) as usize;
+        let writing = Instant::now();
         self.maps.write(idle, 1, &v4)?;
         drop(v4);
         self.maps.write(idle, 3, &v6)?;
@@ -956,7 +960,7 @@ impl Datapath {
         self.maps.write(idle, 2, &keys.v6_bits)?;
         self.maps.write(idle, 4, &keys.entries)?;
         self.maps.write(idle, 5, &keys.v4_short)?;
-        let written = started.elapsed();
+        let written = laid_out + writing.elapsed();
         // The idle generation's seeds and counts first, the flip alone
         // after: a packet reading the control value while it is copied sees
         // either generation with its own seeds.
