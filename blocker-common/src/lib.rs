@@ -33,7 +33,8 @@ pub mod map_names {
     pub const ORDER_COUNTERS: &str = "BLK_ORDER_CNT";
     pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
     pub const STATS: &str = "BLK_STATS";
-    /// The lookup tables of one generation, in [`TABLES`] order.
+    /// The lookup tables of each generation: bitmaps, hash tables, entries
+    /// and the IPv4 /16 array, in the order the datapath indexes them.
     pub const TABLES: [[&str; 6]; 2] = [
         [
             V4_BITS[0],
@@ -52,25 +53,20 @@ pub mod map_names {
             V4_SHORT[1],
         ],
     ];
-    /// Every map, in the order the datapath pins them.
-    pub const ALL: [&str; 16] = [
-        CONTROL,
-        V4_BITS[0],
-        V4[0],
-        V6_BITS[0],
-        V6[0],
-        ENTRIES[0],
-        V4_SHORT[0],
-        V4_BITS[1],
-        V4[1],
-        V6_BITS[1],
-        V6[1],
-        ENTRIES[1],
-        V4_SHORT[1],
-        ORDER_COUNTERS,
-        ORDER_WINDOWS,
-        STATS,
-    ];
+    /// Every map, in the order the datapath pins them: the control value,
+    /// each generation's [`TABLES`], then the order and interface maps.
+    pub const ALL: [&str; 16] = {
+        let mut all = [CONTROL; 16];
+        let mut i = 0;
+        while i < 12 {
+            all[1 + i] = TABLES[i / 6][i % 6];
+            i += 1;
+        }
+        all[13] = ORDER_COUNTERS;
+        all[14] = ORDER_WINDOWS;
+        all[15] = STATS;
+        all
+    };
 }
 
 /// Name of the XDP program function.
