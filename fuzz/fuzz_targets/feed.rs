@@ -1,5 +1,6 @@
 //! The feed parser and validator on arbitrary bytes: it never panics, hangs
-//! or eats memory; whatever it accepts it writes back and reads again
+//! or eats memory; its fast paths give exactly what the general path gives
+//! (the same feed, or the same problems); whatever it accepts it writes back and reads again
 //! unchanged; and every accepted feed compiles into tables that decide like
 //! the contract's reference on addresses at the edges of its targets.
 #![no_main]
@@ -16,7 +17,13 @@ use libfuzzer_sys::fuzz_target;
 const MAX_PROBES: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(parsed) = feed::parse(data) else {
+    let result = feed::parse(data);
+    assert_eq!(
+        result.as_ref().map_err(ToString::to_string),
+        feed::parse_general_only(data).as_ref().map_err(ToString::to_string),
+        "the fast paths and the general path disagree"
+    );
+    let Ok(parsed) = result else {
         return;
     };
     let written = feed::to_yaml(&parsed);

@@ -1,6 +1,6 @@
 //! The validated feed: plain data, produced by [`super::parse`].
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use ipnetwork::IpNetwork;
 use time::OffsetDateTime;
@@ -134,7 +134,8 @@ pub struct Order {
     pub action: Action,
     pub direction: Direction,
     /// Normalised prefixes (a bare address is a /32 or /128), in feed order.
-    pub targets: Vec<IpNetwork>,
+    /// Shared: an evaluation or a held feed copies an order without them.
+    pub targets: Arc<[IpNetwork]>,
     pub status: Status,
     pub effective_from: Option<OffsetDateTime>,
     pub expires_at: Option<OffsetDateTime>,
