@@ -396,7 +396,7 @@ pub fn compile(
             from: order.effective_from,
             until: order.expires_at,
         });
-        for target in &order.targets {
+        for target in order.targets.iter() {
             let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
             table.push((key_of(target), tag));
         }
@@ -717,8 +717,10 @@ mod tests {
             .prop_map(|(id, action, direction, targets, window)| {
                 let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
                 let mut o = order(&format!("O{id}"), action, direction, &targets);
-                o.targets.sort();
-                o.targets.dedup();
+                let mut unique = o.targets.to_vec();
+                unique.sort();
+                unique.dedup();
+                o.targets = unique.into();
                 let at = |secs: i64| Some(base() + time::Duration::seconds(secs));
                 (o.effective_from, o.expires_at) = match window {
                     0 => (None, None),

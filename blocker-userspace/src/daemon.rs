@@ -156,8 +156,8 @@ impl Daemon {
                 return;
             }
         };
-        let fetched = Fetched::from_bytes(saved.feed, saved.signature);
-        match self.consider(fetched, "state") {
+        let mut fetched = Fetched::from_bytes(saved.feed, saved.signature);
+        match self.consider(&mut fetched, "state") {
             Ok(()) => tracing::info!(serial = saved.serial, "last good feed restored"),
             Err(refusal) => self.refused(refusal),
         }
@@ -287,7 +287,7 @@ impl Daemon {
     }
 
     fn sync_inner(&mut self, force: bool) {
-        let fetched = match self.source.fetch(force) {
+        let mut fetched = match self.source.fetch(force) {
             Ok(Fetch::Unchanged) => {
                 self.fetch_failures = 0;
                 if self.source.is_remote() {
@@ -315,7 +315,7 @@ impl Daemon {
             self.sync_ok();
             return;
         }
-        match self.consider(fetched.clone(), "feed") {
+        match self.consider(&mut fetched, "feed") {
             Ok(()) => self.source.commit(&fetched),
             Err(refusal) => {
                 // A file is re-read when it changes; a refused download is
@@ -357,8 +357,13 @@ impl Daemon {
         backoff.mul_f64(factor)
     }
 
-    /// Verifies, parses and applies a fetched feed.
-    fn consider(&mut self, fetched: Fetched, origin: &str) -> Result<(), Refusal> {
+    /// Verifies, parses and applies a fetched feed (its bytes are taken:
+    /// a feed held once, not twice; its validators stay for `commit`).
+    fn consider(&mut self, fetched: &mut Fetched, origin: &str) -> Result<(), Refusal> {
+        let fetched = Fetched::from_bytes(
+            std::mem::take(&mut fetched.feed),
+            std::mem::take(&mut fetched.signature),
+        );
         signature::verify(&self.public_key, &fetched.feed, &fetched.signature).map_err(|err| {
             Refusal {
                 reason: "signature",

@@ -126,7 +126,7 @@ pub enum PolicyError {
 /// Why `order` breaks a guardrail, if it does.
 fn guardrail_reasons(order: &Order, guardrails: &Guardrails) -> Vec<String> {
     let mut reasons = Vec::new();
-    for target in &order.targets {
+    for target in order.targets.iter() {
         let ipv6 = target.is_ipv6();
         let min = guardrails.min_prefix_len(order.rung, ipv6);
         if target.prefix() < min {

@@ -51,7 +51,7 @@ pub struct Winner {
 pub fn matches(orders_in_force: &[&Order], addr: IpAddr) -> Vec<OrderMatch> {
     let mut found = Vec::new();
     for order in orders_in_force {
-        for target in &order.targets {
+        for target in order.targets.iter() {
             if !target.contains(addr) {
                 continue;
             }

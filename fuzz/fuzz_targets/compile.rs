@@ -122,7 +122,7 @@ fuzz_target!(|input: Input| {
                 1 => Direction::Src,
                 _ => Direction::Both,
             },
-            targets,
+            targets: targets.into(),
             status: Status::Active,
             effective_from,
             expires_at,

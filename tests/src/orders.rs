@@ -56,7 +56,7 @@ pub fn feed_yaml(serial: u64, issued_at: OffsetDateTime, orders: &[Order]) -> St
         let _ = writeln!(yaml, "    action: {}", order.action.as_str());
         let _ = writeln!(yaml, "    direction: {}", order.direction.as_str());
         let _ = writeln!(yaml, "    targets:");
-        for target in &order.targets {
+        for target in order.targets.iter() {
             let _ = writeln!(yaml, "      - {target}");
         }
         let _ = writeln!(yaml, "    status: {}", order.status.as_str());

@@ -111,7 +111,7 @@ fn hit_pool(orders: &[Order], count: usize, seed: u64) -> Vec<[u8; 32]> {
     let targets: Vec<(u32, u8)> = orders
         .iter()
         .filter(|o| o.action == blocker::feed::Action::Drop)
-        .flat_map(|o| &o.targets)
+        .flat_map(|o| o.targets.iter())
         .filter_map(|t| match t {
             IpNetwork::V4(p) => Some((u32::from(p.network()), p.prefix())),
             IpNetwork::V6(_) => None,
@@ -177,7 +177,7 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
     let targets: Vec<String> = orders
         .iter()
         .filter(|o| o.action == blocker::feed::Action::Drop)
-        .flat_map(|o| &o.targets)
+        .flat_map(|o| o.targets.iter())
         .filter(|t| t.is_ipv4())
         .map(ToString::to_string)
         .collect();

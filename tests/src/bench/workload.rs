@@ -97,7 +97,7 @@ pub fn order(index: usize, targets: Vec<IpNetwork>) -> Order {
             Action::Drop
         },
         direction: Direction::Both,
-        targets,
+        targets: targets.into(),
         status: Status::Active,
         effective_from: None,
         expires_at: None,
@@ -109,13 +109,17 @@ pub fn order(index: usize, targets: Vec<IpNetwork>) -> Order {
 /// the benchmark's update.
 pub fn changed(orders: &[Order], every: usize, seed: u64) -> Vec<Order> {
     let mut rng = Rng::new(seed);
-    let mut seen: HashSet<IpNetwork> = orders.iter().flat_map(|o| o.targets.clone()).collect();
+    let mut seen: HashSet<IpNetwork> = orders
+        .iter()
+        .flat_map(|o| o.targets.iter().copied())
+        .collect();
     let mut n = 0usize;
     orders
         .iter()
         .map(|o| {
             let mut o = o.clone();
-            for target in &mut o.targets {
+            let mut targets = o.targets.to_vec();
+            for target in &mut targets {
                 n += 1;
                 if n.is_multiple_of(every) {
                     let fresh = loop {
@@ -127,6 +131,7 @@ pub fn changed(orders: &[Order], every: usize, seed: u64) -> Vec<Order> {
                     *target = fresh;
                 }
             }
+            o.targets = targets.into();
             o
         })
         .collect()
@@ -148,7 +153,7 @@ impl PrefixSet {
             v4_lens: Vec::new(),
             v6_lens: Vec::new(),
         };
-        for target in orders.iter().flat_map(|o| &o.targets) {
+        for target in orders.iter().flat_map(|o| o.targets.iter()) {
             match target {
                 IpNetwork::V4(p) => {
                     set.v4.insert((u32::from(p.network()), p.prefix()));
