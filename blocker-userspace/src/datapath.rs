@@ -366,18 +366,21 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes one table of generation `generation` (which must be idle):
+    /// Writes the first `len` values of one table of generation
+    /// `generation` (which must be idle), value `i` being `value(i)`:
     /// `which` indexes `map_names::TABLES`.
     fn write<T: Copy + PartialEq>(
         &self,
         generation: usize,
         which: usize,
-        values: &[T],
+        len: usize,
+        value: impl Fn(usize) -> T,
     ) -> Result<()> {
         write_mapped(
             &self.tables[generation][which],
             map_names::TABLES[generation][which],
-            values,
+            len,
+            value,
         )
     }
 
@@ -472,18 +475,20 @@ impl<T: Copy> Mapped<T> {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Stores `values` where they differ (pages that do not change are not
-    /// dirtied). Only on a window mapped writable.
-    fn store(&mut self, values: &[T])
+    /// Stores `value(i)` as value `i` of the window where they differ
+    /// (pages that do not change are not dirtied). Only on a window mapped
+    /// writable.
+    fn store(&mut self, value: impl Fn(usize) -> T)
     where
         T: PartialEq,
     {
         // SAFETY: as in `as_slice`; `window` mapped it writable, and
         // `&mut self` is the only access to it.
         let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
-        for (to, from) in target.iter_mut().zip(values) {
-            if to != from {
-                *to = *from;
+        for (i, to) in target.iter_mut().enumerate() {
+            let from = value(i);
+            if *to != from {
+                *to = from;
             }
         }
     }
@@ -521,13 +526,15 @@ fn values_of<T>(data: &MapData, name: &'static str) -> Result<usize> {
 /// before the next, so writing a table never holds more of it in our memory.
 const WRITE_WINDOW: usize = 4 << 20;
 
-/// Writes `values` to the start of the array map `data`, window by window.
+/// Writes `len` values, `value(i)` each, to the start of the array map
+/// `data`, window by window.
 fn write_mapped<T: Copy + PartialEq>(
     data: &MapData,
     name: &'static str,
-    values: &[T],
+    len: usize,
+    value: impl Fn(usize) -> T,
 ) -> Result<()> {
-    let len = values.len().min(values_of::<T>(data, name)?);
+    let len = len.min(values_of::<T>(data, name)?);
     let size = size_of::<T>();
     // Windows start on page boundaries: a whole number of values per step.
     let step = page_size() / gcd(page_size(), size);
@@ -535,7 +542,7 @@ fn write_mapped<T: Copy + PartialEq>(
     let mut start = 0;
     while start < len {
         let count = per_window.min(len - start);
-        Mapped::window(data, name, start, count, true)?.store(&values[start..start + count]);
+        Mapped::window(data, name, start, count, true)?.store(|i| value(start + i));
         start += count;
     }
     Ok(())
@@ -939,8 +946,8 @@ impl Datapath {
             let v4 = crate::layout::place_v4(&keys, &geometry);
             (v4, v6.join())
         });
-        let (v4_seed, v4) = v4?;
-        let (v6_seed, v6) = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let v4 = v4?;
+        let v6 = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         let laid_out = started.elapsed();
         self.maps.zero_counters(fresh_slots)?;
         self.maps.set_windows(compiled)?;
@@ -952,20 +959,24 @@ impl Datapath {
         }
         let idle = 1 - (control.generation & 1) as usize;
         let writing = Instant::now();
-        self.maps.write(idle, 1, &v4)?;
-        drop(v4);
-        self.maps.write(idle, 3, &v6)?;
-        drop(v6);
-        self.maps.write(idle, 0, &keys.v4_bits)?;
-        self.maps.write(idle, 2, &keys.v6_bits)?;
-        self.maps.write(idle, 4, &keys.entries)?;
-        self.maps.write(idle, 5, &keys.v4_short)?;
+        self.maps
+            .write(idle, 1, v4.slots.len(), |b| v4.bucket4(&keys, b))?;
+        self.maps
+            .write(idle, 3, v6.slots.len(), |b| v6.bucket6(&keys, b))?;
+        self.maps
+            .write(idle, 0, keys.v4_bits.len(), |i| keys.v4_bits[i])?;
+        self.maps
+            .write(idle, 2, keys.v6_bits.len(), |i| keys.v6_bits[i])?;
+        self.maps
+            .write(idle, 4, keys.entries.len(), |i| keys.entries[i])?;
+        self.maps
+            .write(idle, 5, keys.v4_short.len(), |i| keys.v4_short[i])?;
         let written = laid_out + writing.elapsed();
         // The idle generation's seeds and counts first, the flip alone
         // after: a packet reading the control value while it is copied sees
         // either generation with its own seeds.
-        control.seed[2 * idle] = v4_seed;
-        control.seed[2 * idle + 1] = v6_seed;
+        control.seed[2 * idle] = v4.seed;
+        control.seed[2 * idle + 1] = v6.seed;
         control.prefixes[2 * idle] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
         control.prefixes[2 * idle + 1] = u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
         self.maps.set_control(control)?;

@@ -152,40 +152,65 @@ impl Descriptor {
 
 /// A key in one family's hash table, as a slot.
 trait Slot: Copy + Default {
-    fn len(&self) -> u32;
     fn hash(&self, seed: u32) -> u64;
 }
 
 impl Slot for Slot4 {
-    fn len(&self) -> u32 {
-        self.len
-    }
     fn hash(&self, seed: u32) -> u64 {
         layout::hash4(self.net, self.len, seed)
     }
 }
 
 impl Slot for Slot6 {
-    fn len(&self) -> u32 {
-        self.len
-    }
     fn hash(&self, seed: u32) -> u64 {
         layout::hash6(self.hi, self.lo, self.len, seed)
     }
 }
 
-/// Places `keys` in `buckets` two-choice buckets of [`SLOTS`] (cuckoo
-/// insertion). `None` when this seed does not fit them all.
-fn place_seeded<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; SLOTS]>> {
-    let mut table = vec![[S::default(); SLOTS]; buckets as usize];
+/// Keys placed in two-choice buckets of [`SLOTS`]: each slot holds a key's
+/// index in its list plus one, 0 when free. A table of indices is a quarter
+/// (IPv4) or a tenth (IPv6) of the buckets it stands for; each bucket is
+/// made from it as it is written.
+pub struct Placed {
+    pub seed: u32,
+    pub slots: Vec<[u32; SLOTS]>,
+}
+
+impl Placed {
+    fn bucket<S: Slot>(&self, keys: &[S], index: usize) -> [S; SLOTS] {
+        self.slots[index].map(|k| match k {
+            0 => S::default(),
+            k => keys[k as usize - 1],
+        })
+    }
+
+    /// IPv4 bucket `index` (the keys placed are `keys.v4`).
+    pub fn bucket4(&self, keys: &Keys, index: usize) -> Bucket4 {
+        Bucket4 {
+            slots: self.bucket(&keys.v4, index),
+        }
+    }
+
+    /// IPv6 bucket `index` (the keys placed are `keys.v6`).
+    pub fn bucket6(&self, keys: &Keys, index: usize) -> Bucket6 {
+        Bucket6 {
+            slots: self.bucket(&keys.v6, index),
+        }
+    }
+}
+
+/// Places `keys` in `buckets` two-choice buckets (cuckoo insertion). `None`
+/// when this seed does not fit them all.
+fn place_seeded<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[u32; SLOTS]>> {
+    let mut table = vec![[0u32; SLOTS]; buckets as usize];
     let mut rng = u64::from(seed) | 1;
-    for key in keys {
-        let mut key = *key;
+    for index in 0..keys.len() {
+        let mut key = u32::try_from(index + 1).ok()?;
         let mut placed = false;
         for _ in 0..MAX_KICKS {
-            let choices = layout::choices(key.hash(seed), buckets);
+            let choices = layout::choices(keys[key as usize - 1].hash(seed), buckets);
             for b in choices {
-                if let Some(free) = table[b as usize].iter_mut().find(|s| s.len() == 0) {
+                if let Some(free) = table[b as usize].iter_mut().find(|s| **s == 0) {
                     *free = key;
                     placed = true;
                     break;
@@ -209,19 +234,18 @@ fn place_seeded<S: Slot>(keys: &[S], buckets: u32, seed: u32) -> Option<Vec<[S; 
     Some(table)
 }
 
-/// Places one family's keys, trying [`SEEDS`] seeds; the seed used and the
-/// buckets.
+/// Places one family's keys, trying [`SEEDS`] seeds.
 fn place<S: Slot>(
     keys: &[S],
     buckets: u32,
     family: &'static str,
     bucket: u32,
-) -> Result<(u32, Vec<[S; SLOTS]>), LayoutError> {
+) -> Result<Placed, LayoutError> {
     let capacity = buckets as usize * SLOTS;
     if keys.len() <= capacity * 19 / 20 {
         for seed in 1..=SEEDS {
-            if let Some(table) = place_seeded(keys, buckets, seed) {
-                return Ok((seed, table));
+            if let Some(slots) = place_seeded(keys, buckets, seed) {
+                return Ok(Placed { seed, slots });
             }
         }
     }
@@ -233,22 +257,14 @@ fn place<S: Slot>(
     })
 }
 
-/// Places the IPv4 keys of `keys`: (seed, buckets).
-pub fn place_v4(keys: &Keys, geometry: &Geometry) -> Result<(u32, Vec<Bucket4>), LayoutError> {
-    let (seed, table) = place(&keys.v4, geometry.v4_buckets, "IPv4", V4_BUCKET_LEN)?;
-    Ok((
-        seed,
-        table.into_iter().map(|slots| Bucket4 { slots }).collect(),
-    ))
+/// Places the IPv4 keys of `keys`.
+pub fn place_v4(keys: &Keys, geometry: &Geometry) -> Result<Placed, LayoutError> {
+    place(&keys.v4, geometry.v4_buckets, "IPv4", V4_BUCKET_LEN)
 }
 
-/// Places the IPv6 keys of `keys`: (seed, buckets).
-pub fn place_v6(keys: &Keys, geometry: &Geometry) -> Result<(u32, Vec<Bucket6>), LayoutError> {
-    let (seed, table) = place(&keys.v6, geometry.v6_buckets, "IPv6", V6_BUCKET_LEN)?;
-    Ok((
-        seed,
-        table.into_iter().map(|slots| Bucket6 { slots }).collect(),
-    ))
+/// Places the IPv6 keys of `keys`.
+pub fn place_v6(keys: &Keys, geometry: &Geometry) -> Result<Placed, LayoutError> {
+    place(&keys.v6, geometry.v6_buckets, "IPv6", V6_BUCKET_LEN)
 }
 
 /// Marks a bucket as holding prefixes.
@@ -395,20 +411,20 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
 #[cfg(test)]
 fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError> {
     let keys = prepare(compiled, geometry)?;
-    let (v4_seed, v4) = place_v4(&keys, geometry)?;
-    let (v6_seed, v6) = place_v6(&keys, geometry)?;
+    let v4 = place_v4(&keys, geometry)?;
+    let v6 = place_v6(&keys, geometry)?;
     Ok(Tables {
         shape: layout::Shape {
-            v4_seed,
-            v6_seed,
+            v4_seed: v4.seed,
+            v6_seed: v6.seed,
             v4_buckets: geometry.v4_buckets,
             v6_buckets: geometry.v6_buckets,
         },
+        v4: (0..v4.slots.len()).map(|b| v4.bucket4(&keys, b)).collect(),
+        v6: (0..v6.slots.len()).map(|b| v6.bucket6(&keys, b)).collect(),
         v4_bits: keys.v4_bits,
-        v4,
         v4_short: keys.v4_short,
         v6_bits: keys.v6_bits,
-        v6,
         entries: keys.entries,
         keys: (keys.v4.len(), keys.v6.len()),
     })
