@@ -13,6 +13,10 @@ pub struct Options {
     /// Up to 100k prefixes, smaller pools, fewer repeats (about a minute).
     #[arg(long)]
     quick: bool,
+    /// Only the control plane and the daemon at 1M prefixes, printed (no
+    /// report): for work on the control plane.
+    #[arg(long)]
+    control: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench/report.json")]
     out: PathBuf,
@@ -42,6 +46,9 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     cmd.env("BLOCKER_BIN", blocker_binary(true));
     if options.quick {
         cmd.arg("--quick");
+    }
+    if options.control {
+        cmd.arg("--control");
     }
     cmd.arg("--out").arg(root().join(&options.out));
     run(&mut cmd)

@@ -85,6 +85,14 @@ fn target_host(order: &blocker::feed::Order, ipv6: bool) -> IpAddr {
         .unwrap_or_else(|| panic!("order {} has no target of that family", order.id))
 }
 
+/// Only the control plane and the daemon at 1M prefixes (their figures are
+/// printed as they are taken): for work on the control plane.
+pub fn control_only() {
+    let orders = workload::orders(1_000_000, 1);
+    control::pipeline(&orders, MAX_PREFIXES);
+    control::daemon(&orders, MAX_PREFIXES);
+}
+
 pub fn run(options: &Options) -> Report {
     let scale = Scale::new(options.quick);
     let largest = *scale.sizes.last().expect("sizes");
