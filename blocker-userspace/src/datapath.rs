@@ -967,8 +967,8 @@ impl Datapath {
             .write(idle, 0, keys.v4_bits.len(), |i| keys.v4_bits[i])?;
         self.maps
             .write(idle, 2, keys.v6_bits.len(), |i| keys.v6_bits[i])?;
-        self.maps
-            .write(idle, 4, keys.entries.len(), |i| keys.entries[i])?;
+        let entries = &compiled.entries;
+        self.maps.write(idle, 4, entries.len(), |i| entries[i])?;
         self.maps
             .write(idle, 5, keys.v4_short.len(), |i| keys.v4_short[i])?;
         let written = laid_out + writing.elapsed();
@@ -988,7 +988,7 @@ impl Datapath {
             ipv6: compiled.v6.len(),
             generation: idle as u32,
             keys: (keys.v4.len(), keys.v6.len()),
-            entries: keys.entries.len() - 1,
+            entries: compiled.entries.len() - 1,
             written,
         })
     }

@@ -3,14 +3,11 @@
 //! buckets and a deduplicated entries array. Pure: the datapath copies the
 //! result into the idle generation's maps.
 
-use std::collections::HashMap;
-
-use blocker_common::{
-    PrefixEntry,
-    layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN,
-        V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN,
-    },
+#[cfg(test)]
+use blocker_common::PrefixEntry;
+use blocker_common::layout::{
+    self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V4_SHORT_LEN,
+    V4_SHORTS, V6_BUCKET_LEN,
 };
 
 use crate::compile::Compiled;
@@ -114,24 +111,6 @@ impl Tables {
     }
 }
 
-/// Deduplicates entries; index 0 stays [`NO_ENTRY`].
-struct Entries {
-    list: Vec<PrefixEntry>,
-    index: FastMap<PrefixEntry, u32>,
-}
-
-impl Entries {
-    fn intern(&mut self, entry: &PrefixEntry) -> u32 {
-        if let Some(&index) = self.index.get(entry) {
-            return index;
-        }
-        let index = self.list.len() as u32;
-        self.list.push(*entry);
-        self.index.insert(*entry, index);
-        index
-    }
-}
-
 /// A descriptor being built: the longest covering prefix no longer than the
 /// bucket (its length and entry) and the longer lengths inside.
 #[derive(Clone, Copy, Default)]
@@ -147,6 +126,15 @@ impl Descriptor {
             self.short_len = Some(len);
             self.entry = entry;
         }
+    }
+
+    /// Both descriptors of one bucket in one.
+    fn merge(&mut self, other: &Descriptor) {
+        if let Some(len) = other.short_len {
+            self.cover(len, other.entry);
+        }
+        self.longer[0] |= other.longer[0];
+        self.longer[1] |= other.longer[1];
     }
 }
 
@@ -272,57 +260,100 @@ fn set_bit(bits: &mut [u64], bit: u32) {
     bits[(bit >> 6) as usize] |= 1 << (bit & 63);
 }
 
-/// Everything of a generation but the hash buckets: the keys to place (in
-/// a deterministic order), the bitmaps and the entries.
+/// Everything of a generation but the hash buckets and the entries (the
+/// compiler's, as they are): the keys to place (in a deterministic order)
+/// and the bitmaps.
 pub struct Keys {
     pub v4: Vec<Slot4>,
     pub v4_short: Vec<Short4>,
     pub v6: Vec<Slot6>,
     pub v4_bits: Vec<u64>,
     pub v6_bits: Vec<u64>,
-    pub entries: Vec<PrefixEntry>,
 }
 
-/// Descriptors, keys, bitmaps and deduplicated entries for `compiled`.
+/// Descriptors, keys and bitmaps for `compiled`, a family per thread.
 pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutError> {
-    let mut entries = Entries {
-        list: vec![PrefixEntry::EMPTY],
-        index: FastMap::default(),
-    };
+    if compiled.entries.len() > geometry.entries as usize {
+        return Err(LayoutError::EntriesFull {
+            needed: compiled.entries.len() - 1,
+            capacity: geometry.entries as usize - 1,
+        });
+    }
+    let ((v4, v4_short, v4_bits), (v6, v6_bits)) = std::thread::scope(|scope| {
+        let v6 = scope.spawn(|| prepare_v6(&compiled.v6));
+        let v4 = prepare_v4(&compiled.v4);
+        (
+            v4,
+            v6.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        )
+    });
+    Ok(Keys {
+        v4,
+        v4_short,
+        v6,
+        v4_bits,
+        v6_bits,
+    })
+}
 
-    // IPv4: /16s in the short array; /17../23 as keys, marked in their
-    // /16; a descriptor per /24 with an exact /24 or longer prefixes inside;
-    // /25../32 as keys. Every /24 a prefix touches is marked in the bitmap.
-    let mut v4_short: Vec<Descriptor> = vec![Descriptor::default(); V4_SHORTS as usize];
-    let mut v4_desc: FastMap<u32, Descriptor> = FastMap::default();
-    let mut v4: Vec<Slot4> = Vec::new();
-    let mut v4_bits = vec![0u64; BITMAP_WORDS as usize];
-    for (net, len, entry) in &compiled.v4 {
-        let (net, len) = (u32::from_be_bytes(*net), u32::from(*len));
-        let entry = entries.intern(entry);
+/// IPv4: /16s in the short array; /17../23 as keys, marked in their /16; a
+/// descriptor per /24 with an exact /24 or longer prefixes inside; /25../32
+/// as keys. Every /24 a prefix touches is marked in the bitmap.
+fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<u64>) {
+    let mut short: Vec<Descriptor> = vec![Descriptor::default(); V4_SHORTS as usize];
+    // A key per prefix and per descriptor at most: reserved whole (pages
+    // never written cost nothing), the list is never copied to grow.
+    let mut keys: Vec<Slot4> = Vec::with_capacity(2 * prefixes.len());
+    let mut bits = vec![0u64; BITMAP_WORDS as usize];
+    // Sorted by address, the /24 buckets of the prefixes of /24 and longer
+    // come in order: one descriptor is built at a time.
+    let mut current: Option<(u32, Descriptor)> = None;
+    let flush = |current: &mut Option<(u32, Descriptor)>, keys: &mut Vec<Slot4>| {
+        if let Some((bucket, desc)) = current.take() {
+            keys.push(Slot4 {
+                net: bucket << (32 - V4_BUCKET_LEN),
+                len: V4_BUCKET_LEN,
+                entry: desc.entry,
+                longer: desc.longer[0] as u32,
+            });
+        }
+    };
+    for &(net, len, entry) in prefixes {
+        let (net, len) = (u32::from_be_bytes(net), u32::from(len));
         let bucket = net >> (32 - V4_BUCKET_LEN);
         let buckets = 1u32 << V4_BUCKET_LEN.saturating_sub(len);
         for b in bucket..bucket + buckets {
-            set_bit(&mut v4_bits, b);
+            set_bit(&mut bits, b);
         }
-        let short = net >> (32 - V4_SHORT_LEN);
+        let s = net >> (32 - V4_SHORT_LEN);
         if len <= V4_SHORT_LEN {
-            for s in short..short + (1 << (V4_SHORT_LEN - len)) {
-                v4_short[s as usize].cover(len, entry);
+            for s in s..s + (1 << (V4_SHORT_LEN - len)) {
+                short[s as usize].cover(len, entry);
             }
-        } else if len < V4_BUCKET_LEN {
-            v4_short[short as usize].longer[0] |= 1 << (V4_BUCKET_LEN - 1 - len);
-            v4.push(Slot4 {
+            continue;
+        }
+        if len < V4_BUCKET_LEN {
+            short[s as usize].longer[0] |= 1 << (V4_BUCKET_LEN - 1 - len);
+            keys.push(Slot4 {
                 net,
                 len,
                 entry,
                 longer: 0,
             });
-        } else if len == V4_BUCKET_LEN {
-            v4_desc.entry(bucket).or_default().cover(len, entry);
+            continue;
+        }
+        if current.as_ref().is_some_and(|(b, _)| *b != bucket) {
+            flush(&mut current, &mut keys);
+        }
+        let desc = &mut current
+            .get_or_insert_with(|| (bucket, Descriptor::default()))
+            .1;
+        if len == V4_BUCKET_LEN {
+            desc.cover(len, entry);
         } else {
-            v4_desc.entry(bucket).or_default().longer[0] |= 1 << (32 - len);
-            v4.push(Slot4 {
+            desc.longer[0] |= 1 << (32 - len);
+            keys.push(Slot4 {
                 net,
                 len,
                 entry,
@@ -330,59 +361,65 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
             });
         }
     }
-    let mut descriptors: Vec<(u32, Descriptor)> = v4_desc.into_iter().collect();
-    descriptors.sort_unstable_by_key(|(bucket, _)| *bucket);
-    for (bucket, desc) in descriptors {
-        v4.push(Slot4 {
-            net: bucket << (32 - V4_BUCKET_LEN),
-            len: V4_BUCKET_LEN,
-            entry: desc.entry,
-            longer: desc.longer[0] as u32,
-        });
-    }
-    let v4_short: Vec<Short4> = v4_short
+    flush(&mut current, &mut keys);
+    let short = short
         .iter()
         .map(|d| Short4 {
             entry: d.entry,
             longer: d.longer[0] as u32,
         })
         .collect();
+    (keys, short, bits)
+}
 
-    // IPv6: descriptors per /32.
-    let mut v6_desc: FastMap<u32, Descriptor> = FastMap::default();
-    let mut v6: Vec<Slot6> = Vec::new();
-    for (net, len, entry) in &compiled.v6 {
-        let bits = u128::from_be_bytes(*net);
-        let len = u32::from(*len);
-        let entry = entries.intern(entry);
-        let top = (bits >> (128 - V6_BUCKET_LEN)) as u32;
+/// IPv6: a descriptor per /32 bucket a prefix touches (a prefix of /32 or
+/// shorter covers each of its buckets), and a key per longer prefix.
+fn prepare_v6(prefixes: &[([u8; 16], u8, u32)]) -> (Vec<Slot6>, Vec<u64>) {
+    let mut keys: Vec<Slot6> = Vec::with_capacity(2 * prefixes.len());
+    // (bucket, descriptor) pieces, one per run of prefixes in one bucket
+    // (sorted by address, a bucket's longer prefixes are one run), then
+    // sorted and merged.
+    let mut pieces: Vec<(u32, Descriptor)> = Vec::new();
+    for &(net, len, entry) in prefixes {
+        let addr = u128::from_be_bytes(net);
+        let len = u32::from(len);
+        let top = (addr >> (128 - V6_BUCKET_LEN)) as u32;
         if len <= V6_BUCKET_LEN {
             for bucket in top..=top + ((1u64 << (V6_BUCKET_LEN - len)) - 1) as u32 {
-                v6_desc.entry(bucket).or_default().cover(len, entry);
+                let mut desc = Descriptor::default();
+                desc.cover(len, entry);
+                pieces.push((bucket, desc));
             }
-        } else {
-            let desc = v6_desc.entry(top).or_default();
+            continue;
+        }
+        if pieces.last().is_none_or(|(b, _)| *b != top) {
+            pieces.push((top, Descriptor::default()));
+        }
+        if let Some((_, desc)) = pieces.last_mut() {
             if len > 64 {
                 desc.longer[0] |= 1 << (128 - len);
             } else {
                 desc.longer[1] |= 1 << (64 - len);
             }
-            v6.push(Slot6 {
-                hi: (bits >> 64) as u64,
-                lo: bits as u64,
-                len,
-                entry,
-                longer: [0; 2],
-            });
         }
+        keys.push(Slot6 {
+            hi: (addr >> 64) as u64,
+            lo: addr as u64,
+            len,
+            entry,
+            longer: [0; 2],
+        });
     }
-    let mut v6_bits = vec![0u64; BITMAP_WORDS as usize];
-    let mut descriptors: Vec<(u32, Descriptor)> = v6_desc.into_iter().collect();
-    descriptors.sort_unstable_by_key(|(bucket, _)| *bucket);
-    for (bucket, desc) in descriptors {
+    pieces.sort_by_key(|(bucket, _)| *bucket);
+    let mut bits = vec![0u64; BITMAP_WORDS as usize];
+    let mut pieces = pieces.into_iter().peekable();
+    while let Some((bucket, mut desc)) = pieces.next() {
+        while let Some((_, more)) = pieces.next_if(|(b, _)| *b == bucket) {
+            desc.merge(&more);
+        }
         let hi = u64::from(bucket) << 32;
-        set_bit(&mut v6_bits, layout::v6_bit(hi));
-        v6.push(Slot6 {
+        set_bit(&mut bits, layout::v6_bit(hi));
+        keys.push(Slot6 {
             hi,
             lo: 0,
             len: V6_BUCKET_LEN,
@@ -390,21 +427,7 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
             longer: desc.longer,
         });
     }
-
-    if entries.list.len() > geometry.entries as usize {
-        return Err(LayoutError::EntriesFull {
-            needed: entries.list.len() - 1,
-            capacity: geometry.entries as usize - 1,
-        });
-    }
-    Ok(Keys {
-        v4,
-        v4_short,
-        v6,
-        v4_bits,
-        v6_bits,
-        entries: entries.list,
-    })
+    (keys, bits)
 }
 
 /// Builds one generation's tables for `compiled`, whole.
@@ -425,37 +448,10 @@ fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError
         v4_bits: keys.v4_bits,
         v4_short: keys.v4_short,
         v6_bits: keys.v6_bits,
-        entries: keys.entries,
+        entries: compiled.entries.clone(),
         keys: (keys.v4.len(), keys.v6.len()),
     })
 }
-
-/// A fast, deterministic hasher for the build's own maps (keys are ours,
-/// not an attacker's choice of collisions that matter: a slow build at
-/// worst).
-#[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 #[cfg(test)]
 mod tests {
@@ -471,12 +467,26 @@ mod tests {
         e
     }
 
-    /// The longest prefix of `table` containing `addr`, by brute force.
+    /// Entries 1..=5 (tags), after the empty one.
+    fn entries() -> Vec<PrefixEntry> {
+        (0..=5)
+            .map(|tag| {
+                if tag == 0 {
+                    PrefixEntry::EMPTY
+                } else {
+                    entry(tag)
+                }
+            })
+            .collect()
+    }
+
+    /// The entry index of the longest prefix of `table` containing `addr`,
+    /// by brute force.
     fn longest<const N: usize>(
-        table: &[([u8; N], u8, PrefixEntry)],
+        table: &[([u8; N], u8, u32)],
         addr: u128,
         width: u32,
-    ) -> Option<PrefixEntry> {
+    ) -> Option<u32> {
         table
             .iter()
             .filter(|(net, len, _)| {
@@ -491,19 +501,19 @@ mod tests {
             .map(|(_, _, e)| *e)
     }
 
-    fn v4_table() -> impl Strategy<Value = Vec<([u8; 4], u8, PrefixEntry)>> {
+    fn v4_table() -> impl Strategy<Value = Vec<([u8; 4], u8, u32)>> {
         prop::collection::btree_map((0u32..64, 12u8..=32), 0u32..5, 0..40).prop_map(|m| {
             m.into_iter()
                 .map(|((host, len), tag)| {
                     let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14);
                     let net = addr & (u32::MAX << (32 - u32::from(len)));
-                    (net.to_be_bytes(), len, entry(tag + 1))
+                    (net.to_be_bytes(), len, tag + 1)
                 })
                 .collect()
         })
     }
 
-    fn v6_table() -> impl Strategy<Value = Vec<([u8; 16], u8, PrefixEntry)>> {
+    fn v6_table() -> impl Strategy<Value = Vec<([u8; 16], u8, u32)>> {
         prop::collection::btree_map((0u128..64, 26u8..=128), 0u32..5, 0..40).prop_map(|m| {
             m.into_iter()
                 .map(|((host, len), tag)| {
@@ -513,7 +523,7 @@ mod tests {
                     } else {
                         addr & (u128::MAX << (128 - u32::from(len)))
                     };
-                    (net.to_be_bytes(), len, entry(tag + 1))
+                    (net.to_be_bytes(), len, tag + 1)
                 })
                 .collect()
         })
@@ -532,13 +542,19 @@ mod tests {
             v4.dedup_by_key(|(n, l, _)| (*n, *l));
             v6.sort_by_key(|(n, l, _)| (*n, *l));
             v6.dedup_by_key(|(n, l, _)| (*n, *l));
-            let compiled = Compiled { v4: v4.clone(), v6: v6.clone(), ..Compiled::default() };
+            let compiled = Compiled {
+                v4: v4.clone(),
+                v6: v6.clone(),
+                entries: entries(),
+                ..Compiled::default()
+            };
+            let entry = |index: Option<u32>| index.map(|i| *compiled.entry(i));
             let tables = build(&compiled, &Geometry::for_capacity(128)).unwrap();
             for host in probes4 {
                 let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14) ^ (host & 7);
                 prop_assert_eq!(
                     tables.lookup(IpAddr::from(addr.to_be_bytes())),
-                    longest(&v4, u128::from(addr), 32),
+                    entry(longest(&v4, u128::from(addr), 32)),
                     "IPv4 {:#x}", addr
                 );
             }
@@ -546,7 +562,7 @@ mod tests {
                 let addr = (0x2001_0db8u128 << 96) ^ host ^ (host << 70) ^ (host << 95) ^ (host & 3) << 40;
                 prop_assert_eq!(
                     tables.lookup(IpAddr::from(addr.to_be_bytes())),
-                    longest(&v6, addr, 128),
+                    entry(longest(&v6, addr, 128)),
                     "IPv6 {:#x}", addr
                 );
             }
@@ -556,10 +572,11 @@ mod tests {
     #[test]
     fn a_full_table_is_refused_by_name() {
         let v4 = (0u32..10_000)
-            .map(|i| ((0x0a00_0000u32 + (i << 8)).to_be_bytes(), 24u8, entry(1)))
+            .map(|i| ((0x0a00_0000u32 + (i << 8)).to_be_bytes(), 24u8, 1))
             .collect();
         let compiled = Compiled {
             v4,
+            entries: entries(),
             ..Compiled::default()
         };
         let err = build(&compiled, &Geometry::for_capacity(100)).unwrap_err();
@@ -570,16 +587,18 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_shared() {
+    fn a_descriptor_per_bucket_and_a_key_per_longer_prefix() {
         let v4 = (0u32..1000)
-            .map(|i| ((0x0a00_0000u32 + i).to_be_bytes(), 32u8, entry(7)))
+            .map(|i| ((0x0a00_0000u32 + i).to_be_bytes(), 32u8, 1))
             .collect();
         let compiled = Compiled {
             v4,
+            entries: entries(),
             ..Compiled::default()
         };
         let tables = build(&compiled, &Geometry::for_capacity(1000)).unwrap();
-        assert_eq!(tables.entries.len(), 2);
+        assert_eq!(tables.entries, compiled.entries);
+        // 1000 /32s in four /24s.
         assert_eq!(tables.keys.0, 1000 + 4);
     }
 }

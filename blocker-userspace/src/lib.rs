@@ -17,6 +17,7 @@ pub mod compile;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+mod fasthash;
 pub mod feed;
 pub mod layout;
 pub mod metrics;

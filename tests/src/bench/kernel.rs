@@ -103,8 +103,8 @@ impl Kernel {
     /// Puts the same entries in the LPM reference (the workloads are
     /// nested, so it only grows).
     pub fn load_reference(&mut self, compiled: &Compiled) {
-        fill_trie(&mut self.bench, "REF_V4", &compiled.v4);
-        fill_trie(&mut self.bench, "REF_V6", &compiled.v6);
+        fill_trie(&mut self.bench, "REF_V4", &compiled.v4, &compiled.entries);
+        fill_trie(&mut self.bench, "REF_V6", &compiled.v6, &compiled.entries);
     }
 
     fn program(&mut self, program: Program) -> &mut Xdp {
@@ -253,8 +253,12 @@ fn memlock(map: &MapData) -> u64 {
 }
 
 /// Inserts `entries` into the bench object's LPM trie `name`.
-fn fill_trie<const N: usize>(bench: &mut Ebpf, name: &str, entries: &[([u8; N], u8, PrefixEntry)])
-where
+fn fill_trie<const N: usize>(
+    bench: &mut Ebpf,
+    name: &str,
+    prefixes: &[([u8; N], u8, u32)],
+    entries: &[PrefixEntry],
+) where
     [u8; N]: aya::Pod,
 {
     let map = bench
@@ -262,10 +266,10 @@ where
         .unwrap_or_else(|| panic!("no map {name}"));
     let mut trie: LpmTrie<&mut MapData, [u8; N], PrefixEntry> =
         LpmTrie::try_from(map).unwrap_or_else(|err| panic!("{name} is not an LPM trie: {err}"));
-    for (net, len, entry) in entries {
+    for &(net, len, entry) in prefixes {
         trie.insert(
-            &aya::maps::lpm_trie::Key::new(u32::from(*len), *net),
-            entry,
+            &aya::maps::lpm_trie::Key::new(u32::from(len), net),
+            entries[entry as usize],
             0,
         )
         .unwrap_or_else(|err| panic!("inserting into {name}: {err}"));
