@@ -64,15 +64,27 @@ pub struct Refusal {
 
 /// The feed in force and what it compiled to.
 struct InForce {
-    saved: SavedFeed,
+    fingerprint: Fingerprint,
     feed: Feed,
     evaluation: Evaluation,
     /// Since when each order in force has been enforced without interruption.
     since: BTreeMap<String, OffsetDateTime>,
 }
 
+/// Tells a fetched feed is the one in force without holding its bytes
+/// (a large feed is tens of megabytes; `state_dir` has the copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    len: usize,
+    /// Keyed at random per process: nobody can aim a collision at it.
+    hash: u64,
+    signature: Vec<u8>,
+}
+
 pub struct Daemon {
     config: Config,
+    /// Keys [`Fingerprint`]s.
+    hasher: std::hash::RandomState,
     guardrails: Guardrails,
     public_key: PublicKey,
     state: StateDir,
@@ -123,6 +135,7 @@ impl Daemon {
         let guardrails = config.guardrails.to_policy();
         let mut daemon = Self {
             config,
+            hasher: std::hash::RandomState::new(),
             guardrails,
             public_key,
             state,
@@ -308,8 +321,7 @@ impl Daemon {
         };
         self.fetch_failures = 0;
         if let Some(current) = &self.current
-            && current.saved.feed == fetched.feed
-            && current.saved.signature == fetched.signature
+            && current.fingerprint == self.fingerprint(&fetched.feed, &fetched.signature)
         {
             self.source.commit(&fetched);
             self.sync_ok();
@@ -393,7 +405,16 @@ impl Daemon {
             feed: fetched.feed,
             signature: fetched.signature,
         };
-        self.apply(saved, feed, OffsetDateTime::now_utc(), true)
+        self.apply(Some(saved), feed, OffsetDateTime::now_utc())
+    }
+
+    fn fingerprint(&self, feed: &[u8], signature: &[u8]) -> Fingerprint {
+        use std::hash::BuildHasher as _;
+        Fingerprint {
+            len: feed.len(),
+            hash: self.hasher.hash_one(feed),
+            signature: signature.to_vec(),
+        }
     }
 
     /// Re-evaluates the feed in force at `now` (an order's window opened or
@@ -402,31 +423,23 @@ impl Daemon {
         let Some(current) = self.current.take() else {
             return;
         };
-        let InForce {
-            saved,
-            feed,
-            evaluation,
-            since,
-        } = current;
+        let feed = current.feed.clone();
         // Put it back first: a failed apply leaves the current state as is.
-        self.current = Some(InForce {
-            saved: saved.clone(),
-            feed: feed.clone(),
-            evaluation,
-            since,
-        });
-        if let Err(refusal) = self.apply(saved, feed, now, false) {
+        self.current = Some(current);
+        if let Err(refusal) = self.apply(None, feed, now) {
             self.refused(refusal);
         }
     }
 
+    /// Applies `feed` as evaluated at `now`: a new feed (`saved`, kept in
+    /// `state_dir` once applied), or the one in force re-evaluated (`None`).
     fn apply(
         &mut self,
-        saved: SavedFeed,
+        saved: Option<SavedFeed>,
         feed: Feed,
         now: OffsetDateTime,
-        new_feed: bool,
     ) -> Result<(), Refusal> {
+        let new_feed = saved.is_some();
         let serial = feed.serial;
         let started = std::time::Instant::now();
         let evaluation = policy::evaluate(&feed, &self.guardrails, now).map_err(|err| Refusal {
@@ -471,7 +484,17 @@ impl Daemon {
         self.slots = compiled.slots.clone();
         self.metrics
             .set_apply_duration(started.elapsed().as_secs_f64());
-        if new_feed && let Err(err) = self.state.save_feed(&saved) {
+        let fingerprint = match &saved {
+            Some(saved) => self.fingerprint(&saved.feed, &saved.signature),
+            None => self
+                .current
+                .as_ref()
+                .map(|c| c.fingerprint.clone())
+                .unwrap_or_else(|| self.fingerprint(&[], &[])),
+        };
+        if let Some(saved) = saved
+            && let Err(err) = self.state.save_feed(&saved)
+        {
             // Enforcement is right; only the restart copy is stale.
             tracing::error!(error = %err, "saving the last good feed");
             self.metrics.state_write_failed("feed");
@@ -567,11 +590,12 @@ impl Daemon {
                 .collect::<Vec<_>>(),
         );
         self.current = Some(InForce {
-            saved,
+            fingerprint,
             feed,
             evaluation,
             since,
         });
+        release_free_memory();
         Ok(())
     }
 
@@ -617,6 +641,18 @@ impl Daemon {
 
     pub fn stop(&mut self) {
         self.record(AuditEvent::DaemonStop);
+    }
+}
+
+/// Hands memory freed by a feed's apply (in several threads' malloc
+/// arenas) back to the system now: what the daemon holds between feeds is
+/// the feed in force, not the high-water mark of its last apply.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages; it has no
+    // preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
