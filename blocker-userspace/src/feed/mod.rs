@@ -690,6 +690,18 @@ pub fn to_yaml(feed: &Feed) -> String {
 mod tests {
     use super::*;
 
+    /// `parse` (with its fast paths) gives exactly what the general path
+    /// gives for `text`: the same feed, or the same problems.
+    pub(super) fn assert_paths_agree(text: &str) {
+        let general = parse_general(text);
+        let fast = parse(text.as_bytes());
+        assert_eq!(
+            fast.as_ref().map_err(ToString::to_string),
+            general.as_ref().map_err(ToString::to_string),
+            "{text}"
+        );
+    }
+
     /// The fast paths (split or whole) give exactly what the general path
     /// gives, for layouts that take each path.
     #[test]
@@ -726,13 +738,7 @@ mod tests {
             format!("{head}orders:\n"),
         ];
         for text in &cases {
-            let general = parse_general(text);
-            let fast = parse(text.as_bytes());
-            assert_eq!(
-                fast.as_ref().map_err(ToString::to_string),
-                general.as_ref().map_err(ToString::to_string),
-                "{text}"
-            );
+            assert_paths_agree(text);
         }
         assert!(
             split::fast_split(&cases[0]).is_some(),

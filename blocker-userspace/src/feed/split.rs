@@ -183,20 +183,10 @@ fn plain_item(line: &str, items: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::{parse, parse_general};
+    use crate::feed::{parse, tests::assert_paths_agree as agree};
 
     const HEAD: &str =
         "format: blocker-feed/v1\nserial: 7\nissued_at: 2026-11-24T10:00:00Z\nissuer: ATKM\n";
-
-    fn agree(text: &str) {
-        let general = parse_general(text);
-        let fast = parse(text.as_bytes());
-        assert_eq!(
-            fast.as_ref().map_err(ToString::to_string),
-            general.as_ref().map_err(ToString::to_string),
-            "{text}"
-        );
-    }
 
     fn order(id: &str, targets: &str, after: &str) -> String {
         format!(
