@@ -505,16 +505,17 @@ pub fn compile(
             expires_at: order.expires_at,
         });
     }
-    // The families side by side (two threads), each with its own entries;
-    // IPv6's follow IPv4's (an entry both hold is held twice, harmlessly).
-    let (v4, v6) = std::thread::scope(|scope| {
-        let v6 = scope.spawn(|| resolve(v6, &claimants, |k, e| (k.bits().to_be_bytes(), k.len, e)));
-        let v4 = resolve(v4, &claimants, |k, e| {
-            (((k.bits() >> 96) as u32).to_be_bytes(), k.len, e)
-        });
-        (v4, v6.join())
-    });
-    let mut v6 = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    // The families side by side, each with its own entries; IPv6's follow
+    // IPv4's (an entry both hold is held twice, harmlessly).
+    let (v4, mut v6) = crate::parallel::join(
+        v4.len() + v6.len(),
+        || {
+            resolve(v4, &claimants, |k, e| {
+                (((k.bits() >> 96) as u32).to_be_bytes(), k.len, e)
+            })
+        },
+        || resolve(v6, &claimants, |k, e| (k.bits().to_be_bytes(), k.len, e)),
+    );
     let offset = u32::try_from(v4.entries.len() - 1).unwrap_or(u32::MAX);
     for (_, _, entry) in &mut v6.prefixes {
         *entry += offset;

@@ -940,14 +940,13 @@ impl Datapath {
         let started = Instant::now();
         let geometry = self.maps.geometry;
         let keys = crate::layout::prepare(compiled, &geometry)?;
-        // The two families are placed side by side (two threads).
-        let (v4, v6) = thread::scope(|scope| {
-            let v6 = scope.spawn(|| crate::layout::place_v6(&keys, &geometry));
-            let v4 = crate::layout::place_v4(&keys, &geometry);
-            (v4, v6.join())
-        });
-        let v4 = v4?;
-        let v6 = v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        // The two families are placed side by side.
+        let (v4, v6) = crate::parallel::join(
+            keys.v4.len() + keys.v6.len(),
+            || crate::layout::place_v4(&keys, &geometry),
+            || crate::layout::place_v6(&keys, &geometry),
+        );
+        let (v4, v6) = (v4?, v6?);
         let laid_out = started.elapsed();
         self.maps.zero_counters(fresh_slots)?;
         self.maps.set_windows(compiled)?;

@@ -279,15 +279,11 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
             capacity: geometry.entries as usize - 1,
         });
     }
-    let ((v4, v4_short, v4_bits), (v6, v6_bits)) = std::thread::scope(|scope| {
-        let v6 = scope.spawn(|| prepare_v6(&compiled.v6));
-        let v4 = prepare_v4(&compiled.v4);
-        (
-            v4,
-            v6.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        )
-    });
+    let ((v4, v4_short, v4_bits), (v6, v6_bits)) = crate::parallel::join(
+        compiled.v4.len() + compiled.v6.len(),
+        || prepare_v4(&compiled.v4),
+        || prepare_v6(&compiled.v6),
+    );
     Ok(Keys {
         v4,
         v4_short,

@@ -21,6 +21,7 @@ mod fasthash;
 pub mod feed;
 pub mod layout;
 pub mod metrics;
+mod parallel;
 pub mod policy;
 pub mod reference;
 pub mod signature;

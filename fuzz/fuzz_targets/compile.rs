@@ -155,7 +155,7 @@ fuzz_target!(|input: Input| {
         .collect();
     // The edges of every target, both ways round.
     for order in &refs {
-        for t in &order.targets {
+        for t in order.targets.iter() {
             let other = if t.is_ipv4() {
                 IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
             } else {

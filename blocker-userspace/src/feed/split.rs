@@ -62,10 +62,11 @@ pub(super) fn fast_split(text: &str) -> Option<Fast> {
             .collect()
     };
     let half = orders.len() / 2;
-    let (a, b) = std::thread::scope(|scope| {
-        let b = scope.spawn(|| parse(half, &orders[half..]));
-        (parse(0, &orders[..half]), b.join().ok().flatten())
-    });
+    let (a, b) = crate::parallel::join(
+        lines.len(),
+        || parse(0, &orders[..half]),
+        || parse(half, &orders[half..]),
+    );
     let mut orders = a?;
     orders.extend(b?);
     Some(Fast { header, orders })
