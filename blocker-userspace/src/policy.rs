@@ -166,13 +166,20 @@ pub fn evaluate(
     let mut next_change: Option<OffsetDateTime> = None;
     // Pending and suspended orders count: they may enter force without a
     // new feed, and the tables must hold them then.
-    let mut prefixes = Vec::new();
+    let (mut v4, mut v6): (Vec<u64>, Vec<(u128, u8)>) = (Vec::new(), Vec::new());
     for order in &feed.orders {
         let reasons = guardrail_reasons(order, guardrails);
         let state = if !reasons.is_empty() {
             OrderState::Refused
         } else {
-            prefixes.extend(order.targets.iter().copied());
+            for target in order.targets.iter() {
+                match target {
+                    IpNetwork::V4(p) => {
+                        v4.push(u64::from(u32::from(p.network())) << 8 | u64::from(p.prefix()))
+                    }
+                    IpNetwork::V6(p) => v6.push((u128::from(p.network()), p.prefix())),
+                }
+            }
             match order.status {
                 Status::Suspended => OrderState::Suspended,
                 Status::Withdrawn => OrderState::Withdrawn,
@@ -202,11 +209,18 @@ pub fn evaluate(
             order: order.clone(),
         });
     }
-    prefixes.sort_unstable();
-    prefixes.dedup();
-    if prefixes.len() > guardrails.max_prefixes as usize {
+    // Distinct prefixes, each family in plain integers (sorted a family per
+    // thread when large).
+    fn distinct<T: Ord>(mut keys: Vec<T>) -> usize {
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    }
+    let (v4, v6) = crate::parallel::join(v4.len() + v6.len(), || distinct(v4), || distinct(v6));
+    let count = v4 + v6;
+    if count > guardrails.max_prefixes as usize {
         return Err(PolicyError::TooManyPrefixes {
-            count: prefixes.len(),
+            count,
             max: guardrails.max_prefixes,
         });
     }
