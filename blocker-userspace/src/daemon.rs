@@ -18,8 +18,8 @@ use crate::{
     audit::{AuditError, AuditEvent, AuditLog},
     compile::{self, SlotTable},
     config::Config,
-    datapath::{self, Datapath, DatapathError, Maps, Repair},
-    feed::{self, Feed},
+    datapath::{self, ApplyStats, Datapath, DatapathError, Maps, Repair},
+    feed::{self, Feed, Order},
     metrics::{CountedOrder, Metrics, MetricsError},
     policy::{self, Evaluation, Guardrails, OrderState},
     signature::{self, PublicKey},
@@ -69,6 +69,12 @@ struct InForce {
     evaluation: Evaluation,
     /// Since when each order in force has been enforced without interruption.
     since: BTreeMap<String, OffsetDateTime>,
+}
+
+/// What one load put in the datapath.
+struct Loaded {
+    stats: ApplyStats,
+    counted: Vec<CountedOrder>,
 }
 
 /// Tells a fetched feed is the one in force without holding its bytes
@@ -450,40 +456,22 @@ impl Daemon {
         let in_force: Vec<_> = evaluation.in_force().collect();
         // Pending orders too: the datapath starts each on time by itself.
         let enforceable: Vec<_> = evaluation.enforceable().collect();
-        let compiled = compile::compile(&enforceable, self.config.enforcement, &self.slots)
-            .map_err(|err| Refusal {
-                reason: "apply",
-                serial: Some(serial),
-                detail: err.to_string(),
-            })?;
-        let fresh = compiled.fresh_slots(&self.slots);
-        let apply_error = |detail: String| Refusal {
-            reason: "apply",
-            serial: Some(serial),
-            detail,
+        // A re-evaluation in which no order joins or leaves the tables (a
+        // pending order's window opened: the datapath started it on time by
+        // itself) leaves them as they are: the same orders compile to the
+        // same tables, so nothing is compiled or written.
+        let tables_unchanged = !new_feed
+            && self.current.as_ref().is_some_and(|c| {
+                c.evaluation
+                    .enforceable()
+                    .map(|o| &o.id)
+                    .eq(enforceable.iter().map(|o| &o.id))
+            });
+        let loaded = if tables_unchanged {
+            None
+        } else {
+            Some(self.load(&enforceable, serial, started)?)
         };
-        // Slots first: after a crash past this point the table in the kernel
-        // and the slot table on disk still agree. A state_dir that cannot be
-        // written does not hold enforcement back: the orders are applied,
-        // the failure is logged and counted.
-        if let Err(err) = self.state.save_slots(&compiled.slots) {
-            tracing::error!(error = %err, "saving the slot table; applying anyway");
-            self.metrics.state_write_failed("slots");
-        }
-        if compiled.overflow > 0 {
-            tracing::warn!(
-                serial,
-                cut = compiled.overflow,
-                "more orders cover one prefix than an entry holds; the lowest-ranked were cut"
-            );
-        }
-        let stats = self
-            .datapath
-            .apply(&compiled, &fresh)
-            .map_err(|e| apply_error(e.to_string()))?;
-        self.slots = compiled.slots.clone();
-        self.metrics
-            .set_apply_duration(started.elapsed().as_secs_f64());
         let fingerprint = match &saved {
             Some(saved) => self.fingerprint(&saved.feed, &saved.signature),
             None => self
@@ -533,7 +521,7 @@ impl Daemon {
             });
             tracing::info!(order = %id, serial, state, "order left force");
         }
-        if new_feed {
+        if new_feed && let Some(Loaded { stats, .. }) = &loaded {
             for order in evaluation
                 .orders
                 .iter()
@@ -570,19 +558,11 @@ impl Daemon {
         self.status.serial = Some(serial);
         self.status.last_apply = Some(unix_now());
         self.save_status();
-        self.metrics.set_counted_orders(
-            compiled
-                .orders
-                .iter()
-                .map(|o| CountedOrder {
-                    id: o.id.clone(),
-                    slot: o.slot,
-                    action: o.action,
-                })
-                .collect(),
-        );
+        if let Some(Loaded { stats, counted }) = loaded {
+            self.metrics.set_counted_orders(counted);
+            self.metrics.set_prefixes(stats.ipv4, stats.ipv6);
+        }
         self.metrics.set_evaluation(&evaluation);
-        self.metrics.set_prefixes(stats.ipv4, stats.ipv6);
         self.metrics.set_enforced_since(
             &since
                 .iter()
@@ -597,6 +577,55 @@ impl Daemon {
         });
         release_free_memory();
         Ok(())
+    }
+
+    /// Compiles `enforceable` and writes it to the datapath.
+    fn load(
+        &mut self,
+        enforceable: &[&Order],
+        serial: u64,
+        started: std::time::Instant,
+    ) -> Result<Loaded, Refusal> {
+        let apply_error = |detail: String| Refusal {
+            reason: "apply",
+            serial: Some(serial),
+            detail,
+        };
+        let compiled = compile::compile(enforceable, self.config.enforcement, &self.slots)
+            .map_err(|err| apply_error(err.to_string()))?;
+        let fresh = compiled.fresh_slots(&self.slots);
+        // Slots first: after a crash past this point the table in the kernel
+        // and the slot table on disk still agree. A state_dir that cannot be
+        // written does not hold enforcement back: the orders are applied,
+        // the failure is logged and counted.
+        if let Err(err) = self.state.save_slots(&compiled.slots) {
+            tracing::error!(error = %err, "saving the slot table; applying anyway");
+            self.metrics.state_write_failed("slots");
+        }
+        if compiled.overflow > 0 {
+            tracing::warn!(
+                serial,
+                cut = compiled.overflow,
+                "more orders cover one prefix than an entry holds; the lowest-ranked were cut"
+            );
+        }
+        let stats = self
+            .datapath
+            .apply(&compiled, &fresh)
+            .map_err(|e| apply_error(e.to_string()))?;
+        self.slots = compiled.slots;
+        self.metrics
+            .set_apply_duration(started.elapsed().as_secs_f64());
+        let counted = compiled
+            .orders
+            .into_iter()
+            .map(|o| CountedOrder {
+                id: o.id,
+                slot: o.slot,
+                action: o.action,
+            })
+            .collect();
+        Ok(Loaded { stats, counted })
     }
 
     fn refused(&mut self, refusal: Refusal) {

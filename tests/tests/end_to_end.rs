@@ -543,3 +543,68 @@ fn feed_updates_apply_live_and_bad_feeds_are_refused() {
     // The order id stayed across the update: its counter went on.
     assert_eq!(after.order_packets(DROP_V4, "drop"), 10 + 10 + 10 + 10);
 }
+
+/// An order whose window opens while the daemon runs: at the boundary the
+/// gauges and the audit log move it from pending to in force, while the
+/// tables, which held it already (the datapath starts it on time by
+/// itself), are not written again: the generation does not flip.
+#[test]
+fn a_window_opening_moves_gauges_and_audit_but_not_the_tables() {
+    const ORDER: &str = "WINDOW-1";
+    let edge = Edge::new(&[]);
+    let opens = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
+    let mut order = drop_order(ORDER, Direction::Dst, &["198.51.100.77/32"]);
+    order.effective_from = Some(opens);
+    edge.publish(SERIAL, &[order]);
+    let daemon = edge.start_daemon(SERIAL);
+    let generation = || {
+        blocker::datapath::Maps::open_pinned(edge.bpffs.path())
+            .and_then(|maps| maps.generation())
+            .expect("reading the pinned control value")
+    };
+    let state = |scrape: &Scrape, state: &str| scrape.get("blocker_orders", &[("state", state)]);
+
+    let before = daemon.scrape();
+    assert!(
+        time::OffsetDateTime::now_utc() < opens,
+        "the daemon took too long to start; the window opened already"
+    );
+    assert_eq!(state(&before, "pending"), Some(1.0));
+    assert_eq!(state(&before, "in_force"), Some(0.0));
+    let flipped_to = generation();
+
+    let after = daemon.scrape_until(
+        "the order to enter force at its window",
+        Duration::from_secs(20),
+        |s| state(s, "in_force") == Some(1.0),
+    );
+    assert!(time::OffsetDateTime::now_utc() >= opens);
+    assert_eq!(state(&after, "pending"), Some(0.0));
+    assert_eq!(
+        generation(),
+        flipped_to,
+        "the tables were written again though they held the order already"
+    );
+    let audit = std::fs::read_to_string(edge.dir.path().join("state/audit.jsonl"))
+        .expect("reading the audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|line| line.contains("order_entered_force") && line.contains(ORDER)),
+        "no order_entered_force for {ORDER} in the audit log:\n{audit}"
+    );
+    let check = stdout_of(
+        &edge.blocker(&[
+            "check",
+            "--config",
+            edge.config_path().to_str().expect("utf-8 path"),
+            "198.51.100.77",
+            "--json",
+        ]),
+        "blocker check",
+    );
+    assert!(
+        check.contains(ORDER),
+        "check names {ORDER} once in force:\n{check}"
+    );
+}
