@@ -170,6 +170,25 @@ pub struct Control {
     pub prefixes: [u32; 4],
 }
 
+impl Control {
+    /// The live generation: 0 (`_A`) or 1 (`_B`).
+    #[inline(always)]
+    pub const fn live(&self) -> usize {
+        (self.generation & 1) as usize
+    }
+
+    /// How generation `generation` (0 or 1) is hashed into.
+    #[inline(always)]
+    pub const fn shape(&self, generation: usize) -> layout::Shape {
+        layout::Shape {
+            v4_seed: self.seed[2 * generation],
+            v6_seed: self.seed[2 * generation + 1],
+            v4_buckets: self.v4_buckets,
+            v6_buckets: self.v6_buckets,
+        }
+    }
+}
+
 /// Per-order, per-CPU counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -217,14 +217,6 @@ fn finish<T: Tables + Default, P: Probe>(shape: &Shape, start: Result<P, u32>) -
 #[inline(always)]
 fn control() -> Result<(u32, Shape), Skip> {
     let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
-    let generation = control.generation & 1;
-    Ok((
-        generation,
-        Shape {
-            v4_seed: control.seed[2 * generation as usize],
-            v6_seed: control.seed[2 * generation as usize + 1],
-            v4_buckets: control.v4_buckets,
-            v6_buckets: control.v6_buckets,
-        },
-    ))
+    let generation = control.live();
+    Ok((generation as u32, control.shape(generation)))
 }

@@ -29,7 +29,7 @@ use aya::{
 use blocker_common::{
     Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
     STAT_COUNT,
-    layout::{self, Bucket4, Bucket6, Shape, Short4},
+    layout::{self, Bucket4, Bucket6, Short4},
     map_names,
 };
 use time::OffsetDateTime;
@@ -252,7 +252,7 @@ impl Maps {
 
     /// The live table generation (0 or 1).
     pub fn generation(&self) -> Result<u32> {
-        Ok(self.control()?.generation & 1)
+        Ok(self.control()?.live() as u32)
     }
 
     /// Prefixes per family the tables were made for.
@@ -311,26 +311,13 @@ impl Maps {
         Ok(totals)
     }
 
-    /// The live generation's tables, mapped read-only.
-    fn live_tables(&self) -> Result<(Control, MappedTables)> {
-        let control = self.control()?;
-        let g = (control.generation & 1) as usize;
-        let tables = MappedTables::map(&self.tables[g], g)?;
-        Ok((control, tables))
-    }
-
     /// The entry the program finds for `addr` in the live generation: that
     /// of the longest table prefix containing it.
     pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixEntry>> {
-        let (control, tables) = self.live_tables()?;
-        let g = (control.generation & 1) as usize;
-        let shape = Shape {
-            v4_seed: control.seed[2 * g],
-            v6_seed: control.seed[2 * g + 1],
-            v4_buckets: control.v4_buckets,
-            v6_buckets: control.v6_buckets,
-        };
-        let index = layout::lookup(&tables, &shape, addr);
+        let control = self.control()?;
+        let g = control.live();
+        let tables = MappedTables::map(&self.tables[g], g)?;
+        let index = layout::lookup(&tables, &control.shape(g), addr);
         Ok((index != layout::NO_ENTRY)
             .then(|| tables.entries.as_slice().get(index as usize).copied())
             .flatten())
@@ -339,7 +326,7 @@ impl Maps {
     /// Number of prefixes in the live generation: (IPv4, IPv6).
     pub fn live_prefixes(&self) -> Result<(usize, usize)> {
         let control = self.control()?;
-        let g = (control.generation & 1) as usize;
+        let g = control.live();
         Ok((
             control.prefixes[2 * g] as usize,
             control.prefixes[2 * g + 1] as usize,
@@ -956,7 +943,7 @@ impl Datapath {
                 thread::sleep(GENERATION_GRACE - since);
             }
         }
-        let idle = 1 - (control.generation & 1) as usize;
+        let idle = 1 - control.live();
         let writing = Instant::now();
         self.maps
             .write(idle, 1, v4.slots.len(), |b| v4.bucket4(&keys, b))?;
