@@ -411,7 +411,8 @@ impl Daemon {
             feed: fetched.feed,
             signature: fetched.signature,
         };
-        self.apply(Some(saved), feed, OffsetDateTime::now_utc())
+        let fingerprint = self.fingerprint(&saved.feed, &saved.signature);
+        self.apply(fingerprint, Some(saved), feed, OffsetDateTime::now_utc())
     }
 
     fn fingerprint(&self, feed: &[u8], signature: &[u8]) -> Fingerprint {
@@ -429,18 +430,20 @@ impl Daemon {
         let Some(current) = self.current.take() else {
             return;
         };
-        let feed = current.feed.clone();
+        let (fingerprint, feed) = (current.fingerprint.clone(), current.feed.clone());
         // Put it back first: a failed apply leaves the current state as is.
         self.current = Some(current);
-        if let Err(refusal) = self.apply(None, feed, now) {
+        if let Err(refusal) = self.apply(fingerprint, None, feed, now) {
             self.refused(refusal);
         }
     }
 
-    /// Applies `feed` as evaluated at `now`: a new feed (`saved`, kept in
-    /// `state_dir` once applied), or the one in force re-evaluated (`None`).
+    /// Applies `feed` (whose bytes `fingerprint` tells) as evaluated at
+    /// `now`: a new feed (`saved`, kept in `state_dir` once applied), or the
+    /// one in force re-evaluated (`None`).
     fn apply(
         &mut self,
+        fingerprint: Fingerprint,
         saved: Option<SavedFeed>,
         feed: Feed,
         now: OffsetDateTime,
@@ -471,14 +474,6 @@ impl Daemon {
             None
         } else {
             Some(self.load(&enforceable, serial, started)?)
-        };
-        let fingerprint = match &saved {
-            Some(saved) => self.fingerprint(&saved.feed, &saved.signature),
-            None => self
-                .current
-                .as_ref()
-                .map(|c| c.fingerprint.clone())
-                .unwrap_or_else(|| self.fingerprint(&[], &[])),
         };
         if let Some(saved) = saved
             && let Err(err) = self.state.save_feed(&saved)
