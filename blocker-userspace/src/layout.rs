@@ -1,7 +1,8 @@
 //! Lays compiled prefixes out in the datapath's lookup tables
-//! (`blocker_common::layout`): bitmaps, descriptors, two-choice hash
-//! buckets and a deduplicated entries array. Pure: the datapath copies the
-//! result into the idle generation's maps.
+//! (`blocker_common::layout`): bitmaps, descriptors and two-choice hash
+//! buckets (the entries array is the compiler's, as it is). Pure: the
+//! datapath writes the result into the idle generation's maps, making each
+//! bucket from the placement as it goes.
 
 #[cfg(test)]
 use blocker_common::PrefixEntry;
@@ -476,6 +477,17 @@ mod tests {
             .collect()
     }
 
+    /// IPv4 (network, length) prefixes alone, all with entry 1.
+    fn v4_only(prefixes: impl Iterator<Item = (u32, u8)>) -> Compiled {
+        Compiled {
+            v4: prefixes
+                .map(|(net, len)| (net.to_be_bytes(), len, 1))
+                .collect(),
+            entries: entries(),
+            ..Compiled::default()
+        }
+    }
+
     /// The entry index of the longest prefix of `table` containing `addr`,
     /// by brute force.
     fn longest<const N: usize>(
@@ -567,14 +579,7 @@ mod tests {
 
     #[test]
     fn a_full_table_is_refused_by_name() {
-        let v4 = (0u32..10_000)
-            .map(|i| ((0x0a00_0000u32 + (i << 8)).to_be_bytes(), 24u8, 1))
-            .collect();
-        let compiled = Compiled {
-            v4,
-            entries: entries(),
-            ..Compiled::default()
-        };
+        let compiled = v4_only((0u32..10_000).map(|i| (0x0a00_0000 + (i << 8), 24)));
         let err = build(&compiled, &Geometry::for_capacity(100)).unwrap_err();
         assert!(
             matches!(err, LayoutError::TableFull { family: "IPv4", .. }),
@@ -584,14 +589,7 @@ mod tests {
 
     #[test]
     fn a_descriptor_per_bucket_and_a_key_per_longer_prefix() {
-        let v4 = (0u32..1000)
-            .map(|i| ((0x0a00_0000u32 + i).to_be_bytes(), 32u8, 1))
-            .collect();
-        let compiled = Compiled {
-            v4,
-            entries: entries(),
-            ..Compiled::default()
-        };
+        let compiled = v4_only((0u32..1000).map(|i| (0x0a00_0000 + i, 32)));
         let tables = build(&compiled, &Geometry::for_capacity(1000)).unwrap();
         assert_eq!(tables.entries, compiled.entries);
         // 1000 /32s in four /24s.

@@ -139,59 +139,58 @@ pub fn changed(orders: &[Order], every: usize, seed: u64) -> Vec<Order> {
 
 /// Every (network, length) of the orders, for miss checks.
 pub struct PrefixSet {
-    v4: HashSet<(u32, u8)>,
-    v6: HashSet<(u128, u8)>,
-    v4_lens: Vec<u8>,
-    v6_lens: Vec<u8>,
+    v4: Family,
+    v6: Family,
 }
 
-impl PrefixSet {
-    pub fn new(orders: &[Order]) -> Self {
-        let mut set = Self {
-            v4: HashSet::new(),
-            v6: HashSet::new(),
-            v4_lens: Vec::new(),
-            v6_lens: Vec::new(),
-        };
-        for target in orders.iter().flat_map(|o| o.targets.iter()) {
-            match target {
-                IpNetwork::V4(p) => {
-                    set.v4.insert((u32::from(p.network()), p.prefix()));
-                    set.v4_lens.push(p.prefix());
-                }
-                IpNetwork::V6(p) => {
-                    set.v6.insert((u128::from(p.network()), p.prefix()));
-                    set.v6_lens.push(p.prefix());
-                }
-            }
-        }
-        for lens in [&mut set.v4_lens, &mut set.v6_lens] {
-            lens.sort_unstable();
-            lens.dedup();
-        }
-        set
+/// One family's prefixes, address bits left-aligned in 128, and the
+/// lengths present.
+#[derive(Default)]
+struct Family {
+    prefixes: HashSet<(u128, u8)>,
+    lens: Vec<u8>,
+}
+
+impl Family {
+    fn insert(&mut self, bits: u128, len: u8) {
+        self.prefixes.insert((bits, len));
+        self.lens.push(len);
     }
 
-    pub fn contains_v4(&self, addr: u32) -> bool {
-        self.v4_lens.iter().any(|&len| {
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            self.v4.contains(&(addr & mask, len))
-        })
-    }
-
-    pub fn contains_v6(&self, addr: u128) -> bool {
-        self.v6_lens.iter().any(|&len| {
+    fn contains(&self, bits: u128) -> bool {
+        self.lens.iter().any(|&len| {
             let mask = if len == 0 {
                 0
             } else {
                 u128::MAX << (128 - u32::from(len))
             };
-            self.v6.contains(&(addr & mask, len))
+            self.prefixes.contains(&(bits & mask, len))
         })
+    }
+}
+
+impl PrefixSet {
+    pub fn new(orders: &[Order]) -> Self {
+        let (mut v4, mut v6) = (Family::default(), Family::default());
+        for target in orders.iter().flat_map(|o| o.targets.iter()) {
+            match target {
+                IpNetwork::V4(p) => v4.insert(u128::from(u32::from(p.network())) << 96, p.prefix()),
+                IpNetwork::V6(p) => v6.insert(u128::from(p.network()), p.prefix()),
+            }
+        }
+        for lens in [&mut v4.lens, &mut v6.lens] {
+            lens.sort_unstable();
+            lens.dedup();
+        }
+        Self { v4, v6 }
+    }
+
+    pub fn contains_v4(&self, addr: u32) -> bool {
+        self.v4.contains(u128::from(addr) << 96)
+    }
+
+    pub fn contains_v6(&self, addr: u128) -> bool {
+        self.v6.contains(addr)
     }
 }
 
