@@ -15,6 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     hash::{BuildHasher as _, BuildHasherDefault},
     net::IpAddr,
+    sync::Arc,
 };
 
 use blocker_common::{CANDIDATES, Candidate, MAX_ORDERS, PrefixEntry, RANK_DROP};
@@ -292,7 +293,7 @@ fn to_entry(resolved: &Resolved<'_>) -> PrefixEntry {
 
 /// A prefix in sortable form: address bits left-aligned in 128, high half
 /// first (two u64s, not a u128: 24 bytes, not 32, and a million are sorted).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     hi: u64,
     lo: u64,
@@ -312,6 +313,17 @@ impl Key {
         u128::from(self.hi) << 64 | u128::from(self.lo)
     }
 
+    /// This key cut to `len` bits (no longer than it is).
+    fn masked(&self, len: u8) -> Key {
+        let len = len.min(self.len);
+        Key::new(self.bits() & mask(len), len)
+    }
+
+    /// The last address inside this prefix.
+    fn last(&self) -> u128 {
+        self.bits() | !mask(self.len)
+    }
+
     fn contains(&self, other: &Key) -> bool {
         if self.len > other.len {
             return false;
@@ -325,6 +337,15 @@ impl Key {
     }
 }
 
+/// The top `len` bits.
+fn mask(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
 fn key_of(prefix: &IpNetwork) -> Key {
     match prefix {
         IpNetwork::V4(p) => Key::new(u128::from(u32::from(p.network())) << 96, p.prefix()),
@@ -333,6 +354,7 @@ fn key_of(prefix: &IpNetwork) -> Key {
 }
 
 /// An order, as its claims on its targets need it.
+#[derive(Clone, Copy, Default)]
 struct Claimant<'a> {
     drop_bit: u32,
     id: &'a str,
@@ -341,16 +363,43 @@ struct Claimant<'a> {
     until: Option<OffsetDateTime>,
 }
 
-/// Bits of a [`Tagged`] target: the order covers destinations, sources.
+/// Bits of a [`Row`]'s tag: the order covers destinations, sources.
 const DST: u32 = 1;
 const SRC: u32 = 2;
 
-/// One target of one order: its key and `claimant << 2 | DST | SRC`
-/// (small: a million targets are sorted).
-type Tagged = (Key, u32);
+/// One target of one order: its prefix and `slot << 2 | DST | SRC`. Sorted
+/// (by prefix, then tag), a prefix's claims are adjacent and its ancestors
+/// come before it. Flat, 24 bytes: a million are sorted and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Row {
+    hi: u64,
+    lo: u64,
+    len: u8,
+    tag: u32,
+}
+
+impl Row {
+    fn new(key: Key, tag: u32) -> Self {
+        Self {
+            hi: key.hi,
+            lo: key.lo,
+            len: key.len,
+            tag,
+        }
+    }
+
+    fn key(&self) -> Key {
+        Key {
+            hi: self.hi,
+            lo: self.lo,
+            len: self.len,
+        }
+    }
+}
 
 /// Deduplicates entries; index 0 is [`PrefixEntry::EMPTY`]. The index
 /// holds positions in the list, not entries again (4 bytes each, not 68).
+#[derive(Default)]
 struct Entries {
     list: Vec<PrefixEntry>,
     index: HashTable<u32>,
@@ -364,7 +413,22 @@ impl Entries {
         }
     }
 
-    fn intern(&mut self, entry: PrefixEntry) -> u32 {
+    /// An index over `list` as it is (its first of equal entries).
+    fn over(list: Vec<PrefixEntry>) -> Self {
+        let mut entries = Self {
+            list: Vec::new(),
+            index: HashTable::with_capacity(list.len()),
+        };
+        entries.list = list;
+        for i in 1..entries.list.len() {
+            let _ = entries.position(entries.list[i], Some(i as u32));
+        }
+        entries
+    }
+
+    /// The position of `entry`; when absent, `new` (or the end of the list,
+    /// where it is pushed) is recorded as its position.
+    fn position(&mut self, entry: PrefixEntry, new: Option<u32>) -> u32 {
         let hasher = BuildHasherDefault::<FastHasher>::default();
         let list = &mut self.list;
         let found = self.index.entry(
@@ -375,34 +439,32 @@ impl Entries {
         match found {
             hash_table::Entry::Occupied(at) => *at.get(),
             hash_table::Entry::Vacant(at) => {
-                let index = u32::try_from(list.len()).unwrap_or(u32::MAX);
-                list.push(entry);
+                let index = new.unwrap_or_else(|| {
+                    list.push(entry);
+                    u32::try_from(list.len() - 1).unwrap_or(u32::MAX)
+                });
                 at.insert(index);
                 index
             }
         }
     }
+
+    fn intern(&mut self, entry: PrefixEntry) -> u32 {
+        self.position(entry, None)
+    }
 }
 
-/// One family resolved: its prefixes in order, each with an index into
-/// `entries`.
-struct Family<P> {
-    prefixes: Vec<P>,
-    entries: Vec<PrefixEntry>,
-    cut: usize,
-}
-
-/// Resolves one family: targets → entry per prefix, each prefix as
-/// `prefix(key, entry)`. Sorted, a prefix's claims are adjacent and its
-/// ancestors come before it.
+/// Resolves sorted `rows` (a whole family, or the claims under one
+/// outermost prefix: no row outside covers one inside) to an entry per
+/// prefix, each prefix as `prefix(key, entry)`. Returns them, in order, and
+/// the candidates cut.
 fn resolve<'a, P>(
-    mut targets: Vec<Tagged>,
+    rows: &[Row],
     claimants: &[Claimant<'a>],
+    entries: &mut Entries,
     prefix: impl Fn(Key, u32) -> P,
-) -> Family<P> {
-    targets.sort_unstable_by_key(|(key, _)| *key);
-    let mut prefixes = Vec::with_capacity(targets.len());
-    let mut entries = Entries::new();
+) -> (Vec<P>, usize) {
+    let mut prefixes = Vec::with_capacity(rows.len());
     let mut cut = 0;
     // Nearly every prefix is one order's target under no other: its entry
     // follows from the order's tag and the length alone, found without
@@ -412,9 +474,10 @@ fn resolve<'a, P>(
     // candidates (own claims merged with their ancestors').
     let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
     let mut buffers: [Vec<Claim<'a>>; 2] = [Vec::new(), Vec::new()];
-    let mut rest = targets.as_slice();
-    while let Some(&(key, _)) = rest.first() {
-        let same = rest.iter().take_while(|(k, _)| *k == key).count();
+    let mut rest = rows;
+    while let Some(first) = rest.first() {
+        let key = first.key();
+        let same = rest.iter().take_while(|r| r.key() == key).count();
         let (group, tail) = rest.split_at(same);
         rest = tail;
         while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
@@ -425,21 +488,16 @@ fn resolve<'a, P>(
         for (direction, buffer) in buffers.iter_mut().enumerate() {
             let bit = if direction == 0 { DST } else { SRC };
             buffer.clear();
-            buffer.extend(
-                group
-                    .iter()
-                    .filter(|(_, tag)| tag & bit != 0)
-                    .map(|(_, tag)| {
-                        let c = &claimants[(tag >> 2) as usize];
-                        Claim {
-                            rank: c.drop_bit | u32::from(key.len),
-                            id: c.id,
-                            slot: c.slot,
-                            from: c.from,
-                            until: c.until,
-                        }
-                    }),
-            );
+            buffer.extend(group.iter().filter(|r| r.tag & bit != 0).map(|r| {
+                let c = &claimants[(r.tag >> 2) as usize];
+                Claim {
+                    rank: c.drop_bit | u32::from(key.len),
+                    id: c.id,
+                    slot: c.slot,
+                    from: c.from,
+                    until: c.until,
+                }
+            }));
             buffer.extend_from_slice(inherited[direction].as_slice());
             cut += normalise(buffer);
             let top = &mut resolved[direction];
@@ -448,7 +506,7 @@ fn resolve<'a, P>(
         }
         let entry = if group.len() == 1 && stack.is_empty() {
             *lone
-                .entry((group[0].1, key.len))
+                .entry((group[0].tag, key.len))
                 .or_insert_with(|| entries.intern(to_entry(&resolved)))
         } else {
             entries.intern(to_entry(&resolved))
@@ -456,11 +514,169 @@ fn resolve<'a, P>(
         prefixes.push(prefix(key, entry));
         stack.push((key, resolved));
     }
-    Family {
-        prefixes,
-        entries: entries.list,
-        cut,
+    (prefixes, cut)
+}
+
+/// An order as compiled, as the next compile compares it.
+#[derive(Clone)]
+struct Input {
+    slot: u32,
+    /// `DST | SRC` of its direction.
+    sides: u32,
+    drop_bit: u32,
+    from: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    targets: Arc<[IpNetwork]>,
+}
+
+impl Input {
+    fn tag(&self) -> u32 {
+        self.slot << 2 | self.sides
     }
+
+    /// Everything but the targets is the same: its claims read alike.
+    fn claims_alike(&self, other: &Input) -> bool {
+        (self.slot, self.sides, self.drop_bit, self.from, self.until)
+            == (
+                other.slot,
+                other.sides,
+                other.drop_bit,
+                other.from,
+                other.until,
+            )
+    }
+
+    fn claimant<'a>(&self, id: &'a str) -> Claimant<'a> {
+        Claimant {
+            drop_bit: self.drop_bit,
+            id,
+            slot: self.slot,
+            from: self.from,
+            until: self.until,
+        }
+    }
+}
+
+/// The orders to compile, each with its slot, and the claimants by slot.
+struct Inputs<'o> {
+    slots: SlotTable,
+    inputs: Vec<(&'o str, Input)>,
+    orders: Vec<CompiledOrder>,
+}
+
+impl<'o> Inputs<'o> {
+    fn new(
+        orders: &[&'o Order],
+        enforcement: Enforcement,
+        previous: &SlotTable,
+    ) -> Result<Self, CompileError> {
+        let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
+        let mut inputs = Vec::with_capacity(orders.len());
+        let mut compiled_orders = Vec::with_capacity(orders.len());
+        for order in orders {
+            let Some(slot) = slots.get(&order.id) else {
+                continue;
+            };
+            let action = enforcement.effective(order.action);
+            inputs.push((
+                order.id.as_str(),
+                Input {
+                    slot,
+                    sides: if order.direction.covers_dst() { DST } else { 0 }
+                        | if order.direction.covers_src() { SRC } else { 0 },
+                    drop_bit: if action == Action::Drop { RANK_DROP } else { 0 },
+                    from: order.effective_from,
+                    until: order.expires_at,
+                    targets: order.targets.clone(),
+                },
+            ));
+            compiled_orders.push(CompiledOrder {
+                id: order.id.clone(),
+                slot,
+                action,
+                prefixes: u32::try_from(order.targets.len()).unwrap_or(u32::MAX),
+                effective_from: order.effective_from,
+                expires_at: order.expires_at,
+            });
+        }
+        Ok(Self {
+            slots,
+            inputs,
+            orders: compiled_orders,
+        })
+    }
+
+    /// Claimants indexed by slot.
+    fn claimants(&self) -> Vec<Claimant<'o>> {
+        let len = self
+            .inputs
+            .iter()
+            .map(|(_, i)| i.slot + 1)
+            .max()
+            .unwrap_or(0);
+        let mut claimants = vec![Claimant::default(); len as usize];
+        for (id, input) in &self.inputs {
+            claimants[input.slot as usize] = input.claimant(id);
+        }
+        claimants
+    }
+}
+
+/// The IPv4 half of [`Compiled`]'s prefixes, as a [`Key`].
+fn v4_prefix(key: Key, entry: u32) -> ([u8; 4], u8, u32) {
+    (((key.bits() >> 96) as u32).to_be_bytes(), key.len, entry)
+}
+
+fn v6_prefix(key: Key, entry: u32) -> ([u8; 16], u8, u32) {
+    (key.bits().to_be_bytes(), key.len, entry)
+}
+
+/// Sorts and resolves one family's claims, with entries of its own.
+fn resolve_family<P>(
+    mut rows: Vec<Row>,
+    claimants: &[Claimant<'_>],
+    prefix: impl Fn(Key, u32) -> P,
+) -> (Vec<Row>, Vec<P>, Vec<PrefixEntry>, usize) {
+    rows.sort_unstable();
+    let mut entries = Entries::new();
+    let (prefixes, cut) = resolve(&rows, claimants, &mut entries, prefix);
+    (rows, prefixes, entries.list, cut)
+}
+
+/// Compiles from scratch. Returns the tables and the sorted claims of each
+/// family (for a [`Compiler`] to keep).
+fn compile_whole(inputs: Inputs<'_>) -> (Compiled, [Vec<Row>; 2]) {
+    let claimants = inputs.claimants();
+    let mut v4: Vec<Row> = Vec::new();
+    let mut v6: Vec<Row> = Vec::new();
+    for (_, input) in &inputs.inputs {
+        for target in input.targets.iter() {
+            let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
+            table.push(Row::new(key_of(target), input.tag()));
+        }
+    }
+    // The families side by side, each with its own entries; IPv6's follow
+    // IPv4's (an entry both hold is held twice, harmlessly).
+    let ((rows4, v4, entries4, cut4), (rows6, mut v6, entries6, cut6)) = crate::parallel::join(
+        v4.len() + v6.len(),
+        || resolve_family(v4, &claimants, v4_prefix),
+        || resolve_family(v6, &claimants, v6_prefix),
+    );
+    let offset = u32::try_from(entries4.len() - 1).unwrap_or(u32::MAX);
+    for (_, _, entry) in &mut v6 {
+        *entry += offset;
+    }
+    let mut entries = entries4;
+    entries.extend_from_slice(&entries6[1..]);
+    let compiled = Compiled {
+        v4,
+        v6,
+        entries,
+        slots: inputs.slots,
+        orders: inputs.orders,
+        overflow: cut4 + cut6,
+    };
+    (compiled, [rows4, rows6])
 }
 
 /// Compiles the orders to enforce into table entries and counter slots.
@@ -472,64 +688,404 @@ pub fn compile(
     enforcement: Enforcement,
     previous: &SlotTable,
 ) -> Result<Compiled, CompileError> {
-    let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
-    let mut v4: Vec<Tagged> = Vec::new();
-    let mut v6: Vec<Tagged> = Vec::new();
-    let mut claimants = Vec::with_capacity(orders.len());
-    let mut compiled_orders = Vec::with_capacity(orders.len());
-    for order in orders {
-        let Some(slot) = slots.get(&order.id) else {
-            continue;
+    Ok(compile_whole(Inputs::new(orders, enforcement, previous)?).0)
+}
+
+/// What an incremental compile changed since the compile it started from:
+/// the prefixes that appeared, went or got another entry, per family,
+/// sorted; and where the entries it added start (entries are only added
+/// between compiles from scratch).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The [`Step::version`] this change is made against.
+    pub from: u64,
+    pub v4: Vec<([u8; 4], u8)>,
+    pub v6: Vec<([u8; 16], u8)>,
+    pub entries_from: usize,
+}
+
+/// One compile by a [`Compiler`].
+pub struct Step<'a> {
+    pub compiled: &'a Compiled,
+    /// Numbers this compile's tables, for a later [`Change::from`].
+    pub version: u64,
+    /// What changed since the previous compile; `None` when compiled from
+    /// scratch.
+    pub change: Option<Change>,
+}
+
+/// What the next compile starts from.
+struct Kept {
+    version: u64,
+    enforcement: Enforcement,
+    inputs: FastMap<String, Input>,
+    /// Each family's claims, sorted: [IPv4, IPv6].
+    rows: [Vec<Row>; 2],
+    /// Claims per prefix length, per family (to find ancestors).
+    lengths: [[u32; 129]; 2],
+    /// The index of `compiled.entries`.
+    index: HashTable<u32>,
+    /// Entries after the last compile from scratch (the rest, added since,
+    /// may be garbage).
+    entries_whole: usize,
+    compiled: Compiled,
+}
+
+/// A compiler that remembers its last compile, so that a feed changing a
+/// few targets is compiled by re-resolving only the prefixes under them.
+/// The result is the same as [`compile`]'s (the entries may be numbered
+/// otherwise, and hold some no prefix uses until the next compile from
+/// scratch).
+#[derive(Default)]
+pub struct Compiler {
+    kept: Option<Kept>,
+    versions: u64,
+}
+
+/// Claims changed past this share of all are compiled from scratch.
+const WHOLE_BEYOND: usize = 8;
+
+impl Compiler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last compile's tables.
+    pub fn compiled(&self) -> Option<&Compiled> {
+        self.kept.as_ref().map(|k| &k.compiled)
+    }
+
+    /// Forgets the last compile: the next starts from scratch.
+    pub fn forget(&mut self) {
+        self.kept = None;
+    }
+
+    /// Compiles `orders` as [`compile`] does, incrementally when the last
+    /// compile allows it.
+    pub fn compile(
+        &mut self,
+        orders: &[&Order],
+        enforcement: Enforcement,
+        previous: &SlotTable,
+    ) -> Result<Step<'_>, CompileError> {
+        let inputs = Inputs::new(orders, enforcement, previous)?;
+        self.versions += 1;
+        let version = self.versions;
+        let change = match &mut self.kept {
+            Some(kept) if kept.enforcement == enforcement => kept.change(&inputs, version),
+            _ => None,
         };
-        let action = enforcement.effective(order.action);
-        let tag = u32::try_from(claimants.len()).unwrap_or(u32::MAX) << 2
-            | if order.direction.covers_dst() { DST } else { 0 }
-            | if order.direction.covers_src() { SRC } else { 0 };
-        claimants.push(Claimant {
-            drop_bit: if action == Action::Drop { RANK_DROP } else { 0 },
-            id: &order.id,
-            slot,
-            from: order.effective_from,
-            until: order.expires_at,
-        });
-        for target in order.targets.iter() {
-            let table = if target.is_ipv4() { &mut v4 } else { &mut v6 };
-            table.push((key_of(target), tag));
+        if change.is_none() {
+            let by_id = inputs
+                .inputs
+                .iter()
+                .map(|(id, input)| ((*id).to_owned(), input.clone()))
+                .collect();
+            let (compiled, rows) = compile_whole(inputs);
+            let mut lengths = [[0u32; 129]; 2];
+            for (family, rows) in rows.iter().enumerate() {
+                for row in rows {
+                    lengths[family][usize::from(row.len)] += 1;
+                }
+            }
+            let Entries { list, index } = Entries::over(compiled.entries);
+            let compiled = Compiled {
+                entries: list,
+                ..compiled
+            };
+            self.kept = Some(Kept {
+                version,
+                enforcement,
+                inputs: by_id,
+                rows,
+                lengths,
+                index,
+                entries_whole: compiled.entries.len(),
+                compiled,
+            });
         }
-        compiled_orders.push(CompiledOrder {
-            id: order.id.clone(),
-            slot,
-            action,
-            prefixes: u32::try_from(order.targets.len()).unwrap_or(u32::MAX),
-            effective_from: order.effective_from,
-            expires_at: order.expires_at,
-        });
+        let kept = self.kept.as_ref().expect("just compiled");
+        Ok(Step {
+            compiled: &kept.compiled,
+            version,
+            change,
+        })
     }
-    // The families side by side, each with its own entries; IPv6's follow
-    // IPv4's (an entry both hold is held twice, harmlessly).
-    let (v4, mut v6) = crate::parallel::join(
-        v4.len() + v6.len(),
-        || {
-            resolve(v4, &claimants, |k, e| {
-                (((k.bits() >> 96) as u32).to_be_bytes(), k.len, e)
-            })
-        },
-        || resolve(v6, &claimants, |k, e| (k.bits().to_be_bytes(), k.len, e)),
-    );
-    let offset = u32::try_from(v4.entries.len() - 1).unwrap_or(u32::MAX);
-    for (_, _, entry) in &mut v6.prefixes {
-        *entry += offset;
+}
+
+impl Kept {
+    /// Compiles `inputs` against what is kept, in place; `None` when they
+    /// are better (or must be) compiled from scratch. Whatever it leaves
+    /// kept then is replaced.
+    fn change(&mut self, inputs: &Inputs<'_>, version: u64) -> Option<Change> {
+        if self.compiled.overflow > 0 || self.compiled.entries.len() > 2 * self.entries_whole + 1024
+        {
+            return None;
+        }
+        let [removed, added] = self.diff(inputs)?;
+        let claimants = inputs.claimants();
+        let mut entries = Entries {
+            list: std::mem::take(&mut self.compiled.entries),
+            index: std::mem::take(&mut self.index),
+        };
+        let entries_from = entries.list.len();
+        let [rows4, rows6] = &mut self.rows;
+        let [lengths4, lengths6] = &mut self.lengths;
+        let v4 = update_family(
+            rows4,
+            &mut self.compiled.v4,
+            [&removed[0], &added[0]],
+            lengths4,
+            &claimants,
+            &mut entries,
+            v4_prefix,
+        );
+        let v6 = update_family(
+            rows6,
+            &mut self.compiled.v6,
+            [&removed[1], &added[1]],
+            lengths6,
+            &claimants,
+            &mut entries,
+            v6_prefix,
+        );
+        self.compiled.entries = entries.list;
+        self.index = entries.index;
+        let (v4, v6) = (v4?, v6?);
+        self.compiled.slots = inputs.slots.clone();
+        self.compiled.orders = inputs.orders.clone();
+        self.inputs = inputs
+            .inputs
+            .iter()
+            .map(|(id, input)| ((*id).to_owned(), input.clone()))
+            .collect();
+        let from = std::mem::replace(&mut self.version, version);
+        Some(Change {
+            from,
+            v4: v4
+                .iter()
+                .map(|k| (((k.bits() >> 96) as u32).to_be_bytes(), k.len))
+                .collect(),
+            v6: v6.iter().map(|k| (k.bits().to_be_bytes(), k.len)).collect(),
+            entries_from,
+        })
     }
-    let mut entries = v4.entries;
-    entries.extend_from_slice(&v6.entries[1..]);
-    Ok(Compiled {
-        v4: v4.prefixes,
-        v6: v6.prefixes,
-        entries,
-        slots,
-        orders: compiled_orders,
-        overflow: v4.cut + v6.cut,
-    })
+
+    /// The claims to remove and to add ([removed, added], each [IPv4,
+    /// IPv6], sorted) to go from the kept orders to `inputs`; `None` when
+    /// so many change that a compile from scratch is cheaper.
+    fn diff(&self, inputs: &Inputs<'_>) -> Option<[[Vec<Row>; 2]; 2]> {
+        let mut removed: [Vec<Row>; 2] = Default::default();
+        let mut added: [Vec<Row>; 2] = Default::default();
+        let push = |rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32| {
+            rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
+        };
+        let mut matched = 0;
+        for (id, new) in &inputs.inputs {
+            let Some(old) = self.inputs.get(*id) else {
+                new.targets
+                    .iter()
+                    .for_each(|t| push(&mut added, t, new.tag()));
+                continue;
+            };
+            matched += 1;
+            if !old.claims_alike(new) {
+                old.targets
+                    .iter()
+                    .for_each(|t| push(&mut removed, t, old.tag()));
+                new.targets
+                    .iter()
+                    .for_each(|t| push(&mut added, t, new.tag()));
+            } else if !Arc::ptr_eq(&old.targets, &new.targets) && old.targets != new.targets {
+                // Position by position: a target replaced in place (the
+                // usual edit) is one claim out and one in. Anything else
+                // (a reordered list) still gives a right, larger diff.
+                let (o, n) = (&old.targets, &new.targets);
+                for i in 0..o.len().max(n.len()) {
+                    if o.get(i) != n.get(i) {
+                        o.get(i).inspect(|t| push(&mut removed, t, old.tag()));
+                        n.get(i).inspect(|t| push(&mut added, t, new.tag()));
+                    }
+                }
+            }
+        }
+        if matched < self.inputs.len() {
+            let ids: std::collections::HashSet<&str> =
+                inputs.inputs.iter().map(|(id, _)| *id).collect();
+            for (id, old) in &self.inputs {
+                if !ids.contains(id.as_str()) {
+                    old.targets
+                        .iter()
+                        .for_each(|t| push(&mut removed, t, old.tag()));
+                }
+            }
+        }
+        let changed: usize = removed.iter().chain(&added).map(Vec::len).sum();
+        let kept: usize = self.rows.iter().map(Vec::len).sum();
+        if changed * WHOLE_BEYOND > kept.max(1024) {
+            return None;
+        }
+        for rows in removed.iter_mut().chain(added.iter_mut()) {
+            rows.sort_unstable();
+        }
+        Some([removed, added])
+    }
+}
+
+/// A [`Compiled`] prefix of one family.
+trait Prefix: Copy {
+    fn key(&self) -> Key;
+    fn entry(&self) -> u32;
+}
+
+impl Prefix for ([u8; 4], u8, u32) {
+    fn key(&self) -> Key {
+        Key::new(u128::from(u32::from_be_bytes(self.0)) << 96, self.1)
+    }
+    fn entry(&self) -> u32 {
+        self.2
+    }
+}
+
+impl Prefix for ([u8; 16], u8, u32) {
+    fn key(&self) -> Key {
+        Key::new(u128::from_be_bytes(self.0), self.1)
+    }
+    fn entry(&self) -> u32 {
+        self.2
+    }
+}
+
+/// The keys from `start` to the last whose address is at most `end`: a
+/// prefix and everything inside it.
+#[derive(Clone, Copy)]
+struct Span {
+    start: Key,
+    end: u128,
+}
+
+impl Span {
+    fn holds(&self, key: &Key) -> bool {
+        *key >= self.start && key.bits() <= self.end
+    }
+}
+
+/// Takes `[removed, added]` claims (sorted) out of and into one family's
+/// `rows`, re-resolves every prefix under a changed claim (from its
+/// outermost ancestor down) into `out`, and returns the keys whose entry
+/// changed, appeared or went. `None` when the rows do not hold a removed
+/// claim or candidates would be cut (both: compile from scratch).
+fn update_family<P: Prefix>(
+    rows: &mut Vec<Row>,
+    out: &mut Vec<P>,
+    [removed, added]: [&[Row]; 2],
+    lengths: &mut [u32; 129],
+    claimants: &[Claimant<'_>],
+    entries: &mut Entries,
+    prefix: impl Fn(Key, u32) -> P,
+) -> Option<Vec<Key>> {
+    if removed.is_empty() && added.is_empty() {
+        return Some(Vec::new());
+    }
+    // The claims, merged.
+    let mut merged = Vec::with_capacity((rows.len() + added.len()).saturating_sub(removed.len()));
+    let (mut gone, mut new) = (removed.iter().peekable(), added.iter().peekable());
+    for row in rows.iter() {
+        while let Some(add) = new.next_if(|a| *a < row) {
+            merged.push(*add);
+        }
+        if gone.next_if(|r| *r == row).is_some() {
+            continue;
+        }
+        if gone.peek().is_some_and(|r| *r < row) {
+            return None;
+        }
+        merged.push(*row);
+    }
+    merged.extend(new);
+    if gone.next().is_some() {
+        return None;
+    }
+    for row in removed {
+        lengths[usize::from(row.len)] -= 1;
+    }
+    for row in added {
+        lengths[usize::from(row.len)] += 1;
+    }
+    // Each changed prefix's span: from its outermost ancestor (or itself)
+    // over everything inside; overlapping spans joined.
+    let mut touched: Vec<Key> = removed.iter().chain(added).map(Row::key).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let shortest = lengths.iter().position(|&n| n > 0).unwrap_or(0) as u8;
+    let position = |key: &Key| merged.partition_point(|r| r.key() < *key);
+    let mut spans: Vec<Span> = touched
+        .iter()
+        .map(|t| {
+            let before = position(t);
+            let from = position(&t.masked(shortest)).min(before);
+            let outer = (shortest..t.len)
+                .filter(|&len| lengths[usize::from(len)] > 0)
+                .map(|len| t.masked(len))
+                .find(|a| {
+                    let rows = &merged[from..before];
+                    rows.get(rows.partition_point(|r| r.key() < *a))
+                        .is_some_and(|r| r.key() == *a)
+                })
+                .unwrap_or(*t);
+            Span {
+                start: outer,
+                end: outer.last(),
+            }
+        })
+        .collect();
+    spans.sort_unstable_by_key(|s| s.start);
+    let mut joined: Vec<Span> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match joined.last_mut() {
+            Some(last) if span.start.bits() <= last.end => last.end = last.end.max(span.end),
+            _ => joined.push(span),
+        }
+    }
+    // The prefixes rebuilt: outside the spans as they were, inside them
+    // resolved again.
+    let mut rebuilt = Vec::with_capacity(out.len() + added.len());
+    let mut changed = Vec::new();
+    let mut rest: &[P] = out;
+    let mut claims: &[Row] = &merged;
+    for span in &joined {
+        let start = rest.partition_point(|p| p.key() < span.start);
+        rebuilt.extend_from_slice(&rest[..start]);
+        let end = start + rest[start..].partition_point(|p| span.holds(&p.key()));
+        let old = &rest[start..end];
+        rest = &rest[end..];
+        let first = claims.partition_point(|r| r.key() < span.start);
+        let last = first + claims[first..].partition_point(|r| span.holds(&r.key()));
+        let (resolved, cut) = resolve(&claims[first..last], claimants, entries, |k, e| (k, e));
+        claims = &claims[last..];
+        if cut > 0 {
+            return None;
+        }
+        // Old and new side by side, both sorted.
+        let mut old = old.iter().peekable();
+        for &(key, entry) in &resolved {
+            while let Some(gone) = old.next_if(|p| p.key() < key) {
+                changed.push(gone.key());
+            }
+            match old.next_if(|p| p.key() == key) {
+                Some(was) if entries.list[was.entry() as usize] == entries.list[entry as usize] => {
+                }
+                _ => changed.push(key),
+            }
+            rebuilt.push(prefix(key, entry));
+        }
+        changed.extend(old.map(Prefix::key));
+    }
+    rebuilt.extend_from_slice(rest);
+    *rows = merged;
+    *out = rebuilt;
+    changed.sort_unstable();
+    Some(changed)
 }
 
 /// What the XDP program does with a compiled table, in plain Rust: the
@@ -853,6 +1409,117 @@ mod tests {
                 };
                 o
             })
+    }
+
+    /// Each family's prefixes with their entries' content.
+    type View = (
+        Vec<([u8; 4], u8, PrefixEntry)>,
+        Vec<([u8; 16], u8, PrefixEntry)>,
+    );
+
+    fn view(c: &Compiled) -> View {
+        (
+            c.v4.iter().map(|&(n, l, e)| (n, l, *c.entry(e))).collect(),
+            c.v6.iter().map(|&(n, l, e)| (n, l, *c.entry(e))).collect(),
+        )
+    }
+
+    /// The prefixes whose entry differs between `a` and `b` (or that only
+    /// one holds).
+    fn differing(a: &View, b: &View) -> Change {
+        fn family<const N: usize>(
+            a: &[([u8; N], u8, PrefixEntry)],
+            b: &[([u8; N], u8, PrefixEntry)],
+        ) -> Vec<([u8; N], u8)> {
+            let a: BTreeMap<_, _> = a.iter().map(|&(n, l, e)| ((n, l), e)).collect();
+            let b: BTreeMap<_, _> = b.iter().map(|&(n, l, e)| ((n, l), e)).collect();
+            let keys: BTreeSet<_> = a.keys().chain(b.keys()).copied().collect();
+            keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect()
+        }
+        Change {
+            v4: family(&a.0, &b.0),
+            v6: family(&a.1, &b.1),
+            ..Change::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn an_incremental_compile_equals_one_from_scratch(
+            first in prop::collection::vec(arb_order(), 0..7),
+            more in prop::collection::vec(arb_order(), 4),
+            edits in prop::collection::vec(
+                prop::collection::vec((0u8..6, 0usize..8, prop_oneof![universe_v4(), universe_v6()]), 1..4),
+                1..5,
+            ),
+            observe in any::<bool>(),
+        ) {
+            // A feed, then feeds made from it by small edits: a target
+            // replaced, added or dropped, an order's action flipped, an order
+            // withdrawn or issued.
+            let mut sets = vec![first.clone()];
+            let mut set = first;
+            let mut more = more.into_iter();
+            for step in edits {
+                for (kind, which, target) in step {
+                    let at = which % set.len().max(1);
+                    let target: IpNetwork = target.parse().expect("prefix");
+                    match (kind, set.get_mut(at)) {
+                        (0, Some(o)) => {
+                            let mut t = o.targets.to_vec();
+                            let i = which % t.len();
+                            t[i] = target;
+                            o.targets = t.into();
+                        }
+                        (1, Some(o)) => o.targets = o.targets.iter().copied().chain([target]).collect(),
+                        (2, Some(o)) if o.targets.len() > 1 => {
+                            o.targets = o.targets.iter().copied().skip(1).collect();
+                        }
+                        (3, Some(o)) => {
+                            o.action = if o.action == Action::Drop { Action::Monitor } else { Action::Drop };
+                        }
+                        (4, Some(_)) => {
+                            set.remove(at);
+                        }
+                        _ => set.extend(more.next()),
+                    }
+                }
+                sets.push(set.clone());
+            }
+            let enforcement = if observe { Enforcement::Observe } else { Enforcement::Enforce };
+            let mut compiler = Compiler::new();
+            let mut slots = SlotTable::new();
+            let mut before: Option<(View, usize, Vec<PrefixEntry>)> = None;
+            for set in sets {
+                let mut unique: BTreeMap<String, Order> = BTreeMap::new();
+                for o in set { unique.entry(o.id.clone()).or_insert(o); }
+                let refs: Vec<&Order> = unique.values().collect();
+                let whole = compile(&refs, enforcement, &slots).expect("compile");
+                let step = compiler.compile(&refs, enforcement, &slots).expect("compile");
+                let now = view(step.compiled);
+                prop_assert_eq!(&now, &view(&whole));
+                prop_assert_eq!(&step.compiled.slots, &whole.slots);
+                prop_assert_eq!(&step.compiled.orders, &whole.orders);
+                prop_assert_eq!(step.compiled.overflow, whole.overflow);
+                if let Some((then, overflow, entries)) = &before
+                    && *overflow == 0
+                    && whole.overflow == 0
+                {
+                    let change = step.change.as_ref().expect("small changes are incremental");
+                    let differ = differing(then, &now);
+                    for key in &differ.v4 {
+                        prop_assert!(change.v4.binary_search(key).is_ok(), "IPv4 {:?} changed unnamed", key);
+                    }
+                    for key in &differ.v6 {
+                        prop_assert!(change.v6.binary_search(key).is_ok(), "IPv6 {:?} changed unnamed", key);
+                    }
+                    prop_assert_eq!(&step.compiled.entries[..change.entries_from], &entries[..], "entries are only added");
+                }
+                slots = whole.slots.clone();
+                before = Some((now, whole.overflow, step.compiled.entries.clone()));
+            }
+        }
     }
 
     proptest! {
