@@ -13,6 +13,9 @@ use blocker_common::layout::{
 
 use crate::compile::Compiled;
 
+mod patch;
+pub use patch::{Patch, Source, Unpatchable, patch};
+
 /// Sizes of one generation's tables, fixed when the maps are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -457,6 +460,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::compile::Change;
 
     fn entry(tag: u32) -> PrefixEntry {
         let mut e = PrefixEntry::EMPTY;
@@ -571,6 +575,115 @@ mod tests {
                 prop_assert_eq!(
                     tables.lookup(IpAddr::from(addr.to_be_bytes())),
                     entry(longest(&v6, addr, 128)),
+                    "IPv6 {:#x}", addr
+                );
+            }
+        }
+    }
+
+    impl Source for Tables {
+        fn v4_bits(&mut self, index: u32) -> Option<u64> {
+            self.v4_bits.get(index as usize).copied()
+        }
+        fn v6_bits(&mut self, index: u32) -> Option<u64> {
+            self.v6_bits.get(index as usize).copied()
+        }
+        fn v4_bucket(&mut self, index: u32) -> Option<Bucket4> {
+            self.v4.get(index as usize).copied()
+        }
+        fn v6_bucket(&mut self, index: u32) -> Option<Bucket6> {
+            self.v6.get(index as usize).copied()
+        }
+    }
+
+    impl Tables {
+        fn apply(&mut self, patch: &Patch) {
+            fn put<T: Copy>(table: &mut [T], values: &[(u32, T)]) {
+                for &(i, v) in values {
+                    table[i as usize] = v;
+                }
+            }
+            put(&mut self.v4_bits, &patch.v4_bits);
+            put(&mut self.v4, &patch.v4);
+            put(&mut self.v6_bits, &patch.v6_bits);
+            put(&mut self.v6, &patch.v6);
+            put(&mut self.entries, &patch.entries);
+            put(&mut self.v4_short, &patch.v4_short);
+            self.keys.0 = self.keys.0.wrapping_add_signed(patch.keys.0);
+            self.keys.1 = self.keys.1.wrapping_add_signed(patch.keys.1);
+        }
+    }
+
+    /// The prefixes whose entry differs between `a` and `b`, or that one
+    /// of them lacks.
+    fn differing<const N: usize>(
+        a: &[([u8; N], u8, u32)],
+        b: &[([u8; N], u8, u32)],
+    ) -> Vec<([u8; N], u8)> {
+        let a: std::collections::BTreeMap<_, _> = a.iter().map(|&(n, l, e)| ((n, l), e)).collect();
+        let b: std::collections::BTreeMap<_, _> = b.iter().map(|&(n, l, e)| ((n, l), e)).collect();
+        let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).copied().collect();
+        keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect()
+    }
+
+    fn tidy<const N: usize>(mut table: Vec<([u8; N], u8, u32)>) -> Vec<([u8; N], u8, u32)> {
+        table.sort_by_key(|(n, l, _)| (*n, *l));
+        table.dedup_by_key(|(n, l, _)| (*n, *l));
+        table
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn a_patch_looks_up_like_a_layout_from_scratch(
+            before4 in v4_table(),
+            before6 in v6_table(),
+            after4 in v4_table(),
+            after6 in v6_table(),
+            keep in 0usize..40,
+            probes4 in prop::collection::vec(0u32..64, 32),
+            probes6 in prop::collection::vec(0u128..64, 32),
+        ) {
+            // IPv4 from /16, as the contract has it (shorter is laid out
+            // from scratch).
+            let contract = |t: Vec<([u8; 4], u8, u32)>| t.into_iter().filter(|p| p.1 >= 16).collect();
+            let (before4, after4): (Vec<_>, Vec<_>) = (contract(before4), contract(after4));
+            let (before4, before6) = (tidy(before4), tidy(before6));
+            // The feed after: some of the prefixes before, some new.
+            let after4 = tidy(before4.iter().take(keep).copied().chain(after4).collect());
+            let after6 = tidy(before6.iter().skip(keep / 2).copied().chain(after6).collect());
+            let before = Compiled { v4: before4, v6: before6, entries: entries(), ..Compiled::default() };
+            let after = Compiled { v4: after4, v6: after6, entries: entries(), ..Compiled::default() };
+            let geometry = Geometry::for_capacity(128);
+            let mut tables = build(&before, &geometry).unwrap();
+            let change = Change {
+                from: 0,
+                v4: differing(&before.v4, &after.v4),
+                v6: differing(&before.v6, &after.v6),
+                entries_from: after.entries.len(),
+            };
+            let shape = tables.shape;
+            let patch = patch(&after, &change, &shape, geometry.entries as usize, &mut tables)
+                .map_err(|err| TestCaseError::fail(err.to_string()))?;
+            tables.apply(&patch);
+            let whole = build(&after, &geometry).unwrap();
+            prop_assert_eq!(tables.keys, whole.keys, "keys (IPv4, IPv6)");
+            prop_assert_eq!(&tables.v4_bits, &whole.v4_bits, "IPv4 bits are exact");
+            prop_assert_eq!(&tables.v4_short, &whole.v4_short);
+            let entry = |index: Option<u32>| index.map(|i| *after.entry(i));
+            for host in probes4 {
+                let addr = 0xc000_0200u32 ^ (host << 3) ^ (host << 14) ^ (host & 7);
+                prop_assert_eq!(
+                    tables.lookup(IpAddr::from(addr.to_be_bytes())),
+                    entry(longest(&after.v4, u128::from(addr), 32)),
+                    "IPv4 {:#x}", addr
+                );
+            }
+            for host in probes6 {
+                let addr = (0x2001_0db8u128 << 96) ^ host ^ (host << 70) ^ (host << 95) ^ (host & 3) << 40;
+                prop_assert_eq!(
+                    tables.lookup(IpAddr::from(addr.to_be_bytes())),
+                    entry(longest(&after.v6, addr, 128)),
                     "IPv6 {:#x}", addr
                 );
             }
