@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use crate::{
     fasthash::{FastHasher, FastMap},
     feed::{Action, Order},
+    gallop,
 };
 
 /// `enforcement:` in the config.
@@ -83,6 +84,10 @@ impl SlotTable {
     /// lowest free one.
     fn reassign<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<Self, CompileError> {
         let ids: BTreeSet<&str> = ids.into_iter().collect();
+        if ids.len() == self.slots.len() && ids.iter().all(|id| self.slots.contains_key(*id)) {
+            // The same orders (the usual feed): the same slots.
+            return Ok(self.clone());
+        }
         let mut slots: BTreeMap<String, u32> = ids
             .iter()
             .filter_map(|id| self.get(id).map(|slot| ((*id).to_owned(), slot)))
@@ -370,7 +375,7 @@ const SRC: u32 = 2;
 /// One target of one order: its prefix and `slot << 2 | DST | SRC`. Sorted
 /// (by prefix, then tag), a prefix's claims are adjacent and its ancestors
 /// come before it. Flat, 24 bytes: a million are sorted and kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Row {
     hi: u64,
     lo: u64,
@@ -413,11 +418,15 @@ impl Entries {
         }
     }
 
-    /// An index over `list` as it is (its first of equal entries).
-    fn over(list: Vec<PrefixEntry>) -> Self {
+    /// An index over `list` as it is (its first of equal entries), with
+    /// room to grow by half: growing the index rehashes every entry, a
+    /// cache miss each.
+    fn over(mut list: Vec<PrefixEntry>) -> Self {
+        let room = list.len() / 2 + 1024;
+        list.reserve(room);
         let mut entries = Self {
             list: Vec::new(),
-            index: HashTable::with_capacity(list.len()),
+            index: HashTable::with_capacity(list.len() + room),
         };
         entries.list = list;
         for i in 1..entries.list.len() {
@@ -448,73 +457,207 @@ impl Entries {
             }
         }
     }
+}
 
+/// Where resolved entries get their index.
+trait Intern {
+    fn intern(&mut self, entry: PrefixEntry) -> u32;
+}
+
+impl Intern for Entries {
     fn intern(&mut self, entry: PrefixEntry) -> u32 {
         self.position(entry, None)
     }
 }
 
-/// Resolves sorted `rows` (a whole family, or the claims under one
-/// outermost prefix: no row outside covers one inside) to an entry per
-/// prefix, each prefix as `prefix(key, entry)`. Returns them, in order, and
-/// the candidates cut.
-fn resolve<'a, P>(
-    rows: &[Row],
-    claimants: &[Claimant<'a>],
-    entries: &mut Entries,
-    prefix: impl Fn(Key, u32) -> P,
-) -> (Vec<P>, usize) {
-    let mut prefixes = Vec::with_capacity(rows.len());
-    let mut cut = 0;
-    // Nearly every prefix is one order's target under no other: its entry
-    // follows from the order's tag and the length alone, found without
-    // hashing a whole entry.
-    let mut lone: FastMap<(u32, u8), u32> = FastMap::default();
-    // Ancestors of the current prefix, outermost first, with their resolved
-    // candidates (own claims merged with their ancestors').
-    let mut stack: Vec<(Key, Resolved<'a>)> = Vec::new();
-    let mut buffers: [Vec<Claim<'a>>; 2] = [Vec::new(), Vec::new()];
-    let mut rest = rows;
-    while let Some(first) = rest.first() {
-        let key = first.key();
-        let same = rest.iter().take_while(|r| r.key() == key).count();
-        let (group, tail) = rest.split_at(same);
-        rest = tail;
-        while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
-            stack.pop();
-        }
-        let inherited = stack.last().map_or([Top::EMPTY; 2], |(_, r)| *r);
-        let mut resolved = [Top::EMPTY; 2];
-        for (direction, buffer) in buffers.iter_mut().enumerate() {
-            let bit = if direction == 0 { DST } else { SRC };
-            buffer.clear();
-            buffer.extend(group.iter().filter(|r| r.tag & bit != 0).map(|r| {
-                let c = &claimants[(r.tag >> 2) as usize];
-                Claim {
-                    rank: c.drop_bit | u32::from(key.len),
-                    id: c.id,
-                    slot: c.slot,
-                    from: c.from,
-                    until: c.until,
-                }
-            }));
-            buffer.extend_from_slice(inherited[direction].as_slice());
-            cut += normalise(buffer);
-            let top = &mut resolved[direction];
-            top.len = buffer.len();
-            top.claims[..buffer.len()].copy_from_slice(buffer);
-        }
-        let entry = if group.len() == 1 && stack.is_empty() {
-            *lone
-                .entry((group[0].tag, key.len))
-                .or_insert_with(|| entries.intern(to_entry(&resolved)))
-        } else {
-            entries.intern(to_entry(&resolved))
-        };
-        prefixes.push(prefix(key, entry));
-        stack.push((key, resolved));
+impl Entries {
+    /// The position of `entry`, if listed.
+    fn find(&self, entry: &PrefixEntry) -> Option<u32> {
+        let hasher = BuildHasherDefault::<FastHasher>::default();
+        self.index
+            .find(hasher.hash_one(entry), |&i| self.list[i as usize] == *entry)
+            .copied()
     }
-    (prefixes, cut)
+}
+
+/// Marks an entry an [`Interner`] added, by its place in its own list.
+const ADDED: u32 = 1 << 31;
+
+/// Interns against entries kept from before, which it only reads (so
+/// that both families can be resolved side by side): an entry not there
+/// is listed here, as `ADDED | i`, until [`Interner::merge`].
+struct Interner<'e> {
+    kept: &'e Entries,
+    added: Entries,
+}
+
+impl<'e> Interner<'e> {
+    fn new(kept: &'e Entries) -> Self {
+        Self {
+            kept,
+            added: Entries {
+                list: Vec::new(),
+                index: HashTable::new(),
+            },
+        }
+    }
+
+    fn get(&self, index: u32) -> &PrefixEntry {
+        if index & ADDED == 0 {
+            &self.kept.list[index as usize]
+        } else {
+            &self.added.list[(index & !ADDED) as usize]
+        }
+    }
+
+    /// The positions in `entries` (the kept ones, grown) of the entries
+    /// added here, by their `ADDED` index.
+    fn merge(added: Vec<PrefixEntry>, entries: &mut Entries) -> Vec<u32> {
+        added.into_iter().map(|e| entries.intern(e)).collect()
+    }
+}
+
+impl Intern for Interner<'_> {
+    fn intern(&mut self, entry: PrefixEntry) -> u32 {
+        if let Some(index) = self.kept.find(&entry) {
+            return index;
+        }
+        ADDED | self.added.position(entry, None)
+    }
+}
+
+/// The entry of a prefix that is one order's only claim, under no other,
+/// by (tag, length).
+type Lone = FastMap<(u32, u8), u32>;
+
+/// Resolves claims to entries; keeps its buffers (and what it learnt of
+/// lone prefixes) from one call to the next within a compile.
+struct Resolver<'a> {
+    /// Nearly every prefix is one order's target under no other: its entry
+    /// follows from the order's tag and the length alone, found without
+    /// hashing a whole entry.
+    lone: Lone,
+    /// Keys added to `lone` since it was handed over.
+    learnt: Vec<(u32, u8)>,
+    /// Ancestors of the current prefix, outermost first, with their
+    /// resolved candidates (own claims merged with their ancestors').
+    stack: Vec<(Key, Resolved<'a>)>,
+    buffers: [Vec<Claim<'a>>; 2],
+}
+
+impl<'a> Resolver<'a> {
+    fn new() -> Self {
+        Self::knowing(Lone::default())
+    }
+
+    /// A resolver that knows the entries of `lone` prefixes already.
+    fn knowing(lone: Lone) -> Self {
+        Self {
+            lone,
+            learnt: Vec::new(),
+            stack: Vec::new(),
+            buffers: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Resolves sorted `rows` (a whole family, or the claims under one
+    /// outermost prefix: no row outside covers one inside) to an entry per
+    /// prefix, each pushed to `out` as `prefix(key, entry)`, in order.
+    /// Returns the candidates cut.
+    fn resolve<P>(
+        &mut self,
+        rows: &[Row],
+        claimants: &[Claimant<'a>],
+        entries: &mut impl Intern,
+        out: &mut Vec<P>,
+        prefix: impl Fn(Key, u32) -> P,
+    ) -> usize {
+        self.resolve_under(&[], rows, claimants, entries, out, prefix)
+    }
+
+    /// As [`Resolver::resolve`], for `rows` under `ancestors` (the claims
+    /// of each prefix that covers them, outermost first; resolved again
+    /// to be inherited, not output).
+    fn resolve_under<P>(
+        &mut self,
+        ancestors: &[&[Row]],
+        rows: &[Row],
+        claimants: &[Claimant<'a>],
+        entries: &mut impl Intern,
+        out: &mut Vec<P>,
+        prefix: impl Fn(Key, u32) -> P,
+    ) -> usize {
+        let mut cut = 0;
+        let Self {
+            lone,
+            learnt,
+            stack,
+            buffers,
+        } = self;
+        stack.clear();
+        for group in ancestors {
+            let key = group[0].key();
+            let (resolved, _) = candidates(stack, buffers, group, key, claimants);
+            stack.push((key, resolved));
+        }
+        let mut rest = rows;
+        while let Some(first) = rest.first() {
+            let key = first.key();
+            let same = rest.iter().take_while(|r| r.key() == key).count();
+            let (group, tail) = rest.split_at(same);
+            rest = tail;
+            while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
+                stack.pop();
+            }
+            let (resolved, group_cut) = candidates(stack, buffers, group, key, claimants);
+            cut += group_cut;
+            let entry = if group.len() == 1 && stack.is_empty() {
+                *lone.entry((group[0].tag, key.len)).or_insert_with(|| {
+                    learnt.push((group[0].tag, key.len));
+                    entries.intern(to_entry(&resolved))
+                })
+            } else {
+                entries.intern(to_entry(&resolved))
+            };
+            out.push(prefix(key, entry));
+            stack.push((key, resolved));
+        }
+        cut
+    }
+}
+
+/// The candidates of prefix `key` (whose claims are `group`) under the
+/// top of `stack`, and how many were cut.
+fn candidates<'a>(
+    stack: &[(Key, Resolved<'a>)],
+    buffers: &mut [Vec<Claim<'a>>; 2],
+    group: &[Row],
+    key: Key,
+    claimants: &[Claimant<'a>],
+) -> (Resolved<'a>, usize) {
+    let mut cut = 0;
+    let inherited = stack.last().map_or([Top::EMPTY; 2], |(_, r)| *r);
+    let mut resolved = [Top::EMPTY; 2];
+    for (direction, buffer) in buffers.iter_mut().enumerate() {
+        let bit = if direction == 0 { DST } else { SRC };
+        buffer.clear();
+        buffer.extend(group.iter().filter(|r| r.tag & bit != 0).map(|r| {
+            let c = &claimants[(r.tag >> 2) as usize];
+            Claim {
+                rank: c.drop_bit | u32::from(key.len),
+                id: c.id,
+                slot: c.slot,
+                from: c.from,
+                until: c.until,
+            }
+        }));
+        buffer.extend_from_slice(inherited[direction].as_slice());
+        cut += normalise(buffer);
+        let top = &mut resolved[direction];
+        top.len = buffer.len();
+        top.claims[..buffer.len()].copy_from_slice(buffer);
+    }
+    (resolved, cut)
 }
 
 /// An order as compiled, as the next compile compares it.
@@ -636,16 +779,18 @@ fn resolve_family<P>(
     mut rows: Vec<Row>,
     claimants: &[Claimant<'_>],
     prefix: impl Fn(Key, u32) -> P,
-) -> (Vec<Row>, Vec<P>, Vec<PrefixEntry>, usize) {
+) -> (Vec<Row>, Vec<P>, Vec<PrefixEntry>, usize, Lone) {
     rows.sort_unstable();
     let mut entries = Entries::new();
-    let (prefixes, cut) = resolve(&rows, claimants, &mut entries, prefix);
-    (rows, prefixes, entries.list, cut)
+    let mut prefixes = Vec::with_capacity(rows.len());
+    let mut resolver = Resolver::new();
+    let cut = resolver.resolve(&rows, claimants, &mut entries, &mut prefixes, prefix);
+    (rows, prefixes, entries.list, cut, resolver.lone)
 }
 
-/// Compiles from scratch. Returns the tables and the sorted claims of each
-/// family (for a [`Compiler`] to keep).
-fn compile_whole(inputs: Inputs<'_>) -> (Compiled, [Vec<Row>; 2]) {
+/// Compiles from scratch. Returns the tables, and the sorted claims and
+/// lone entries of each family (for a [`Compiler`] to keep).
+fn compile_whole(inputs: Inputs<'_>) -> (Compiled, [Vec<Row>; 2], [Lone; 2]) {
     let claimants = inputs.claimants();
     let mut v4: Vec<Row> = Vec::new();
     let mut v6: Vec<Row> = Vec::new();
@@ -657,13 +802,17 @@ fn compile_whole(inputs: Inputs<'_>) -> (Compiled, [Vec<Row>; 2]) {
     }
     // The families side by side, each with its own entries; IPv6's follow
     // IPv4's (an entry both hold is held twice, harmlessly).
-    let ((rows4, v4, entries4, cut4), (rows6, mut v6, entries6, cut6)) = crate::parallel::join(
-        v4.len() + v6.len(),
-        || resolve_family(v4, &claimants, v4_prefix),
-        || resolve_family(v6, &claimants, v6_prefix),
-    );
+    let ((rows4, v4, entries4, cut4, lone4), (rows6, mut v6, entries6, cut6, mut lone6)) =
+        crate::parallel::join(
+            v4.len() + v6.len(),
+            || resolve_family(v4, &claimants, v4_prefix),
+            || resolve_family(v6, &claimants, v6_prefix),
+        );
     let offset = u32::try_from(entries4.len() - 1).unwrap_or(u32::MAX);
     for (_, _, entry) in &mut v6 {
+        *entry += offset;
+    }
+    for entry in lone6.values_mut() {
         *entry += offset;
     }
     let mut entries = entries4;
@@ -676,7 +825,7 @@ fn compile_whole(inputs: Inputs<'_>) -> (Compiled, [Vec<Row>; 2]) {
         orders: inputs.orders,
         overflow: cut4 + cut6,
     };
-    (compiled, [rows4, rows6])
+    (compiled, [rows4, rows6], [lone4, lone6])
 }
 
 /// Compiles the orders to enforce into table entries and counter slots.
@@ -714,20 +863,63 @@ pub struct Step<'a> {
     pub change: Option<Change>,
 }
 
+/// A [`Compiled`] IPv4 prefix.
+type V4Prefix = ([u8; 4], u8, u32);
+/// A [`Compiled`] IPv6 prefix.
+type V6Prefix = ([u8; 16], u8, u32);
+
+/// One family's claims as kept between compiles.
+struct Claims<P> {
+    /// Sorted.
+    rows: Vec<Row>,
+    /// Claims per prefix length (to find ancestors).
+    lengths: [u32; 129],
+    /// Lone entries (while the orders stay the same: an order's tag then
+    /// always stands for the same claimant).
+    lone: Lone,
+    /// Buffers for the next merge of the rows and rebuild of the prefixes,
+    /// their pages touched already (fresh ones fault in page by page).
+    spare_rows: Vec<Row>,
+    spare_out: Vec<P>,
+}
+
+impl<P: Copy + Default> Claims<P> {
+    /// The claims of `rows` (sorted), with spare buffers for `prefixes`
+    /// prefixes, touched.
+    fn new(rows: Vec<Row>, lone: Lone, prefixes: usize) -> Self {
+        let mut lengths = [0u32; 129];
+        for row in &rows {
+            lengths[usize::from(row.len)] += 1;
+        }
+        let room = |n: usize| n + n / 16 + 1024;
+        let mut spare_rows = vec![Row::default(); room(rows.len())];
+        spare_rows.clear();
+        let mut spare_out = vec![P::default(); room(prefixes)];
+        spare_out.clear();
+        Self {
+            rows,
+            lengths,
+            lone,
+            spare_rows,
+            spare_out,
+        }
+    }
+}
+
 /// What the next compile starts from.
 struct Kept {
     version: u64,
     enforcement: Enforcement,
     inputs: FastMap<String, Input>,
-    /// Each family's claims, sorted: [IPv4, IPv6].
-    rows: [Vec<Row>; 2],
-    /// Claims per prefix length, per family (to find ancestors).
-    lengths: [[u32; 129]; 2],
+    v4: Claims<V4Prefix>,
+    v6: Claims<V6Prefix>,
     /// The index of `compiled.entries`.
     index: HashTable<u32>,
     /// Entries after the last compile from scratch (the rest, added since,
     /// may be garbage).
     entries_whole: usize,
+    /// Incremental compiles since the last from scratch.
+    changes: u32,
     compiled: Compiled,
 }
 
@@ -744,6 +936,11 @@ pub struct Compiler {
 
 /// Claims changed past this share of all are compiled from scratch.
 const WHOLE_BEYOND: usize = 8;
+
+/// Every this many incremental compiles, one from scratch: it drops the
+/// entries no prefix uses any more, and the datapath lays its tables out
+/// afresh (clearing IPv6 bitmap bits that patches leave set).
+const CHANGES_BETWEEN_WHOLE: u32 = 64;
 
 impl Compiler {
     pub fn new() -> Self {
@@ -768,11 +965,11 @@ impl Compiler {
         enforcement: Enforcement,
         previous: &SlotTable,
     ) -> Result<Step<'_>, CompileError> {
-        let inputs = Inputs::new(orders, enforcement, previous)?;
+        let mut inputs = Inputs::new(orders, enforcement, previous)?;
         self.versions += 1;
         let version = self.versions;
         let change = match &mut self.kept {
-            Some(kept) if kept.enforcement == enforcement => kept.change(&inputs, version),
+            Some(kept) if kept.enforcement == enforcement => kept.change(&mut inputs, version),
             _ => None,
         };
         if change.is_none() {
@@ -781,13 +978,9 @@ impl Compiler {
                 .iter()
                 .map(|(id, input)| ((*id).to_owned(), input.clone()))
                 .collect();
-            let (compiled, rows) = compile_whole(inputs);
-            let mut lengths = [[0u32; 129]; 2];
-            for (family, rows) in rows.iter().enumerate() {
-                for row in rows {
-                    lengths[family][usize::from(row.len)] += 1;
-                }
-            }
+            let (compiled, [rows4, rows6], [lone4, lone6]) = compile_whole(inputs);
+            let v4 = Claims::new(rows4, lone4, compiled.v4.len());
+            let v6 = Claims::new(rows6, lone6, compiled.v6.len());
             let Entries { list, index } = Entries::over(compiled.entries);
             let compiled = Compiled {
                 entries: list,
@@ -797,10 +990,11 @@ impl Compiler {
                 version,
                 enforcement,
                 inputs: by_id,
-                rows,
-                lengths,
+                v4,
+                v6,
                 index,
                 entries_whole: compiled.entries.len(),
+                changes: 0,
                 compiled,
             });
         }
@@ -817,48 +1011,96 @@ impl Kept {
     /// Compiles `inputs` against what is kept, in place; `None` when they
     /// are better (or must be) compiled from scratch. Whatever it leaves
     /// kept then is replaced.
-    fn change(&mut self, inputs: &Inputs<'_>, version: u64) -> Option<Change> {
-        if self.compiled.overflow > 0 || self.compiled.entries.len() > 2 * self.entries_whole + 1024
+    fn change(&mut self, inputs: &mut Inputs<'_>, version: u64) -> Option<Change> {
+        if self.compiled.overflow > 0
+            || self.compiled.entries.len() > 2 * self.entries_whole + 1024
+            || self.changes >= CHANGES_BETWEEN_WHOLE
         {
             return None;
         }
-        let [removed, added] = self.diff(inputs)?;
+        let ([removed, added], same_orders) = self.diff(inputs)?;
+        if !same_orders {
+            self.v4.lone = Lone::default();
+            self.v6.lone = Lone::default();
+        }
         let claimants = inputs.claimants();
         let mut entries = Entries {
             list: std::mem::take(&mut self.compiled.entries),
             index: std::mem::take(&mut self.index),
         };
         let entries_from = entries.list.len();
-        let [rows4, rows6] = &mut self.rows;
-        let [lengths4, lengths6] = &mut self.lengths;
-        let v4 = update_family(
-            rows4,
-            &mut self.compiled.v4,
-            [&removed[0], &added[0]],
-            lengths4,
-            &claimants,
-            &mut entries,
-            v4_prefix,
+        let (claims4, claims6) = (&mut self.v4, &mut self.v6);
+        let (out4, out6) = (&mut self.compiled.v4, &mut self.compiled.v6);
+        // The families side by side, each adding entries of its own.
+        let kept = &entries;
+        let ((v4, added4), (v6, added6)) = crate::parallel::join(
+            (removed[0].len() + added[0].len() + removed[1].len() + added[1].len()) * 10,
+            || {
+                let mut interner = Interner::new(kept);
+                let diff = [&removed[0][..], &added[0][..]];
+                let changed =
+                    update_family(claims4, out4, diff, &claimants, &mut interner, v4_prefix);
+                (changed, interner.added.list)
+            },
+            || {
+                let mut interner = Interner::new(kept);
+                let diff = [&removed[1][..], &added[1][..]];
+                let changed =
+                    update_family(claims6, out6, diff, &claimants, &mut interner, v6_prefix);
+                (changed, interner.added.list)
+            },
         );
-        let v6 = update_family(
-            rows6,
-            &mut self.compiled.v6,
-            [&removed[1], &added[1]],
-            lengths6,
-            &claimants,
-            &mut entries,
-            v6_prefix,
-        );
+        let (v4, v6) = (v4?, v6?);
+        // Their added entries listed, and numbered so.
+        let placed4 = Interner::merge(added4, &mut entries);
+        let placed6 = Interner::merge(added6, &mut entries);
+        let renumber = |entry: &mut u32, placed: &[u32]| {
+            if *entry & ADDED != 0 {
+                *entry = placed[(*entry & !ADDED) as usize];
+            }
+        };
+        if !placed4.is_empty() {
+            self.compiled
+                .v4
+                .iter_mut()
+                .for_each(|p| renumber(&mut p.2, &placed4));
+        }
+        if !placed6.is_empty() {
+            self.compiled
+                .v6
+                .iter_mut()
+                .for_each(|p| renumber(&mut p.2, &placed6));
+        }
+        // What the resolvers learnt of lone prefixes, numbered so too.
+        for key in &v4.learnt {
+            if let Some(entry) = self.v4.lone.get_mut(key) {
+                renumber(entry, &placed4);
+            }
+        }
+        for key in &v6.learnt {
+            if let Some(entry) = self.v6.lone.get_mut(key) {
+                renumber(entry, &placed6);
+            }
+        }
+        let (v4, v6) = (v4.changed, v6.changed);
         self.compiled.entries = entries.list;
         self.index = entries.index;
-        let (v4, v6) = (v4?, v6?);
-        self.compiled.slots = inputs.slots.clone();
-        self.compiled.orders = inputs.orders.clone();
-        self.inputs = inputs
-            .inputs
-            .iter()
-            .map(|(id, input)| ((*id).to_owned(), input.clone()))
-            .collect();
+        self.compiled.slots = std::mem::take(&mut inputs.slots);
+        self.compiled.orders = std::mem::take(&mut inputs.orders);
+        for (id, input) in &inputs.inputs {
+            match self.inputs.get_mut(*id) {
+                Some(kept) => *kept = input.clone(),
+                None => {
+                    self.inputs.insert((*id).to_owned(), input.clone());
+                }
+            }
+        }
+        if self.inputs.len() > inputs.inputs.len() {
+            let ids: std::collections::HashSet<&str> =
+                inputs.inputs.iter().map(|(id, _)| *id).collect();
+            self.inputs.retain(|id, _| ids.contains(id.as_str()));
+        }
+        self.changes += 1;
         let from = std::mem::replace(&mut self.version, version);
         Some(Change {
             from,
@@ -872,44 +1114,30 @@ impl Kept {
     }
 
     /// The claims to remove and to add ([removed, added], each [IPv4,
-    /// IPv6], sorted) to go from the kept orders to `inputs`; `None` when
-    /// so many change that a compile from scratch is cheaper.
-    fn diff(&self, inputs: &Inputs<'_>) -> Option<[[Vec<Row>; 2]; 2]> {
-        let mut removed: [Vec<Row>; 2] = Default::default();
-        let mut added: [Vec<Row>; 2] = Default::default();
+    /// IPv6], sorted) to go from the kept orders to `inputs`, and whether
+    /// the orders are the same ones with the same claims (only targets
+    /// changed); `None` when so many change that a compile from scratch is
+    /// cheaper.
+    fn diff(&self, inputs: &Inputs<'_>) -> Option<([[Vec<Row>; 2]; 2], bool)> {
+        // Two halves of the orders side by side.
+        let (first, second) = inputs.inputs.split_at(inputs.inputs.len() / 2);
+        let targets = self.v4.rows.len() + self.v6.rows.len();
+        let (a, b) =
+            crate::parallel::join(targets, || self.diff_some(first), || self.diff_some(second));
+        let [mut removed, mut added] = a.rows;
+        for (into, from) in removed.iter_mut().zip(b.rows[0].iter()) {
+            into.extend_from_slice(from);
+        }
+        for (into, from) in added.iter_mut().zip(b.rows[1].iter()) {
+            into.extend_from_slice(from);
+        }
+        let matched = a.matched + b.matched;
+        let mut same_orders = a.same_orders && b.same_orders;
         let push = |rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32| {
             rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
         };
-        let mut matched = 0;
-        for (id, new) in &inputs.inputs {
-            let Some(old) = self.inputs.get(*id) else {
-                new.targets
-                    .iter()
-                    .for_each(|t| push(&mut added, t, new.tag()));
-                continue;
-            };
-            matched += 1;
-            if !old.claims_alike(new) {
-                old.targets
-                    .iter()
-                    .for_each(|t| push(&mut removed, t, old.tag()));
-                new.targets
-                    .iter()
-                    .for_each(|t| push(&mut added, t, new.tag()));
-            } else if !Arc::ptr_eq(&old.targets, &new.targets) && old.targets != new.targets {
-                // Position by position: a target replaced in place (the
-                // usual edit) is one claim out and one in. Anything else
-                // (a reordered list) still gives a right, larger diff.
-                let (o, n) = (&old.targets, &new.targets);
-                for i in 0..o.len().max(n.len()) {
-                    if o.get(i) != n.get(i) {
-                        o.get(i).inspect(|t| push(&mut removed, t, old.tag()));
-                        n.get(i).inspect(|t| push(&mut added, t, new.tag()));
-                    }
-                }
-            }
-        }
         if matched < self.inputs.len() {
+            same_orders = false;
             let ids: std::collections::HashSet<&str> =
                 inputs.inputs.iter().map(|(id, _)| *id).collect();
             for (id, old) in &self.inputs {
@@ -921,15 +1149,69 @@ impl Kept {
             }
         }
         let changed: usize = removed.iter().chain(&added).map(Vec::len).sum();
-        let kept: usize = self.rows.iter().map(Vec::len).sum();
+        let kept = self.v4.rows.len() + self.v6.rows.len();
         if changed * WHOLE_BEYOND > kept.max(1024) {
             return None;
         }
         for rows in removed.iter_mut().chain(added.iter_mut()) {
             rows.sort_unstable();
         }
-        Some([removed, added])
+        Some(([removed, added], same_orders))
     }
+
+    /// [`Kept::diff`] of some of the orders (those gone aside).
+    fn diff_some(&self, inputs: &[(&str, Input)]) -> Diffed {
+        let mut diffed = Diffed {
+            rows: Default::default(),
+            matched: 0,
+            same_orders: true,
+        };
+        let [removed, added] = &mut diffed.rows;
+        let push = |rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32| {
+            rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
+        };
+        for (id, new) in inputs {
+            let Some(old) = self.inputs.get(*id) else {
+                new.targets.iter().for_each(|t| push(added, t, new.tag()));
+                diffed.same_orders = false;
+                continue;
+            };
+            diffed.matched += 1;
+            if !old.claims_alike(new) {
+                diffed.same_orders = false;
+                old.targets.iter().for_each(|t| push(removed, t, old.tag()));
+                new.targets.iter().for_each(|t| push(added, t, new.tag()));
+            } else if !Arc::ptr_eq(&old.targets, &new.targets) && old.targets != new.targets {
+                // Position by position: a target replaced in place (the
+                // usual edit) is one claim out and one in. Anything else
+                // (a reordered list) still gives a right, larger diff.
+                let (o, n) = (&old.targets, &new.targets);
+                for i in 0..o.len().max(n.len()) {
+                    if o.get(i) != n.get(i) {
+                        o.get(i).inspect(|t| push(removed, t, old.tag()));
+                        n.get(i).inspect(|t| push(added, t, new.tag()));
+                    }
+                }
+            }
+        }
+        diffed
+    }
+}
+
+/// Claims out and in ([removed, added], each [IPv4, IPv6]) of some orders,
+/// how many of them were kept, and whether those are alike.
+struct Diffed {
+    rows: [[Vec<Row>; 2]; 2],
+    matched: usize,
+    same_orders: bool,
+}
+
+/// What [`update_family`] did: the keys whose entry changed, appeared or
+/// went (sorted), and the lone prefixes it learnt the entries of.
+#[derive(Default)]
+struct Updated {
+    changed: Vec<Key>,
+    learnt: Vec<(u32, u8)>,
 }
 
 /// A [`Compiled`] prefix of one family.
@@ -957,11 +1239,13 @@ impl Prefix for ([u8; 16], u8, u32) {
 }
 
 /// The keys from `start` to the last whose address is at most `end`: a
-/// prefix and everything inside it.
-#[derive(Clone, Copy)]
+/// prefix and everything inside it; and the claims of the prefixes that
+/// cover it (`ancestors` indexes a list of row ranges, outermost first).
+#[derive(Clone)]
 struct Span {
     start: Key,
     end: u128,
+    ancestors: std::ops::Range<usize>,
 }
 
 impl Span {
@@ -975,20 +1259,24 @@ impl Span {
 /// outermost ancestor down) into `out`, and returns the keys whose entry
 /// changed, appeared or went. `None` when the rows do not hold a removed
 /// claim or candidates would be cut (both: compile from scratch).
-fn update_family<P: Prefix>(
-    rows: &mut Vec<Row>,
+fn update_family<'a, P: Prefix + Default>(
+    family: &mut Claims<P>,
     out: &mut Vec<P>,
     [removed, added]: [&[Row]; 2],
-    lengths: &mut [u32; 129],
-    claimants: &[Claimant<'_>],
-    entries: &mut Entries,
+    claimants: &[Claimant<'a>],
+    entries: &mut Interner<'_>,
     prefix: impl Fn(Key, u32) -> P,
-) -> Option<Vec<Key>> {
+) -> Option<Updated> {
     if removed.is_empty() && added.is_empty() {
-        return Some(Vec::new());
+        return Some(Updated::default());
     }
+    let mut resolver = Resolver::knowing(std::mem::take(&mut family.lone));
+    let rows = &family.rows;
+    let lengths = &mut family.lengths;
     // The claims, merged.
-    let mut merged = Vec::with_capacity((rows.len() + added.len()).saturating_sub(removed.len()));
+    let mut merged = std::mem::take(&mut family.spare_rows);
+    merged.clear();
+    merged.reserve((rows.len() + added.len()).saturating_sub(removed.len()));
     let (mut gone, mut new) = (removed.iter().peekable(), added.iter().peekable());
     for row in rows.iter() {
         while let Some(add) = new.next_if(|a| *a < row) {
@@ -1018,27 +1306,34 @@ fn update_family<P: Prefix>(
     touched.sort_unstable();
     touched.dedup();
     let shortest = lengths.iter().position(|&n| n > 0).unwrap_or(0) as u8;
-    let position = |key: &Key| merged.partition_point(|r| r.key() < *key);
-    let mut spans: Vec<Span> = touched
-        .iter()
-        .map(|t| {
-            let before = position(t);
-            let from = position(&t.masked(shortest)).min(before);
-            let outer = (shortest..t.len)
-                .filter(|&len| lengths[usize::from(len)] > 0)
-                .map(|len| t.masked(len))
-                .find(|a| {
-                    let rows = &merged[from..before];
-                    rows.get(rows.partition_point(|r| r.key() < *a))
-                        .is_some_and(|r| r.key() == *a)
-                })
-                .unwrap_or(*t);
-            Span {
-                start: outer,
-                end: outer.last(),
+    // Touched keys in order: each search gallops on from the last. A
+    // touched prefix's entry, and those of the prefixes inside it, change;
+    // its ancestors' do not, but it inherits their candidates.
+    let mut spans: Vec<Span> = Vec::with_capacity(touched.len());
+    let mut ancestry: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut cursor = 0;
+    for t in &touched {
+        cursor += gallop::forward(merged.len() - cursor, |i| merged[cursor + i].key() < *t);
+        let before = cursor;
+        let floor = t.masked(shortest);
+        let from = gallop::backward(before, |i| merged[i].key() < floor);
+        let first = ancestry.len();
+        for len in (shortest..t.len).filter(|&len| lengths[usize::from(len)] > 0) {
+            let a = t.masked(len);
+            let rows = &merged[from..before];
+            let at = rows.partition_point(|r| r.key() < a);
+            let claims = rows[at..].iter().take_while(|r| r.key() == a).count();
+            if claims > 0 {
+                ancestry.push(from + at..from + at + claims);
             }
-        })
-        .collect();
+        }
+        spans.push(Span {
+            start: *t,
+            end: t.last(),
+            ancestors: first..ancestry.len(),
+        });
+    }
+    // Spans nest or are apart: the outer of two nested holds the inner.
     spans.sort_unstable_by_key(|s| s.start);
     let mut joined: Vec<Span> = Vec::with_capacity(spans.len());
     for span in spans {
@@ -1047,21 +1342,43 @@ fn update_family<P: Prefix>(
             _ => joined.push(span),
         }
     }
+    let mut groups: Vec<&[Row]> = Vec::new();
     // The prefixes rebuilt: outside the spans as they were, inside them
     // resolved again.
-    let mut rebuilt = Vec::with_capacity(out.len() + added.len());
+    let mut resolved: Vec<(Key, u32)> = Vec::new();
+    let mut rebuilt = std::mem::take(&mut family.spare_out);
+    rebuilt.clear();
+    rebuilt.reserve(out.len() + added.len());
     let mut changed = Vec::new();
     let mut rest: &[P] = out;
     let mut claims: &[Row] = &merged;
     for span in &joined {
-        let start = rest.partition_point(|p| p.key() < span.start);
+        let start = gallop::forward(rest.len(), |i| rest[i].key() < span.start);
         rebuilt.extend_from_slice(&rest[..start]);
-        let end = start + rest[start..].partition_point(|p| span.holds(&p.key()));
+        let end =
+            start + gallop::forward(rest.len() - start, |i| span.holds(&rest[start + i].key()));
         let old = &rest[start..end];
         rest = &rest[end..];
-        let first = claims.partition_point(|r| r.key() < span.start);
-        let last = first + claims[first..].partition_point(|r| span.holds(&r.key()));
-        let (resolved, cut) = resolve(&claims[first..last], claimants, entries, |k, e| (k, e));
+        let first = gallop::forward(claims.len(), |i| claims[i].key() < span.start);
+        let last = first
+            + gallop::forward(claims.len() - first, |i| {
+                span.holds(&claims[first + i].key())
+            });
+        resolved.clear();
+        groups.clear();
+        groups.extend(
+            ancestry[span.ancestors.clone()]
+                .iter()
+                .map(|r| &merged[r.clone()]),
+        );
+        let cut = resolver.resolve_under(
+            &groups,
+            &claims[first..last],
+            claimants,
+            entries,
+            &mut resolved,
+            |k, e| (k, e),
+        );
         claims = &claims[last..];
         if cut > 0 {
             return None;
@@ -1073,8 +1390,7 @@ fn update_family<P: Prefix>(
                 changed.push(gone.key());
             }
             match old.next_if(|p| p.key() == key) {
-                Some(was) if entries.list[was.entry() as usize] == entries.list[entry as usize] => {
-                }
+                Some(was) if entries.get(was.entry()) == entries.get(entry) => {}
                 _ => changed.push(key),
             }
             rebuilt.push(prefix(key, entry));
@@ -1082,10 +1398,14 @@ fn update_family<P: Prefix>(
         changed.extend(old.map(Prefix::key));
     }
     rebuilt.extend_from_slice(rest);
-    *rows = merged;
-    *out = rebuilt;
+    family.spare_rows = std::mem::replace(&mut family.rows, merged);
+    family.spare_out = std::mem::replace(out, rebuilt);
+    family.lone = resolver.lone;
     changed.sort_unstable();
-    Some(changed)
+    Some(Updated {
+        changed,
+        learnt: resolver.learnt,
+    })
 }
 
 /// What the XDP program does with a compiled table, in plain Rust: the

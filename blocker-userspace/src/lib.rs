@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod datapath;
 mod fasthash;
 pub mod feed;
+mod gallop;
 pub mod layout;
 pub mod metrics;
 mod parallel;

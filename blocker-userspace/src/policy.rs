@@ -166,20 +166,13 @@ pub fn evaluate(
     let mut next_change: Option<OffsetDateTime> = None;
     // Pending and suspended orders count: they may enter force without a
     // new feed, and the tables must hold them then.
-    let (mut v4, mut v6): (Vec<u64>, Vec<(u128, u8)>) = (Vec::new(), Vec::new());
+    let mut counted: Vec<&[IpNetwork]> = Vec::with_capacity(feed.orders.len());
     for order in &feed.orders {
         let reasons = guardrail_reasons(order, guardrails);
         let state = if !reasons.is_empty() {
             OrderState::Refused
         } else {
-            for target in order.targets.iter() {
-                match target {
-                    IpNetwork::V4(p) => {
-                        v4.push(u64::from(u32::from(p.network())) << 8 | u64::from(p.prefix()))
-                    }
-                    IpNetwork::V6(p) => v6.push((u128::from(p.network()), p.prefix())),
-                }
-            }
+            counted.push(&order.targets);
             match order.status {
                 Status::Suspended => OrderState::Suspended,
                 Status::Withdrawn => OrderState::Withdrawn,
@@ -209,16 +202,13 @@ pub fn evaluate(
             order: order.clone(),
         });
     }
-    // Distinct prefixes, each family in plain integers (sorted a family per
-    // thread when large).
-    fn distinct<T: Ord>(mut keys: Vec<T>) -> usize {
-        keys.sort_unstable();
-        keys.dedup();
-        keys.len()
-    }
-    let (v4, v6) = crate::parallel::join(v4.len() + v6.len(), || distinct(v4), || distinct(v6));
-    let count = v4 + v6;
-    if count > guardrails.max_prefixes as usize {
+    // Targets within the limit are distinct prefixes within it; past it,
+    // the distinct ones are counted.
+    let targets: usize = counted.iter().map(|t| t.len()).sum();
+    if targets > guardrails.max_prefixes as usize
+        && let count = distinct_prefixes(&counted)
+        && count > guardrails.max_prefixes as usize
+    {
         return Err(PolicyError::TooManyPrefixes {
             count,
             max: guardrails.max_prefixes,
@@ -228,6 +218,27 @@ pub fn evaluate(
         orders,
         next_change,
     })
+}
+
+/// Distinct prefixes among `targets`, each family in plain integers
+/// (sorted a family per thread when large).
+fn distinct_prefixes(targets: &[&[IpNetwork]]) -> usize {
+    let (mut v4, mut v6): (Vec<u64>, Vec<(u128, u8)>) = (Vec::new(), Vec::new());
+    for target in targets.iter().flat_map(|t| t.iter()) {
+        match target {
+            IpNetwork::V4(p) => {
+                v4.push(u64::from(u32::from(p.network())) << 8 | u64::from(p.prefix()))
+            }
+            IpNetwork::V6(p) => v6.push((u128::from(p.network()), p.prefix())),
+        }
+    }
+    fn distinct<T: Ord>(mut keys: Vec<T>) -> usize {
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    }
+    let (v4, v6) = crate::parallel::join(v4.len() + v6.len(), || distinct(v4), || distinct(v6));
+    v4 + v6
 }
 
 #[cfg(test)]

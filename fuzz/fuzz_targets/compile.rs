@@ -1,7 +1,9 @@
 //! The compiler (orders → lookup tables with ranked candidates and windows)
 //! on arbitrary orders, checked packet by packet against the contract's
 //! reference (`blocker::reference`), at arbitrary instants around the
-//! orders' windows, in both enforcement modes.
+//! orders' windows, in both enforcement modes; and compiled incrementally
+//! (from the same orders less the first, each with its first target
+//! dropped) to the same tables.
 #![no_main]
 
 use std::{
@@ -11,7 +13,7 @@ use std::{
 
 use arbitrary::Arbitrary;
 use blocker::{
-    compile::{self, Enforcement, SlotTable},
+    compile::{self, Compiler, Enforcement, SlotTable},
     feed::{Action, Direction, Order, Rung, Status},
 };
 use ipnetwork::IpNetwork;
@@ -140,6 +142,37 @@ fuzz_target!(|input: Input| {
     if input.recompile {
         compiled = compile::compile(&refs, enforcement, &compiled.slots).expect("recompile");
     }
+    // The same tables by way of an incremental compile: from a feed that
+    // lacks the first order and every order's first target.
+    let fewer: Vec<Order> = refs
+        .iter()
+        .skip(1)
+        .map(|o| Order {
+            targets: o.targets.iter().skip(1).copied().collect(),
+            ..(*o).clone()
+        })
+        .collect();
+    let fewer: Vec<&Order> = fewer.iter().collect();
+    let mut compiler = Compiler::new();
+    let before = compiler
+        .compile(&fewer, enforcement, &SlotTable::new())
+        .expect("orders compile")
+        .compiled
+        .slots
+        .clone();
+    let step = compiler
+        .compile(&refs, enforcement, &before)
+        .expect("orders compile");
+    let whole = compile::compile(&refs, enforcement, &before).expect("orders compile");
+    let view = |c: &compile::Compiled| {
+        let v4: Vec<_> = c.v4.iter().map(|&(n, l, e)| (n, l, *c.entry(e))).collect();
+        let v6: Vec<_> = c.v6.iter().map(|&(n, l, e)| (n, l, *c.entry(e))).collect();
+        (v4, v6, c.slots.clone(), c.overflow)
+    };
+    assert!(
+        view(step.compiled) == view(&whole),
+        "an incremental compile differs from one from scratch"
+    );
     // More claims on one prefix than an entry holds are cut by rank: the
     // contract's answer may then differ by design (logged by the daemon).
     if compiled.overflow > 0 {

@@ -1,0 +1,72 @@
+//! Partition points found from one end of a sorted range: a short linear
+//! scan, then galloping (steps that double, then bisection). Sorted lookups
+//! walking a big sorted list land a few dozen values on from the last: a
+//! scan streams through them (the prefetcher keeps up), where a bisection
+//! would take a cache miss at each step.
+
+/// Values scanned one by one before galloping.
+const SCAN: usize = 64;
+
+/// The first index of `0..len` for which `before` does not hold (it holds
+/// for a prefix of the range), searched from the start.
+pub fn forward(len: usize, before: impl Fn(usize) -> bool) -> usize {
+    for i in 0..len.min(SCAN) {
+        if !before(i) {
+            return i;
+        }
+    }
+    if len <= SCAN {
+        return len;
+    }
+    let mut bound = SCAN;
+    while bound <= len && before(bound - 1) {
+        bound *= 2;
+    }
+    bisect(bound / 2, bound.min(len), before)
+}
+
+/// As [`forward`], searched from the end.
+pub fn backward(len: usize, before: impl Fn(usize) -> bool) -> usize {
+    for i in 0..len.min(SCAN) {
+        if before(len - 1 - i) {
+            return len - i;
+        }
+    }
+    if len <= SCAN {
+        return 0;
+    }
+    let mut bound = SCAN;
+    while bound <= len && !before(len - bound) {
+        bound *= 2;
+    }
+    bisect(len.saturating_sub(bound), len - bound / 2, before)
+}
+
+/// The partition point within `lo..hi`.
+fn bisect(mut lo: usize, mut hi: usize, before: impl Fn(usize) -> bool) -> usize {
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn both_find_the_partition_point(values in prop::collection::vec(0u32..500, 0..3000), pivot in 0u32..502) {
+            let mut values = values;
+            values.sort_unstable();
+            let expected = values.partition_point(|&v| v < pivot);
+            prop_assert_eq!(super::forward(values.len(), |i| values[i] < pivot), expected);
+            prop_assert_eq!(super::backward(values.len(), |i| values[i] < pivot), expected);
+        }
+    }
+}
