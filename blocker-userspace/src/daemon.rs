@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     audit::{AuditError, AuditEvent, AuditLog},
-    compile::{self, SlotTable},
+    compile::{Compiler, SlotTable},
     config::Config,
     datapath::{self, ApplyStats, Datapath, DatapathError, Maps, Repair},
     feed::{self, Feed, Order},
@@ -99,6 +99,8 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     source: FeedSource,
     slots: SlotTable,
+    /// Remembers the last compile, so a small change is patched in.
+    compiler: Compiler,
     current: Option<InForce>,
     status: SyncStatus,
     /// Consecutive failed fetches (drives the backoff).
@@ -150,6 +152,7 @@ impl Daemon {
             metrics,
             source,
             slots,
+            compiler: Compiler::new(),
             current: None,
             status: SyncStatus::default(),
             fetch_failures: 0,
@@ -586,41 +589,61 @@ impl Daemon {
             serial: Some(serial),
             detail,
         };
-        let compiled = compile::compile(enforceable, self.config.enforcement, &self.slots)
-            .map_err(|err| apply_error(err.to_string()))?;
-        let fresh = compiled.fresh_slots(&self.slots);
-        // Slots first: after a crash past this point the table in the kernel
-        // and the slot table on disk still agree. A state_dir that cannot be
-        // written does not hold enforcement back: the orders are applied,
-        // the failure is logged and counted.
-        if let Err(err) = self.state.save_slots(&compiled.slots) {
-            tracing::error!(error = %err, "saving the slot table; applying anyway");
-            self.metrics.state_write_failed("slots");
+        // A compile that changed little since the last is patched into the
+        // tables; should that fail, everything is compiled and laid out
+        // again once.
+        let mut again = false;
+        loop {
+            let step = self
+                .compiler
+                .compile(enforceable, self.config.enforcement, &self.slots)
+                .map_err(|err| apply_error(err.to_string()))?;
+            let compiled = step.compiled;
+            let fresh = compiled.fresh_slots(&self.slots);
+            // Slots first: after a crash past this point the table in the
+            // kernel and the slot table on disk still agree. A state_dir
+            // that cannot be written does not hold enforcement back: the
+            // orders are applied, the failure is logged and counted.
+            if let Err(err) = self.state.save_slots(&compiled.slots) {
+                tracing::error!(error = %err, "saving the slot table; applying anyway");
+                self.metrics.state_write_failed("slots");
+            }
+            if compiled.overflow > 0 {
+                tracing::warn!(
+                    serial,
+                    cut = compiled.overflow,
+                    "more orders cover one prefix than an entry holds; the lowest-ranked were cut"
+                );
+            }
+            let stats = match self.datapath.apply_step(
+                compiled,
+                step.version,
+                step.change.as_ref(),
+                &fresh,
+            ) {
+                Ok(stats) => stats,
+                Err(err) if step.change.is_some() && !again => {
+                    tracing::warn!(error = %err, "applying a change failed; compiling everything again");
+                    self.compiler.forget();
+                    again = true;
+                    continue;
+                }
+                Err(err) => return Err(apply_error(err.to_string())),
+            };
+            self.slots = compiled.slots.clone();
+            self.metrics
+                .set_apply_duration(started.elapsed().as_secs_f64());
+            let counted = compiled
+                .orders
+                .iter()
+                .map(|o| CountedOrder {
+                    id: o.id.clone(),
+                    slot: o.slot,
+                    action: o.action,
+                })
+                .collect();
+            return Ok(Loaded { stats, counted });
         }
-        if compiled.overflow > 0 {
-            tracing::warn!(
-                serial,
-                cut = compiled.overflow,
-                "more orders cover one prefix than an entry holds; the lowest-ranked were cut"
-            );
-        }
-        let stats = self
-            .datapath
-            .apply(&compiled, &fresh)
-            .map_err(|e| apply_error(e.to_string()))?;
-        self.slots = compiled.slots;
-        self.metrics
-            .set_apply_duration(started.elapsed().as_secs_f64());
-        let counted = compiled
-            .orders
-            .into_iter()
-            .map(|o| CountedOrder {
-                id: o.id,
-                slot: o.slot,
-                action: o.action,
-            })
-            .collect();
-        Ok(Loaded { stats, counted })
     }
 
     fn refused(&mut self, refusal: Refusal) {

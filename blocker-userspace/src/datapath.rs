@@ -35,9 +35,10 @@ use blocker_common::{
 use time::OffsetDateTime;
 
 use crate::{
-    compile::Compiled,
+    compile::{Change, Compiled},
     config::AttachMode,
-    layout::{Geometry, LayoutError},
+    fasthash::FastMap,
+    layout::{Geometry, LayoutError, Patch, Placed, Table, Values},
 };
 
 /// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
@@ -165,6 +166,9 @@ pub struct ApplyStats {
     pub entries: usize,
     /// Laying the tables out and writing the idle generation.
     pub written: Duration,
+    /// The idle generation was patched (only what changed written), not
+    /// laid out from scratch.
+    pub patched: bool,
 }
 
 /// The pinned map set.
@@ -372,8 +376,13 @@ impl Maps {
     }
 
     /// Writes each order's window, converted to the CLOCK_TAI nanoseconds
-    /// the program reads.
-    fn set_windows(&mut self, compiled: &Compiled) -> Result<()> {
+    /// the program reads, where it differs from what `written` says the
+    /// slot holds (and records it there).
+    fn set_windows(
+        &mut self,
+        compiled: &Compiled,
+        written: &mut FastMap<u32, OrderWindow>,
+    ) -> Result<()> {
         let offset = tai_offset_ns();
         let to_tai = |at: OffsetDateTime| -> u64 {
             let ns = at.unix_timestamp_nanos() + offset;
@@ -384,9 +393,16 @@ impl Maps {
                 not_before: order.effective_from.map_or(0, to_tai),
                 not_after: order.expires_at.map_or(u64::MAX, to_tai),
             };
+            if written.get(&order.slot) == Some(&window) {
+                continue;
+            }
+            // Forgotten first: should the write fail, the slot is written
+            // again next time.
+            written.remove(&order.slot);
             self.windows
                 .set(order.slot, window, 0)
                 .map_err(map_err(map_names::ORDER_WINDOWS))?;
+            written.insert(order.slot, window);
         }
         Ok(())
     }
@@ -522,10 +538,7 @@ fn write_mapped<T: Copy + PartialEq>(
     value: impl Fn(usize) -> T,
 ) -> Result<()> {
     let len = len.min(values_of::<T>(data, name)?);
-    let size = size_of::<T>();
-    // Windows start on page boundaries: a whole number of values per step.
-    let step = page_size() / gcd(page_size(), size);
-    let per_window = (WRITE_WINDOW / (step * size)).max(1) * step;
+    let per_window = values_per_window::<T>();
     let mut start = 0;
     while start < len {
         let count = per_window.min(len - start);
@@ -533,6 +546,14 @@ fn write_mapped<T: Copy + PartialEq>(
         start += count;
     }
     Ok(())
+}
+
+/// Values of `T` in a mapping window: a whole number of pages, so that
+/// every window starts on a page boundary.
+fn values_per_window<T>() -> usize {
+    let size = size_of::<T>();
+    let step = page_size() / gcd(page_size(), size);
+    (WRITE_WINDOW / (step * size)).max(1) * step
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -593,6 +614,160 @@ impl layout::Tables for MappedTables {
     }
 }
 
+/// One generation's tables as a patch reads them: a value at a time
+/// (BPF_MAP_LOOKUP_ELEM), or many gathered window by window (a patch reads
+/// thousands of scattered values; mapping whole tables to read them would
+/// map, and count as ours, hundreds of megabytes).
+struct LiveTables<'a> {
+    maps: &'a [MapData; 6],
+    names: [&'static str; 6],
+}
+
+impl crate::layout::Source for LiveTables<'_> {
+    fn v4_bits(&mut self, index: u32) -> Option<u64> {
+        lookup(&self.maps[0], index).ok()
+    }
+    fn v6_bits(&mut self, index: u32) -> Option<u64> {
+        lookup(&self.maps[2], index).ok()
+    }
+    fn v4_bucket(&mut self, index: u32) -> Option<Bucket4> {
+        lookup(&self.maps[1], index).ok()
+    }
+    fn v6_bucket(&mut self, index: u32) -> Option<Bucket6> {
+        lookup(&self.maps[3], index).ok()
+    }
+    fn many(&mut self, table: Table, indices: &[u32]) -> Option<Values> {
+        let (m, n) = (&self.maps, &self.names);
+        match table {
+            Table::V4Bits => read_mapped(&m[0], n[0], indices).map(Values::Words),
+            Table::V4 => read_mapped(&m[1], n[1], indices).map(Values::V4),
+            Table::V6Bits => read_mapped(&m[2], n[2], indices).map(Values::Words),
+            Table::V6 => read_mapped(&m[3], n[3], indices).map(Values::V6),
+        }
+        .ok()
+    }
+}
+
+/// The values at `indices` (sorted, each in range) of the array map
+/// `data`, in order, mapping one window at a time.
+fn read_mapped<T: Copy>(data: &MapData, name: &'static str, indices: &[u32]) -> Result<Vec<T>> {
+    let len = values_of::<T>(data, name)?;
+    if indices.last().is_some_and(|&i| i as usize >= len) {
+        return Err(DatapathError::Layout {
+            path: PathBuf::from(name),
+            detail: format!(
+                "{name} has {len} values, not {}",
+                indices[indices.len() - 1] + 1
+            ),
+        });
+    }
+    let per_window = values_per_window::<T>();
+    let mut values = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while let Some(&first) = rest.first() {
+        let start = first as usize / per_window * per_window;
+        let count = per_window.min(len - start);
+        let inside = rest.partition_point(|&i| (i as usize) < start + count);
+        let window = Mapped::<T>::window(data, name, start, count, false)?;
+        let mapped = window.as_slice();
+        values.extend(rest[..inside].iter().map(|&i| mapped[i as usize - start]));
+        rest = &rest[inside..];
+    }
+    Ok(values)
+}
+
+/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_BATCH.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is the bpf_attr layout `command` reads, and its size is
+    // passed along; the pointers inside it are valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr),
+            size_of::<A>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Value `index` of the array map `data` (whose values are `T`s).
+fn lookup<T: Copy + Default>(data: &MapData, index: u32) -> io::Result<T> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let mut value = T::default();
+    let mut attr = ElemAttr {
+        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&index) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
+}
+
+/// Writes `(index, value)` pairs to the array map `data` in one call
+/// (BPF_MAP_UPDATE_BATCH; aya 0.14 has no batch operations).
+fn update_batch<T: Copy>(data: &MapData, name: &'static str, values: &[(u32, T)]) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    if values.is_empty() {
+        return Ok(());
+    }
+    values_of::<T>(data, name)?;
+    update_batch_fd(data.fd().as_fd().as_raw_fd(), values).map_err(|source| DatapathError::Io {
+        path: PathBuf::from(format!("batch update of map {name}")),
+        source,
+    })
+}
+
+/// [`update_batch`] through a bare descriptor, the value size unchecked.
+fn update_batch_fd<T: Copy>(fd: std::os::fd::RawFd, values: &[(u32, T)]) -> io::Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let (indices, values): (Vec<u32>, Vec<T>) = values.iter().copied().unzip();
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: indices.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(indices.len()).unwrap_or(u32::MAX),
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
 /// An attachment this daemon holds open: besides the pin, our own handle
 /// on the link keeps the program attached if the pin is removed by hand.
 struct HeldLink {
@@ -632,6 +807,19 @@ pub struct Datapath {
     maps: Maps,
     bpffs_dir: PathBuf,
     last_flip: Option<Instant>,
+    /// The compile ([`Step::version`]) whose tables are live, when it was
+    /// applied by [`Datapath::apply_step`].
+    applied: Option<u64>,
+    /// How the idle generation differs from the live one: at the indices of
+    /// this patch, which holds the live values there. `None`: unknown.
+    behind: Option<Patch>,
+    /// A thread writing the last patch into the generation it left idle
+    /// (once no packet can be reading it): it returns whether it did.
+    catching_up: Option<thread::JoinHandle<bool>>,
+    /// Hash-table keys of the live generation: (IPv4, IPv6).
+    keys: (usize, usize),
+    /// The window this daemon last wrote to each order slot.
+    windows: FastMap<u32, OrderWindow>,
     /// Kernel ids of the pinned maps, to pin them again if a pin goes.
     map_ids: Vec<(&'static str, u32)>,
     links: BTreeMap<String, HeldLink>,
@@ -700,6 +888,11 @@ impl Datapath {
             maps,
             bpffs_dir: bpffs_dir.to_owned(),
             last_flip: None,
+            applied: None,
+            behind: None,
+            catching_up: None,
+            keys: (0, 0),
+            windows: FastMap::default(),
             map_ids,
             links: BTreeMap::new(),
         })
@@ -911,8 +1104,88 @@ impl Datapath {
     /// `fresh_slots` are slots newly given to an order id; their counters are
     /// zeroed first so a reused slot does not inherit counts.
     pub fn apply(&mut self, compiled: &Compiled, fresh_slots: &[u32]) -> Result<ApplyStats> {
-        let mut control = self.maps.control()?;
-        let capacity = control.capacity;
+        self.settle();
+        let (stats, _) = self.apply_whole(compiled, fresh_slots)?;
+        self.applied = None;
+        self.behind = None;
+        Ok(stats)
+    }
+
+    /// As [`Datapath::apply`], for compile `version` of a
+    /// [`Compiler`](crate::compile::Compiler), which changed `change` since
+    /// the compile before. When that compile is the one live, only what
+    /// changed is written (a [`Patch`] of the idle generation, which is
+    /// brought level with the live one on the way). Otherwise the tables are
+    /// laid out from scratch, and the other generation is then written the
+    /// same, so that the next change can be a patch.
+    pub fn apply_step(
+        &mut self,
+        compiled: &Compiled,
+        version: u64,
+        change: Option<&Change>,
+        fresh_slots: &[u32],
+    ) -> Result<ApplyStats> {
+        self.settle();
+        if let Some(change) = change
+            && self.applied == Some(change.from)
+            && self.behind.is_some()
+        {
+            match self.apply_patch(compiled, change, fresh_slots) {
+                Ok(Some(stats)) => {
+                    self.applied = Some(version);
+                    return Ok(stats);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    // The idle generation may be half written: lay out
+                    // from scratch, which writes it whole.
+                    tracing::warn!(error = %err, "patching the tables failed; laying them out whole");
+                    self.behind = None;
+                }
+            }
+        }
+        self.applied = None;
+        self.behind = None;
+        let (stats, laid) = self.apply_whole(compiled, fresh_slots)?;
+        // The generation just left: the same tables, once no packet can be
+        // reading it. The feed is enforced already: should this fail, only
+        // the next apply is laid out whole again.
+        self.wait_for_grace();
+        let (keys, v4, v6) = &laid;
+        match self.write_generation(1 - stats.generation as usize, compiled, keys, v4, v6) {
+            Ok(()) => {
+                self.applied = Some(version);
+                self.behind = Some(Patch::default());
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "writing the idle tables level with the live ones");
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Waits for the thread catching the idle generation up, if any.
+    fn settle(&mut self) {
+        if let Some(thread) = self.catching_up.take() {
+            self.behind = match thread.join() {
+                Ok(true) => Some(Patch::default()),
+                _ => None,
+            };
+        }
+    }
+
+    fn wait_for_grace(&self) {
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+    }
+
+    /// Checks the feed fits the tables made for `capacity` prefixes per
+    /// family.
+    fn check_capacity(compiled: &Compiled, capacity: u32) -> Result<()> {
         for (family, count) in [("IPv4", compiled.v4.len()), ("IPv6", compiled.v6.len())] {
             if count > capacity as usize {
                 return Err(DatapathError::Capacity {
@@ -922,6 +1195,18 @@ impl Datapath {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Lays `compiled` out from scratch into the idle generation and flips
+    /// it live; returns the layout too.
+    fn apply_whole(
+        &mut self,
+        compiled: &Compiled,
+        fresh_slots: &[u32],
+    ) -> Result<(ApplyStats, (crate::layout::Keys, Placed, Placed))> {
+        let mut control = self.maps.control()?;
+        Self::check_capacity(compiled, control.capacity)?;
         // Lay the tables out before touching any map: a feed that does not
         // fit leaves the datapath exactly as it was.
         let started = Instant::now();
@@ -936,49 +1221,182 @@ impl Datapath {
         let (v4, v6) = (v4?, v6?);
         let laid_out = started.elapsed();
         self.maps.zero_counters(fresh_slots)?;
-        self.maps.set_windows(compiled)?;
-        if let Some(flipped) = self.last_flip {
-            let since = flipped.elapsed();
-            if since < GENERATION_GRACE {
-                thread::sleep(GENERATION_GRACE - since);
-            }
-        }
+        self.maps.set_windows(compiled, &mut self.windows)?;
+        self.wait_for_grace();
         let idle = 1 - control.live();
         let writing = Instant::now();
-        self.maps
-            .write(idle, 1, v4.slots.len(), |b| v4.bucket4(&keys, b))?;
-        self.maps
-            .write(idle, 3, v6.slots.len(), |b| v6.bucket6(&keys, b))?;
-        self.maps
-            .write(idle, 0, keys.v4_bits.len(), |i| keys.v4_bits[i])?;
-        self.maps
-            .write(idle, 2, keys.v6_bits.len(), |i| keys.v6_bits[i])?;
-        let entries = &compiled.entries;
-        self.maps.write(idle, 4, entries.len(), |i| entries[i])?;
-        self.maps
-            .write(idle, 5, keys.v4_short.len(), |i| keys.v4_short[i])?;
+        self.write_generation(idle, compiled, &keys, &v4, &v6)?;
         let written = laid_out + writing.elapsed();
-        // The idle generation's seeds and counts first, the flip alone
-        // after: a packet reading the control value while it is copied sees
-        // either generation with its own seeds.
-        control.seed[2 * idle] = v4.seed;
-        control.seed[2 * idle + 1] = v6.seed;
-        control.prefixes[2 * idle] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
-        control.prefixes[2 * idle + 1] = u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
-        self.maps.set_control(control)?;
-        control.generation = idle as u32;
-        self.maps.set_control(control)?;
-        self.last_flip = Some(Instant::now());
-        Ok(ApplyStats {
+        self.flip(&mut control, idle, [v4.seed, v6.seed], compiled)?;
+        self.keys = (keys.v4.len(), keys.v6.len());
+        let stats = ApplyStats {
             ipv4: compiled.v4.len(),
             ipv6: compiled.v6.len(),
             generation: idle as u32,
-            keys: (keys.v4.len(), keys.v6.len()),
+            keys: self.keys,
             entries: compiled.entries.len() - 1,
             written,
-        })
+            patched: false,
+        };
+        Ok((stats, (keys, v4, v6)))
     }
 
+    /// Writes a whole laid-out generation `g` (which must be idle).
+    fn write_generation(
+        &self,
+        g: usize,
+        compiled: &Compiled,
+        keys: &crate::layout::Keys,
+        v4: &Placed,
+        v6: &Placed,
+    ) -> Result<()> {
+        self.maps
+            .write(g, 1, v4.slots.len(), |b| v4.bucket4(keys, b))?;
+        self.maps
+            .write(g, 3, v6.slots.len(), |b| v6.bucket6(keys, b))?;
+        self.maps
+            .write(g, 0, keys.v4_bits.len(), |i| keys.v4_bits[i])?;
+        self.maps
+            .write(g, 2, keys.v6_bits.len(), |i| keys.v6_bits[i])?;
+        let entries = &compiled.entries;
+        self.maps.write(g, 4, entries.len(), |i| entries[i])?;
+        self.maps
+            .write(g, 5, keys.v4_short.len(), |i| keys.v4_short[i])
+    }
+
+    /// Makes the idle generation `idle` live, hashed with `seeds`.
+    fn flip(
+        &mut self,
+        control: &mut Control,
+        idle: usize,
+        seeds: [u32; 2],
+        compiled: &Compiled,
+    ) -> Result<()> {
+        // The idle generation's seeds and counts first, the flip alone
+        // after: a packet reading the control value while it is copied sees
+        // either generation with its own seeds.
+        control.seed[2 * idle] = seeds[0];
+        control.seed[2 * idle + 1] = seeds[1];
+        control.prefixes[2 * idle] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
+        control.prefixes[2 * idle + 1] = u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
+        self.maps.set_control(*control)?;
+        control.generation = idle as u32;
+        self.maps.set_control(*control)?;
+        self.last_flip = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Patches the idle generation to `compiled` and flips it live.
+    /// `Ok(None)`: the change cannot be patched (nothing was written).
+    fn apply_patch(
+        &mut self,
+        compiled: &Compiled,
+        change: &Change,
+        fresh_slots: &[u32],
+    ) -> Result<Option<ApplyStats>> {
+        let mut control = self.maps.control()?;
+        Self::check_capacity(compiled, control.capacity)?;
+        let started = Instant::now();
+        let live = control.live();
+        let shape = control.shape(live);
+        let source = || LiveTables {
+            maps: &self.maps.tables[live],
+            names: map_names::TABLES[live],
+        };
+        let (mut v4_source, mut v6_source) = (source(), source());
+        let patch = match crate::layout::patch(
+            compiled,
+            change,
+            &shape,
+            self.maps.geometry.entries as usize,
+            [&mut v4_source, &mut v6_source],
+        ) {
+            Ok(patch) => patch,
+            Err(reason) => {
+                tracing::debug!(%reason, "laying the tables out whole");
+                return Ok(None);
+            }
+        };
+        self.maps.zero_counters(fresh_slots)?;
+        self.maps.set_windows(compiled, &mut self.windows)?;
+        self.wait_for_grace();
+        let idle = 1 - live;
+        // The values where the idle generation lags the live one, then the
+        // patch's.
+        let behind = self.behind.take().unwrap_or_default();
+        let writes = behind.then(&patch);
+        let tables = &self.maps.tables[idle];
+        let names = map_names::TABLES[idle];
+        // IPv4's tables and IPv6's side by side (the kernel copies each
+        // value in on the calling thread).
+        let (v4, v6) = crate::parallel::join(
+            writes.len() * 4,
+            || -> Result<()> {
+                update_batch(&tables[0], names[0], &writes.v4_bits)?;
+                update_batch(&tables[1], names[1], &writes.v4)?;
+                update_batch(&tables[5], names[5], &writes.v4_short)
+            },
+            || -> Result<()> {
+                update_batch(&tables[2], names[2], &writes.v6_bits)?;
+                update_batch(&tables[3], names[3], &writes.v6)?;
+                update_batch(&tables[4], names[4], &writes.entries)
+            },
+        );
+        v4?;
+        v6?;
+        self.flip(&mut control, idle, [shape.v4_seed, shape.v6_seed], compiled)?;
+        self.keys = (
+            self.keys.0.saturating_add_signed(patch.keys.0),
+            self.keys.1.saturating_add_signed(patch.keys.1),
+        );
+        // The generation just left lags by this patch: written in the
+        // background once no packet can be reading it, so the next apply
+        // has only its own change to write.
+        self.behind = None;
+        let fds = self.maps.tables[live].each_ref().map(|data| {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            data.fd().as_fd().as_raw_fd()
+        });
+        let stats = ApplyStats {
+            ipv4: compiled.v4.len(),
+            ipv6: compiled.v6.len(),
+            generation: idle as u32,
+            keys: self.keys,
+            entries: compiled.entries.len() - 1,
+            written: started.elapsed(),
+            patched: true,
+        };
+        self.catching_up = Some(thread::spawn(move || {
+            thread::sleep(GENERATION_GRACE);
+            let written = write_patch(fds, &patch);
+            if let Err(err) = &written {
+                tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
+            }
+            written.is_ok()
+        }));
+        Ok(Some(stats))
+    }
+}
+
+/// Writes `patch` into the tables whose descriptors are `fds` (in
+/// `map_names::TABLES` order, their value sizes checked).
+fn write_patch(fds: [std::os::fd::RawFd; 6], patch: &Patch) -> io::Result<()> {
+    update_batch_fd(fds[0], &patch.v4_bits)?;
+    update_batch_fd(fds[1], &patch.v4)?;
+    update_batch_fd(fds[2], &patch.v6_bits)?;
+    update_batch_fd(fds[3], &patch.v6)?;
+    update_batch_fd(fds[4], &patch.entries)?;
+    update_batch_fd(fds[5], &patch.v4_short)
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // The thread writes through this datapath's map descriptors.
+        self.settle();
+    }
+}
+
+impl Datapath {
     /// The loaded XDP program (the benchmark times it and tail-calls it).
     pub fn program(&mut self) -> Result<&mut Xdp> {
         xdp_program(&mut self.ebpf)

@@ -14,7 +14,7 @@ use blocker_common::layout::{
 use crate::compile::Compiled;
 
 mod patch;
-pub use patch::{Patch, Source, Unpatchable, patch};
+pub use patch::{Patch, Source, Table, Unpatchable, Values, patch};
 
 /// Sizes of one generation's tables, fixed when the maps are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,7 +663,8 @@ mod tests {
                 entries_from: after.entries.len(),
             };
             let shape = tables.shape;
-            let patch = patch(&after, &change, &shape, geometry.entries as usize, &mut tables)
+            let (mut v4, mut v6) = (tables.clone(), tables.clone());
+            let patch = patch(&after, &change, &shape, geometry.entries as usize, [&mut v4, &mut v6])
                 .map_err(|err| TestCaseError::fail(err.to_string()))?;
             tables.apply(&patch);
             let whole = build(&after, &geometry).unwrap();

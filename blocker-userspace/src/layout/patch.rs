@@ -8,7 +8,7 @@
 //! every /32 hashed to it, so a patch only sets them: a bit left set costs a
 //! descriptor probe that finds nothing, until the next layout from scratch.
 
-use std::collections::BTreeSet;
+use std::cell::Cell;
 
 use blocker_common::{
     PrefixEntry,
@@ -19,15 +19,75 @@ use super::{MAX_KICKS, Slot};
 use crate::{
     compile::{Change, Compiled},
     fasthash::FastMap,
+    gallop,
 };
 
-/// Reads the generation a patch starts from, a value at a time. `None`:
-/// the value could not be read (the patch is given up).
+/// Reads the generation a patch starts from. `None`: a value could not
+/// be read (the patch is given up).
 pub trait Source {
     fn v4_bits(&mut self, index: u32) -> Option<u64>;
     fn v6_bits(&mut self, index: u32) -> Option<u64>;
     fn v4_bucket(&mut self, index: u32) -> Option<Bucket4>;
     fn v6_bucket(&mut self, index: u32) -> Option<Bucket6>;
+    /// The values at `indices` (sorted, distinct) of `table`, in order: a
+    /// source may read many at once more cheaply than one by one.
+    fn many(&mut self, table: Table, indices: &[u32]) -> Option<Values> {
+        Some(match table {
+            Table::V4Bits => Values::Words(
+                indices
+                    .iter()
+                    .map(|&i| self.v4_bits(i))
+                    .collect::<Option<_>>()?,
+            ),
+            Table::V6Bits => Values::Words(
+                indices
+                    .iter()
+                    .map(|&i| self.v6_bits(i))
+                    .collect::<Option<_>>()?,
+            ),
+            Table::V4 => Values::V4(
+                indices
+                    .iter()
+                    .map(|&i| self.v4_bucket(i))
+                    .collect::<Option<_>>()?,
+            ),
+            Table::V6 => Values::V6(
+                indices
+                    .iter()
+                    .map(|&i| self.v6_bucket(i))
+                    .collect::<Option<_>>()?,
+            ),
+        })
+    }
+}
+
+/// A table [`Source::many`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    V4Bits,
+    V4,
+    V6Bits,
+    V6,
+}
+
+/// Values [`Source::many`] read.
+pub enum Values {
+    Words(Vec<u64>),
+    V4(Vec<Bucket4>),
+    V6(Vec<Bucket6>),
+}
+
+/// Sorts and dedups `indices` and reads them from `source`: (indices,
+/// values), none when unreadable.
+fn read_many(
+    source: &mut impl Source,
+    table: Table,
+    mut indices: Vec<u32>,
+) -> (Vec<u32>, Option<Values>) {
+    indices.sort_unstable();
+    indices.dedup();
+    let values = source.many(table, &indices);
+    (indices, values)
 }
 
 /// New values for some indices of each table of a generation, each list
@@ -115,7 +175,8 @@ impl Keyed for Slot6 {
 /// One family's hash table as patched so far: the buckets changed, over
 /// the source's.
 struct Overlay<S, R> {
-    buckets: FastMap<u32, [S; SLOTS]>,
+    /// Buckets read, and whether they were changed.
+    buckets: FastMap<u32, ([S; SLOTS], bool)>,
     read: R,
     seed: u32,
     count: u32,
@@ -123,10 +184,19 @@ struct Overlay<S, R> {
     keys: isize,
 }
 
-impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
-    fn new(read: R, seed: u32, count: u32) -> Self {
+impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
+    /// An overlay over the buckets `read` reads, `preloaded` already.
+    fn new(
+        read: R,
+        seed: u32,
+        count: u32,
+        preloaded: impl ExactSizeIterator<Item = (u32, [S; SLOTS])>,
+    ) -> Self {
+        let mut buckets = FastMap::default();
+        buckets.reserve(preloaded.len());
+        buckets.extend(preloaded.map(|(i, b)| (i, (b, false))));
         Self {
-            buckets: FastMap::default(),
+            buckets,
             read,
             seed,
             count,
@@ -135,10 +205,22 @@ impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
         }
     }
 
-    fn bucket(&mut self, index: u32) -> Option<&mut [S; SLOTS]> {
+    fn bucket(&mut self, index: u32) -> Option<&[S; SLOTS]> {
+        self.entry(index).map(|(bucket, _)| &*bucket)
+    }
+
+    /// The bucket at `index`, to change.
+    fn bucket_mut(&mut self, index: u32) -> Option<&mut [S; SLOTS]> {
+        self.entry(index).map(|(bucket, changed)| {
+            *changed = true;
+            bucket
+        })
+    }
+
+    fn entry(&mut self, index: u32) -> Option<&mut ([S; SLOTS], bool)> {
         if !self.buckets.contains_key(&index) {
             let bucket = (self.read)(index)?;
-            self.buckets.insert(index, bucket);
+            self.buckets.insert(index, (bucket, false));
         }
         self.buckets.get_mut(&index)
     }
@@ -158,7 +240,7 @@ impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     /// what the change was made against).
     fn remove(&mut self, key: &S) -> Option<()> {
         let (b, s) = self.find(key)??;
-        self.bucket(b)?[s] = S::default();
+        self.bucket_mut(b)?[s] = S::default();
         self.keys -= 1;
         Some(())
     }
@@ -167,15 +249,17 @@ impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     /// fit.
     fn upsert(&mut self, slot: S) -> Option<()> {
         if let Some((b, s)) = self.find(&slot)? {
-            self.bucket(b)?[s] = slot;
+            if self.bucket(b)?[s] != slot {
+                self.bucket_mut(b)?[s] = slot;
+            }
             return Some(());
         }
         let mut key = slot;
         for _ in 0..MAX_KICKS {
             let choices = layout::choices(key.hash(self.seed), self.count);
             for b in choices {
-                if let Some(free) = self.bucket(b)?.iter_mut().find(|s| s.is_free()) {
-                    *free = key;
+                if let Some(free) = self.bucket(b)?.iter().position(|s| s.is_free()) {
+                    self.bucket_mut(b)?[free] = key;
                     self.keys += 1;
                     return Some(());
                 }
@@ -186,15 +270,72 @@ impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
             self.rng ^= self.rng << 17;
             let b = choices[(self.rng & 1) as usize];
             let s = ((self.rng >> 1) % SLOTS as u64) as usize;
-            std::mem::swap(&mut self.bucket(b)?[s], &mut key);
+            std::mem::swap(&mut self.bucket_mut(b)?[s], &mut key);
         }
         None
     }
 
+    /// The buckets changed (the rest were only read).
     fn changed(self) -> (Vec<(u32, [S; SLOTS])>, isize) {
-        let mut buckets: Vec<_> = self.buckets.into_iter().collect();
+        let mut buckets: Vec<_> = self
+            .buckets
+            .into_iter()
+            .filter(|(_, (_, changed))| *changed)
+            .map(|(index, (bucket, _))| (index, bucket))
+            .collect();
         buckets.sort_unstable_by_key(|(index, _)| *index);
         (buckets, self.keys)
+    }
+}
+
+/// Bitmap words as patched: (as read, as now) by word index.
+#[derive(Default)]
+struct Words(FastMap<u32, (u64, u64)>);
+
+impl Words {
+    /// Words already read.
+    fn preloaded(indices: &[u32], values: &[u64]) -> Self {
+        Self(
+            indices
+                .iter()
+                .zip(values)
+                .map(|(&i, &w)| (i, (w, w)))
+                .collect(),
+        )
+    }
+
+    /// Sets or clears `bit`, reading its word with `read` the first time.
+    fn set(
+        &mut self,
+        bit: u32,
+        set: bool,
+        read: impl FnOnce(u32) -> Option<u64>,
+    ) -> Result<(), Unpatchable> {
+        let word = match self.0.get_mut(&(bit >> 6)) {
+            Some((_, now)) => now,
+            None => {
+                let was = read(bit >> 6).ok_or(Unpatchable::Mismatch)?;
+                &mut self.0.entry(bit >> 6).or_insert((was, was)).1
+            }
+        };
+        if set {
+            *word |= 1 << (bit & 63);
+        } else {
+            *word &= !(1 << (bit & 63));
+        }
+        Ok(())
+    }
+
+    /// The words that changed, by index.
+    fn changed(self) -> Vec<(u32, u64)> {
+        let mut words: Vec<(u32, u64)> = self
+            .0
+            .into_iter()
+            .filter(|(_, (was, now))| was != now)
+            .map(|(index, (_, now))| (index, now))
+            .collect();
+        words.sort_unstable_by_key(|(index, _)| *index);
+        words
     }
 }
 
@@ -203,20 +344,27 @@ impl<S: Keyed, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
 trait Family {
     fn at(&self, i: usize) -> (u128, u8, u32);
     fn len(&self) -> usize;
+    /// The shortest prefix length in the table.
+    fn shortest(&self) -> u8;
+    /// Where the last search landed.
+    fn hint(&self) -> &Cell<usize>;
 
-    /// Index of the first prefix not before (bits, len).
+    /// Index of the first prefix not before (bits, len). Searches gallop
+    /// from where the last one landed: a patch looks prefixes up in
+    /// address order, mostly.
     fn lower_bound(&self, bits: u128, len: u8) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let (b, l, _) = self.at(mid);
-            if (b, l) < (bits, len) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        let before = |i: usize| {
+            let (b, l, _) = self.at(i);
+            (b, l) < (bits, len)
+        };
+        let hint = self.hint().get().min(self.len());
+        let found = if hint < self.len() && before(hint) {
+            hint + 1 + gallop::forward(self.len() - hint - 1, |i| before(hint + 1 + i))
+        } else {
+            gallop::backward(hint, before)
+        };
+        self.hint().set(found);
+        found
     }
 
     /// The entry of prefix (bits, len), if the table holds it.
@@ -225,10 +373,25 @@ trait Family {
         (i < self.len() && self.at(i).0 == bits && self.at(i).1 == len).then(|| self.at(i).2)
     }
 
-    /// The entry of the longest prefix no longer than `max` containing
-    /// `bits`.
+    /// The entry of the longest prefix no longer than `max` (< 128)
+    /// containing `bits`.
     fn cover(&self, bits: u128, max: u8) -> Option<u32> {
-        (0..=max)
+        // Containing prefixes sort before (bits, max + 1), the longest
+        // last, and none before the shortest length's: scan back a little,
+        // else search each length.
+        let floor = bits & mask(self.shortest());
+        let end = self.lower_bound(bits, max + 1);
+        let start = self.lower_bound(floor, 0);
+        for i in (start.max(end.saturating_sub(COVER_SCAN))..end).rev() {
+            let (b, l, e) = self.at(i);
+            if l <= max && (b ^ bits) & mask(l) == 0 {
+                return Some(e);
+            }
+        }
+        if end - start <= COVER_SCAN {
+            return None;
+        }
+        (self.shortest()..=max)
             .rev()
             .find_map(|len| self.entry(bits & mask(len), len))
     }
@@ -236,14 +399,23 @@ trait Family {
     /// Lengths of the prefixes at least `min` long inside the
     /// `width`-bit prefix at `bits`.
     fn inside(&self, bits: u128, width: u8, min: u8) -> impl Iterator<Item = u8> {
+        self.prefixes_inside(bits, width, min).map(|(_, l)| l)
+    }
+
+    /// The prefixes (bits, length) at least `min` long inside the
+    /// `width`-bit prefix at `bits`.
+    fn prefixes_inside(&self, bits: u128, width: u8, min: u8) -> impl Iterator<Item = (u128, u8)> {
         let last = bits | !mask(width);
         (self.lower_bound(bits, min)..self.len())
             .map(|i| self.at(i))
             .take_while(move |(b, _, _)| *b <= last)
             .filter(move |(_, l, _)| *l >= min)
-            .map(|(_, l, _)| l)
+            .map(|(b, l, _)| (b, l))
     }
 }
+
+/// Prefixes [`Family::cover`] scans back before searching length by length.
+const COVER_SCAN: usize = 64;
 
 fn mask(len: u8) -> u128 {
     if len == 0 {
@@ -253,8 +425,23 @@ fn mask(len: u8) -> u128 {
     }
 }
 
-struct V4<'a>(&'a [([u8; 4], u8, u32)]);
-struct V6<'a>(&'a [([u8; 16], u8, u32)]);
+/// A family's prefixes, with their shortest length and a search hint.
+struct V4<'a>(&'a [([u8; 4], u8, u32)], u8, Cell<usize>);
+struct V6<'a>(&'a [([u8; 16], u8, u32)], u8, Cell<usize>);
+
+impl<'a> V4<'a> {
+    fn new(prefixes: &'a [([u8; 4], u8, u32)]) -> Self {
+        let shortest = prefixes.iter().map(|p| p.1).min().unwrap_or(0);
+        Self(prefixes, shortest, Cell::new(0))
+    }
+}
+
+impl<'a> V6<'a> {
+    fn new(prefixes: &'a [([u8; 16], u8, u32)]) -> Self {
+        let shortest = prefixes.iter().map(|p| p.1).min().unwrap_or(0);
+        Self(prefixes, shortest, Cell::new(0))
+    }
+}
 
 impl Family for V4<'_> {
     fn at(&self, i: usize) -> (u128, u8, u32) {
@@ -263,6 +450,12 @@ impl Family for V4<'_> {
     }
     fn len(&self) -> usize {
         self.0.len()
+    }
+    fn shortest(&self) -> u8 {
+        self.1
+    }
+    fn hint(&self) -> &Cell<usize> {
+        &self.2
     }
 }
 
@@ -273,6 +466,12 @@ impl Family for V6<'_> {
     }
     fn len(&self) -> usize {
         self.0.len()
+    }
+    fn shortest(&self) -> u8 {
+        self.1
+    }
+    fn hint(&self) -> &Cell<usize> {
+        &self.2
     }
 }
 
@@ -295,18 +494,26 @@ const V6_WIDEST: u8 = 24;
 
 /// The patch taking the tables of `source` (laid out for the compile that
 /// `change` starts from, hashed as `shape`) to those of `compiled`.
-pub fn patch(
+/// Each family is patched from its own source, side by side when the
+/// change is large.
+pub fn patch<S: Source + Send>(
     compiled: &Compiled,
     change: &Change,
     shape: &layout::Shape,
     entries_capacity: usize,
-    source: &mut impl Source,
+    [v4_source, v6_source]: [&mut S; 2],
 ) -> Result<Patch, Unpatchable> {
     if compiled.entries.len() > entries_capacity {
         return Err(Unpatchable::Entries);
     }
-    let mut patch = patch_v4(compiled, change, shape, source)?;
-    let v6 = patch_v6(compiled, change, shape, source)?;
+    // Each changed prefix costs microseconds of lookups: a few thousand
+    // are worth a second thread.
+    let (v4, v6) = crate::parallel::join(
+        (change.v4.len() + change.v6.len()) * 10,
+        || patch_v4(compiled, change, shape, v4_source),
+        || patch_v6(compiled, change, shape, v6_source),
+    );
+    let (mut patch, v6) = (v4?, v6?);
     patch.v6_bits = v6.v6_bits;
     patch.v6 = v6.v6;
     patch.keys.1 = v6.keys.1;
@@ -316,17 +523,17 @@ pub fn patch(
     Ok(patch)
 }
 
-fn patch_v4(
+fn patch_v4<S: Source>(
     compiled: &Compiled,
     change: &Change,
     shape: &layout::Shape,
-    source: &mut impl Source,
+    source: &mut S,
 ) -> Result<Patch, Unpatchable> {
-    let table = V4(&compiled.v4);
+    let table = V4::new(&compiled.v4);
     let mut keys: Vec<(u32, u8)> = Vec::new();
-    let mut descriptors: BTreeSet<u32> = BTreeSet::new();
-    let mut shorts: BTreeSet<u32> = BTreeSet::new();
-    let mut bits: BTreeSet<u32> = BTreeSet::new();
+    let mut descriptors: Vec<u32> = Vec::new();
+    let mut shorts: Vec<u32> = Vec::new();
+    let mut bits: Vec<u32> = Vec::new();
     for &(net, len) in &change.v4 {
         let net = u32::from_be_bytes(net);
         let bucket = net >> (32 - V4_BUCKET_LEN);
@@ -335,18 +542,48 @@ fn patch_v4(
         }
         bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
         if u32::from(len) < V4_BUCKET_LEN {
-            shorts.insert(net >> (32 - layout::V4_SHORT_LEN));
+            shorts.push(net >> (32 - layout::V4_SHORT_LEN));
         } else {
-            descriptors.insert(bucket);
+            descriptors.push(bucket);
         }
         if u32::from(len) != layout::V4_SHORT_LEN && u32::from(len) != V4_BUCKET_LEN {
             keys.push((net, len));
         }
     }
+    for list in [&mut descriptors, &mut shorts, &mut bits] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    let choices = |net: u32, len: u32| {
+        layout::choices(layout::hash4(net, len, shape.v4_seed), shape.v4_buckets)
+    };
+    let ahead = keys
+        .iter()
+        .map(|&(net, len)| (net, u32::from(len)))
+        .chain(
+            descriptors
+                .iter()
+                .map(|b| (b << (32 - V4_BUCKET_LEN), V4_BUCKET_LEN)),
+        )
+        .flat_map(|(net, len)| choices(net, len))
+        .collect();
+    let (indices, buckets) = read_many(source, Table::V4, ahead);
+    let buckets = match buckets {
+        Some(Values::V4(buckets)) => buckets,
+        _ => Vec::new(),
+    };
+    let preloaded = indices.iter().copied().zip(buckets.iter().map(|b| b.slots));
+    let (word_indices, word_values) =
+        read_many(source, Table::V4Bits, bits.iter().map(|b| b >> 6).collect());
+    let mut words = match word_values {
+        Some(Values::Words(values)) => Words::preloaded(&word_indices, &values),
+        _ => Words::default(),
+    };
     let mut hash = Overlay::new(
         |b| source.v4_bucket(b).map(|b| b.slots),
         shape.v4_seed,
         shape.v4_buckets,
+        preloaded.take(buckets.len()),
     );
     // Keys that go first, then those that come or change.
     let mut upserts: Vec<Slot4> = Vec::new();
@@ -405,25 +642,37 @@ fn patch_v4(
             )
         })
         .collect();
-    // A /24's bit: some prefix covers it or lies inside it.
-    let mut words: FastMap<u32, u64> = FastMap::default();
-    for &bucket in &bits {
-        let net = bucket << (32 - V4_BUCKET_LEN);
-        let set = table.cover(bits_of(net), 24).is_some()
-            || table.inside(bits_of(net), 24, 25).next().is_some();
-        let word = match words.get(&(bucket >> 6)) {
-            Some(&w) => w,
-            None => source.v4_bits(bucket >> 6).ok_or(Unpatchable::Mismatch)?,
-        };
-        let word = if set {
-            word | 1 << (bucket & 63)
-        } else {
-            word & !(1 << (bucket & 63))
-        };
-        words.insert(bucket >> 6, word);
+    // A /24's bit: some prefix covers it or lies inside it. A changed
+    // prefix of /24 or shorter decides all its /24s at once: set when
+    // something covers it, else as the prefixes inside it touch them.
+    let read = |source: &mut S, w| source.v4_bits(w);
+    for &(net, len) in &change.v4 {
+        let (net, len) = (u32::from_be_bytes(net), u32::from(len));
+        let bucket = net >> (32 - V4_BUCKET_LEN);
+        if len > V4_BUCKET_LEN {
+            let at = bucket << (32 - V4_BUCKET_LEN);
+            let set = table.cover(bits_of(at), 24).is_some()
+                || table.inside(bits_of(at), 24, 25).next().is_some();
+            words.set(bucket, set, |w| read(source, w))?;
+            continue;
+        }
+        let span = 1u32 << (V4_BUCKET_LEN - len);
+        let covered = table.cover(bits_of(net), len as u8).is_some();
+        let mut touched = vec![covered; span as usize];
+        if !covered {
+            for (bits, inner) in table.prefixes_inside(bits_of(net), len as u8, len as u8 + 1) {
+                let first = ((bits >> 96) as u32 >> (32 - V4_BUCKET_LEN)) - bucket;
+                let count = 1u32 << V4_BUCKET_LEN.saturating_sub(u32::from(inner));
+                for b in first..first + count {
+                    touched[b as usize] = true;
+                }
+            }
+        }
+        for (b, set) in (bucket..).zip(touched) {
+            words.set(b, set, |w| read(source, w))?;
+        }
     }
-    let mut v4_bits: Vec<(u32, u64)> = words.into_iter().collect();
-    v4_bits.sort_unstable_by_key(|(i, _)| *i);
+    let v4_bits = words.changed();
     Ok(Patch {
         v4_bits,
         v4: v4
@@ -442,9 +691,9 @@ fn patch_v6(
     shape: &layout::Shape,
     source: &mut impl Source,
 ) -> Result<Patch, Unpatchable> {
-    let table = V6(&compiled.v6);
+    let table = V6::new(&compiled.v6);
     let mut keys: Vec<(u128, u8)> = Vec::new();
-    let mut descriptors: BTreeSet<u32> = BTreeSet::new();
+    let mut descriptors: Vec<u32> = Vec::new();
     for &(net, len) in &change.v6 {
         let bits = u128::from_be_bytes(net);
         let top = (bits >> (128 - V6_BUCKET_LEN)) as u32;
@@ -455,14 +704,46 @@ fn patch_v6(
             let span = 1u32 << (V6_BUCKET_LEN - u32::from(len));
             descriptors.extend((0..span).map(|i| top + i));
         } else {
-            descriptors.insert(top);
+            descriptors.push(top);
             keys.push((bits, len));
         }
     }
+    descriptors.sort_unstable();
+    descriptors.dedup();
+    let choices = |bits: u128, len: u32| {
+        let hash = layout::hash6((bits >> 64) as u64, bits as u64, len, shape.v6_seed);
+        layout::choices(hash, shape.v6_buckets)
+    };
+    let ahead = keys
+        .iter()
+        .map(|&(bits, len)| (bits, u32::from(len)))
+        .chain(
+            descriptors
+                .iter()
+                .map(|&top| (u128::from(top) << (128 - V6_BUCKET_LEN), V6_BUCKET_LEN)),
+        )
+        .flat_map(|(bits, len)| choices(bits, len))
+        .collect();
+    let (indices, buckets) = read_many(source, Table::V6, ahead);
+    let buckets = match buckets {
+        Some(Values::V6(buckets)) => buckets,
+        _ => Vec::new(),
+    };
+    let preloaded = indices.iter().copied().zip(buckets.iter().map(|b| b.slots));
+    let words = descriptors
+        .iter()
+        .map(|&top| layout::v6_bit(u64::from(top) << 32) >> 6)
+        .collect();
+    let (word_indices, word_values) = read_many(source, Table::V6Bits, words);
+    let mut words = match word_values {
+        Some(Values::Words(values)) => Words::preloaded(&word_indices, &values),
+        _ => Words::default(),
+    };
     let mut hash = Overlay::new(
         |b| source.v6_bucket(b).map(|b| b.slots),
         shape.v6_seed,
         shape.v6_buckets,
+        preloaded.take(buckets.len()),
     );
     let mut upserts: Vec<Slot6> = Vec::new();
     for &(bits, len) in &keys {
@@ -510,16 +791,10 @@ fn patch_v6(
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
     let (v6, keys_gained) = hash.changed();
-    let mut words: FastMap<u32, u64> = FastMap::default();
     for bit in present {
-        let word = match words.get(&(bit >> 6)) {
-            Some(&w) => w,
-            None => source.v6_bits(bit >> 6).ok_or(Unpatchable::Mismatch)?,
-        };
-        words.insert(bit >> 6, word | 1 << (bit & 63));
+        words.set(bit, true, |w| source.v6_bits(w))?;
     }
-    let mut v6_bits: Vec<(u32, u64)> = words.into_iter().collect();
-    v6_bits.sort_unstable_by_key(|(i, _)| *i);
+    let v6_bits = words.changed();
     Ok(Patch {
         v6_bits,
         v6: v6
