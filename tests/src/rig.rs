@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use blocker::{
-    compile::{self, Compiled, Enforcement, SlotTable},
-    datapath::Datapath,
+    compile::{Compiled, Compiler, Enforcement, SlotTable},
+    datapath::{ApplyStats, Datapath},
     feed::Order,
 };
 use blocker_common::{OrderCounters, STAT_COUNT};
@@ -20,7 +20,10 @@ pub const MAX_PREFIXES: u32 = 1024;
 pub struct Rig {
     pub dp: Datapath,
     pub slots: SlotTable,
+    pub compiler: Compiler,
     pub compiled: Option<Compiled>,
+    /// What the last apply did.
+    pub applied: Option<ApplyStats>,
     _bpffs: BpffsDir,
 }
 
@@ -39,7 +42,9 @@ impl Rig {
         Self {
             dp,
             slots: SlotTable::new(),
+            compiler: Compiler::new(),
             compiled: None,
+            applied: None,
             _bpffs: bpffs,
         }
     }
@@ -53,21 +58,26 @@ impl Rig {
 
     /// Compiles `orders` (all taken as in force) against the slot table of
     /// the previous apply and applies the result, as the daemon does: slots
-    /// that changed hands are fresh (their counters are zeroed).
+    /// that changed hands are fresh (their counters are zeroed), and a
+    /// small change is patched into the tables.
     pub fn apply(&mut self, orders: &[Order], enforcement: Enforcement) {
         let in_force: Vec<&Order> = orders.iter().collect();
         self.apply_in_force(&in_force, enforcement);
     }
 
     pub fn apply_in_force(&mut self, in_force: &[&Order], enforcement: Enforcement) {
-        let compiled = compile::compile(in_force, enforcement, &self.slots)
+        let step = self
+            .compiler
+            .compile(in_force, enforcement, &self.slots)
             .unwrap_or_else(|err| panic!("compiling {in_force:#?}: {err}"));
-        let fresh = compiled.fresh_slots(&self.slots);
-        self.dp
-            .apply(&compiled, &fresh)
+        let fresh = step.compiled.fresh_slots(&self.slots);
+        let stats = self
+            .dp
+            .apply_step(step.compiled, step.version, step.change.as_ref(), &fresh)
             .unwrap_or_else(|err| panic!("applying: {err}"));
-        self.slots = compiled.slots.clone();
-        self.compiled = Some(compiled);
+        self.slots = step.compiled.slots.clone();
+        self.compiled = Some(step.compiled.clone());
+        self.applied = Some(stats);
     }
 
     pub fn slot(&self, id: &str) -> u32 {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use blocker::{
-    compile::{self, Enforcement, SlotTable},
+    compile::{Compiler, Enforcement, SlotTable},
     datapath::Datapath,
     feed::{self, Order},
     policy, signature,
@@ -27,8 +27,11 @@ pub struct Stages {
     pub parse: Duration,
     pub evaluate: Duration,
     pub compile: Duration,
-    /// Writing the idle generation and flipping it live.
+    /// Writing the idle generation and flipping it live (from scratch:
+    /// and writing the other generation the same after).
     pub load: Duration,
+    /// Only the change was compiled and written.
+    pub patched: bool,
 }
 
 impl Stages {
@@ -85,6 +88,7 @@ fn stages(
     key: &signature::PublicKey,
     signed: &Signed,
     dp: &mut Datapath,
+    compiler: &mut Compiler,
     slots: &mut SlotTable,
     max_prefixes: u32,
 ) -> Stages {
@@ -105,13 +109,18 @@ fn stages(
     let enforceable: Vec<&Order> = evaluation.enforceable().collect();
     stages.evaluate = t.elapsed();
     let t = Instant::now();
-    let compiled = compile::compile(&enforceable, Enforcement::Enforce, slots).expect("compiles");
+    let step = compiler
+        .compile(&enforceable, Enforcement::Enforce, slots)
+        .expect("compiles");
     stages.compile = t.elapsed();
-    let fresh = compiled.fresh_slots(slots);
+    let fresh = step.compiled.fresh_slots(slots);
     let t = Instant::now();
-    dp.apply(&compiled, &fresh).expect("applies");
+    let applied = dp
+        .apply_step(step.compiled, step.version, step.change.as_ref(), &fresh)
+        .expect("applies");
     stages.load = t.elapsed();
-    *slots = compiled.slots;
+    stages.patched = applied.patched;
+    *slots = step.compiled.slots.clone();
     stages
 }
 
@@ -128,9 +137,24 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     let mut dp = Datapath::open(bpffs.path(), max_prefixes).expect("loading blocker");
     let open = t.elapsed();
     let mut slots = SlotTable::new();
-    let scratch = stages(&public, &first, &mut dp, &mut slots, max_prefixes);
+    let mut compiler = Compiler::new();
+    let scratch = stages(
+        &public,
+        &first,
+        &mut dp,
+        &mut compiler,
+        &mut slots,
+        max_prefixes,
+    );
     eprintln!("bench: from scratch {:?}: {scratch:?}", scratch.total());
-    let update = stages(&public, &second, &mut dp, &mut slots, max_prefixes);
+    let update = stages(
+        &public,
+        &second,
+        &mut dp,
+        &mut compiler,
+        &mut slots,
+        max_prefixes,
+    );
     eprintln!("bench: 1% update {:?}: {update:?}", update.total());
     drop(dp);
     Pipeline {
