@@ -357,22 +357,24 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the first `len` values of one table of generation
-    /// `generation` (which must be idle), value `i` being `value(i)`:
-    /// `which` indexes `map_names::TABLES`.
-    fn write<T: Copy + PartialEq>(
-        &self,
-        generation: usize,
-        which: usize,
-        len: usize,
-        value: impl Fn(usize) -> T,
-    ) -> Result<()> {
-        write_mapped(
-            &self.tables[generation][which],
-            map_names::TABLES[generation][which],
-            len,
-            value,
-        )
+    /// Generation `g`'s tables, to write, their value sizes checked.
+    fn targets(&self, g: usize) -> Result<[Target; 6]> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let maps = &self.tables[g];
+        let names = map_names::TABLES[g];
+        let values = [
+            values_of::<u64>(&maps[0], names[0])?,
+            values_of::<Bucket4>(&maps[1], names[1])?,
+            values_of::<u64>(&maps[2], names[2])?,
+            values_of::<Bucket6>(&maps[3], names[3])?,
+            values_of::<PrefixEntry>(&maps[4], names[4])?,
+            values_of::<Short4>(&maps[5], names[5])?,
+        ];
+        Ok(std::array::from_fn(|i| Target {
+            fd: maps[i].fd().as_fd().as_raw_fd(),
+            name: names[i],
+            values: values[i],
+        }))
     }
 
     /// Writes each order's window, converted to the CLOCK_TAI nanoseconds
@@ -439,6 +441,17 @@ impl<T: Copy> Mapped<T> {
         writable: bool,
     ) -> Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
+        Self::window_fd(data.fd().as_fd().as_raw_fd(), name, start, len, writable)
+    }
+
+    /// As [`Mapped::window`], of the map whose descriptor is `fd`.
+    fn window_fd(
+        fd: std::os::fd::RawFd,
+        name: &'static str,
+        start: usize,
+        len: usize,
+        writable: bool,
+    ) -> Result<Self> {
         let bytes = (len * size_of::<T>()).next_multiple_of(page_size());
         let offset = libc::off_t::try_from(start * size_of::<T>()).unwrap_or(libc::off_t::MAX);
         let prot = if writable {
@@ -446,7 +459,6 @@ impl<T: Copy> Mapped<T> {
         } else {
             libc::PROT_READ
         };
-        let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's value area; the kernel
         // checks offset and length against the map and keeps the map alive
         // while the mapping exists.
@@ -529,23 +541,47 @@ fn values_of<T>(data: &MapData, name: &'static str) -> Result<usize> {
 /// before the next, so writing a table never holds more of it in our memory.
 const WRITE_WINDOW: usize = 4 << 20;
 
-/// Writes `len` values, `value(i)` each, to the start of the array map
-/// `data`, window by window.
-fn write_mapped<T: Copy + PartialEq>(
-    data: &MapData,
+/// A table to write: a descriptor of the map (which must outlive the
+/// writes), its name and how many values of the type written it holds.
+#[derive(Clone, Copy)]
+struct Target {
+    fd: std::os::fd::RawFd,
     name: &'static str,
+    values: usize,
+}
+
+/// Writes `len` values, `value(i)` each, to the start of `target`, window
+/// by window.
+fn write_mapped<T: Copy + PartialEq>(
+    target: Target,
     len: usize,
     value: impl Fn(usize) -> T,
 ) -> Result<()> {
-    let len = len.min(values_of::<T>(data, name)?);
+    let len = len.min(target.values);
     let per_window = values_per_window::<T>();
     let mut start = 0;
     while start < len {
         let count = per_window.min(len - start);
-        Mapped::window(data, name, start, count, true)?.store(|i| value(start + i));
+        Mapped::window_fd(target.fd, target.name, start, count, true)?.store(|i| value(start + i));
         start += count;
     }
     Ok(())
+}
+
+/// Writes a whole laid-out generation to `targets` (its tables, idle).
+fn write_generation(
+    targets: &[Target; 6],
+    entries: &[PrefixEntry],
+    keys: &crate::layout::Keys,
+    v4: &Placed,
+    v6: &Placed,
+) -> Result<()> {
+    write_mapped(targets[1], v4.slots.len(), |b| v4.bucket4(keys, b))?;
+    write_mapped(targets[3], v6.slots.len(), |b| v6.bucket6(keys, b))?;
+    write_mapped(targets[0], keys.v4_bits.len(), |i| keys.v4_bits[i])?;
+    write_mapped(targets[2], keys.v6_bits.len(), |i| keys.v6_bits[i])?;
+    write_mapped(targets[4], entries.len(), |i| entries[i])?;
+    write_mapped(targets[5], keys.v4_short.len(), |i| keys.v4_short[i])
 }
 
 /// Values of `T` in a mapping window: a whole number of pages, so that
@@ -1146,21 +1182,21 @@ impl Datapath {
         }
         self.applied = None;
         self.behind = None;
-        let (stats, laid) = self.apply_whole(compiled, fresh_slots)?;
-        // The generation just left: the same tables, once no packet can be
-        // reading it. The feed is enforced already: should this fail, only
-        // the next apply is laid out whole again.
-        self.wait_for_grace();
-        let (keys, v4, v6) = &laid;
-        match self.write_generation(1 - stats.generation as usize, compiled, keys, v4, v6) {
-            Ok(()) => {
-                self.applied = Some(version);
-                self.behind = Some(Patch::default());
+        let (stats, (keys, v4, v6)) = self.apply_whole(compiled, fresh_slots)?;
+        // The generation just left: the same tables, written in the
+        // background once no packet can be reading it. The feed is enforced
+        // already: should this fail, the next apply is laid out whole too.
+        let targets = self.maps.targets(1 - stats.generation as usize)?;
+        let entries = compiled.entries.clone();
+        self.applied = Some(version);
+        self.catching_up = Some(thread::spawn(move || {
+            thread::sleep(GENERATION_GRACE);
+            let written = write_generation(&targets, &entries, &keys, &v4, &v6);
+            if let Err(err) = &written {
+                tracing::warn!(error = %err, "writing the idle tables level with the live ones; the next apply lays them out whole");
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "writing the idle tables level with the live ones");
-            }
-        }
+            written.is_ok()
+        }));
         Ok(stats)
     }
 
@@ -1225,7 +1261,13 @@ impl Datapath {
         self.wait_for_grace();
         let idle = 1 - control.live();
         let writing = Instant::now();
-        self.write_generation(idle, compiled, &keys, &v4, &v6)?;
+        write_generation(
+            &self.maps.targets(idle)?,
+            &compiled.entries,
+            &keys,
+            &v4,
+            &v6,
+        )?;
         let written = laid_out + writing.elapsed();
         self.flip(&mut control, idle, [v4.seed, v6.seed], compiled)?;
         self.keys = (keys.v4.len(), keys.v6.len());
@@ -1239,29 +1281,6 @@ impl Datapath {
             patched: false,
         };
         Ok((stats, (keys, v4, v6)))
-    }
-
-    /// Writes a whole laid-out generation `g` (which must be idle).
-    fn write_generation(
-        &self,
-        g: usize,
-        compiled: &Compiled,
-        keys: &crate::layout::Keys,
-        v4: &Placed,
-        v6: &Placed,
-    ) -> Result<()> {
-        self.maps
-            .write(g, 1, v4.slots.len(), |b| v4.bucket4(keys, b))?;
-        self.maps
-            .write(g, 3, v6.slots.len(), |b| v6.bucket6(keys, b))?;
-        self.maps
-            .write(g, 0, keys.v4_bits.len(), |i| keys.v4_bits[i])?;
-        self.maps
-            .write(g, 2, keys.v6_bits.len(), |i| keys.v6_bits[i])?;
-        let entries = &compiled.entries;
-        self.maps.write(g, 4, entries.len(), |i| entries[i])?;
-        self.maps
-            .write(g, 5, keys.v4_short.len(), |i| keys.v4_short[i])
     }
 
     /// Makes the idle generation `idle` live, hashed with `seeds`.
