@@ -561,23 +561,10 @@ impl<'a> Resolver<'a> {
     }
 
     /// Resolves sorted `rows` (a whole family, or the claims under one
-    /// outermost prefix: no row outside covers one inside) to an entry per
-    /// prefix, each pushed to `out` as `prefix(key, entry)`, in order.
-    /// Returns the candidates cut.
-    fn resolve<P>(
-        &mut self,
-        rows: &[Row],
-        claimants: &[Claimant<'a>],
-        entries: &mut impl Intern,
-        out: &mut Vec<P>,
-        prefix: impl Fn(Key, u32) -> P,
-    ) -> usize {
-        self.resolve_under(&[], rows, claimants, entries, out, prefix)
-    }
-
-    /// As [`Resolver::resolve`], for `rows` under `ancestors` (the claims
-    /// of each prefix that covers them, outermost first; resolved again
-    /// to be inherited, not output).
+    /// prefix) to an entry per prefix, each pushed to `out` as
+    /// `prefix(key, entry)`, in order; `ancestors` are the claims of each
+    /// prefix that covers them, outermost first (resolved again to be
+    /// inherited, not output). Returns the candidates cut.
     fn resolve_under<P>(
         &mut self,
         ancestors: &[&[Row]],
@@ -784,7 +771,7 @@ fn resolve_family<P>(
     let mut entries = Entries::new();
     let mut prefixes = Vec::with_capacity(rows.len());
     let mut resolver = Resolver::new();
-    let cut = resolver.resolve(&rows, claimants, &mut entries, &mut prefixes, prefix);
+    let cut = resolver.resolve_under(&[], &rows, claimants, &mut entries, &mut prefixes, prefix);
     (rows, prefixes, entries.list, cut, resolver.lone)
 }
 

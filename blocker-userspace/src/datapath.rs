@@ -1271,16 +1271,27 @@ impl Datapath {
         let written = laid_out + writing.elapsed();
         self.flip(&mut control, idle, [v4.seed, v6.seed], compiled)?;
         self.keys = (keys.v4.len(), keys.v6.len());
-        let stats = ApplyStats {
+        let stats = self.stats(compiled, idle, written, false);
+        Ok((stats, (keys, v4, v6)))
+    }
+
+    /// The totals of an apply of `compiled` that made `generation` live.
+    fn stats(
+        &self,
+        compiled: &Compiled,
+        generation: usize,
+        written: Duration,
+        patched: bool,
+    ) -> ApplyStats {
+        ApplyStats {
             ipv4: compiled.v4.len(),
             ipv6: compiled.v6.len(),
-            generation: idle as u32,
+            generation: generation as u32,
             keys: self.keys,
             entries: compiled.entries.len() - 1,
             written,
-            patched: false,
-        };
-        Ok((stats, (keys, v4, v6)))
+            patched,
+        }
     }
 
     /// Makes the idle generation `idle` live, hashed with `seeds`.
@@ -1376,15 +1387,7 @@ impl Datapath {
             use std::os::fd::{AsFd as _, AsRawFd as _};
             data.fd().as_fd().as_raw_fd()
         });
-        let stats = ApplyStats {
-            ipv4: compiled.v4.len(),
-            ipv6: compiled.v6.len(),
-            generation: idle as u32,
-            keys: self.keys,
-            entries: compiled.entries.len() - 1,
-            written: started.elapsed(),
-            patched: true,
-        };
+        let stats = self.stats(compiled, idle, started.elapsed(), true);
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
             let written = write_patch(fds, &patch);

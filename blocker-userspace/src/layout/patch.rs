@@ -32,31 +32,14 @@ pub trait Source {
     /// The values at `indices` (sorted, distinct) of `table`, in order: a
     /// source may read many at once more cheaply than one by one.
     fn many(&mut self, table: Table, indices: &[u32]) -> Option<Values> {
+        fn each<T>(indices: &[u32], read: impl FnMut(u32) -> Option<T>) -> Option<Vec<T>> {
+            indices.iter().copied().map(read).collect()
+        }
         Some(match table {
-            Table::V4Bits => Values::Words(
-                indices
-                    .iter()
-                    .map(|&i| self.v4_bits(i))
-                    .collect::<Option<_>>()?,
-            ),
-            Table::V6Bits => Values::Words(
-                indices
-                    .iter()
-                    .map(|&i| self.v6_bits(i))
-                    .collect::<Option<_>>()?,
-            ),
-            Table::V4 => Values::V4(
-                indices
-                    .iter()
-                    .map(|&i| self.v4_bucket(i))
-                    .collect::<Option<_>>()?,
-            ),
-            Table::V6 => Values::V6(
-                indices
-                    .iter()
-                    .map(|&i| self.v6_bucket(i))
-                    .collect::<Option<_>>()?,
-            ),
+            Table::V4Bits => Values::Words(each(indices, |i| self.v4_bits(i))?),
+            Table::V6Bits => Values::Words(each(indices, |i| self.v6_bits(i))?),
+            Table::V4 => Values::V4(each(indices, |i| self.v4_bucket(i))?),
+            Table::V6 => Values::V6(each(indices, |i| self.v6_bucket(i))?),
         })
     }
 }
@@ -88,6 +71,56 @@ fn read_many(
     indices.dedup();
     let values = source.many(table, &indices);
     (indices, values)
+}
+
+/// The hash table and bitmap of one family, as a patch reads them.
+trait FamilyTables: Sized {
+    const BUCKETS: Table;
+    const BITS: Table;
+    fn buckets(values: Values) -> Option<Vec<[Self; SLOTS]>>;
+}
+
+impl FamilyTables for Slot4 {
+    const BUCKETS: Table = Table::V4;
+    const BITS: Table = Table::V4Bits;
+    fn buckets(values: Values) -> Option<Vec<[Self; SLOTS]>> {
+        match values {
+            Values::V4(buckets) => Some(buckets.into_iter().map(|b| b.slots).collect()),
+            _ => None,
+        }
+    }
+}
+
+impl FamilyTables for Slot6 {
+    const BUCKETS: Table = Table::V6;
+    const BITS: Table = Table::V6Bits;
+    fn buckets(values: Values) -> Option<Vec<[Self; SLOTS]>> {
+        match values {
+            Values::V6(buckets) => Some(buckets.into_iter().map(|b| b.slots).collect()),
+            _ => None,
+        }
+    }
+}
+
+/// Reads ahead the buckets at `buckets` and the bitmap words at `words` of
+/// one family: the buckets read, by index, and the words (what could not
+/// be read is read one by one later).
+fn read_family<S: FamilyTables>(
+    source: &mut impl Source,
+    buckets: Vec<u32>,
+    words: Vec<u32>,
+) -> (Vec<(u32, [S; SLOTS])>, Words) {
+    let (indices, values) = read_many(source, S::BUCKETS, buckets);
+    let buckets = values
+        .and_then(S::buckets)
+        .map(|buckets| indices.into_iter().zip(buckets).collect())
+        .unwrap_or_default();
+    let (indices, values) = read_many(source, S::BITS, words);
+    let words = match values {
+        Some(Values::Words(values)) => Words::preloaded(&indices, &values),
+        _ => Words::default(),
+    };
+    (buckets, words)
 }
 
 /// New values for some indices of each table of a generation, each list
@@ -425,44 +458,22 @@ fn mask(len: u8) -> u128 {
     }
 }
 
-/// A family's prefixes, with their shortest length and a search hint.
-struct V4<'a>(&'a [([u8; 4], u8, u32)], u8, Cell<usize>);
-struct V6<'a>(&'a [([u8; 16], u8, u32)], u8, Cell<usize>);
+/// A family's prefixes (network bytes, length, entry), with their
+/// shortest length and a search hint.
+struct Prefixes<'a, const N: usize>(&'a [([u8; N], u8, u32)], u8, Cell<usize>);
 
-impl<'a> V4<'a> {
-    fn new(prefixes: &'a [([u8; 4], u8, u32)]) -> Self {
+impl<'a, const N: usize> Prefixes<'a, N> {
+    fn new(prefixes: &'a [([u8; N], u8, u32)]) -> Self {
         let shortest = prefixes.iter().map(|p| p.1).min().unwrap_or(0);
         Self(prefixes, shortest, Cell::new(0))
     }
 }
 
-impl<'a> V6<'a> {
-    fn new(prefixes: &'a [([u8; 16], u8, u32)]) -> Self {
-        let shortest = prefixes.iter().map(|p| p.1).min().unwrap_or(0);
-        Self(prefixes, shortest, Cell::new(0))
-    }
-}
-
-impl Family for V4<'_> {
+impl<const N: usize> Family for Prefixes<'_, N> {
     fn at(&self, i: usize) -> (u128, u8, u32) {
         let (net, len, entry) = self.0[i];
-        (u128::from(u32::from_be_bytes(net)) << 96, len, entry)
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn shortest(&self) -> u8 {
-        self.1
-    }
-    fn hint(&self) -> &Cell<usize> {
-        &self.2
-    }
-}
-
-impl Family for V6<'_> {
-    fn at(&self, i: usize) -> (u128, u8, u32) {
-        let (net, len, entry) = self.0[i];
-        (u128::from_be_bytes(net), len, entry)
+        let bits = net.iter().fold(0u128, |bits, &b| bits << 8 | u128::from(b));
+        (bits << (128 - 8 * N), len, entry)
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -529,7 +540,7 @@ fn patch_v4<S: Source>(
     shape: &layout::Shape,
     source: &mut S,
 ) -> Result<Patch, Unpatchable> {
-    let table = V4::new(&compiled.v4);
+    let table = Prefixes::new(&compiled.v4);
     let mut keys: Vec<(u32, u8)> = Vec::new();
     let mut descriptors: Vec<u32> = Vec::new();
     let mut shorts: Vec<u32> = Vec::new();
@@ -567,23 +578,13 @@ fn patch_v4<S: Source>(
         )
         .flat_map(|(net, len)| choices(net, len))
         .collect();
-    let (indices, buckets) = read_many(source, Table::V4, ahead);
-    let buckets = match buckets {
-        Some(Values::V4(buckets)) => buckets,
-        _ => Vec::new(),
-    };
-    let preloaded = indices.iter().copied().zip(buckets.iter().map(|b| b.slots));
-    let (word_indices, word_values) =
-        read_many(source, Table::V4Bits, bits.iter().map(|b| b >> 6).collect());
-    let mut words = match word_values {
-        Some(Values::Words(values)) => Words::preloaded(&word_indices, &values),
-        _ => Words::default(),
-    };
+    let (buckets, mut words) =
+        read_family::<Slot4>(source, ahead, bits.iter().map(|b| b >> 6).collect());
     let mut hash = Overlay::new(
         |b| source.v4_bucket(b).map(|b| b.slots),
         shape.v4_seed,
         shape.v4_buckets,
-        preloaded.take(buckets.len()),
+        buckets.into_iter(),
     );
     // Keys that go first, then those that come or change.
     let mut upserts: Vec<Slot4> = Vec::new();
@@ -691,7 +692,7 @@ fn patch_v6(
     shape: &layout::Shape,
     source: &mut impl Source,
 ) -> Result<Patch, Unpatchable> {
-    let table = V6::new(&compiled.v6);
+    let table = Prefixes::new(&compiled.v6);
     let mut keys: Vec<(u128, u8)> = Vec::new();
     let mut descriptors: Vec<u32> = Vec::new();
     for &(net, len) in &change.v6 {
@@ -724,26 +725,16 @@ fn patch_v6(
         )
         .flat_map(|(bits, len)| choices(bits, len))
         .collect();
-    let (indices, buckets) = read_many(source, Table::V6, ahead);
-    let buckets = match buckets {
-        Some(Values::V6(buckets)) => buckets,
-        _ => Vec::new(),
-    };
-    let preloaded = indices.iter().copied().zip(buckets.iter().map(|b| b.slots));
     let words = descriptors
         .iter()
         .map(|&top| layout::v6_bit(u64::from(top) << 32) >> 6)
         .collect();
-    let (word_indices, word_values) = read_many(source, Table::V6Bits, words);
-    let mut words = match word_values {
-        Some(Values::Words(values)) => Words::preloaded(&word_indices, &values),
-        _ => Words::default(),
-    };
+    let (buckets, mut words) = read_family::<Slot6>(source, ahead, words);
     let mut hash = Overlay::new(
         |b| source.v6_bucket(b).map(|b| b.slots),
         shape.v6_seed,
         shape.v6_buckets,
-        preloaded.take(buckets.len()),
+        buckets.into_iter(),
     );
     let mut upserts: Vec<Slot6> = Vec::new();
     for &(bits, len) in &keys {
