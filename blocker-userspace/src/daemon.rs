@@ -99,6 +99,8 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     source: FeedSource,
     slots: SlotTable,
+    /// The slot table `state_dir` holds (last written or read).
+    slots_on_disk: SlotTable,
     /// Remembers the last compile, so a small change is patched in.
     compiler: Compiler,
     current: Option<InForce>,
@@ -151,6 +153,7 @@ impl Daemon {
             datapath,
             metrics,
             source,
+            slots_on_disk: slots.clone(),
             slots,
             compiler: Compiler::new(),
             current: None,
@@ -604,9 +607,15 @@ impl Daemon {
             // kernel and the slot table on disk still agree. A state_dir
             // that cannot be written does not hold enforcement back: the
             // orders are applied, the failure is logged and counted.
-            if let Err(err) = self.state.save_slots(&compiled.slots) {
-                tracing::error!(error = %err, "saving the slot table; applying anyway");
-                self.metrics.state_write_failed("slots");
+            // (Unchanged, as in most updates: nothing to write.)
+            if compiled.slots != self.slots_on_disk {
+                match self.state.save_slots(&compiled.slots) {
+                    Ok(()) => self.slots_on_disk = compiled.slots.clone(),
+                    Err(err) => {
+                        tracing::error!(error = %err, "saving the slot table; applying anyway");
+                        self.metrics.state_write_failed("slots");
+                    }
+                }
             }
             if compiled.overflow > 0 {
                 tracing::warn!(
