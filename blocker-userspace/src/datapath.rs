@@ -1186,7 +1186,13 @@ impl Datapath {
         // The generation just left: the same tables, written in the
         // background once no packet can be reading it. The feed is enforced
         // already: should this fail, the next apply is laid out whole too.
-        let targets = self.maps.targets(1 - stats.generation as usize)?;
+        let targets = match self.maps.targets(1 - stats.generation as usize) {
+            Ok(targets) => targets,
+            Err(err) => {
+                tracing::warn!(error = %err, "the idle tables cannot be written level with the live ones; the next apply lays them out whole");
+                return Ok(stats);
+            }
+        };
         let entries = compiled.entries.clone();
         self.applied = Some(version);
         self.catching_up = Some(thread::spawn(move || {
