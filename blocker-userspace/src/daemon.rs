@@ -384,6 +384,11 @@ impl Daemon {
     /// Verifies, parses and applies a fetched feed (its bytes are taken:
     /// a feed held once, not twice; its validators stay for `commit`).
     fn consider(&mut self, fetched: &mut Fetched, origin: &str) -> Result<(), Refusal> {
+        // The last apply's background write is done (it is, unless feeds
+        // come back to back), and what it held goes back to the system
+        // before this feed is parsed.
+        self.datapath.settle();
+        release_free_memory();
         let fetched = Fetched::from_bytes(
             std::mem::take(&mut fetched.feed),
             std::mem::take(&mut fetched.signature),

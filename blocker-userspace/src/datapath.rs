@@ -1206,8 +1206,9 @@ impl Datapath {
         Ok(stats)
     }
 
-    /// Waits for the thread catching the idle generation up, if any.
-    fn settle(&mut self) {
+    /// Waits for the thread catching the idle generation up, if any (an
+    /// apply does so first anyway).
+    pub fn settle(&mut self) {
         if let Some(thread) = self.catching_up.take() {
             self.behind = match thread.join() {
                 Ok(true) => Some(Patch::default()),
