@@ -921,6 +921,11 @@ pub struct Compiler {
     versions: u64,
 }
 
+/// Claims sharing a changed prefix's block (its bits down to the shortest
+/// length present) up to this many are tested one by one for ancestors;
+/// more are searched length by length.
+const ANCESTOR_SCAN: usize = 64;
+
 /// Claims changed past this share of all are compiled from scratch.
 const WHOLE_BEYOND: usize = 8;
 
@@ -1047,16 +1052,18 @@ impl Kept {
             }
         };
         if !placed4.is_empty() {
-            self.compiled
-                .v4
-                .iter_mut()
-                .for_each(|p| renumber(&mut p.2, &placed4));
+            for range in &v4.fresh {
+                self.compiled.v4[range.clone()]
+                    .iter_mut()
+                    .for_each(|p| renumber(&mut p.2, &placed4));
+            }
         }
         if !placed6.is_empty() {
-            self.compiled
-                .v6
-                .iter_mut()
-                .for_each(|p| renumber(&mut p.2, &placed6));
+            for range in &v6.fresh {
+                self.compiled.v6[range.clone()]
+                    .iter_mut()
+                    .for_each(|p| renumber(&mut p.2, &placed6));
+            }
         }
         // What the resolvers learnt of lone prefixes, numbered so too.
         for key in &v4.learnt {
@@ -1168,7 +1175,7 @@ impl Kept {
                 diffed.same_orders = false;
                 old.targets.iter().for_each(|t| push(removed, t, old.tag()));
                 new.targets.iter().for_each(|t| push(added, t, new.tag()));
-            } else if !Arc::ptr_eq(&old.targets, &new.targets) && old.targets != new.targets {
+            } else if !Arc::ptr_eq(&old.targets, &new.targets) {
                 // Position by position: a target replaced in place (the
                 // usual edit) is one claim out and one in. Anything else
                 // (a reordered list) still gives a right, larger diff.
@@ -1194,11 +1201,14 @@ struct Diffed {
 }
 
 /// What [`update_family`] did: the keys whose entry changed, appeared or
-/// went (sorted), and the lone prefixes it learnt the entries of.
+/// went (sorted), the lone prefixes it learnt the entries of, and where
+/// the prefixes it resolved again now are (only they can hold entries an
+/// [`Interner`] added).
 #[derive(Default)]
 struct Updated {
     changed: Vec<Key>,
     learnt: Vec<(u32, u8)>,
+    fresh: Vec<std::ops::Range<usize>>,
 }
 
 /// A [`Compiled`] prefix of one family.
@@ -1264,23 +1274,32 @@ fn update_family<'a, P: Prefix + Default>(
     let mut merged = std::mem::take(&mut family.spare_rows);
     merged.clear();
     merged.reserve((rows.len() + added.len()).saturating_sub(removed.len()));
+    // Run by run: the kept rows up to the next claim out or in copied
+    // whole (a claim out before one in at the same row).
     let (mut gone, mut new) = (removed.iter().peekable(), added.iter().peekable());
-    for row in rows.iter() {
-        while let Some(add) = new.next_if(|a| *a < row) {
-            merged.push(*add);
+    let mut rest: &[Row] = rows;
+    loop {
+        let (next, out) = match (gone.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(&g), Some(&a)) if g <= a => (g, true),
+            (Some(&g), None) => (g, true),
+            (_, Some(&a)) => (a, false),
+        };
+        let run = gallop::forward(rest.len(), |i| rest[i] < *next);
+        merged.extend_from_slice(&rest[..run]);
+        rest = &rest[run..];
+        if out {
+            if rest.first() != Some(next) {
+                return None;
+            }
+            rest = &rest[1..];
+            gone.next();
+        } else {
+            merged.push(*next);
+            new.next();
         }
-        if gone.next_if(|r| *r == row).is_some() {
-            continue;
-        }
-        if gone.peek().is_some_and(|r| *r < row) {
-            return None;
-        }
-        merged.push(*row);
     }
-    merged.extend(new);
-    if gone.next().is_some() {
-        return None;
-    }
+    merged.extend_from_slice(rest);
     for row in removed {
         lengths[usize::from(row.len)] -= 1;
     }
@@ -1305,13 +1324,27 @@ fn update_family<'a, P: Prefix + Default>(
         let floor = t.masked(shortest);
         let from = gallop::backward(before, |i| merged[i].key() < floor);
         let first = ancestry.len();
-        for len in (shortest..t.len).filter(|&len| lengths[usize::from(len)] > 0) {
-            let a = t.masked(len);
-            let rows = &merged[from..before];
-            let at = rows.partition_point(|r| r.key() < a);
-            let claims = rows[at..].iter().take_while(|r| r.key() == a).count();
-            if claims > 0 {
-                ancestry.push(from + at..from + at + claims);
+        let block = &merged[from..before];
+        if block.len() <= ANCESTOR_SCAN {
+            // Few claims share the block: test each (ancestors come in
+            // order, outermost first).
+            let mut i = 0;
+            while i < block.len() {
+                let k = block[i].key();
+                let claims = block[i..].iter().take_while(|r| r.key() == k).count();
+                if k.len < t.len && k.contains(t) {
+                    ancestry.push(from + i..from + i + claims);
+                }
+                i += claims;
+            }
+        } else {
+            for len in (shortest..t.len).filter(|&len| lengths[usize::from(len)] > 0) {
+                let a = t.masked(len);
+                let at = block.partition_point(|r| r.key() < a);
+                let claims = block[at..].iter().take_while(|r| r.key() == a).count();
+                if claims > 0 {
+                    ancestry.push(from + at..from + at + claims);
+                }
             }
         }
         spans.push(Span {
@@ -1337,6 +1370,7 @@ fn update_family<'a, P: Prefix + Default>(
     rebuilt.clear();
     rebuilt.reserve(out.len() + added.len());
     let mut changed = Vec::new();
+    let mut fresh = Vec::with_capacity(joined.len());
     let mut rest: &[P] = out;
     let mut claims: &[Row] = &merged;
     for span in &joined {
@@ -1372,6 +1406,7 @@ fn update_family<'a, P: Prefix + Default>(
         }
         // Old and new side by side, both sorted.
         let mut old = old.iter().peekable();
+        fresh.push(rebuilt.len()..rebuilt.len() + resolved.len());
         for &(key, entry) in &resolved {
             while let Some(gone) = old.next_if(|p| p.key() < key) {
                 changed.push(gone.key());
@@ -1392,6 +1427,7 @@ fn update_family<'a, P: Prefix + Default>(
     Some(Updated {
         changed,
         learnt: resolver.learnt,
+        fresh,
     })
 }
 
