@@ -103,18 +103,18 @@ impl FamilyTables for Slot6 {
 }
 
 /// Reads ahead the buckets at `buckets` and the bitmap words at `words` of
-/// one family: the buckets read, by index, and the words (what could not
-/// be read is read one by one later).
+/// one family: the buckets read (sorted indices, and their buckets), and
+/// the words (what could not be read is read one by one later).
 fn read_family<S: FamilyTables>(
     source: &mut impl Source,
     buckets: Vec<u32>,
     words: Vec<u32>,
-) -> (Vec<(u32, [S; SLOTS])>, Words) {
+) -> ((Vec<u32>, Vec<[S; SLOTS]>), Words) {
     let (indices, values) = read_many(source, S::BUCKETS, buckets);
-    let buckets = values
-        .and_then(S::buckets)
-        .map(|buckets| indices.into_iter().zip(buckets).collect())
-        .unwrap_or_default();
+    let buckets = match values.and_then(S::buckets) {
+        Some(buckets) => (indices, buckets),
+        None => Default::default(),
+    };
     let (indices, values) = read_many(source, S::BITS, words);
     let words = match values {
         Some(Values::Words(values)) => Words::preloaded(&indices, &values),
@@ -208,8 +208,15 @@ impl Keyed for Slot6 {
 /// One family's hash table as patched so far: the buckets changed, over
 /// the source's.
 struct Overlay<S, R> {
-    /// Buckets read, and whether they were changed.
-    buckets: FastMap<u32, ([S; SLOTS], bool)>,
+    /// Buckets read (those read ahead first, by index), and whether they
+    /// were changed.
+    indices: Vec<u32>,
+    buckets: Vec<([S; SLOTS], bool)>,
+    /// How many were read ahead.
+    ahead: usize,
+    /// Where each bucket read is in `buckets` (a compact index: the
+    /// buckets themselves are not moved about).
+    at: FastMap<u32, u32>,
     read: R,
     seed: u32,
     count: u32,
@@ -218,18 +225,27 @@ struct Overlay<S, R> {
 }
 
 impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
-    /// An overlay over the buckets `read` reads, `preloaded` already.
+    /// An overlay over the buckets `read` reads, those at `indices`
+    /// (sorted, distinct) read ahead as `buckets`.
     fn new(
         read: R,
         seed: u32,
         count: u32,
-        preloaded: impl ExactSizeIterator<Item = (u32, [S; SLOTS])>,
+        (indices, buckets): (Vec<u32>, Vec<[S; SLOTS]>),
     ) -> Self {
-        let mut buckets = FastMap::default();
-        buckets.reserve(preloaded.len());
-        buckets.extend(preloaded.map(|(i, b)| (i, (b, false))));
+        let mut at = FastMap::default();
+        at.reserve(indices.len() + indices.len() / 8);
+        at.extend(
+            indices
+                .iter()
+                .enumerate()
+                .map(|(i, &index)| (index, i as u32)),
+        );
         Self {
-            buckets,
+            ahead: indices.len(),
+            indices,
+            buckets: buckets.into_iter().map(|b| (b, false)).collect(),
+            at,
             read,
             seed,
             count,
@@ -251,11 +267,17 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     }
 
     fn entry(&mut self, index: u32) -> Option<&mut ([S; SLOTS], bool)> {
-        if !self.buckets.contains_key(&index) {
-            let bucket = (self.read)(index)?;
-            self.buckets.insert(index, (bucket, false));
-        }
-        self.buckets.get_mut(&index)
+        use std::collections::hash_map::Entry;
+        let i = match self.at.entry(index) {
+            Entry::Occupied(at) => *at.get() as usize,
+            Entry::Vacant(at) => {
+                self.buckets.push(((self.read)(index)?, false));
+                self.indices.push(index);
+                at.insert(self.indices.len() as u32 - 1);
+                self.indices.len() - 1
+            }
+        };
+        Some(&mut self.buckets[i])
     }
 
     /// The slot holding `key`'s key: (bucket, slot).
@@ -282,8 +304,10 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     /// fit.
     fn upsert(&mut self, slot: S) -> Option<()> {
         if let Some((b, s)) = self.find(&slot)? {
-            if self.bucket(b)?[s] != slot {
-                self.bucket_mut(b)?[s] = slot;
+            let (bucket, changed) = self.entry(b)?;
+            if bucket[s] != slot {
+                bucket[s] = slot;
+                *changed = true;
             }
             return Some(());
         }
@@ -291,8 +315,10 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
         for _ in 0..MAX_KICKS {
             let choices = layout::choices(key.hash(self.seed), self.count);
             for b in choices {
-                if let Some(free) = self.bucket(b)?.iter().position(|s| s.is_free()) {
-                    self.bucket_mut(b)?[free] = key;
+                let (bucket, changed) = self.entry(b)?;
+                if let Some(free) = bucket.iter().position(|s| s.is_free()) {
+                    bucket[free] = key;
+                    *changed = true;
                     self.keys += 1;
                     return Some(());
                 }
@@ -310,14 +336,16 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
 
     /// The buckets changed (the rest were only read).
     fn changed(self) -> (Vec<(u32, [S; SLOTS])>, isize) {
-        let mut buckets: Vec<_> = self
-            .buckets
-            .into_iter()
-            .filter(|(_, (_, changed))| *changed)
-            .map(|(index, (bucket, _))| (index, bucket))
-            .collect();
-        buckets.sort_unstable_by_key(|(index, _)| *index);
-        (buckets, self.keys)
+        let changed = |from: usize, to: usize| -> Vec<(u32, [S; SLOTS])> {
+            (from..to)
+                .filter(|&i| self.buckets[i].1)
+                .map(|i| (self.indices[i], self.buckets[i].0))
+                .collect()
+        };
+        let ahead = changed(0, self.ahead);
+        let mut more = changed(self.ahead, self.indices.len());
+        more.sort_unstable_by_key(|(index, _)| *index);
+        (over(&ahead, &more), self.keys)
     }
 }
 
@@ -472,8 +500,10 @@ impl<'a, const N: usize> Prefixes<'a, N> {
 impl<const N: usize> Family for Prefixes<'_, N> {
     fn at(&self, i: usize) -> (u128, u8, u32) {
         let (net, len, entry) = self.0[i];
-        let bits = net.iter().fold(0u128, |bits, &b| bits << 8 | u128::from(b));
-        (bits << (128 - 8 * N), len, entry)
+        // Left-aligned: the bytes first in a zeroed 16 (one load, one swap).
+        let mut bytes = [0u8; 16];
+        bytes[..N].copy_from_slice(&net);
+        (u128::from_be_bytes(bytes), len, entry)
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -584,7 +614,7 @@ fn patch_v4<S: Source>(
         |b| source.v4_bucket(b).map(|b| b.slots),
         shape.v4_seed,
         shape.v4_buckets,
-        buckets.into_iter(),
+        buckets,
     );
     // Keys that go first, then those that come or change.
     let mut upserts: Vec<Slot4> = Vec::new();
@@ -734,7 +764,7 @@ fn patch_v6(
         |b| source.v6_bucket(b).map(|b| b.slots),
         shape.v6_seed,
         shape.v6_buckets,
-        buckets.into_iter(),
+        buckets,
     );
     let mut upserts: Vec<Slot6> = Vec::new();
     for &(bits, len) in &keys {
