@@ -1364,23 +1364,24 @@ impl Datapath {
         let writes = behind.then(&patch);
         let tables = &self.maps.tables[idle];
         let names = map_names::TABLES[idle];
-        // IPv4's tables and IPv6's side by side (the kernel copies each
-        // value in on the calling thread).
-        let (v4, v6) = crate::parallel::join(
+        // Two threads, the tables shared out so that each writes about as
+        // many values (the kernel copies each value in on the calling
+        // thread; IPv4's buckets are usually the most).
+        let (one, other) = crate::parallel::join(
             writes.len() * 4,
             || -> Result<()> {
-                update_batch(&tables[0], names[0], &writes.v4_bits)?;
                 update_batch(&tables[1], names[1], &writes.v4)?;
-                update_batch(&tables[5], names[5], &writes.v4_short)
+                update_batch(&tables[5], names[5], &writes.v4_short)?;
+                update_batch(&tables[2], names[2], &writes.v6_bits)
             },
             || -> Result<()> {
-                update_batch(&tables[2], names[2], &writes.v6_bits)?;
+                update_batch(&tables[0], names[0], &writes.v4_bits)?;
                 update_batch(&tables[3], names[3], &writes.v6)?;
                 update_batch(&tables[4], names[4], &writes.entries)
             },
         );
-        v4?;
-        v6?;
+        one?;
+        other?;
         self.flip(&mut control, idle, [shape.v4_seed, shape.v6_seed], compiled)?;
         self.keys = (
             self.keys.0.saturating_add_signed(patch.keys.0),
