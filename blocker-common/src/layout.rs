@@ -15,7 +15,9 @@
 //!    the longer prefix lengths present inside the bucket.
 //! 3. For each of those longer lengths, longest first, the address masked
 //!    to that length is looked up; the first hit is the longest match.
-//!    Otherwise the descriptor's entry is.
+//!    Otherwise the descriptor's entry is. (An IPv4 descriptor also marks
+//!    the /28s its longer prefixes touch: an address in another /28 skips
+//!    this step.)
 //!
 //! IPv6 prefixes shorter than a bucket (/29../31) are expanded into every
 //! bucket they cover. IPv4 has one more level instead, since its /16../23
@@ -49,8 +51,33 @@ pub struct Slot4 {
     /// Index into the entries array ([`NO_ENTRY`]: none).
     pub entry: u32,
     /// Descriptors only: bit `i` set when a prefix of length `32 - i`
-    /// (25..=32) lies inside the bucket.
+    /// (25..=32) lies inside the bucket; bit `16 + k` when one of them
+    /// touches the bucket's `k`th /28, and [`V4_GROUPS_MARKED`] when
+    /// those bits are set ([`v4_groups`]).
     pub longer: u32,
+}
+
+/// In an IPv4 descriptor's [`Slot4::longer`]: the /28 bits are marked. A
+/// descriptor without it (tables laid out before they were) has every
+/// /28 probed.
+pub const V4_GROUPS_MARKED: u32 = 1 << 15;
+/// Bit of the first /28 of a bucket in [`Slot4::longer`].
+const V4_GROUP_SHIFT: u32 = 16;
+
+/// The [`Slot4::longer`] bits marking the /28s that prefix `net`/`len`
+/// (25..=32) touches, and [`V4_GROUPS_MARKED`].
+pub const fn v4_groups(net: u32, len: u32) -> u32 {
+    let first = (net & 0xff) >> 4;
+    let count = if len >= 28 { 1 } else { 1 << (28 - len) };
+    ((1u32 << count) - 1) << (V4_GROUP_SHIFT + first) | V4_GROUPS_MARKED
+}
+
+/// Whether a prefix longer than the bucket described by `longer` may hold
+/// `addr`: nearly every address of a bucket with a few /32s inside is
+/// answered here, without probing for them.
+#[inline(always)]
+pub const fn v4_group_may_hold(longer: u32, addr: u32) -> bool {
+    longer & V4_GROUPS_MARKED == 0 || (longer >> (V4_GROUP_SHIFT + ((addr & 0xff) >> 4))) & 1 != 0
 }
 
 /// One IPv6 hash-table slot. `len == 0` marks a free slot.
@@ -241,7 +268,10 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
     }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
-        Some(descriptor) => (descriptor.entry, u64::from(descriptor.longer & 0xff)),
+        Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
+            (descriptor.entry, u64::from(descriptor.longer & 0xff))
+        }
+        Some(descriptor) => (descriptor.entry, 0),
         None => (NO_ENTRY, 0),
     };
     let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
@@ -387,6 +417,23 @@ pub fn lookup<T: Tables>(tables: &T, shape: &Shape, addr: core::net::IpAddr) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_descriptor_marks_the_28s_its_longer_prefixes_touch() {
+        let bucket = 0xc000_0200;
+        // A /32 at .77 (the fifth /28), a /25 over the upper half.
+        let longer = v4_groups(bucket | 77, 32) | v4_groups(bucket | 128, 25);
+        for host in 0..=255u32 {
+            let marked = (64..80).contains(&host) || host >= 128;
+            assert_eq!(
+                v4_group_may_hold(longer, bucket | host),
+                marked,
+                "host .{host}"
+            );
+        }
+        // Tables laid out before the /28s were marked: every host probed.
+        assert!((0..=255).all(|host| v4_group_may_hold(1, bucket | host)));
+    }
 
     #[test]
     fn lowest_bit_index() {

@@ -635,8 +635,10 @@ fn patch_v4<S: Source>(
         let net = bucket << (32 - V4_BUCKET_LEN);
         let entry = table.entry(bits_of(net), 24).unwrap_or(0);
         let longer = table
-            .inside(bits_of(net), 24, 25)
-            .fold(0u32, |m, l| m | 1 << (32 - l));
+            .prefixes_inside(bits_of(net), 24, 25)
+            .fold(0u32, |m, (bits, l)| {
+                m | 1 << (32 - l) | layout::v4_groups((bits >> 96) as u32, u32::from(l))
+            });
         let slot = Slot4 {
             net,
             len: V4_BUCKET_LEN,
