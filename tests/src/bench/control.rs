@@ -92,6 +92,9 @@ fn stages(
     slots: &mut SlotTable,
     max_prefixes: u32,
 ) -> Stages {
+    // As the daemon does before it parses a feed: wait for the background
+    // write the last apply left (a feed every few minutes never waits).
+    dp.settle();
     let mut stages = Stages::default();
     let t = Instant::now();
     signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
