@@ -53,7 +53,7 @@ pub struct Slot4 {
     /// Descriptors only: bit `i` set when a prefix of length `32 - i`
     /// (25..=32) lies inside the bucket; bit `16 + k` when one of them
     /// touches the bucket's `k`th /28, and [`V4_GROUPS_MARKED`] when
-    /// those bits are set ([`v4_groups`]).
+    /// those bits are set ([`v4_inside`]).
     pub longer: u32,
 }
 
@@ -64,9 +64,16 @@ pub const V4_GROUPS_MARKED: u32 = 1 << 15;
 /// Bit of the first /28 of a bucket in [`Slot4::longer`].
 const V4_GROUP_SHIFT: u32 = 16;
 
+/// The [`Slot4::longer`] bits a prefix `net`/`len` (25..=32) sets in its
+/// bucket's descriptor: its length, the /28s it touches and
+/// [`V4_GROUPS_MARKED`].
+pub const fn v4_inside(net: u32, len: u32) -> u32 {
+    1 << (32 - len) | v4_groups(net, len)
+}
+
 /// The [`Slot4::longer`] bits marking the /28s that prefix `net`/`len`
 /// (25..=32) touches, and [`V4_GROUPS_MARKED`].
-pub const fn v4_groups(net: u32, len: u32) -> u32 {
+const fn v4_groups(net: u32, len: u32) -> u32 {
     let first = (net & 0xff) >> 4;
     let count = if len >= 28 { 1 } else { 1 << (28 - len) };
     ((1u32 << count) - 1) << (V4_GROUP_SHIFT + first) | V4_GROUPS_MARKED

@@ -8,7 +8,7 @@
 use blocker_common::PrefixEntry;
 use blocker_common::layout::{
     self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V4_SHORT_LEN,
-    V4_SHORTS, V6_BUCKET_LEN, v4_groups,
+    V4_SHORTS, V6_BUCKET_LEN, v4_inside,
 };
 
 use crate::compile::Compiled;
@@ -352,7 +352,7 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
         if len == V4_BUCKET_LEN {
             desc.cover(len, entry);
         } else {
-            desc.longer[0] |= 1 << (32 - len) | u64::from(v4_groups(net, len));
+            desc.longer[0] |= u64::from(v4_inside(net, len));
             keys.push(Slot4 {
                 net,
                 len,

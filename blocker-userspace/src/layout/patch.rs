@@ -637,7 +637,7 @@ fn patch_v4<S: Source>(
         let longer = table
             .prefixes_inside(bits_of(net), 24, 25)
             .fold(0u32, |m, (bits, l)| {
-                m | 1 << (32 - l) | layout::v4_groups((bits >> 96) as u32, u32::from(l))
+                m | layout::v4_inside((bits >> 96) as u32, u32::from(l))
             });
         let slot = Slot4 {
             net,
