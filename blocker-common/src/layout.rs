@@ -213,7 +213,19 @@ const fn lowest(x: u64) -> u32 {
 
 #[inline(always)]
 fn find4<T: Tables>(tables: &T, shape: &Shape, net: u32, len: u32) -> Option<Slot4> {
-    for index in choices(hash4(net, len, shape.v4_seed), shape.v4_buckets) {
+    find4_hashed(tables, shape, hash4(net, len, shape.v4_seed), net, len)
+}
+
+/// [`find4`] with the key's hash already computed.
+#[inline(always)]
+fn find4_hashed<T: Tables>(
+    tables: &T,
+    shape: &Shape,
+    hash: u64,
+    net: u32,
+    len: u32,
+) -> Option<Slot4> {
+    for index in choices(hash, shape.v4_buckets) {
         if let Some(bucket) = tables.v4_bucket(index) {
             for slot in &bucket.slots {
                 if slot.len == len && slot.net == net {
@@ -273,10 +285,20 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
     if !bit_set(tables.v4_bits(bit >> 6), bit) {
         return Err(NO_ENTRY);
     }
+    // The address's own /32 is hashed from the address alone, so the CPU
+    // works it out while the descriptor is fetched: a hit on an exact
+    // address then waits for one probe, not two in a row.
+    let exact = hash4(addr, 32, shape.v4_seed);
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
         Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
-            (descriptor.entry, u64::from(descriptor.longer & 0xff))
+            if descriptor.longer & 1 != 0 {
+                // A /32 is the longest match there is.
+                if let Some(slot) = find4_hashed(tables, shape, exact, addr, 32) {
+                    return Err(slot.entry);
+                }
+            }
+            (descriptor.entry, u64::from(descriptor.longer & 0xfe))
         }
         Some(descriptor) => (descriptor.entry, 0),
         None => (NO_ENTRY, 0),
