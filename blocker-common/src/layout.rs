@@ -239,7 +239,20 @@ fn find4_hashed<T: Tables>(
 
 #[inline(always)]
 fn find6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64, len: u32) -> Option<Slot6> {
-    for index in choices(hash6(hi, lo, len, shape.v6_seed), shape.v6_buckets) {
+    find6_hashed(tables, shape, hash6(hi, lo, len, shape.v6_seed), hi, lo, len)
+}
+
+/// [`find6`] with the key's hash already computed.
+#[inline(always)]
+fn find6_hashed<T: Tables>(
+    tables: &T,
+    shape: &Shape,
+    hash: u64,
+    hi: u64,
+    lo: u64,
+    len: u32,
+) -> Option<Slot6> {
+    for index in choices(hash, shape.v6_buckets) {
         if let Some(bucket) = tables.v6_bucket(index) {
             for slot in &bucket.slots {
                 if slot.len == len && slot.hi == hi && slot.lo == lo {
@@ -328,17 +341,26 @@ pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Resul
     if !bit_set(tables.v6_bits(bit >> 6), bit) {
         return Err(NO_ENTRY);
     }
+    // As for IPv4: the /128 is hashed while the descriptor is fetched.
+    let exact = hash6(hi, lo, 128, shape.v6_seed);
     let bucket_mask = u64::MAX << (64 - V6_BUCKET_LEN);
     let Some(descriptor) = find6(tables, shape, hi & bucket_mask, 0, V6_BUCKET_LEN) else {
         return Err(NO_ENTRY);
     };
-    if descriptor.longer == [0, 0] {
+    let [mut low_half, high_half] = descriptor.longer;
+    if low_half & 1 != 0 {
+        if let Some(slot) = find6_hashed(tables, shape, exact, hi, lo, 128) {
+            return Err(slot.entry);
+        }
+        low_half &= !1;
+    }
+    if low_half == 0 && high_half == 0 {
         return Err(descriptor.entry);
     }
     Ok(Probe6 {
         hi,
         lo,
-        longer: descriptor.longer,
+        longer: [low_half, high_half],
         entry: descriptor.entry,
     })
 }
