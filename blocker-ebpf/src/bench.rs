@@ -29,6 +29,8 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
+use core::mem::MaybeUninit;
+
 use blocker_common::PrefixEntry;
 use shared::{ETH_HDR_LEN, Found, Lookup, Skip, ptr_at};
 
@@ -38,7 +40,7 @@ const REF_MAX: u32 = 1 << 21;
 static REF_V4: LpmTrie<[u8; 4], PrefixEntry> =
     LpmTrie::with_max_entries(REF_MAX, BPF_F_NO_PREALLOC as u32);
 #[map]
-static REF_V6: LpmTrie<[u8; 16], PrefixEntry> =
+static REF_V6: LpmTrie<[u32; 4], PrefixEntry> =
     LpmTrie::with_max_entries(REF_MAX, BPF_F_NO_PREALLOC as u32);
 
 /// Address pairs for the driver: IPv4 (source, destination) in bytes 0..8,
@@ -67,11 +69,28 @@ impl Lookup for Reference {
 
     #[inline(always)]
     fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
-        let bytes = |(hi, lo): (u64, u64)| ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
-        Ok((
-            REF_V6.get(Key::new(128, bytes(dst))),
-            REF_V6.get(Key::new(128, bytes(src))),
-        ))
+        // Each key is written in place a word at a time: merged or moved,
+        // the words would be stored 8 bytes at a time at an offset of 4
+        // (after the length), which the verifier refuses on the stack.
+        let mut dst_key = MaybeUninit::<Key<[u32; 4]>>::uninit();
+        let mut src_key = MaybeUninit::<Key<[u32; 4]>>::uninit();
+        write_key(&mut dst_key, dst);
+        write_key(&mut src_key, src);
+        // SAFETY: write_key wrote every word of both keys.
+        let (dst_key, src_key) = unsafe { (dst_key.assume_init_ref(), src_key.assume_init_ref()) };
+        Ok((REF_V6.get(dst_key), REF_V6.get(src_key)))
+    }
+}
+
+/// A /128 key of `(hi, lo)`, in network order, written word by word.
+#[inline(always)]
+fn write_key(key: &mut MaybeUninit<Key<[u32; 4]>>, (hi, lo): (u64, u64)) {
+    let [a, b] = [hi.to_be(), lo.to_be()];
+    let words = [128, a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32];
+    let at = key.as_mut_ptr().cast::<u32>();
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: Key<[u32; 4]> is five u32s (repr(C, packed)).
+        unsafe { at.add(i).write_volatile(word) };
     }
 }
 
