@@ -239,7 +239,14 @@ fn find4_hashed<T: Tables>(
 
 #[inline(always)]
 fn find6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64, len: u32) -> Option<Slot6> {
-    find6_hashed(tables, shape, hash6(hi, lo, len, shape.v6_seed), hi, lo, len)
+    find6_hashed(
+        tables,
+        shape,
+        hash6(hi, lo, len, shape.v6_seed),
+        hi,
+        lo,
+        len,
+    )
 }
 
 /// [`find6`] with the key's hash already computed.

@@ -17,6 +17,10 @@ pub struct Options {
     /// report): for work on the control plane.
     #[arg(long)]
     control: bool,
+    /// Only the end-to-end runs on a veth pair, small, printed (no report):
+    /// for work on the kernel's hit path.
+    #[arg(long)]
+    wire: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench/report.json")]
     out: PathBuf,
@@ -49,6 +53,9 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     }
     if options.control {
         cmd.arg("--control");
+    }
+    if options.wire {
+        cmd.arg("--wire");
     }
     cmd.arg("--out").arg(root().join(&options.out));
     run(&mut cmd)

@@ -93,6 +93,15 @@ pub fn control_only() {
     control::daemon(&orders, MAX_PREFIXES);
 }
 
+/// Only the end-to-end runs, with 1k prefixes against nftables and the
+/// 512 exact addresses against xdp-filter, printed: for work on the
+/// kernel's hit path.
+pub fn wire_only() {
+    let orders = workload::orders(1_000, 1);
+    let mut kernel = Kernel::new(MAX_PREFIXES);
+    wire::run(&mut kernel, &orders, 512, 3_000_000);
+}
+
 pub fn run(options: &Options) -> Report {
     let scale = Scale::new(options.quick);
     let largest = *scale.sizes.last().expect("sizes");
@@ -175,7 +184,9 @@ pub fn run(options: &Options) -> Report {
     }
     eprintln!("bench: per-packet figures took {:?}", started.elapsed());
     let wire_orders = &orders[..scale.wire_prefixes.div_ceil(PER_ORDER)];
-    report.wire = wire::run(&mut kernel, wire_orders, 512, scale.wire_frames);
+    let (wire, exact_hits) = wire::run(&mut kernel, wire_orders, 512, scale.wire_frames);
+    report.wire = wire;
+    report.exact_hits = Some(exact_hits);
     drop(kernel);
 
     report.control = Some(control::pipeline(&orders, MAX_PREFIXES));

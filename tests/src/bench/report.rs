@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{
     control::{DaemonRun, Pipeline},
     kernel::Program,
-    wire::WireRun,
+    wire::{ExactHits, WireRun},
 };
 
 /// One timing: mean nanoseconds per packet.
@@ -34,6 +34,7 @@ pub struct Report {
     pub map_bytes: Vec<(usize, u64, u64)>,
     pub control: Option<Pipeline>,
     pub wire: Vec<WireRun>,
+    pub exact_hits: Option<ExactHits>,
     pub daemon: Option<DaemonRun>,
     pub seconds: f64,
 }
@@ -260,6 +261,13 @@ impl Report {
                 if goal.met() { "yes" } else { "**no**" }
             );
         }
+        if let Some(hits) = &self.exact_hits {
+            let _ = writeln!(
+                out,
+                "\nA drop hit on one of {} exact addresses, behind the driver: empty {:.1} ns, xdp-filter {:.1} ns, blocker {:.1} ns.",
+                hits.addresses, hits.empty_ns, hits.xdp_filter_ns, hits.blocker_ns
+            );
+        }
         out
     }
 
@@ -326,6 +334,12 @@ impl Report {
                 "update_seen_s": d.update_seen.as_secs_f64(),
                 "rss_kib": d.rss_kib,
                 "peak_rss_kib": d.peak_rss_kib,
+            })),
+            "exact_hits": self.exact_hits.map(|h| json!({
+                "addresses": h.addresses,
+                "driver_and_empty_ns": h.empty_ns,
+                "driver_and_blocker_ns": h.blocker_ns,
+                "driver_and_xdp_filter_ns": h.xdp_filter_ns,
             })),
             "wire": self.wire.iter().map(|r| json!({
                 "dut": r.dut,

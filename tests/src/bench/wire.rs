@@ -7,14 +7,14 @@
 //! xdp-filter (native XDP) holding exact addresses. The drop rate is what
 //! the device under test counted as dropped over the generator's time.
 
-use std::{fmt::Write as _, fs, os::fd::AsRawFd as _, process::Command, time::Instant};
+use std::{fmt::Write as _, fs, process::Command, time::Instant};
 
 use blocker::{config::AttachMode, feed::Order};
 use blocker_common::Stat;
 use ipnetwork::IpNetwork;
 
 use super::{
-    kernel::{Kernel, frame},
+    kernel::{Kernel, Program, frame, inside},
     workload::Rng,
 };
 use crate::{
@@ -41,23 +41,6 @@ impl WireRun {
     pub fn mpps(&self) -> f64 {
         self.dropped as f64 / self.seconds / 1e6
     }
-}
-
-/// Runs `f` on a thread inside `ns` (network namespace only).
-fn inside<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
-    let file = fs::File::open(ns.path()).expect("opening the namespace");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: setns on a namespace descriptor we hold; it
-                // changes only this thread's network namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// A generator namespace, a device-under-test namespace and the veth pair
@@ -227,11 +210,29 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
     }
 }
 
+/// The cost of one drop hit on an exact address under BPF_PROG_TEST_RUN,
+/// behind the benchmark's driver (so addresses vary over the pool as on
+/// the wire): what each program adds to the generator's work per frame.
+#[derive(Clone, Copy, Debug)]
+pub struct ExactHits {
+    pub addresses: usize,
+    /// The driver in front of the empty program.
+    pub empty_ns: f64,
+    pub blocker_ns: f64,
+    pub xdp_filter_ns: f64,
+}
+
 /// xdp-filter (native, IPv4 feature only) holding `addresses` as
-/// destinations.
-fn xdp_filter(kernel: &mut Kernel, addresses: &[u32], pool: &[[u8; 32]], count: u32) -> WireRun {
+/// destinations: its wire run, and its hit cost behind the driver.
+fn xdp_filter(
+    kernel: &mut Kernel,
+    addresses: &[u32],
+    pool: &[[u8; 32]],
+    count: u32,
+) -> (WireRun, f64) {
     let wire = Wire::new();
     let interface = wire.pair.b.clone();
+    clear_stale_xdp_filter_lock();
     run_ok(wire.dut_command("xdp-filter").args([
         "load",
         "--mode",
@@ -247,6 +248,17 @@ fn xdp_filter(kernel: &mut Kernel, addresses: &[u32], pool: &[[u8; 32]], count: 
                 .args(["ip", "--mode", "dst", &text]),
         );
     }
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("xdpfilt")))
+        .expect("xdp-filter's program among the loaded ones");
+    let fd = program.fd().expect("a descriptor of xdp-filter's program");
+    kernel.load_pool(pool, false);
+    let (hit_ns, verdict) = kernel.varied_fd(&fd, "xdp-filter", &hit_frame(), HIT_REPEAT, 3);
+    assert_eq!(
+        verdict, 1,
+        "xdp-filter passed a frame to an address it holds"
+    );
     let dropped = || {
         let status = output(wire.dut_command("xdp-filter").arg("status"));
         let text = String::from_utf8_lossy(&status.stdout).into_owned();
@@ -259,18 +271,55 @@ fn xdp_filter(kernel: &mut Kernel, addresses: &[u32], pool: &[[u8; 32]], count: 
     let (sent, seconds) = wire.send(kernel, pool, count);
     let after = dropped();
     let _ = output(wire.dut_command("xdp-filter").args(["unload", &interface]));
-    WireRun {
+    let run = WireRun {
         dut: "xdp-filter",
         prefixes: addresses.len(),
         sent,
         dropped: after.saturating_sub(before),
         seconds,
+    };
+    (run, hit_ns)
+}
+
+/// Runs of the driver per hit-cost timing.
+const HIT_REPEAT: u32 = 1 << 22;
+
+/// The frame the driver rewrites (its addresses come from the pool).
+fn hit_frame() -> Vec<u8> {
+    frame(
+        std::net::IpAddr::from([192, 0, 2, 1]),
+        std::net::IpAddr::from([198, 51, 100, 1]),
+    )
+}
+
+/// xdp-filter refuses to start while its lock file names a process, even
+/// a dead one (a run killed half-way leaves it behind).
+fn clear_stale_xdp_filter_lock() {
+    let lock = std::path::Path::new("/run/xdp-filter.lck");
+    let Ok(text) = fs::read_to_string(lock) else {
+        return;
+    };
+    let alive = text
+        .trim()
+        .parse::<u32>()
+        .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    if !alive {
+        eprintln!(
+            "bench: removing xdp-filter's stale lock file {}",
+            lock.display()
+        );
+        let _ = fs::remove_file(lock);
     }
 }
 
 /// All four runs: blocker and nftables on `orders`; blocker and
-/// xdp-filter on `exact` /32 addresses.
-pub fn run(kernel: &mut Kernel, orders: &[Order], exact: usize, count: u32) -> Vec<WireRun> {
+/// xdp-filter on `exact` /32 addresses, and their hit costs.
+pub fn run(
+    kernel: &mut Kernel,
+    orders: &[Order],
+    exact: usize,
+    count: u32,
+) -> (Vec<WireRun>, ExactHits) {
     let pool = hit_pool(orders, 1 << 16, 11);
     let mut runs = vec![
         blocker(kernel, orders, &pool, count, "blocker"),
@@ -297,9 +346,23 @@ pub fn run(kernel: &mut Kernel, orders: &[Order], exact: usize, count: u32) -> V
         count,
         "blocker (exact addresses)",
     ));
-    runs.push(xdp_filter(kernel, &addresses, &exact_pool, count));
+    // blocker holds the exact order now.
+    kernel.load_pool(&exact_pool, false);
+    let hit = hit_frame();
+    let (empty_ns, _) = kernel.varied(Program::Empty, &hit, HIT_REPEAT, 3);
+    let (blocker_ns, verdict) = kernel.varied(Program::Blocker, &hit, HIT_REPEAT, 3);
+    assert_eq!(verdict, 1, "blocker passed a frame to an address it holds");
+    let (xdp_filter_run, xdp_filter_ns) = xdp_filter(kernel, &addresses, &exact_pool, count);
+    runs.push(xdp_filter_run);
     for r in &runs {
         eprintln!("bench: wire {r:?}: {:.2} Mpps dropped", r.mpps());
     }
-    runs
+    let hits = ExactHits {
+        addresses: addresses.len(),
+        empty_ns,
+        blocker_ns,
+        xdp_filter_ns,
+    };
+    eprintln!("bench: {hits:?}");
+    (runs, hits)
 }

@@ -1,7 +1,8 @@
-//! `blocker-bench [--quick] [--control] [--out FILE]`: runs the benchmark
-//! (see `blocker_tests::bench`), prints the table and writes the JSON
-//! report. `--control`: only the control plane and the daemon at 1M
-//! prefixes, printed, no report. Needs root; `cargo xtask bench` builds and
+//! `blocker-bench [--quick] [--control] [--wire] [--out FILE]`: runs the
+//! benchmark (see `blocker_tests::bench`), prints the table and writes the
+//! JSON report. `--control`: only the control plane and the daemon at 1M
+//! prefixes, printed, no report. `--wire`: only the end-to-end runs, small,
+//! printed. Needs root; `cargo xtask bench` builds and
 //! runs it.
 
 use std::path::PathBuf;
@@ -14,15 +15,17 @@ fn main() {
         out: blocker_tests::workspace_root().join("target/bench/report.json"),
     };
     let mut control_only = false;
+    let mut wire_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--control" => control_only = true,
+            "--wire" => wire_only = true,
             "--out" => options.out = PathBuf::from(args.next().expect("--out needs a path")),
             other => {
                 eprintln!(
-                    "blocker-bench: unknown argument {other:?}; usage: blocker-bench [--quick] [--control] [--out FILE]"
+                    "blocker-bench: unknown argument {other:?}; usage: blocker-bench [--quick] [--control] [--wire] [--out FILE]"
                 );
                 std::process::exit(2);
             }
@@ -31,6 +34,10 @@ fn main() {
     blocker_tests::require_root();
     if control_only {
         bench::control_only();
+        return;
+    }
+    if wire_only {
+        bench::wire_only();
         return;
     }
     let report = bench::run(&options);
