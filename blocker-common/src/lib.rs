@@ -78,9 +78,16 @@ pub const CANDIDATES: usize = 4;
 /// Rank bit of a drop order: drop beats monitor whatever the prefix length.
 pub const RANK_DROP: u32 = 1 << 8;
 
+/// Rank bit of an order without a window (no `effective_from`, no
+/// `expires_at`): in force for as long as its entry is, so the program
+/// reads no window for it. Not part of the order's
+/// [strength](Candidate::strength).
+pub const RANK_NO_WINDOW: u32 = 1 << 31;
+
 /// One order's claim on a prefix for one direction: the order slot to count
 /// it on, and its rank: [`RANK_DROP`] for a drop order, plus the length of
-/// the target through which it matched. A higher rank wins.
+/// the target through which it matched (a higher [strength](Self::strength)
+/// wins), and [`RANK_NO_WINDOW`] for an order without a window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Candidate {
@@ -103,6 +110,19 @@ impl Candidate {
     #[inline(always)]
     pub const fn is_drop(&self) -> bool {
         self.rank & RANK_DROP != 0
+    }
+
+    /// What the attribution rule compares: drop over monitor, then the
+    /// longer target.
+    #[inline(always)]
+    pub const fn strength(&self) -> u32 {
+        self.rank & !RANK_NO_WINDOW
+    }
+
+    /// The order has no window ([`RANK_NO_WINDOW`]).
+    #[inline(always)]
+    pub const fn windowless(&self) -> bool {
+        self.rank & RANK_NO_WINDOW != 0
     }
 
     #[inline(always)]
@@ -217,7 +237,9 @@ pub struct IfStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Every frame the program saw.
+    /// Every frame the program saw. The program leaves this counter alone
+    /// (every frame ends passed or dropped): readers take
+    /// [`Stat::Passed`] + [`Stat::Dropped`], one increment a frame fewer.
     Seen = 0,
     /// Frames passed (including monitor matches and unparsed frames).
     Passed = 1,

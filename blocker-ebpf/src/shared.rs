@@ -72,8 +72,8 @@ impl Skip {
 #[inline(always)]
 pub fn run<L: Lookup>(ctx: &XdpContext) -> u32 {
     let slot = (ctx.ingress_ifindex() as u32) % IF_SLOTS;
+    // No `Stat::Seen`: readers count it as passed + dropped.
     let stats = BLK_STATS.get_ptr_mut(slot);
-    bump(stats, Stat::Seen);
     let verdict = match parse::<L>(ctx, stats) {
         Ok(verdict) => verdict,
         Err(skip) => {
@@ -215,7 +215,7 @@ fn decide(
         Some(entry) => first_in_window(&entry.src, &mut now),
         None => Candidate::NONE,
     };
-    let winner = if dst.is_some() && (!src.is_some() || dst.rank >= src.rank) {
+    let winner = if dst.is_some() && (!src.is_some() || dst.strength() >= src.strength()) {
         dst
     } else {
         src
@@ -237,6 +237,10 @@ fn first_in_window(candidates: &[Candidate; CANDIDATES], now: &mut u64) -> Candi
     for candidate in candidates {
         if !candidate.is_some() {
             break;
+        }
+        // An order without a window needs neither it nor the clock.
+        if candidate.windowless() {
+            return *candidate;
         }
         let Some(window) = BLK_ORDER_WIN.get(candidate.slot) else {
             continue;

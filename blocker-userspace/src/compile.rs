@@ -18,7 +18,7 @@ use std::{
     sync::Arc,
 };
 
-use blocker_common::{CANDIDATES, Candidate, MAX_ORDERS, PrefixEntry, RANK_DROP};
+use blocker_common::{CANDIDATES, Candidate, MAX_ORDERS, PrefixEntry, RANK_DROP, RANK_NO_WINDOW};
 use hashbrown::{HashTable, hash_table};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -287,9 +287,10 @@ fn to_entry(resolved: &Resolved<'_>) -> PrefixEntry {
     let mut entry = PrefixEntry::EMPTY;
     for (out, top) in [&mut entry.dst, &mut entry.src].into_iter().zip(resolved) {
         for (slot, claim) in out.iter_mut().zip(top.as_slice()) {
+            let windowless = claim.from.is_none() && claim.until.is_none();
             *slot = Candidate {
                 slot: claim.slot,
-                rank: claim.rank,
+                rank: claim.rank | if windowless { RANK_NO_WINDOW } else { 0 },
             };
         }
     }
@@ -1492,7 +1493,7 @@ pub fn simulate(
     };
     let d = lookup(dst).map_or(Candidate::NONE, |e| first(&e.dst));
     let s = lookup(src).map_or(Candidate::NONE, |e| first(&e.src));
-    let winner = if d.is_some() && (!s.is_some() || d.rank >= s.rank) {
+    let winner = if d.is_some() && (!s.is_some() || d.strength() >= s.strength()) {
         d
     } else {
         s
@@ -1689,6 +1690,32 @@ mod tests {
         assert_eq!(
             verdict_at(&c, "192.0.2.1", "203.0.113.7", at(60)),
             Some(("NOW".into(), Action::Monitor))
+        );
+    }
+
+    #[test]
+    fn only_orders_without_a_window_are_marked_and_the_mark_never_ranks() {
+        let mut timed = order("TIMED", Action::Drop, Direction::Dst, &["203.0.113.7/32"]);
+        timed.expires_at = Some(OffsetDateTime::now_utc() + time::Duration::hours(1));
+        let plain = order("PLAIN", Action::Drop, Direction::Src, &["198.51.100.9/32"]);
+        let c =
+            compile(&[&timed, &plain], Enforcement::Enforce, &SlotTable::new()).expect("compile");
+        let entry_of = |net: [u8; 4]| {
+            let (_, _, index) =
+                c.v4.iter()
+                    .find(|(n, _, _)| *n == net)
+                    .expect("a compiled prefix");
+            c.entries[*index as usize]
+        };
+        let timed = entry_of([203, 0, 113, 7]).dst[0];
+        let plain = entry_of([198, 51, 100, 9]).src[0];
+        assert!(timed.is_some() && !timed.windowless());
+        assert!(plain.is_some() && plain.windowless());
+        assert_eq!(timed.strength(), plain.strength());
+        // Equal strength: the destination wins, marked or not.
+        assert_eq!(
+            verdict(&c, "198.51.100.9", "203.0.113.7"),
+            Some(("TIMED".into(), Action::Drop))
         );
     }
 

@@ -28,7 +28,7 @@ use aya::{
 };
 use blocker_common::{
     Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
-    STAT_COUNT,
+    STAT_COUNT, Stat,
     layout::{self, Bucket4, Bucket6, Short4},
     map_names,
 };
@@ -312,6 +312,10 @@ impl Maps {
                 *total += value;
             }
         }
+        // Every frame ends passed or dropped; the program counts no more
+        // (an older one did, in the slot this overwrites).
+        totals[Stat::Seen as usize] =
+            totals[Stat::Passed as usize] + totals[Stat::Dropped as usize];
         Ok(totals)
     }
 

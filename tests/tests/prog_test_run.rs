@@ -712,6 +712,26 @@ orders:
     );
 }
 
+/// An order without a window is marked so the program skips its window;
+/// the mark is no part of the rank: on equal length the destination wins.
+#[test]
+fn a_windowless_source_does_not_outrank_a_timed_destination() {
+    let mut timed = drop_order("TIMED", Direction::Dst, &["203.0.113.7"]);
+    timed.expires_at = Some(OffsetDateTime::now_utc() + Duration::from_secs(3600));
+    let plain = drop_order("PLAIN", Direction::Src, &["198.51.100.9"]);
+    let mut rig = Rig::with(&[timed, plain], Enforcement::Enforce);
+    rig.expect_drop(
+        "a timed destination and a windowless source",
+        &udp("198.51.100.9", "203.0.113.7").build().bytes,
+        "TIMED",
+    );
+    rig.expect_drop(
+        "the windowless source alone",
+        &udp("198.51.100.9", "192.0.2.1").build().bytes,
+        "PLAIN",
+    );
+}
+
 /// The datapath enforces each order only inside its window, by the kernel's
 /// clock: loaded once, an order starts and stops on time with no apply.
 #[test]
