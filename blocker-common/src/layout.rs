@@ -309,6 +309,10 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
     // works it out while the descriptor is fetched: a hit on an exact
     // address then waits for one probe, not two in a row.
     let exact = hash4(addr, 32, shape.v4_seed);
+    // The /16 is read before the descriptor, whose probe it does not
+    // depend on: in a big table both are cache misses, and this way they
+    // overlap (IPv4 varied misses at 1M: 45 to 42 ns).
+    let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
         Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
@@ -323,7 +327,6 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
         Some(descriptor) => (descriptor.entry, 0),
         None => (NO_ENTRY, 0),
     };
-    let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
     let at24 = if exact24 == NO_ENTRY {
         0
     } else {
