@@ -73,7 +73,13 @@ impl Skip {
 pub fn run<L: Lookup>(ctx: &XdpContext) -> u32 {
     let slot = (ctx.ingress_ifindex() as u32) % IF_SLOTS;
     // No `Stat::Seen`: readers count it as passed + dropped.
-    let stats = BLK_STATS.get_ptr_mut(slot);
+    let Some(stats) = BLK_STATS.get_ptr_mut(slot) else {
+        // Cannot happen: `slot` is below IF_SLOTS, the map's size. Were it
+        // to, there would be nowhere to count, so fail open at once: one
+        // path through the program for the verifier and the CPU, not a
+        // counted and an uncounted copy of all of it.
+        return XDP_PASS;
+    };
     let verdict = match parse::<L>(ctx, stats) {
         Ok(verdict) => verdict,
         Err(skip) => {
@@ -93,15 +99,14 @@ pub fn run<L: Lookup>(ctx: &XdpContext) -> u32 {
 }
 
 /// This CPU's statistics of the frame's interface slot.
-type Stats = Option<*mut IfStats>;
+type Stats = *mut IfStats;
 
 #[inline(always)]
 fn bump(stats: Stats, stat: Stat) {
-    if let Some(stats) = stats {
-        // SAFETY: a per-CPU slot: no other context writes it concurrently;
-        // the index is a constant below STAT_COUNT.
-        unsafe { (*stats).counters[stat as usize] += 1 };
-    }
+    // SAFETY: a value of the per-CPU map (`run` checked the lookup): no
+    // other context writes it concurrently; the index is a constant below
+    // STAT_COUNT.
+    unsafe { (*stats).counters[stat as usize] += 1 };
 }
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
