@@ -71,20 +71,24 @@ impl Wire {
     /// frames sent, and the seconds it took (the median run times the runs).
     fn send(&self, kernel: &mut Kernel, pool: &[[u8; 32]], count: u32) -> (u64, f64) {
         kernel.load_pool(pool, false);
+        let per_round = count / ROUNDS;
+        let mut times: Vec<f64> = (0..ROUNDS).map(|_| self.round(kernel, per_round)).collect();
+        let sent = u64::from(per_round * ROUNDS);
+        (sent, super::kernel::median(&mut times) * f64::from(ROUNDS))
+    }
+
+    /// One run of the generator: `frames` frames of the loaded pool; the
+    /// seconds it took.
+    fn round(&self, kernel: &mut Kernel, frames: u32) -> f64 {
         let template = frame(
             std::net::IpAddr::from([192, 0, 2, 1]),
             std::net::IpAddr::from([192, 0, 2, 2]),
         );
         let interface = self.pair.a.clone();
-        let per_round = count / ROUNDS;
-        let mut times: Vec<f64> = inside(&self.gen_ns, || {
+        inside(&self.gen_ns, || {
             let ifindex = blocker::datapath::ifindex(&interface).expect("generator interface");
-            (0..ROUNDS)
-                .map(|_| kernel.generate(ifindex, &template, per_round))
-                .collect()
-        });
-        let sent = u64::from(per_round * ROUNDS);
-        (sent, super::kernel::median(&mut times) * f64::from(ROUNDS))
+            kernel.generate(ifindex, &template, frames)
+        })
     }
 }
 
@@ -120,14 +124,9 @@ fn hit_pool(orders: &[Order], count: usize, seed: u64) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// blocker, attached natively, with `orders` applied.
-fn blocker(
-    kernel: &mut Kernel,
-    orders: &[Order],
-    pool: &[[u8; 32]],
-    count: u32,
-    name: &'static str,
-) -> WireRun {
+/// A wire with blocker attached natively to the device under test, with
+/// `orders` applied.
+fn blocker_wire(kernel: &mut Kernel, orders: &[Order]) -> Wire {
     kernel.apply(orders);
     let wire = Wire::new();
     let interface = wire.pair.b.clone();
@@ -137,10 +136,26 @@ fn blocker(
             .attach(&interface, AttachMode::Native)
             .unwrap_or_else(|err| panic!("attaching blocker natively: {err}"))
     });
-    let dropped = |k: &Kernel| k.dp.maps().stats().expect("statistics")[Stat::Dropped as usize];
-    let before = dropped(kernel);
+    wire
+}
+
+/// Frames blocker has dropped, on every interface.
+fn blocker_dropped(kernel: &Kernel) -> u64 {
+    kernel.dp.maps().stats().expect("statistics")[Stat::Dropped as usize]
+}
+
+/// blocker, attached natively, with `orders` applied.
+fn blocker(
+    kernel: &mut Kernel,
+    orders: &[Order],
+    pool: &[[u8; 32]],
+    count: u32,
+    name: &'static str,
+) -> WireRun {
+    let wire = blocker_wire(kernel, orders);
+    let before = blocker_dropped(kernel);
     let (sent, seconds) = wire.send(kernel, pool, count);
-    let after = dropped(kernel);
+    let after = blocker_dropped(kernel);
     WireRun {
         dut: name,
         prefixes: orders.iter().map(|o| o.targets.len()).sum(),
@@ -222,63 +237,128 @@ pub struct ExactHits {
     pub xdp_filter_ns: f64,
 }
 
-/// xdp-filter (native, IPv4 feature only) holding `addresses` as
-/// destinations: its wire run, and its hit cost behind the driver.
-fn xdp_filter(
-    kernel: &mut Kernel,
-    addresses: &[u32],
-    pool: &[[u8; 32]],
-    count: u32,
-) -> (WireRun, f64) {
-    let wire = Wire::new();
-    let interface = wire.pair.b.clone();
-    clear_stale_xdp_filter_lock();
-    run_ok(wire.dut_command("xdp-filter").args([
-        "load",
-        "--mode",
-        "native",
-        "--features",
-        "ipv4",
-        &interface,
-    ]));
-    for addr in addresses {
-        let text = std::net::Ipv4Addr::from(*addr).to_string();
-        run_ok(
-            wire.dut_command("xdp-filter")
-                .args(["ip", "--mode", "dst", &text]),
-        );
+/// xdp-filter (native, IPv4 feature only) on a wire's device under test,
+/// holding `addresses` as destinations; unloaded on drop.
+struct XdpFilter {
+    wire: Wire,
+    interface: String,
+}
+
+impl XdpFilter {
+    fn load(addresses: &[u32]) -> Self {
+        let wire = Wire::new();
+        let interface = wire.pair.b.clone();
+        clear_stale_xdp_filter_lock();
+        run_ok(wire.dut_command("xdp-filter").args([
+            "load",
+            "--mode",
+            "native",
+            "--features",
+            "ipv4",
+            &interface,
+        ]));
+        for addr in addresses {
+            let text = std::net::Ipv4Addr::from(*addr).to_string();
+            run_ok(
+                wire.dut_command("xdp-filter")
+                    .args(["ip", "--mode", "dst", &text]),
+            );
+        }
+        Self { wire, interface }
     }
-    let program = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("xdpfilt")))
-        .expect("xdp-filter's program among the loaded ones");
-    let fd = program.fd().expect("a descriptor of xdp-filter's program");
-    kernel.load_pool(pool, false);
-    let (hit_ns, verdict) = kernel.varied_fd(&fd, "xdp-filter", &hit_frame(), HIT_REPEAT, 3);
-    assert_eq!(
-        verdict, 1,
-        "xdp-filter passed a frame to an address it holds"
-    );
-    let dropped = || {
-        let status = output(wire.dut_command("xdp-filter").arg("status"));
+
+    /// Its program, as loaded.
+    fn program() -> aya::programs::ProgramInfo {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("xdpfilt")))
+            .expect("xdp-filter's program among the loaded ones")
+    }
+
+    /// Frames it has dropped.
+    fn dropped(&self) -> u64 {
+        let status = output(self.wire.dut_command("xdp-filter").arg("status"));
         let text = String::from_utf8_lossy(&status.stdout).into_owned();
         text.lines()
             .find(|l| l.trim_start().starts_with("XDP_DROP"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .unwrap_or(0)
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = output(
+            self.wire
+                .dut_command("xdp-filter")
+                .args(["unload", &self.interface]),
+        );
+    }
+}
+
+/// Generator runs per device in the exact-address comparison.
+const EXACT_ROUNDS: u32 = 7;
+
+/// blocker and xdp-filter on the same exact addresses, each on a wire of
+/// its own, the generator's runs alternating between the two so that a
+/// noisy spell on the machine falls on both; and the cost of a hit with
+/// each behind the driver.
+fn exact(
+    kernel: &mut Kernel,
+    order: &Order,
+    addresses: &[u32],
+    pool: &[[u8; 32]],
+    count: u32,
+) -> ([WireRun; 2], ExactHits) {
+    let blocker_wire = blocker_wire(kernel, std::slice::from_ref(order));
+    let filter = XdpFilter::load(addresses);
+    kernel.load_pool(pool, false);
+    let hit = hit_frame();
+    let (empty_ns, _) = kernel.varied(Program::Empty, &hit, HIT_REPEAT, 3);
+    let (blocker_ns, verdict) = kernel.varied(Program::Blocker, &hit, HIT_REPEAT, 3);
+    assert_eq!(verdict, 1, "blocker passed a frame to an address it holds");
+    let fd = XdpFilter::program()
+        .fd()
+        .expect("a descriptor of xdp-filter's program");
+    let (xdp_filter_ns, verdict) = kernel.varied_fd(&fd, "xdp-filter", &hit, HIT_REPEAT, 3);
+    assert_eq!(
+        verdict, 1,
+        "xdp-filter passed a frame to an address it holds"
+    );
+
+    let per_round = count / EXACT_ROUNDS;
+    let before = (blocker_dropped(kernel), filter.dropped());
+    let (mut blocker_times, mut filter_times) = (Vec::new(), Vec::new());
+    for _ in 0..EXACT_ROUNDS {
+        blocker_times.push(blocker_wire.round(kernel, per_round));
+        filter_times.push(filter.wire.round(kernel, per_round));
+    }
+    let after = (blocker_dropped(kernel), filter.dropped());
+    let sent = u64::from(per_round * EXACT_ROUNDS);
+    let seconds = |times: &mut Vec<f64>| super::kernel::median(times) * f64::from(EXACT_ROUNDS);
+    let runs = [
+        WireRun {
+            dut: "blocker (exact addresses)",
+            prefixes: addresses.len(),
+            sent,
+            dropped: after.0 - before.0,
+            seconds: seconds(&mut blocker_times),
+        },
+        WireRun {
+            dut: "xdp-filter",
+            prefixes: addresses.len(),
+            sent,
+            dropped: after.1.saturating_sub(before.1),
+            seconds: seconds(&mut filter_times),
+        },
+    ];
+    let hits = ExactHits {
+        addresses: addresses.len(),
+        empty_ns,
+        blocker_ns,
+        xdp_filter_ns,
     };
-    let before = dropped();
-    let (sent, seconds) = wire.send(kernel, pool, count);
-    let after = dropped();
-    let _ = output(wire.dut_command("xdp-filter").args(["unload", &interface]));
-    let run = WireRun {
-        dut: "xdp-filter",
-        prefixes: addresses.len(),
-        sent,
-        dropped: after.saturating_sub(before),
-        seconds,
-    };
-    (run, hit_ns)
+    (runs, hits)
 }
 
 /// Runs of the driver per hit-cost timing.
@@ -313,11 +393,11 @@ fn clear_stale_xdp_filter_lock() {
 }
 
 /// All four runs: blocker and nftables on `orders`; blocker and
-/// xdp-filter on `exact` /32 addresses, and their hit costs.
+/// xdp-filter on `exact_count` /32 addresses, and their hit costs.
 pub fn run(
     kernel: &mut Kernel,
     orders: &[Order],
-    exact: usize,
+    exact_count: usize,
     count: u32,
 ) -> (Vec<WireRun>, ExactHits) {
     let pool = hit_pool(orders, 1 << 16, 11);
@@ -329,7 +409,7 @@ pub fn run(
     let addresses: Vec<u32> = [0xc633_6400u32, 0xcb00_7100]
         .iter()
         .flat_map(|net| (0..256).map(move |host| net | host))
-        .take(exact)
+        .take(exact_count)
         .collect();
     let exact_order = super::workload::order(
         0,
@@ -339,30 +419,11 @@ pub fn run(
             .collect(),
     );
     let exact_pool = hit_pool(std::slice::from_ref(&exact_order), 1 << 16, 17);
-    runs.push(blocker(
-        kernel,
-        std::slice::from_ref(&exact_order),
-        &exact_pool,
-        count,
-        "blocker (exact addresses)",
-    ));
-    // blocker holds the exact order now.
-    kernel.load_pool(&exact_pool, false);
-    let hit = hit_frame();
-    let (empty_ns, _) = kernel.varied(Program::Empty, &hit, HIT_REPEAT, 3);
-    let (blocker_ns, verdict) = kernel.varied(Program::Blocker, &hit, HIT_REPEAT, 3);
-    assert_eq!(verdict, 1, "blocker passed a frame to an address it holds");
-    let (xdp_filter_run, xdp_filter_ns) = xdp_filter(kernel, &addresses, &exact_pool, count);
-    runs.push(xdp_filter_run);
+    let (exact_runs, hits) = exact(kernel, &exact_order, &addresses, &exact_pool, count);
+    runs.extend(exact_runs);
     for r in &runs {
         eprintln!("bench: wire {r:?}: {:.2} Mpps dropped", r.mpps());
     }
-    let hits = ExactHits {
-        addresses: addresses.len(),
-        empty_ns,
-        blocker_ns,
-        xdp_filter_ns,
-    };
     eprintln!("bench: {hits:?}");
     (runs, hits)
 }
