@@ -124,7 +124,10 @@ impl Daemon {
         let audit = AuditLog::deferred(&state.audit_log_path());
         let public_key =
             PublicKey::from_file(&config.feed.public_key).map_err(DaemonError::PublicKey)?;
-        let datapath = Datapath::open(&config.bpffs_dir, config.guardrails.max_prefixes)?;
+        let mut datapath = Datapath::open(&config.bpffs_dir, config.guardrails.max_prefixes)?;
+        // Before any table is written: a previous daemon's program (an
+        // older build's, after an upgrade) must not read this build's.
+        datapath.adopt_pinned_links()?;
         metrics.set_maps(Maps::open_pinned(&config.bpffs_dir)?);
         metrics.set_capacity(datapath.capacity());
         for reason in [

@@ -990,6 +990,24 @@ impl Datapath {
         }))
     }
 
+    /// Swaps this program into every link a previous daemon pinned, at
+    /// once, before any table is written. This program reads tables an
+    /// older build wrote exactly as that build did; the reverse does not
+    /// hold (an older program would rank a `RANK_NO_WINDOW` candidate
+    /// above any other), so no older program may run on tables this build
+    /// writes. A link that cannot be taken over is left to [`Self::attach`].
+    pub fn adopt_pinned_links(&mut self) -> Result<()> {
+        for existing in attachments(&self.bpffs_dir)? {
+            match self.take_over(&existing) {
+                Ok(link) => self.keep(&existing.interface, existing.mode, link),
+                Err(err) => {
+                    tracing::debug!(interface = %existing.interface, error = %err, "pinned link not adopted");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Swaps our program into the pinned link of `existing`; returns our
     /// handle on that link.
     fn take_over(&mut self, existing: &Attachment) -> Result<FdLink> {
