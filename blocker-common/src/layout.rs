@@ -351,18 +351,27 @@ pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Resul
     if !bit_set(tables.v6_bits(bit >> 6), bit) {
         return Err(NO_ENTRY);
     }
-    // As for IPv4: the /128 is hashed while the descriptor is fetched.
+    // As for IPv4: the /128 is hashed while the descriptor is fetched, and
+    // so is the /64, the other common length of a target.
     let exact = hash6(hi, lo, 128, shape.v6_seed);
+    let subnet = hash6(hi, 0, 64, shape.v6_seed);
     let bucket_mask = u64::MAX << (64 - V6_BUCKET_LEN);
     let Some(descriptor) = find6(tables, shape, hi & bucket_mask, 0, V6_BUCKET_LEN) else {
         return Err(NO_ENTRY);
     };
-    let [mut low_half, high_half] = descriptor.longer;
+    let [mut low_half, mut high_half] = descriptor.longer;
     if low_half & 1 != 0 {
         if let Some(slot) = find6_hashed(tables, shape, exact, hi, lo, 128) {
             return Err(slot.entry);
         }
         low_half &= !1;
+    }
+    // The /64, when it is the longest length left.
+    if low_half == 0 && high_half & 1 != 0 {
+        if let Some(slot) = find6_hashed(tables, shape, subnet, hi, 0, 64) {
+            return Err(slot.entry);
+        }
+        high_half &= !1;
     }
     if low_half == 0 && high_half == 0 {
         return Err(descriptor.entry);
