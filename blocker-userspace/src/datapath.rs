@@ -955,6 +955,14 @@ impl Datapath {
     /// already (a previous daemon's), the new program is swapped into that
     /// link atomically (`bpf_link_update`): enforcement never pauses.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachedMode> {
+        // Ours already (adopted at start, `adopt_pinned_links`): the same
+        // interface, its link still pinned.
+        if let Some(held) = self.links.get(interface)
+            && ifindex(interface) == Some(held.ifindex)
+            && link_pin_path(&self.bpffs_dir, held.mode, interface).exists()
+        {
+            return Ok(held.mode);
+        }
         let existing = attachments(&self.bpffs_dir)?
             .into_iter()
             .find(|a| a.interface == interface);
