@@ -101,21 +101,24 @@ impl Resident {
             } else {
                 (&namespaces[1], &pair.b)
             };
-            inside(ns, || {
-                let id = program
-                    .attach(interface, aya::programs::XdpMode::Driver)
-                    .unwrap_or_else(|err| panic!("attaching a program to {interface}: {err}"));
-                let link = program.take_link(id).expect("the link just made");
-                // Deleting the interface detaches it; keep the link open
-                // till then.
-                std::mem::forget(link);
-            });
+            inside(ns, || attach_until_deleted(program, interface));
         }
         Self {
             _pairs: pairs,
             _namespaces: namespaces,
         }
     }
+}
+
+/// Attaches `program` natively to `interface` (of the calling thread's
+/// namespace) for as long as the interface lives.
+fn attach_until_deleted(program: &mut Xdp, interface: &str) {
+    let id = program
+        .attach(interface, aya::programs::XdpMode::Driver)
+        .unwrap_or_else(|err| panic!("attaching a program natively to {interface}: {err}"));
+    let link = program.take_link(id).expect("the link just made");
+    // Deleting the interface detaches it; keep the link open till then.
+    std::mem::forget(link);
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
@@ -129,7 +132,7 @@ impl Kernel {
     /// Loads blocker with tables for `max_prefixes`, and the bench programs.
     pub fn new(max_prefixes: u32) -> Self {
         let bpffs = BpffsDir::new();
-        let dp = Datapath::open(bpffs.path(), max_prefixes)
+        let mut dp = Datapath::open(bpffs.path(), max_prefixes)
             .unwrap_or_else(|err| panic!("loading blocker: {err}"));
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(bpffs.path().join("maps"));
@@ -141,7 +144,6 @@ impl Kernel {
                 .load()
                 .unwrap_or_else(|err| panic!("verifying {name}: {err}"));
         }
-        let mut dp = dp;
         let mut programs: Vec<&mut Xdp> = bench
             .programs_mut()
             .map(|(name, program)| {
@@ -298,13 +300,7 @@ impl Kernel {
     /// Attaches the empty program (XDP_PASS) natively to `interface` (of
     /// the calling thread's namespace), for as long as the interface lives.
     pub fn attach_pass(&mut self, interface: &str) {
-        let program = xdp(&mut self.bench, "bench_empty");
-        let id = program
-            .attach(interface, aya::programs::XdpMode::Driver)
-            .unwrap_or_else(|err| panic!("attaching XDP_PASS to {interface}: {err}"));
-        let link = program.take_link(id).expect("the link just made");
-        // Deleting the interface detaches it; keep the link open till then.
-        std::mem::forget(link);
+        attach_until_deleted(xdp(&mut self.bench, "bench_empty"), interface);
     }
 
     /// Kernel memory (memlock) of blocker's maps, in bytes, from fdinfo.
@@ -333,7 +329,6 @@ impl Kernel {
 /// A map's `memlock` from `/proc/self/fdinfo`: what the kernel charges for
 /// it (arrays: all of it, made up front; LPM tries: what they hold).
 fn memlock(map: &MapData) -> u64 {
-    use std::os::fd::AsRawFd as _;
     let fd = map.fd().as_fd().as_raw_fd();
     fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .unwrap_or_default()

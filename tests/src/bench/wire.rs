@@ -80,10 +80,7 @@ impl Wire {
     /// One run of the generator: `frames` frames of the loaded pool; the
     /// seconds it took.
     fn round(&self, kernel: &mut Kernel, frames: u32) -> f64 {
-        let template = frame(
-            std::net::IpAddr::from([192, 0, 2, 1]),
-            std::net::IpAddr::from([192, 0, 2, 2]),
-        );
+        let template = pool_frame();
         let interface = self.pair.a.clone();
         inside(&self.gen_ns, || {
             let ifindex = blocker::datapath::ifindex(&interface).expect("generator interface");
@@ -313,7 +310,7 @@ fn exact(
     let blocker_wire = blocker_wire(kernel, std::slice::from_ref(order));
     let filter = XdpFilter::load(addresses);
     kernel.load_pool(pool, false);
-    let hit = hit_frame();
+    let hit = pool_frame();
     let (empty_ns, _) = kernel.varied(Program::Empty, &hit, HIT_REPEAT, 3);
     let (blocker_ns, verdict) = kernel.varied(Program::Blocker, &hit, HIT_REPEAT, 3);
     assert_eq!(verdict, 1, "blocker passed a frame to an address it holds");
@@ -364,11 +361,12 @@ fn exact(
 /// Runs of the driver per hit-cost timing.
 const HIT_REPEAT: u32 = 1 << 22;
 
-/// The frame the driver rewrites (its addresses come from the pool).
-fn hit_frame() -> Vec<u8> {
+/// The frame the generator and the driver rewrite: its addresses come
+/// from the loaded pool.
+fn pool_frame() -> Vec<u8> {
     frame(
         std::net::IpAddr::from([192, 0, 2, 1]),
-        std::net::IpAddr::from([198, 51, 100, 1]),
+        std::net::IpAddr::from([192, 0, 2, 2]),
     )
 }
 
