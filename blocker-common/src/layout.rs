@@ -19,6 +19,10 @@
 //!    the /28s its longer prefixes touch: an address in another /28 skips
 //!    this step.)
 //!
+//! An IPv4 /16 whose only prefixes are /32s (nothing shorter covers it,
+//! nothing else lies inside) is marked in its [`Short4`]: an address there
+//! skips step 2 and probes its own /32 alone ([`V4_ONLY_EXACT`]).
+//!
 //! IPv6 prefixes shorter than a bucket (/29../31) are expanded into every
 //! bucket they cover. IPv4 has one more level instead, since its /16../23
 //! would expand by up to 256: a direct array of /16s ([`Short4`]) holds the
@@ -104,13 +108,21 @@ pub struct Slot6 {
 
 /// One /16 of IPv4 space: the entry of the /16 prefix itself (or one
 /// shorter that covers it) and, bit `23 - len`, the lengths 17..=23
-/// present inside it.
+/// present inside it; [`V4_ONLY_EXACT`] when the /32s are all there is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Short4 {
     pub entry: u32,
     pub longer: u32,
 }
+
+/// In [`Short4::longer`]: the only prefixes of the table that cover the
+/// /16 or lie inside it are /32s. An address there is its own /32 or nothing, so it
+/// is looked up with one probe, without its bucket's descriptor (a list of
+/// exact addresses, as a server-rung order names them, is all this way).
+/// Tables laid out before this bit was have it clear: a /16 without it is
+/// looked up the long way, which is right for every /16.
+pub const V4_ONLY_EXACT: u32 = 1 << 31;
 
 /// Prefix length of the IPv4 [`Short4`] level.
 pub const V4_SHORT_LEN: u32 = 16;
@@ -313,6 +325,9 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
     // depend on: in a big table both are cache misses, and this way they
     // overlap (IPv4 varied misses at 1M: 45 to 42 ns).
     let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
+    if short.longer & V4_ONLY_EXACT != 0 {
+        return Err(find4_hashed(tables, shape, exact, addr, 32).map_or(NO_ENTRY, |s| s.entry));
+    }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
         Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {

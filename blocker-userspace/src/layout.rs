@@ -7,8 +7,8 @@
 #[cfg(test)]
 use blocker_common::PrefixEntry;
 use blocker_common::layout::{
-    self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V4_SHORT_LEN,
-    V4_SHORTS, V6_BUCKET_LEN, v4_inside,
+    self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN,
+    V4_ONLY_EXACT, V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN, v4_inside,
 };
 
 use crate::compile::Compiled;
@@ -302,6 +302,8 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
 /// as keys. Every /24 a prefix touches is marked in the bitmap.
 fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<u64>) {
     let mut short: Vec<Descriptor> = vec![Descriptor::default(); V4_SHORTS as usize];
+    // Per /16: whether a prefix other than a /32 covers it or lies inside.
+    let mut not_exact = vec![false; V4_SHORTS as usize];
     // A key per prefix and per descriptor at most: reserved whole (pages
     // never written cost nothing), the list is never copied to grow.
     let mut keys: Vec<Slot4> = Vec::with_capacity(2 * prefixes.len());
@@ -327,6 +329,10 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
             set_bit(&mut bits, b);
         }
         let s = net >> (32 - V4_SHORT_LEN);
+        if len < 32 {
+            let span = 1 << V4_SHORT_LEN.saturating_sub(len);
+            not_exact[s as usize..(s + span) as usize].fill(true);
+        }
         if len <= V4_SHORT_LEN {
             for s in s..s + (1 << (V4_SHORT_LEN - len)) {
                 short[s as usize].cover(len, entry);
@@ -364,9 +370,10 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     flush(&mut current, &mut keys);
     let short = short
         .iter()
-        .map(|d| Short4 {
+        .zip(not_exact)
+        .map(|(d, not_exact)| Short4 {
             entry: d.entry,
-            longer: d.longer[0] as u32,
+            longer: d.longer[0] as u32 | if not_exact { 0 } else { V4_ONLY_EXACT },
         })
         .collect();
     (keys, short, bits)
@@ -688,6 +695,62 @@ mod tests {
                     "IPv6 {:#x}", addr
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_16_of_exact_addresses_alone_is_marked_and_looked_up_by_its_32s() {
+        // 10.1/16: /32s alone. 10.2/16: a /32 and a /25. 10.19/16: a /32
+        // under a /12 that covers 10.16/16..10.31/16.
+        let mut compiled = v4_only(
+            [
+                (0x0a01_0005, 32),
+                (0x0a01_0709, 32),
+                (0x0a02_0005, 32),
+                (0x0a02_0080, 25),
+                (0x0a13_0005, 32),
+                (0x0a10_0000, 12),
+            ]
+            .into_iter(),
+        );
+        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        let geometry = Geometry::for_capacity(128);
+        let mut tables = build(&compiled, &geometry).unwrap();
+        let marked = |t: &Tables, s: u32| t.v4_short[s as usize].longer & V4_ONLY_EXACT != 0;
+        assert!(marked(&tables, 0x0a01));
+        assert!(!marked(&tables, 0x0a02) && !marked(&tables, 0x0a13));
+        let found = |t: &Tables, a: u32| t.lookup(IpAddr::from(a.to_be_bytes())).is_some();
+        assert!(found(&tables, 0x0a01_0005) && found(&tables, 0x0a01_0709));
+        assert!(!found(&tables, 0x0a01_0006) && !found(&tables, 0x0a01_0700));
+        assert!(found(&tables, 0x0a02_0081) && !found(&tables, 0x0a02_0006));
+        assert!(found(&tables, 0x0a13_0006), "under the /12");
+
+        // A /24 patched into 10.1/16 unmarks it; taking it out marks it again.
+        let mut with_24 = compiled.clone();
+        with_24.v4.push((0x0a01_0000u32.to_be_bytes(), 24, 1));
+        with_24.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        for (from, to, marked_after) in [(&compiled, &with_24, false), (&with_24, &compiled, true)]
+        {
+            let change = Change {
+                from: 0,
+                v4: differing(&from.v4, &to.v4),
+                v6: Vec::new(),
+                entries_from: to.entries.len(),
+            };
+            let shape = tables.shape;
+            let (mut v4, mut v6) = (tables.clone(), tables.clone());
+            let patch = patch(
+                to,
+                &change,
+                &shape,
+                geometry.entries as usize,
+                [&mut v4, &mut v6],
+            )
+            .unwrap();
+            tables.apply(&patch);
+            assert_eq!(marked(&tables, 0x0a01), marked_after);
+            assert_eq!(found(&tables, 0x0a01_0006), !marked_after);
+            assert!(found(&tables, 0x0a01_0005));
         }
     }
 

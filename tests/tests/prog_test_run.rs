@@ -732,6 +732,42 @@ fn a_windowless_source_does_not_outrank_a_timed_destination() {
     );
 }
 
+/// A /16 holding exact addresses alone is looked up by each address's own
+/// /32: a hit drops, a neighbour in the same /24 passes. A /24 patched into
+/// that /16 ends the shortcut: the neighbour is dropped by it, and the
+/// exact address still by its own order (the longer target).
+#[test]
+fn exact_addresses_alone_in_their_16_then_with_a_24_patched_in() {
+    let exact = drop_order(
+        "EXACT",
+        Direction::Dst,
+        &["198.51.100.7", "198.51.100.200", "198.51.7.1"],
+    );
+    let mut rig = Rig::with(std::slice::from_ref(&exact), Enforcement::Enforce);
+    let to_exact = udp("192.0.2.1", "198.51.100.7").build();
+    let to_neighbour = udp("192.0.2.1", "198.51.100.8").build();
+    rig.expect_drop("an exact address", &to_exact.bytes, "EXACT");
+    rig.expect_drop(
+        "another /24 of the /16",
+        &udp("192.0.2.1", "198.51.7.1").build().bytes,
+        "EXACT",
+    );
+    rig.expect_clean_pass("its neighbour", &to_neighbour.bytes);
+    rig.expect_clean_pass(
+        "an address of the /16 in no /24 held",
+        &udp("192.0.2.1", "198.51.9.9").build().bytes,
+    );
+
+    let rack = drop_order("RACK", Direction::Dst, &["198.51.100.0/24"]);
+    rig.apply(&[exact, rack], Enforcement::Enforce);
+    assert!(
+        rig.applied.is_some_and(|a| a.patched),
+        "the /24 was patched in, not laid out whole"
+    );
+    rig.expect_drop("the neighbour, under the /24", &to_neighbour.bytes, "RACK");
+    rig.expect_drop("the exact address, still", &to_exact.bytes, "EXACT");
+}
+
 /// The datapath enforces each order only inside its window, by the kernel's
 /// clock: loaded once, an order starts and stops on time with no apply.
 #[test]

@@ -582,9 +582,9 @@ fn patch_v4<S: Source>(
             return Err(Unpatchable::Wide);
         }
         bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
-        if u32::from(len) < V4_BUCKET_LEN {
-            shorts.push(net >> (32 - layout::V4_SHORT_LEN));
-        } else {
+        // Every change may make its /16 exact-only or end that.
+        shorts.push(net >> (32 - layout::V4_SHORT_LEN));
+        if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
         }
         if u32::from(len) != layout::V4_SHORT_LEN && u32::from(len) != V4_BUCKET_LEN {
@@ -663,14 +663,20 @@ fn patch_v4<S: Source>(
         .iter()
         .map(|&s| {
             let net = s << (32 - layout::V4_SHORT_LEN);
+            let entry = table.cover(bits_of(net), 16);
+            let (longer, only_exact) = table.inside(bits_of(net), 16, 17).fold(
+                (0u32, entry.is_none()),
+                |(m, only_exact), l| {
+                    let m = if l < 24 { m | 1 << (23 - l) } else { m };
+                    (m, only_exact && l == 32)
+                },
+            );
+            let flag = if only_exact { layout::V4_ONLY_EXACT } else { 0 };
             (
                 s,
                 Short4 {
-                    entry: table.cover(bits_of(net), 16).unwrap_or(0),
-                    longer: table
-                        .inside(bits_of(net), 16, 17)
-                        .filter(|&l| l < 24)
-                        .fold(0u32, |m, l| m | 1 << (23 - l)),
+                    entry: entry.unwrap_or(0),
+                    longer: longer | flag,
                 },
             )
         })
