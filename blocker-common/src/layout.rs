@@ -61,6 +61,22 @@ pub struct Slot4 {
     pub longer: u32,
 }
 
+impl Slot4 {
+    /// `net` and `len` as one word, as [`Slot4::key`] reads them.
+    #[inline(always)]
+    pub const fn key_of(net: u32, len: u32) -> u64 {
+        (len as u64) << 32 | net as u64
+    }
+
+    /// The slot's network and length as one word: a lookup compares one
+    /// load, not two (the fields are adjacent, so the compiler reads
+    /// both at once).
+    #[inline(always)]
+    pub const fn key(&self) -> u64 {
+        Self::key_of(self.net, self.len)
+    }
+}
+
 /// In an IPv4 descriptor's [`Slot4::longer`]: the /28 bits are marked. A
 /// descriptor without it (tables laid out before they were) has every
 /// /28 probed.
@@ -237,10 +253,11 @@ fn find4_hashed<T: Tables>(
     net: u32,
     len: u32,
 ) -> Option<Slot4> {
+    let key = Slot4::key_of(net, len);
     for index in choices(hash, shape.v4_buckets) {
         if let Some(bucket) = tables.v4_bucket(index) {
             for slot in &bucket.slots {
-                if slot.len == len && slot.net == net {
+                if slot.key() == key {
                     return Some(*slot);
                 }
             }
