@@ -326,14 +326,34 @@ pub const V4_STEPS: u32 = 32 - V4_SHORT_LEN;
 /// Longer lengths an IPv6 lookup may try (33..=128).
 pub const V6_STEPS: u32 = 128 - V6_BUCKET_LEN;
 
+/// Step 1 for an IPv4 address (host order): whether its bucket's bit is
+/// set. Clear: no prefix contains the address.
+#[inline(always)]
+pub fn v4_marked<T: Tables>(tables: &T, addr: u32) -> bool {
+    let bit = v4_bit(addr);
+    bit_set(tables.v4_bits(bit >> 6), bit)
+}
+
+/// Step 1 for an IPv6 address with upper half `hi`.
+#[inline(always)]
+pub fn v6_marked<T: Tables>(tables: &T, hi: u64) -> bool {
+    let bit = v6_bit(hi);
+    bit_set(tables.v6_bits(bit >> 6), bit)
+}
+
 /// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the
 /// answer is known, else the lengths to try ([`Probe`]).
 #[inline(always)]
 pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
-    let bit = v4_bit(addr);
-    if !bit_set(tables.v4_bits(bit >> 6), bit) {
+    if !v4_marked(tables, addr) {
         return Err(NO_ENTRY);
     }
+    start_v4_marked(tables, shape, addr)
+}
+
+/// Step 2 for an IPv4 address whose bucket's bit is set.
+#[inline(always)]
+pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
     // The address's own /32 is hashed from the address alone, so the CPU
     // works it out while the descriptor is fetched: a hit on an exact
     // address then waits for one probe, not two in a row.
@@ -379,10 +399,20 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
 /// Steps 1 and 2 for the IPv6 address `hi:lo` (host order).
 #[inline(always)]
 pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Result<Probe6, u32> {
-    let bit = v6_bit(hi);
-    if !bit_set(tables.v6_bits(bit >> 6), bit) {
+    if !v6_marked(tables, hi) {
         return Err(NO_ENTRY);
     }
+    start_v6_marked(tables, shape, hi, lo)
+}
+
+/// Step 2 for the IPv6 address `hi:lo` whose bucket's bit is set.
+#[inline(always)]
+pub fn start_v6_marked<T: Tables>(
+    tables: &T,
+    shape: &Shape,
+    hi: u64,
+    lo: u64,
+) -> Result<Probe6, u32> {
     // As for IPv4: the /128 is hashed while the descriptor is fetched, and
     // so is the /64, the other common length of a target.
     let exact = hash6(hi, lo, 128, shape.v6_seed);

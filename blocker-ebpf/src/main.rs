@@ -127,49 +127,77 @@ struct Blocker;
 impl Lookup for Blocker {
     #[inline(always)]
     fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
-        let (generation, shape) = control()?;
+        let (generation, control) = control()?;
         Ok(if generation == 0 {
-            v4_in::<GenA>(&shape, dst, src)
+            v4_in::<GenA>(control, generation, dst, src)
         } else {
-            v4_in::<GenB>(&shape, dst, src)
+            v4_in::<GenB>(control, generation, dst, src)
         })
     }
 
     #[inline(always)]
     fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
-        let (generation, shape) = control()?;
+        let (generation, control) = control()?;
         Ok(if generation == 0 {
-            v6_in::<GenA>(&shape, dst, src)
+            v6_in::<GenA>(control, generation, dst, src)
         } else {
-            v6_in::<GenB>(&shape, dst, src)
+            v6_in::<GenB>(control, generation, dst, src)
         })
     }
 }
 
 /// The entries of an IPv4 destination and source in generation `G`.
 #[inline(always)]
-fn v4_in<G: Generation>(shape: &Shape, dst: u32, src: u32) -> Found {
+fn v4_in<G: Generation>(control: &Control, generation: usize, dst: u32, src: u32) -> Found {
     let tables = G::default();
-    let entry = |addr| {
+    let marked = (
+        layout::v4_marked(&tables, dst),
+        layout::v4_marked(&tables, src),
+    );
+    // Nearly every frame ends here, before the hash shape is read.
+    if marked == (false, false) {
+        return (None, None);
+    }
+    let shape = control.shape(generation);
+    let entry = |addr, marked: bool| {
+        if !marked {
+            return None;
+        }
         G::entry(finish::<G, _>(
-            shape,
-            layout::start_v4(&tables, shape, addr),
+            &shape,
+            layout::start_v4_marked(&tables, &shape, addr),
         ))
     };
-    (entry(dst), entry(src))
+    (entry(dst, marked.0), entry(src, marked.1))
 }
 
 /// The entries of an IPv6 destination and source in generation `G`.
 #[inline(always)]
-fn v6_in<G: Generation>(shape: &Shape, dst: (u64, u64), src: (u64, u64)) -> Found {
+fn v6_in<G: Generation>(
+    control: &Control,
+    generation: usize,
+    dst: (u64, u64),
+    src: (u64, u64),
+) -> Found {
     let tables = G::default();
-    let entry = |(hi, lo)| {
+    let marked = (
+        layout::v6_marked(&tables, dst.0),
+        layout::v6_marked(&tables, src.0),
+    );
+    if marked == (false, false) {
+        return (None, None);
+    }
+    let shape = control.shape(generation);
+    let entry = |(hi, lo), marked: bool| {
+        if !marked {
+            return None;
+        }
         G::entry(finish::<G, _>(
-            shape,
-            layout::start_v6(&tables, shape, hi, lo),
+            &shape,
+            layout::start_v6_marked(&tables, &shape, hi, lo),
         ))
     };
-    (entry(dst), entry(src))
+    (entry(dst, marked.0), entry(src, marked.1))
 }
 
 #[xdp]
@@ -213,10 +241,10 @@ fn finish<T: Tables + Default, P: Probe>(shape: &Shape, start: Result<P, u32>) -
     ctx.probe.entry()
 }
 
-/// The live generation and how to hash into its tables.
+/// The live generation, and the control value (its hash shape is read
+/// only when a lookup needs it).
 #[inline(always)]
-fn control() -> Result<(u32, Shape), Skip> {
+fn control() -> Result<(usize, &'static Control), Skip> {
     let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
-    let generation = control.live();
-    Ok((generation as u32, control.shape(generation)))
+    Ok((control.live(), control))
 }
