@@ -379,6 +379,12 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
         Some(descriptor) => (descriptor.entry, 0),
         None => (NO_ENTRY, 0),
     };
+    if exact24 != NO_ENTRY && in_bucket == 0 {
+        // Nothing longer matches inside the bucket, and every length the
+        // /16 lists is shorter: the /24 itself is the answer (a rack's
+        // /24, the common case, without a probe step).
+        return Err(exact24);
+    }
     let at24 = if exact24 == NO_ENTRY {
         0
     } else {
