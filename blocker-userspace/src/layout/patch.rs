@@ -582,8 +582,11 @@ fn patch_v4<S: Source>(
             return Err(Unpatchable::Wide);
         }
         bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
-        // Every change may make its /16 exact-only or end that.
-        shorts.push(net >> (32 - layout::V4_SHORT_LEN));
+        // A change of /16../31 may make its /16 exact-only or end that (a
+        // /32 never does: /32s are all an exact-only /16 may hold).
+        if u32::from(len) < 32 {
+            shorts.push(net >> (32 - layout::V4_SHORT_LEN));
+        }
         if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
         }
