@@ -18,7 +18,8 @@ use aya_ebpf::{
 use blocker_common::{
     Control, PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe, Shape, Short4, Tables, V4_SHORTS,
+        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe, Probe4, Probe6, Shape, Short4,
+        Tables, V4_SHORTS,
     },
 };
 use shared::{Found, Lookup, Skip};
@@ -127,101 +128,94 @@ struct Blocker;
 impl Lookup for Blocker {
     #[inline(always)]
     fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
-        let (generation, control) = control()?;
-        Ok(if generation == 0 {
-            v4_in::<GenA>(control, generation, dst, src)
-        } else {
-            v4_in::<GenB>(control, generation, dst, src)
-        })
+        both(dst, src)
     }
 
     #[inline(always)]
     fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
-        let (generation, control) = control()?;
-        Ok(if generation == 0 {
-            v6_in::<GenA>(control, generation, dst, src)
-        } else {
-            v6_in::<GenB>(control, generation, dst, src)
-        })
+        both(dst, src)
     }
 }
 
-/// The entries of an IPv4 destination and source in generation `G`.
+/// An address of one family, as the lookup's two steps take it.
+trait Address: Copy {
+    type Probe: Probe;
+    /// Step 1: whether the address's bucket bit is set.
+    fn marked<T: Tables>(self, tables: &T) -> bool;
+    /// Step 2 on, for a marked address.
+    fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Self::Probe, u32>;
+}
+
+impl Address for u32 {
+    type Probe = Probe4;
+    #[inline(always)]
+    fn marked<T: Tables>(self, tables: &T) -> bool {
+        layout::v4_marked(tables, self)
+    }
+    #[inline(always)]
+    fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Probe4, u32> {
+        layout::start_v4_marked(tables, shape, self)
+    }
+}
+
+impl Address for (u64, u64) {
+    type Probe = Probe6;
+    #[inline(always)]
+    fn marked<T: Tables>(self, tables: &T) -> bool {
+        layout::v6_marked(tables, self.0)
+    }
+    #[inline(always)]
+    fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Probe6, u32> {
+        layout::start_v6_marked(tables, shape, self.0, self.1)
+    }
+}
+
+/// The entries of a destination and a source in the live generation.
 #[inline(always)]
-fn v4_in<G: Generation>(control: &Control, generation: usize, dst: u32, src: u32) -> Found {
+fn both<A: Address>(dst: A, src: A) -> Result<Found, Skip> {
+    let (generation, control) = control()?;
+    Ok(if generation == 0 {
+        in_generation::<GenA, A>(control, generation, dst, src)
+    } else {
+        in_generation::<GenB, A>(control, generation, dst, src)
+    })
+}
+
+/// The entries of a destination and a source in generation `G`.
+#[inline(always)]
+fn in_generation<G: Generation, A: Address>(
+    control: &Control,
+    generation: usize,
+    dst: A,
+    src: A,
+) -> Found {
     let tables = G::default();
-    let marked = (
-        layout::v4_marked(&tables, dst),
-        layout::v4_marked(&tables, src),
-    );
+    let marked = (dst.marked(&tables), src.marked(&tables));
     // Nearly every frame ends here, before the hash shape is read.
     if marked == (false, false) {
         return (None, None);
     }
     let shape = control.shape(generation);
     (
-        v4_entry::<G>(&tables, &shape, dst, marked.0),
-        v4_entry::<G>(&tables, &shape, src, marked.1),
+        entry(&tables, &shape, dst, marked.0),
+        entry(&tables, &shape, src, marked.1),
     )
 }
 
-/// The entry of an IPv4 address whose bitmap bit is `marked`. A function
-/// of its own, not a closure: LLVM could make a closure called twice a
-/// BPF-to-BPF call (it did for IPv6, at 2-4 ns a hit).
+/// The entry of an address whose bitmap bit is `marked`. A function of its
+/// own, not a closure: LLVM made a closure called twice a BPF-to-BPF call
+/// (for IPv6, at 2 ns a hit).
 #[inline(always)]
-fn v4_entry<G: Generation>(
+fn entry<G: Generation, A: Address>(
     tables: &G,
     shape: &Shape,
-    addr: u32,
+    addr: A,
     marked: bool,
 ) -> Option<&'static PrefixEntry> {
     if !marked {
         return None;
     }
-    G::entry(finish::<G, _>(
-        shape,
-        layout::start_v4_marked(tables, shape, addr),
-    ))
-}
-
-/// The entries of an IPv6 destination and source in generation `G`.
-#[inline(always)]
-fn v6_in<G: Generation>(
-    control: &Control,
-    generation: usize,
-    dst: (u64, u64),
-    src: (u64, u64),
-) -> Found {
-    let tables = G::default();
-    let marked = (
-        layout::v6_marked(&tables, dst.0),
-        layout::v6_marked(&tables, src.0),
-    );
-    if marked == (false, false) {
-        return (None, None);
-    }
-    let shape = control.shape(generation);
-    (
-        v6_entry::<G>(&tables, &shape, dst, marked.0),
-        v6_entry::<G>(&tables, &shape, src, marked.1),
-    )
-}
-
-/// As [`v4_entry`], for an IPv6 address (upper, lower 64 bits).
-#[inline(always)]
-fn v6_entry<G: Generation>(
-    tables: &G,
-    shape: &Shape,
-    (hi, lo): (u64, u64),
-    marked: bool,
-) -> Option<&'static PrefixEntry> {
-    if !marked {
-        return None;
-    }
-    G::entry(finish::<G, _>(
-        shape,
-        layout::start_v6_marked(tables, shape, hi, lo),
-    ))
+    G::entry(finish::<G, A::Probe>(shape, addr.start(tables, shape)))
 }
 
 #[xdp]
