@@ -59,7 +59,7 @@ static BLK_ENTRY_B: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 
 /// The maps of one table generation, for `layout`'s lookups.
 macro_rules! generation {
-    ($name:ident, $bits4:ident, $v4:ident, $short4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
+    ($name:ident, $index:literal, $bits4:ident, $v4:ident, $short4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
         #[derive(Default)]
         struct $name;
 
@@ -87,6 +87,8 @@ macro_rules! generation {
         }
 
         impl Generation for $name {
+            const INDEX: usize = $index;
+
             #[inline(always)]
             fn entry(index: u32) -> Option<&'static PrefixEntry> {
                 if index == NO_ENTRY {
@@ -101,6 +103,7 @@ macro_rules! generation {
 
 generation!(
     GenA,
+    0,
     BLK_V4_BITS_A,
     BLK_V4_A,
     BLK_V4_SHORT_A,
@@ -110,6 +113,7 @@ generation!(
 );
 generation!(
     GenB,
+    1,
     BLK_V4_BITS_B,
     BLK_V4_B,
     BLK_V4_SHORT_B,
@@ -120,6 +124,8 @@ generation!(
 
 /// One table generation's maps: the lookup tables and the entries.
 trait Generation: Tables + Default {
+    /// Its index in `Control` (0: the `_A` maps, 1: the `_B` maps).
+    const INDEX: usize;
     fn entry(index: u32) -> Option<&'static PrefixEntry>;
 }
 
@@ -173,29 +179,24 @@ impl Address for (u64, u64) {
 /// The entries of a destination and a source in the live generation.
 #[inline(always)]
 fn both<A: Address>(dst: A, src: A) -> Result<Found, Skip> {
-    let (generation, control) = control()?;
-    Ok(if generation == 0 {
-        in_generation::<GenA, A>(control, generation, dst, src)
+    let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
+    Ok(if control.live() == GenA::INDEX {
+        in_generation::<GenA, A>(control, dst, src)
     } else {
-        in_generation::<GenB, A>(control, generation, dst, src)
+        in_generation::<GenB, A>(control, dst, src)
     })
 }
 
 /// The entries of a destination and a source in generation `G`.
 #[inline(always)]
-fn in_generation<G: Generation, A: Address>(
-    control: &Control,
-    generation: usize,
-    dst: A,
-    src: A,
-) -> Found {
+fn in_generation<G: Generation, A: Address>(control: &Control, dst: A, src: A) -> Found {
     let tables = G::default();
     let marked = (dst.marked(&tables), src.marked(&tables));
     // Nearly every frame ends here, before the hash shape is read.
     if marked == (false, false) {
         return (None, None);
     }
-    let shape = control.shape(generation);
+    let shape = control.shape(G::INDEX);
     (
         entry(&tables, &shape, dst, marked.0),
         entry(&tables, &shape, src, marked.1),
@@ -257,12 +258,4 @@ fn finish<T: Tables + Default, P: Probe>(shape: &Shape, start: Result<P, u32>) -
     // SAFETY: a bounded loop calling `step` with `ctx`, which outlives it.
     unsafe { bpf_loop(P::STEPS, step as *mut c_void, (&raw mut ctx).cast(), 0) };
     ctx.probe.entry()
-}
-
-/// The live generation, and the control value (its hash shape is read
-/// only when a lookup needs it).
-#[inline(always)]
-fn control() -> Result<(usize, &'static Control), Skip> {
-    let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
-    Ok((control.live(), control))
 }
