@@ -132,6 +132,29 @@ pub struct Short4 {
     pub longer: u32,
 }
 
+impl Short4 {
+    /// The /16 with `entry`, the lengths 17..=23 inside it (bit `23 - len`)
+    /// and, when `only_exact`, [`V4_ONLY_EXACT`].
+    pub const fn new(entry: u32, lengths: u32, only_exact: bool) -> Self {
+        Self {
+            entry,
+            longer: lengths | if only_exact { V4_ONLY_EXACT } else { 0 },
+        }
+    }
+
+    /// Bit `23 - len` for each length 17..=23 inside the /16.
+    #[inline(always)]
+    pub const fn lengths(&self) -> u32 {
+        self.longer & 0x7f
+    }
+
+    /// Whether /32s are all the table holds over or inside the /16.
+    #[inline(always)]
+    pub const fn only_exact(&self) -> bool {
+        self.longer & V4_ONLY_EXACT != 0
+    }
+}
+
 /// In [`Short4::longer`]: the only prefixes of the table that cover the
 /// /16 or lie inside it are /32s. An address there is its own /32 or nothing, so it
 /// is looked up with one probe, without its bucket's descriptor (a list of
@@ -362,7 +385,7 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     // depend on: in a big table both are cache misses, and this way they
     // overlap (IPv4 varied misses at 1M: 45 to 42 ns).
     let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
-    if short.longer & V4_ONLY_EXACT != 0 {
+    if short.only_exact() {
         return Err(find4_hashed(tables, shape, exact, addr, 32).map_or(NO_ENTRY, |s| s.entry));
     }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
@@ -390,7 +413,7 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     } else {
         1 << (32 - V4_BUCKET_LEN)
     };
-    let longer = in_bucket | at24 | (u64::from(short.longer & 0x7f) << (32 - V4_BUCKET_LEN + 1));
+    let longer = in_bucket | at24 | (u64::from(short.lengths()) << (32 - V4_BUCKET_LEN + 1));
     if longer == 0 {
         return Err(short.entry);
     }

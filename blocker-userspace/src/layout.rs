@@ -7,8 +7,8 @@
 #[cfg(test)]
 use blocker_common::PrefixEntry;
 use blocker_common::layout::{
-    self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN,
-    V4_ONLY_EXACT, V4_SHORT_LEN, V4_SHORTS, V6_BUCKET_LEN, v4_inside,
+    self, BITMAP_WORDS, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V4_SHORT_LEN,
+    V4_SHORTS, V6_BUCKET_LEN, v4_inside,
 };
 
 use crate::compile::Compiled;
@@ -371,10 +371,7 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     let short = short
         .iter()
         .zip(not_exact)
-        .map(|(d, not_exact)| Short4 {
-            entry: d.entry,
-            longer: d.longer[0] as u32 | if not_exact { 0 } else { V4_ONLY_EXACT },
-        })
+        .map(|(d, not_exact)| Short4::new(d.entry, d.longer[0] as u32, !not_exact))
         .collect();
     (keys, short, bits)
 }
@@ -716,7 +713,7 @@ mod tests {
         compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
         let geometry = Geometry::for_capacity(128);
         let mut tables = build(&compiled, &geometry).unwrap();
-        let marked = |t: &Tables, s: u32| t.v4_short[s as usize].longer & V4_ONLY_EXACT != 0;
+        let marked = |t: &Tables, s: u32| t.v4_short[s as usize].only_exact();
         assert!(marked(&tables, 0x0a01));
         assert!(!marked(&tables, 0x0a02) && !marked(&tables, 0x0a13));
         let found = |t: &Tables, a: u32| t.lookup(IpAddr::from(a.to_be_bytes())).is_some();

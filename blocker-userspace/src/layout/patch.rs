@@ -674,14 +674,7 @@ fn patch_v4<S: Source>(
                     (m, only_exact && l == 32)
                 },
             );
-            let flag = if only_exact { layout::V4_ONLY_EXACT } else { 0 };
-            (
-                s,
-                Short4 {
-                    entry: entry.unwrap_or(0),
-                    longer: longer | flag,
-                },
-            )
+            (s, Short4::new(entry.unwrap_or(0), longer, only_exact))
         })
         .collect();
     // A /24's bit: some prefix covers it or lies inside it. A changed
