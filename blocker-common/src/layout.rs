@@ -180,11 +180,15 @@ pub struct Bucket6 {
     pub slots: [Slot6; SLOTS],
 }
 
-/// Read access to one generation of the tables.
-pub trait Tables {
+/// Read access to step 1's bitmaps.
+pub trait Bitmaps {
     /// Word `index` of the IPv4 bitmap (0 when out of range).
     fn v4_bits(&self, index: u32) -> u64;
     fn v6_bits(&self, index: u32) -> u64;
+}
+
+/// Read access to one generation of the tables.
+pub trait Tables: Bitmaps {
     fn v4_bucket(&self, index: u32) -> Option<&Bucket4>;
     fn v6_bucket(&self, index: u32) -> Option<&Bucket6>;
     /// The /16 `index` (a default one when out of range).
@@ -352,16 +356,16 @@ pub const V6_STEPS: u32 = 128 - V6_BUCKET_LEN;
 /// Step 1 for an IPv4 address (host order): whether its bucket's bit is
 /// set. Clear: no prefix contains the address.
 #[inline(always)]
-pub fn v4_marked<T: Tables>(tables: &T, addr: u32) -> bool {
+pub fn v4_marked<B: Bitmaps>(bits: &B, addr: u32) -> bool {
     let bit = v4_bit(addr);
-    bit_set(tables.v4_bits(bit >> 6), bit)
+    bit_set(bits.v4_bits(bit >> 6), bit)
 }
 
 /// Step 1 for an IPv6 address with upper half `hi`.
 #[inline(always)]
-pub fn v6_marked<T: Tables>(tables: &T, hi: u64) -> bool {
+pub fn v6_marked<B: Bitmaps>(bits: &B, hi: u64) -> bool {
     let bit = v6_bit(hi);
-    bit_set(tables.v6_bits(bit >> 6), bit)
+    bit_set(bits.v6_bits(bit >> 6), bit)
 }
 
 /// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the

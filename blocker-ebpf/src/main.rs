@@ -18,8 +18,8 @@ use aya_ebpf::{
 use blocker_common::{
     Control, PrefixEntry,
     layout::{
-        self, BITMAP_WORDS, Bucket4, Bucket6, NO_ENTRY, Probe, Probe4, Probe6, Shape, Short4,
-        Tables, V4_SHORTS,
+        self, BITMAP_WORDS, Bitmaps, Bucket4, Bucket6, NO_ENTRY, Probe, Probe4, Probe6, Shape,
+        Short4, Tables, V4_SHORTS,
     },
 };
 use shared::{Found, Lookup, Skip};
@@ -57,13 +57,75 @@ static BLK_ENTRY_A: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 #[map]
 static BLK_ENTRY_B: Array<PrefixEntry> = Array::pinned(DEFAULT_BUCKETS, MMAP);
 
+/// Step 1's bitmaps as the program reads them, whichever generation is
+/// live: a bit is set here when it is set in either generation's bitmap
+/// (`BLK_V4_BITS_*`, `BLK_V6_BITS_*`, which the controller keeps for itself
+/// and to make this from). The controller sets a generation's new bits
+/// here before that generation goes live and clears bits only once neither
+/// generation has them, so a clear bit is a miss in whichever generation a
+/// frame then reads; a set bit that the live generation lacks only costs
+/// that frame step 2.
+///
+/// Global data: a map of this program alone (`.bss`), read at a constant
+/// address, without a map lookup or the control value. Not pinned: each
+/// program the controller loads gets its own, which it fills before the
+/// program is attached.
+#[repr(C)]
+struct Union {
+    v4: [u64; BITMAP_WORDS as usize],
+    v6: [u64; BITMAP_WORDS as usize],
+}
+
+#[unsafe(no_mangle)]
+static mut BLK_UNION: Union = Union {
+    v4: [0; BITMAP_WORDS as usize],
+    v6: [0; BITMAP_WORDS as usize],
+};
+
+const _: () = assert!(BITMAP_WORDS.is_power_of_two());
+
+/// Reads [`BLK_UNION`].
+#[derive(Default)]
+struct UnionBits;
+
+impl UnionBits {
+    #[inline(always)]
+    fn word(words: *const [u64; BITMAP_WORDS as usize], index: u32) -> u64 {
+        // SAFETY: the index is masked into the array; the controller writes
+        // the map whole while frames read it (a word read during the write
+        // is a superset of the live generation's either way), so the read
+        // is volatile: the compiler must not assume the zeros it was built
+        // with.
+        unsafe {
+            core::ptr::read_volatile(
+                words
+                    .cast::<u64>()
+                    .add((index & (BITMAP_WORDS - 1)) as usize),
+            )
+        }
+    }
+}
+
+impl Bitmaps for UnionBits {
+    #[inline(always)]
+    fn v4_bits(&self, index: u32) -> u64 {
+        // SAFETY: a raw pointer to the field; nothing is read here.
+        Self::word(unsafe { &raw const BLK_UNION.v4 }, index)
+    }
+    #[inline(always)]
+    fn v6_bits(&self, index: u32) -> u64 {
+        // SAFETY: as for IPv4.
+        Self::word(unsafe { &raw const BLK_UNION.v6 }, index)
+    }
+}
+
 /// The maps of one table generation, for `layout`'s lookups.
 macro_rules! generation {
     ($name:ident, $index:literal, $bits4:ident, $v4:ident, $short4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
         #[derive(Default)]
         struct $name;
 
-        impl Tables for $name {
+        impl Bitmaps for $name {
             #[inline(always)]
             fn v4_bits(&self, index: u32) -> u64 {
                 $bits4.get(index).copied().unwrap_or(0)
@@ -72,6 +134,9 @@ macro_rules! generation {
             fn v6_bits(&self, index: u32) -> u64 {
                 $bits6.get(index).copied().unwrap_or(0)
             }
+        }
+
+        impl Tables for $name {
             #[inline(always)]
             fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
                 $v4.get(index)
@@ -147,7 +212,7 @@ impl Lookup for Blocker {
 trait Address: Copy {
     type Probe: Probe;
     /// Step 1: whether the address's bucket bit is set.
-    fn marked<T: Tables>(self, tables: &T) -> bool;
+    fn marked(self) -> bool;
     /// Step 2 on, for a marked address.
     fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Self::Probe, u32>;
 }
@@ -155,8 +220,8 @@ trait Address: Copy {
 impl Address for u32 {
     type Probe = Probe4;
     #[inline(always)]
-    fn marked<T: Tables>(self, tables: &T) -> bool {
-        layout::v4_marked(tables, self)
+    fn marked(self) -> bool {
+        layout::v4_marked(&UnionBits, self)
     }
     #[inline(always)]
     fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Probe4, u32> {
@@ -167,8 +232,8 @@ impl Address for u32 {
 impl Address for (u64, u64) {
     type Probe = Probe6;
     #[inline(always)]
-    fn marked<T: Tables>(self, tables: &T) -> bool {
-        layout::v6_marked(tables, self.0)
+    fn marked(self) -> bool {
+        layout::v6_marked(&UnionBits, self.0)
     }
     #[inline(always)]
     fn start<T: Tables>(self, tables: &T, shape: &Shape) -> Result<Probe6, u32> {
@@ -179,23 +244,29 @@ impl Address for (u64, u64) {
 /// The entries of a destination and a source in the live generation.
 #[inline(always)]
 fn both<A: Address>(dst: A, src: A) -> Result<Found, Skip> {
+    let marked = (dst.marked(), src.marked());
+    // Nearly every frame ends here, before the control value is read.
+    if marked == (false, false) {
+        return Ok((None, None));
+    }
     let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
     Ok(if control.live() == GenA::INDEX {
-        in_generation::<GenA, A>(control, dst, src)
+        in_generation::<GenA, A>(control, dst, src, marked)
     } else {
-        in_generation::<GenB, A>(control, dst, src)
+        in_generation::<GenB, A>(control, dst, src, marked)
     })
 }
 
-/// The entries of a destination and a source in generation `G`.
+/// The entries of a destination and a source in generation `G`, given
+/// whether each is `marked`.
 #[inline(always)]
-fn in_generation<G: Generation, A: Address>(control: &Control, dst: A, src: A) -> Found {
+fn in_generation<G: Generation, A: Address>(
+    control: &Control,
+    dst: A,
+    src: A,
+    marked: (bool, bool),
+) -> Found {
     let tables = G::default();
-    let marked = (dst.marked(&tables), src.marked(&tables));
-    // Nearly every frame ends here, before the hash shape is read.
-    if marked == (false, false) {
-        return (None, None);
-    }
     let shape = control.shape(G::INDEX);
     (
         entry(&tables, &shape, dst, marked.0),

@@ -13,6 +13,7 @@ use std::{
     fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -55,6 +56,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// How long a table generation stays untouched after it stopped being live:
 /// packets that read the old generation number finish their lookups long
 /// before (XDP runs to completion in microseconds).
+mod union;
+
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
@@ -624,7 +627,7 @@ impl MappedTables {
     }
 }
 
-impl layout::Tables for MappedTables {
+impl layout::Bitmaps for MappedTables {
     fn v4_bits(&self, index: u32) -> u64 {
         self.v4_bits
             .as_slice()
@@ -639,6 +642,9 @@ impl layout::Tables for MappedTables {
             .copied()
             .unwrap_or(0)
     }
+}
+
+impl layout::Tables for MappedTables {
     fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
         self.v4.as_slice().get(index as usize)
     }
@@ -856,6 +862,8 @@ pub struct Datapath {
     /// A thread writing the last patch into the generation it left idle
     /// (once no packet can be reading it): it returns whether it did.
     catching_up: Option<thread::JoinHandle<bool>>,
+    /// The program's step-1 bitmap: both generations' bits.
+    union: Arc<Mutex<union::Union>>,
     /// Hash-table keys of the live generation: (IPv4, IPv6).
     keys: (usize, usize),
     /// The window this daemon last wrote to each order slot.
@@ -918,6 +926,22 @@ impl Datapath {
             control.capacity = max_prefixes;
             maps.set_control(control)?;
         }
+        // The program's step-1 bitmap, filled from the pinned ones before
+        // the program is attached anywhere.
+        let union_map = ebpf.map(union::NAME).ok_or(DatapathError::Missing {
+            what: "map",
+            name: union::NAME.to_owned(),
+        })?;
+        let mut union = match union_map {
+            Map::Array(data) => union::Union::new(data)?,
+            _ => {
+                return Err(DatapathError::Missing {
+                    what: "array map",
+                    name: union::NAME.to_owned(),
+                });
+            }
+        };
+        union.level([&maps.targets(0)?, &maps.targets(1)?])?;
         let mut map_ids = Vec::with_capacity(map_names::ALL.len());
         for name in map_names::ALL {
             let info = aya::maps::MapInfo::from_pin(maps_dir.join(name)).map_err(map_err(name))?;
@@ -931,6 +955,7 @@ impl Datapath {
             applied: None,
             behind: None,
             catching_up: None,
+            union: Arc::new(Mutex::new(union)),
             keys: (0, 0),
             windows: FastMap::default(),
             map_ids,
@@ -1225,11 +1250,17 @@ impl Datapath {
         };
         let entries = compiled.entries.clone();
         self.applied = Some(version);
+        let leveller = self.leveller();
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
             let written = write_generation(&targets, &entries, &keys, &v4, &v6);
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "writing the idle tables level with the live ones; the next apply lays them out whole");
+            }
+            if let Err(err) = leveller.and_then(|leveller| leveller.level()) {
+                // Bits neither generation has stay set: lookups stay
+                // right, a few frames take step 2 for nothing.
+                tracing::warn!(error = %err, "levelling the program's step-1 bitmap");
             }
             written.is_ok()
         }));
@@ -1245,6 +1276,31 @@ impl Datapath {
                 _ => None,
             };
         }
+    }
+
+    /// Whether the program's step-1 bitmap, as the kernel holds it, has
+    /// the bit of `addr`'s bucket set, once the generation left idle by the
+    /// last apply has caught up.
+    pub fn step1_marked(&mut self, addr: IpAddr) -> Result<bool> {
+        self.settle();
+        self.union
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .marked(addr)
+    }
+
+    /// Sets the program's step-1 bitmap to both generations' bits, as
+    /// the maps hold them now.
+    fn level_union(&self) -> Result<()> {
+        self.leveller()?.level()
+    }
+
+    /// What levels the program's step-1 bitmap from another thread.
+    fn leveller(&self) -> Result<Leveller> {
+        Ok(Leveller {
+            union: Arc::clone(&self.union),
+            generations: [self.maps.targets(0)?, self.maps.targets(1)?],
+        })
     }
 
     fn wait_for_grace(&self) {
@@ -1305,6 +1361,7 @@ impl Datapath {
             &v4,
             &v6,
         )?;
+        self.level_union()?;
         let written = laid_out + writing.elapsed();
         self.flip(&mut control, idle, [v4.seed, v6.seed], compiled)?;
         self.keys = (keys.v4.len(), keys.v6.len());
@@ -1412,6 +1469,10 @@ impl Datapath {
         );
         one?;
         other?;
+        self.union
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&writes.v4_bits, &writes.v6_bits)?;
         self.flip(&mut control, idle, [shape.v4_seed, shape.v6_seed], compiled)?;
         self.keys = (
             self.keys.0.saturating_add_signed(patch.keys.0),
@@ -1426,15 +1487,39 @@ impl Datapath {
             data.fd().as_fd().as_raw_fd()
         });
         let stats = self.stats(compiled, idle, started.elapsed(), true);
+        let leveller = self.leveller();
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
             let written = write_patch(fds, &patch);
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
             }
+            if let Err(err) = leveller.and_then(|leveller| leveller.level()) {
+                // Bits neither generation has stay set: lookups stay
+                // right, a few frames take step 2 for nothing.
+                tracing::warn!(error = %err, "levelling the program's step-1 bitmap");
+            }
             written.is_ok()
         }));
         Ok(Some(stats))
+    }
+}
+
+/// Levels the program's step-1 bitmap ([`union::Union::level`]), from any
+/// thread: the tables' descriptors outlive it, as the datapath waits for
+/// the thread catching up before it drops them.
+struct Leveller {
+    union: Arc<Mutex<union::Union>>,
+    generations: [[Target; 6]; 2],
+}
+
+impl Leveller {
+    fn level(&self) -> Result<()> {
+        let [a, b] = &self.generations;
+        self.union
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .level([a, b])
     }
 }
 

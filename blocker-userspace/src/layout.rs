@@ -85,13 +85,17 @@ pub struct Tables {
 }
 
 #[cfg(test)]
-impl layout::Tables for Tables {
+impl layout::Bitmaps for Tables {
     fn v4_bits(&self, index: u32) -> u64 {
         self.v4_bits.get(index as usize).copied().unwrap_or(0)
     }
     fn v6_bits(&self, index: u32) -> u64 {
         self.v6_bits.get(index as usize).copied().unwrap_or(0)
     }
+}
+
+#[cfg(test)]
+impl layout::Tables for Tables {
     fn v4_bucket(&self, index: u32) -> Option<&Bucket4> {
         self.v4.get(index as usize)
     }

@@ -1201,3 +1201,67 @@ fn kernel_verdicts_match_the_reference() {
         started.elapsed()
     );
 }
+
+/// The program's step-1 bitmap holds a bucket's bit while either table
+/// generation has the bucket: a patch adding a prefix in a new bucket sets
+/// it before that generation goes live (the first frame is dropped), and
+/// once a later patch has taken an IPv4 prefix out and the generation left
+/// has caught up, the bit is clear again. (A patch leaves an IPv6 bit set:
+/// it is a hash that other buckets may share, cleared by a whole layout.)
+#[test]
+fn step_one_bits_follow_patches_in_and_out() {
+    let kept = drop_order("KEPT", Direction::Dst, &["198.51.100.7"]);
+    let mut rig = Rig::with(std::slice::from_ref(&kept), Enforcement::Enforce);
+    let (v4, v6) = (ip("203.0.113.9"), ip("2001:db8:9::9"));
+    let marked = |rig: &mut Rig, addr: IpAddr| {
+        rig.dp
+            .step1_marked(addr)
+            .unwrap_or_else(|err| panic!("reading the step-1 bit of {addr}: {err}"))
+    };
+    for addr in [v4, v6] {
+        assert!(!marked(&mut rig, addr), "{addr}: marked before any order");
+    }
+
+    let added = drop_order("ADDED", Direction::Dst, &["203.0.113.9", "2001:db8:9::9"]);
+    rig.apply(&[kept.clone(), added], Enforcement::Enforce);
+    assert!(
+        rig.applied.is_some_and(|a| a.patched),
+        "the new buckets were patched in"
+    );
+    rig.expect_drop(
+        "the new IPv4 address",
+        &udp("192.0.2.1", "203.0.113.9").build().bytes,
+        "ADDED",
+    );
+    rig.expect_drop(
+        "the new IPv6 address",
+        &udp("2001:db8:1::1", "2001:db8:9::9").build().bytes,
+        "ADDED",
+    );
+    for addr in [v4, v6] {
+        assert!(marked(&mut rig, addr), "{addr}: not marked while in force");
+    }
+
+    rig.apply(std::slice::from_ref(&kept), Enforcement::Enforce);
+    assert!(
+        rig.applied.is_some_and(|a| a.patched),
+        "the buckets were patched out"
+    );
+    rig.expect_clean_pass(
+        "the IPv4 address taken out",
+        &udp("192.0.2.1", "203.0.113.9").build().bytes,
+    );
+    assert!(
+        !marked(&mut rig, v4),
+        "{v4}: still marked once both generations dropped it"
+    );
+    assert!(
+        marked(&mut rig, ip("198.51.100.7")),
+        "the order kept lost its bit"
+    );
+    rig.expect_drop(
+        "the address kept",
+        &udp("192.0.2.1", "198.51.100.7").build().bytes,
+        "KEPT",
+    );
+}
