@@ -32,7 +32,7 @@ use aya_ebpf::{
 use core::mem::MaybeUninit;
 
 use blocker_common::PrefixEntry;
-use shared::{ETH_HDR_LEN, Found, Lookup, Skip, ptr_at};
+use shared::{ETH_HDR_LEN, Found, Lookup, ptr_at};
 
 const REF_MAX: u32 = 1 << 21;
 
@@ -60,15 +60,15 @@ struct Reference;
 
 impl Lookup for Reference {
     #[inline(always)]
-    fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
-        Ok((
+    fn v4(dst: u32, src: u32) -> Found {
+        (
             REF_V4.get(Key::new(32, dst.to_be_bytes())),
             REF_V4.get(Key::new(32, src.to_be_bytes())),
-        ))
+        )
     }
 
     #[inline(always)]
-    fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
+    fn v6(dst: (u64, u64), src: (u64, u64)) -> Found {
         // Each key is written in place a word at a time: merged or moved,
         // the words would be stored 8 bytes at a time at an offset of 4
         // (after the length), which the verifier refuses on the stack.
@@ -78,7 +78,7 @@ impl Lookup for Reference {
         write_key(&mut src_key, src);
         // SAFETY: write_key wrote every word of both keys.
         let (dst_key, src_key) = unsafe { (dst_key.assume_init_ref(), src_key.assume_init_ref()) };
-        Ok((REF_V6.get(dst_key), REF_V6.get(src_key)))
+        (REF_V6.get(dst_key), REF_V6.get(src_key))
     }
 }
 

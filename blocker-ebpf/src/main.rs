@@ -2,6 +2,9 @@
 //! file holds the lookup tables (`blocker_common::layout`: a bitmap test
 //! per address, hash probes only for addresses in a bucket that holds
 //! prefixes) in two generations, and the control value that picks one.
+//! The program reads its own global data first: one bitmap of both
+//! generations' bits ([`BLK_UNION`]), then, for a frame past it, its copy
+//! of the control value ([`BLK_LIVE`]).
 #![no_std]
 #![no_main]
 
@@ -22,7 +25,7 @@ use blocker_common::{
         Short4, Tables, V4_SHORTS,
     },
 };
-use shared::{Found, Lookup, Skip};
+use shared::{Found, Lookup};
 
 /// Default size of each table; the controller sets the real ones (from
 /// `guardrails.max_prefixes`) at load time.
@@ -30,6 +33,8 @@ const DEFAULT_BUCKETS: u32 = 1 << 10;
 /// The controller writes the tables through a memory mapping.
 const MMAP: u32 = BPF_F_MMAPABLE as u32;
 
+/// Which generation is live, and how to hash into each: the controller
+/// keeps it (`BLK_LIVE` is the program's copy).
 #[map]
 static BLK_CONTROL: Array<Control> = Array::pinned(1, 0);
 #[map]
@@ -83,6 +88,56 @@ static mut BLK_UNION: Union = Union {
 };
 
 const _: () = assert!(BITMAP_WORDS.is_power_of_two());
+
+/// The program's copy of `BLK_CONTROL`, which the controller writes after
+/// the pinned value (global data, as [`BLK_UNION`]: read at a constant
+/// address, not by a map lookup, for each frame past step 1).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.control")]
+static mut BLK_LIVE: Control = Control {
+    generation: 0,
+    flags: 0,
+    seed: [0; 4],
+    v4_buckets: 0,
+    v6_buckets: 0,
+    capacity: 0,
+    prefixes: [0; 4],
+};
+
+/// Reads [`BLK_LIVE`] a field at a time, volatile: the compiler must not
+/// assume the zeros it was built with.
+struct Live;
+
+impl Live {
+    #[inline(always)]
+    fn read(field: *const u32) -> u32 {
+        // SAFETY: a field of BLK_LIVE, which the controller writes whole
+        // while frames read it (each field old or new).
+        unsafe { core::ptr::read_volatile(field) }
+    }
+
+    /// The live generation: 0 (`_A`) or 1 (`_B`).
+    #[inline(always)]
+    fn generation() -> usize {
+        // SAFETY: a raw pointer to the field; nothing is read here.
+        (Self::read(unsafe { &raw const BLK_LIVE.generation }) & 1) as usize
+    }
+
+    /// How generation `G` is hashed into.
+    #[inline(always)]
+    fn shape<G: Generation>() -> Shape {
+        // SAFETY: raw pointers to fields; `G::INDEX` is 0 or 1, so the
+        // seeds' indices are in range.
+        unsafe {
+            Shape {
+                v4_seed: Self::read(&raw const BLK_LIVE.seed[2 * G::INDEX]),
+                v6_seed: Self::read(&raw const BLK_LIVE.seed[2 * G::INDEX + 1]),
+                v4_buckets: Self::read(&raw const BLK_LIVE.v4_buckets),
+                v6_buckets: Self::read(&raw const BLK_LIVE.v6_buckets),
+            }
+        }
+    }
+}
 
 /// Reads [`BLK_UNION`].
 #[derive(Default)]
@@ -198,12 +253,12 @@ struct Blocker;
 
 impl Lookup for Blocker {
     #[inline(always)]
-    fn v4(dst: u32, src: u32) -> Result<Found, Skip> {
+    fn v4(dst: u32, src: u32) -> Found {
         both(dst, src)
     }
 
     #[inline(always)]
-    fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip> {
+    fn v6(dst: (u64, u64), src: (u64, u64)) -> Found {
         both(dst, src)
     }
 }
@@ -243,31 +298,25 @@ impl Address for (u64, u64) {
 
 /// The entries of a destination and a source in the live generation.
 #[inline(always)]
-fn both<A: Address>(dst: A, src: A) -> Result<Found, Skip> {
+fn both<A: Address>(dst: A, src: A) -> Found {
     let marked = (dst.marked(), src.marked());
     // Nearly every frame ends here, before the control value is read.
     if marked == (false, false) {
-        return Ok((None, None));
+        return (None, None);
     }
-    let control = BLK_CONTROL.get(0).ok_or(Skip::Error)?;
-    Ok(if control.live() == GenA::INDEX {
-        in_generation::<GenA, A>(control, dst, src, marked)
+    if Live::generation() == GenA::INDEX {
+        in_generation::<GenA, A>(dst, src, marked)
     } else {
-        in_generation::<GenB, A>(control, dst, src, marked)
-    })
+        in_generation::<GenB, A>(dst, src, marked)
+    }
 }
 
 /// The entries of a destination and a source in generation `G`, given
 /// whether each is `marked`.
 #[inline(always)]
-fn in_generation<G: Generation, A: Address>(
-    control: &Control,
-    dst: A,
-    src: A,
-    marked: (bool, bool),
-) -> Found {
+fn in_generation<G: Generation, A: Address>(dst: A, src: A, marked: (bool, bool)) -> Found {
     let tables = G::default();
-    let shape = control.shape(G::INDEX);
+    let shape = Live::shape::<G>();
     (
         entry(&tables, &shape, dst, marked.0),
         entry(&tables, &shape, src, marked.1),

@@ -41,9 +41,9 @@ pub type Found = (Option<&'static PrefixEntry>, Option<&'static PrefixEntry>);
 
 /// How a program finds the entries of a frame's addresses (host order).
 pub trait Lookup {
-    fn v4(dst: u32, src: u32) -> Result<Found, Skip>;
+    fn v4(dst: u32, src: u32) -> Found;
     /// Addresses as (upper, lower) 64 bits.
-    fn v6(dst: (u64, u64), src: (u64, u64)) -> Result<Found, Skip>;
+    fn v6(dst: (u64, u64), src: (u64, u64)) -> Found;
 }
 
 /// Why a frame was not looked up.
@@ -52,7 +52,6 @@ pub enum Skip {
     Truncated,
     Malformed,
     TooManyVlans,
-    Error,
 }
 
 impl Skip {
@@ -63,7 +62,6 @@ impl Skip {
             Skip::Truncated => Stat::Truncated,
             Skip::Malformed => Stat::Malformed,
             Skip::TooManyVlans => Stat::TooManyVlans,
-            Skip::Error => Stat::Errors,
         }
     }
 }
@@ -170,7 +168,7 @@ fn ipv4<L: Lookup>(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32,
     }
     let src = u32::from_be_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
     let dst = u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]);
-    let (table_dst, table_src) = L::v4(dst, src)?;
+    let (table_dst, table_src) = L::v4(dst, src);
     Ok(decide(ctx, stats, table_dst, table_src))
 }
 
@@ -184,7 +182,7 @@ fn ipv6<L: Lookup>(ctx: &XdpContext, offset: usize, stats: Stats) -> Result<u32,
     }
     let src = (be64(hdr, 8), be64(hdr, 16));
     let dst = (be64(hdr, 24), be64(hdr, 32));
-    let (table_dst, table_src) = L::v6(dst, src)?;
+    let (table_dst, table_src) = L::v6(dst, src);
     Ok(decide(ctx, stats, table_dst, table_src))
 }
 

@@ -56,7 +56,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// How long a table generation stays untouched after it stopped being live:
 /// packets that read the old generation number finish their lookups long
 /// before (XDP runs to completion in microseconds).
-mod union;
+mod program_data;
 
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
@@ -862,8 +862,10 @@ pub struct Datapath {
     /// A thread writing the last patch into the generation it left idle
     /// (once no packet can be reading it): it returns whether it did.
     catching_up: Option<thread::JoinHandle<bool>>,
+    /// The program's copy of the control value.
+    live_control: program_data::LiveControl,
     /// The program's step-1 bitmap: both generations' bits.
-    union: Arc<Mutex<union::Union>>,
+    union: Arc<Mutex<program_data::Union>>,
     /// Hash-table keys of the live generation: (IPv4, IPv6).
     keys: (usize, usize),
     /// The window this daemon last wrote to each order slot.
@@ -926,21 +928,12 @@ impl Datapath {
             control.capacity = max_prefixes;
             maps.set_control(control)?;
         }
-        // The program's step-1 bitmap, filled from the pinned ones before
-        // the program is attached anywhere.
-        let union_map = ebpf.map(union::NAME).ok_or(DatapathError::Missing {
-            what: "map",
-            name: union::NAME.to_owned(),
-        })?;
-        let mut union = match union_map {
-            Map::Array(data) => union::Union::new(data)?,
-            _ => {
-                return Err(DatapathError::Missing {
-                    what: "array map",
-                    name: union::NAME.to_owned(),
-                });
-            }
-        };
+        // The program's own data, filled from the pinned maps before the
+        // program is attached anywhere.
+        let live_control =
+            program_data::LiveControl::new(data_map(&ebpf, program_data::LIVE_CONTROL)?)?;
+        live_control.set(&maps.control()?)?;
+        let mut union = program_data::Union::new(data_map(&ebpf, program_data::UNION)?)?;
         union.level([&maps.targets(0)?, &maps.targets(1)?])?;
         let mut map_ids = Vec::with_capacity(map_names::ALL.len());
         for name in map_names::ALL {
@@ -955,6 +948,7 @@ impl Datapath {
             applied: None,
             behind: None,
             catching_up: None,
+            live_control,
             union: Arc::new(Mutex::new(union)),
             keys: (0, 0),
             windows: FastMap::default(),
@@ -1278,6 +1272,14 @@ impl Datapath {
         }
     }
 
+    /// Writes `control` to the pinned value, then to the program's copy
+    /// (which the program reads): a restart takes the pinned one, and the
+    /// generation either names is whole.
+    fn set_control(&mut self, control: &Control) -> Result<()> {
+        self.maps.set_control(*control)?;
+        self.live_control.set(control)
+    }
+
     /// Whether the program's step-1 bitmap, as the kernel holds it, has
     /// the bit of `addr`'s bucket set, once the generation left idle by the
     /// last apply has caught up.
@@ -1403,9 +1405,9 @@ impl Datapath {
         control.seed[2 * idle + 1] = seeds[1];
         control.prefixes[2 * idle] = u32::try_from(compiled.v4.len()).unwrap_or(u32::MAX);
         control.prefixes[2 * idle + 1] = u32::try_from(compiled.v6.len()).unwrap_or(u32::MAX);
-        self.maps.set_control(*control)?;
+        self.set_control(control)?;
         control.generation = idle as u32;
-        self.maps.set_control(*control)?;
+        self.set_control(control)?;
         self.last_flip = Some(Instant::now());
         Ok(())
     }
@@ -1505,11 +1507,22 @@ impl Datapath {
     }
 }
 
-/// Levels the program's step-1 bitmap ([`union::Union::level`]), from any
+/// The data map `name` of the program `ebpf` loaded.
+fn data_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        _ => Err(DatapathError::Missing {
+            what: "array map",
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Levels the program's step-1 bitmap ([`program_data::Union::level`]), from any
 /// thread: the tables' descriptors outlive it, as the datapath waits for
 /// the thread catching up before it drops them.
 struct Leveller {
-    union: Arc<Mutex<union::Union>>,
+    union: Arc<Mutex<program_data::Union>>,
     generations: [[Target; 6]; 2],
 }
 

@@ -1,16 +1,21 @@
-//! The bitmap the program reads for step 1 (`BLK_UNION`, its `.bss`): a
-//! bit is set when either generation's bitmap has it. The program reads
-//! it before the control value, so a frame whose addresses both have a
-//! clear bit (nearly every frame) never reads which generation is live.
+//! Data of one loaded program, not pinned (global data: each program the
+//! controller loads has its own, which it fills before attaching it), read
+//! by the program at a constant address without a map lookup:
 //!
-//! What keeps that right, whichever generation a frame then reads:
+//! - [`Union`]: the bitmap the program reads for step 1 (`BLK_UNION`, its
+//!   `.bss`).
+//! - [`LiveControl`]: its copy of the pinned control value
+//!   (`BLK_LIVE`, its `.bss.control`), read for a frame past step 1.
+//!
+//! The union: a bit is set when either generation's bitmap has it. The
+//! program reads it before the control value, so a frame whose addresses
+//! both have a clear bit (nearly every frame) never reads which generation
+//! is live. What keeps that right, whichever generation a frame then reads:
 //! - new bits of the idle generation are added here before it goes live;
 //! - bits go only when the two generations are level again (the one left
 //!   is written once no packet can be reading it), set to their OR anew.
 //!
 //! A set bit the live generation lacks costs a frame step 2, nothing more.
-//! The map belongs to one loaded program (global data is not pinned): each
-//! daemon fills its own from the pinned bitmaps before it attaches.
 
 use std::{
     io,
@@ -20,15 +25,80 @@ use std::{
 };
 
 use aya::maps::MapData;
-use blocker_common::layout::{self, BITMAP_WORDS};
+use blocker_common::{
+    Control,
+    layout::{self, BITMAP_WORDS},
+};
 
 use super::{BPF_MAP_LOOKUP_ELEM, DatapathError, ElemAttr, Mapped, Result, Target, bpf, map_err};
 
-/// The `.bss` map's name, as aya names a data section's map.
-pub(super) const NAME: &str = ".bss";
+/// The maps' names, as aya names a data section's map.
+pub(super) const UNION: &str = ".bss";
+pub(super) const LIVE_CONTROL: &str = ".bss.control";
 const WORDS: usize = BITMAP_WORDS as usize;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
+/// The descriptor of a program's data map `name`, after checking that its
+/// one value is `size` bytes.
+fn data_map(data: &MapData, name: &'static str, size: usize) -> Result<OwnedFd> {
+    let info = data.info().map_err(map_err(name))?;
+    if info.value_size() as usize != size || info.max_entries() != 1 {
+        return Err(DatapathError::Layout {
+            path: PathBuf::from(name),
+            detail: format!(
+                "the program's {name} is {} bytes, this build writes {size}",
+                info.value_size()
+            ),
+        });
+    }
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DatapathError::Io {
+            path: PathBuf::from(name),
+            source,
+        })
+}
+
+/// Copies `value` over the one value of the map `fd` (BPF_MAP_UPDATE_ELEM):
+/// the kernel copies it in place while frames read it.
+fn store<T>(fd: &OwnedFd, name: &'static str, value: *const T) -> Result<()> {
+    let key = 0u32;
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source: io::Error| DatapathError::Io {
+        path: PathBuf::from(format!("update of the program's {name}")),
+        source,
+    })
+}
+
+/// The program's copy of the control value.
+pub(super) struct LiveControl {
+    fd: OwnedFd,
+}
+
+impl LiveControl {
+    pub(super) fn new(data: &MapData) -> Result<Self> {
+        Ok(Self {
+            fd: data_map(data, LIVE_CONTROL, size_of::<Control>())?,
+        })
+    }
+
+    /// Writes `control` over the program's copy. A frame reading it
+    /// meanwhile reads each field old or new, byte by byte: the controller
+    /// changes the idle generation's fields in one write and the
+    /// generation alone in the next, as it does the pinned value.
+    pub(super) fn set(&self, control: &Control) -> Result<()> {
+        store(&self.fd, LIVE_CONTROL, control)
+    }
+}
+
+/// The program's step-1 bitmap, and what it holds.
 pub(super) struct Union {
     fd: OwnedFd,
     /// What the map holds: the IPv4 words, then the IPv6 words.
@@ -38,27 +108,8 @@ pub(super) struct Union {
 impl Union {
     /// Takes the map of a program just loaded (all zeros).
     pub(super) fn new(data: &MapData) -> Result<Self> {
-        let info = data.info().map_err(map_err(NAME))?;
-        let size = 2 * WORDS * size_of::<u64>();
-        if info.value_size() as usize != size || info.max_entries() != 1 {
-            return Err(DatapathError::Layout {
-                path: PathBuf::from(NAME),
-                detail: format!(
-                    "the program's {NAME} is {} bytes, this build reads {size}",
-                    info.value_size()
-                ),
-            });
-        }
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DatapathError::Io {
-                path: PathBuf::from(NAME),
-                source,
-            })?;
         Ok(Self {
-            fd,
+            fd: data_map(data, UNION, 2 * WORDS * size_of::<u64>())?,
             words: vec![0; 2 * WORDS],
         })
     }
@@ -110,7 +161,7 @@ impl Union {
             flags: 0,
         };
         bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(|source| DatapathError::Io {
-            path: PathBuf::from(format!("lookup of the program's {NAME}")),
+            path: PathBuf::from(format!("lookup of the program's {UNION}")),
             source,
         })?;
         let (family, bit) = match addr {
@@ -124,22 +175,14 @@ impl Union {
     /// The kernel copies the value in place while frames read it; each
     /// word read then is the old one or the new one, byte by byte, and
     /// both hold every bit of the live generation.
+    /// Writes `words` over the map, when they differ from what it holds.
+    /// A frame reading a word meanwhile reads it old or new, byte by byte:
+    /// both hold every bit of the live generation.
     fn store(&mut self, words: Vec<u64>) -> Result<()> {
         if words == self.words {
             return Ok(());
         }
-        let key = 0u32;
-        let mut attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(&key) as u64,
-            value: words.as_ptr() as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source: io::Error| DatapathError::Io {
-            path: PathBuf::from(format!("update of the program's {NAME}")),
-            source,
-        })?;
+        store(&self.fd, UNION, words.as_ptr())?;
         self.words = words;
         Ok(())
     }
