@@ -202,6 +202,28 @@ pub struct Shape {
     pub v6_seed: u32,
     pub v4_buckets: u32,
     pub v6_buckets: u32,
+    /// [`hash6_len`] of the IPv6 bucket length and of /64 with `v6_seed`:
+    /// the two IPv6 keys every lookup past step 1 hashes have a zero lower
+    /// half, so each is hashed with one mix, not two.
+    pub v6_len_keys: [u64; 2],
+}
+
+impl Shape {
+    /// The shape of tables with these seeds and sizes.
+    pub const fn new(v4_seed: u32, v6_seed: u32, v4_buckets: u32, v6_buckets: u32) -> Self {
+        Self {
+            v4_seed,
+            v6_seed,
+            v4_buckets,
+            v6_buckets,
+            v6_len_keys: v6_len_keys(v6_seed),
+        }
+    }
+}
+
+/// [`Shape::v6_len_keys`] for `seed`.
+pub const fn v6_len_keys(seed: u32) -> [u64; 2] {
+    [hash6_len(V6_BUCKET_LEN, seed), hash6_len(64, seed)]
 }
 
 /// The bitmap bit of an IPv4 address's bucket.
@@ -239,6 +261,18 @@ pub const fn hash4(net: u32, len: u32, seed: u32) -> u64 {
 #[inline(always)]
 pub const fn hash6(hi: u64, lo: u64, len: u32, seed: u32) -> u64 {
     mix(hi ^ mix(lo ^ ((seed as u64) << 32 | len as u64)))
+}
+
+/// What [`hash6`] mixes a key's lower half into, for a lower half of zero.
+pub const fn hash6_len(len: u32, seed: u32) -> u64 {
+    mix((seed as u64) << 32 | len as u64)
+}
+
+/// [`hash6`] of `hi` with a zero lower half, given the [`hash6_len`] of
+/// its length and seed.
+#[inline(always)]
+pub const fn hash6_upper(hi: u64, len_key: u64) -> u64 {
+    mix(hi ^ len_key)
 }
 
 /// The two buckets a hash names, out of `buckets`.
@@ -449,9 +483,17 @@ pub fn start_v6_marked<T: Tables>(
     // As for IPv4: the /128 is hashed while the descriptor is fetched, and
     // so is the /64, the other common length of a target.
     let exact = hash6(hi, lo, 128, shape.v6_seed);
-    let subnet = hash6(hi, 0, 64, shape.v6_seed);
-    let bucket_mask = u64::MAX << (64 - V6_BUCKET_LEN);
-    let Some(descriptor) = find6(tables, shape, hi & bucket_mask, 0, V6_BUCKET_LEN) else {
+    let [bucket_key, subnet_key] = shape.v6_len_keys;
+    let subnet = hash6_upper(hi, subnet_key);
+    let bucket = hi & (u64::MAX << (64 - V6_BUCKET_LEN));
+    let Some(descriptor) = find6_hashed(
+        tables,
+        shape,
+        hash6_upper(bucket, bucket_key),
+        bucket,
+        0,
+        V6_BUCKET_LEN,
+    ) else {
         return Err(NO_ENTRY);
     };
     let [mut low_half, mut high_half] = descriptor.longer;
@@ -598,6 +640,15 @@ mod tests {
         }
         // Tables laid out before the /28s were marked: every host probed.
         assert!((0..=255).all(|host| v4_group_may_hold(1, bucket | host)));
+    }
+
+    #[test]
+    fn an_upper_half_hashes_as_a_whole_key_with_a_zero_lower_half() {
+        for (hi, seed) in [(0, 0), (0x2001_0db8_0000_0000, 7), (u64::MAX, u32::MAX)] {
+            let keys = v6_len_keys(seed);
+            assert_eq!(hash6_upper(hi, keys[0]), hash6(hi, 0, V6_BUCKET_LEN, seed));
+            assert_eq!(hash6_upper(hi, keys[1]), hash6(hi, 0, 64, seed));
+        }
     }
 
     #[test]

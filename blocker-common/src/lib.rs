@@ -200,11 +200,37 @@ impl Control {
     /// How generation `generation` (0 or 1) is hashed into.
     #[inline(always)]
     pub const fn shape(&self, generation: usize) -> layout::Shape {
-        layout::Shape {
-            v4_seed: self.seed[2 * generation],
-            v6_seed: self.seed[2 * generation + 1],
-            v4_buckets: self.v4_buckets,
-            v6_buckets: self.v6_buckets,
+        layout::Shape::new(
+            self.seed[2 * generation],
+            self.seed[2 * generation + 1],
+            self.v4_buckets,
+            self.v6_buckets,
+        )
+    }
+}
+
+/// The program's own copy of [`Control`] (global data, not pinned), with
+/// what the controller works out from it once so that the program need not
+/// for each frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProgramControl {
+    pub control: Control,
+    /// Zero.
+    pub reserved: u32,
+    /// Each generation's [`layout::Shape::v6_len_keys`]: `[A, B]`.
+    pub v6_len_keys: [[u64; 2]; 2],
+}
+
+impl ProgramControl {
+    pub const fn new(control: Control) -> Self {
+        Self {
+            control,
+            reserved: 0,
+            v6_len_keys: [
+                layout::v6_len_keys(control.seed[1]),
+                layout::v6_len_keys(control.seed[3]),
+            ],
         }
     }
 }
@@ -281,6 +307,7 @@ const _: () = assert!(size_of::<Candidate>() == 8);
 const _: () = assert!(size_of::<PrefixEntry>() == 64);
 const _: () = assert!(size_of::<OrderWindow>() == 16);
 const _: () = assert!(size_of::<Control>() == 52);
+const _: () = assert!(size_of::<ProgramControl>() == 88);
 const _: () = assert!(size_of::<layout::Bucket4>() == 64);
 const _: () = assert!(size_of::<layout::Bucket6>() == 160);
 const _: () = assert!(size_of::<IfStats>() == 80);

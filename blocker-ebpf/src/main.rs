@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use blocker_common::{
-    Control, PrefixEntry,
+    Control, PrefixEntry, ProgramControl,
     layout::{
         self, BITMAP_WORDS, Bitmaps, Bucket4, Bucket6, NO_ENTRY, Probe, Probe4, Probe6, Shape,
         Short4, Tables, V4_SHORTS,
@@ -94,14 +94,18 @@ const _: () = assert!(BITMAP_WORDS.is_power_of_two());
 /// address, not by a map lookup, for each frame past step 1).
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".bss.control")]
-static mut BLK_LIVE: Control = Control {
-    generation: 0,
-    flags: 0,
-    seed: [0; 4],
-    v4_buckets: 0,
-    v6_buckets: 0,
-    capacity: 0,
-    prefixes: [0; 4],
+static mut BLK_LIVE: ProgramControl = ProgramControl {
+    control: Control {
+        generation: 0,
+        flags: 0,
+        seed: [0; 4],
+        v4_buckets: 0,
+        v6_buckets: 0,
+        capacity: 0,
+        prefixes: [0; 4],
+    },
+    reserved: 0,
+    v6_len_keys: [[0; 2]; 2],
 };
 
 /// Reads [`BLK_LIVE`] a field at a time, volatile: the compiler must not
@@ -110,7 +114,7 @@ struct Live;
 
 impl Live {
     #[inline(always)]
-    fn read(field: *const u32) -> u32 {
+    fn read<T>(field: *const T) -> T {
         // SAFETY: a field of BLK_LIVE, which the controller writes whole
         // while frames read it (each field old or new).
         unsafe { core::ptr::read_volatile(field) }
@@ -120,22 +124,33 @@ impl Live {
     #[inline(always)]
     fn generation() -> usize {
         // SAFETY: a raw pointer to the field; nothing is read here.
-        (Self::read(unsafe { &raw const BLK_LIVE.generation }) & 1) as usize
+        (Self::read(unsafe { &raw const BLK_LIVE.control.generation }) & 1) as usize
     }
 
-    /// How generation `G` is hashed into.
+    /// How generation `G` is hashed into, for addresses `A` (the other
+    /// family's fields are left zero: volatile reads are never dropped,
+    /// used or not).
     #[inline(always)]
-    fn shape<G: Generation>() -> Shape {
+    fn shape<G: Generation, A: Address>() -> Shape {
+        let mut shape = Shape::new(0, 0, 0, 0);
         // SAFETY: raw pointers to fields; `G::INDEX` is 0 or 1, so the
-        // seeds' indices are in range.
+        // indices are in range.
         unsafe {
-            Shape {
-                v4_seed: Self::read(&raw const BLK_LIVE.seed[2 * G::INDEX]),
-                v6_seed: Self::read(&raw const BLK_LIVE.seed[2 * G::INDEX + 1]),
-                v4_buckets: Self::read(&raw const BLK_LIVE.v4_buckets),
-                v6_buckets: Self::read(&raw const BLK_LIVE.v6_buckets),
+            let control = &raw const BLK_LIVE.control;
+            if A::IPV6 {
+                let keys = &raw const BLK_LIVE.v6_len_keys[G::INDEX];
+                shape.v6_seed = Self::read(&raw const (*control).seed[2 * G::INDEX + 1]);
+                shape.v6_buckets = Self::read(&raw const (*control).v6_buckets);
+                shape.v6_len_keys = [
+                    Self::read(&raw const (*keys)[0]),
+                    Self::read(&raw const (*keys)[1]),
+                ];
+            } else {
+                shape.v4_seed = Self::read(&raw const (*control).seed[2 * G::INDEX]);
+                shape.v4_buckets = Self::read(&raw const (*control).v4_buckets);
             }
         }
+        shape
     }
 }
 
@@ -266,6 +281,7 @@ impl Lookup for Blocker {
 /// An address of one family, as the lookup's two steps take it.
 trait Address: Copy {
     type Probe: Probe;
+    const IPV6: bool;
     /// Step 1: whether the address's bucket bit is set.
     fn marked(self) -> bool;
     /// Step 2 on, for a marked address.
@@ -274,6 +290,7 @@ trait Address: Copy {
 
 impl Address for u32 {
     type Probe = Probe4;
+    const IPV6: bool = false;
     #[inline(always)]
     fn marked(self) -> bool {
         layout::v4_marked(&UnionBits, self)
@@ -286,6 +303,7 @@ impl Address for u32 {
 
 impl Address for (u64, u64) {
     type Probe = Probe6;
+    const IPV6: bool = true;
     #[inline(always)]
     fn marked(self) -> bool {
         layout::v6_marked(&UnionBits, self.0)
@@ -316,7 +334,7 @@ fn both<A: Address>(dst: A, src: A) -> Found {
 #[inline(always)]
 fn in_generation<G: Generation, A: Address>(dst: A, src: A, marked: (bool, bool)) -> Found {
     let tables = G::default();
-    let shape = Live::shape::<G>();
+    let shape = Live::shape::<G, A>();
     (
         entry(&tables, &shape, dst, marked.0),
         entry(&tables, &shape, src, marked.1),

@@ -445,12 +445,7 @@ fn build(compiled: &Compiled, geometry: &Geometry) -> Result<Tables, LayoutError
     let v4 = place_v4(&keys, geometry)?;
     let v6 = place_v6(&keys, geometry)?;
     Ok(Tables {
-        shape: layout::Shape {
-            v4_seed: v4.seed,
-            v6_seed: v6.seed,
-            v4_buckets: geometry.v4_buckets,
-            v6_buckets: geometry.v6_buckets,
-        },
+        shape: layout::Shape::new(v4.seed, v6.seed, geometry.v4_buckets, geometry.v6_buckets),
         v4: (0..v4.slots.len()).map(|b| v4.bucket4(&keys, b)).collect(),
         v6: (0..v6.slots.len()).map(|b| v6.bucket6(&keys, b)).collect(),
         v4_bits: keys.v4_bits,

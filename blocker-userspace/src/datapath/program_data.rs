@@ -26,7 +26,7 @@ use std::{
 
 use aya::maps::MapData;
 use blocker_common::{
-    Control,
+    Control, ProgramControl,
     layout::{self, BITMAP_WORDS},
 };
 
@@ -85,7 +85,7 @@ pub(super) struct LiveControl {
 impl LiveControl {
     pub(super) fn new(data: &MapData) -> Result<Self> {
         Ok(Self {
-            fd: data_map(data, LIVE_CONTROL, size_of::<Control>())?,
+            fd: data_map(data, LIVE_CONTROL, size_of::<ProgramControl>())?,
         })
     }
 
@@ -94,7 +94,7 @@ impl LiveControl {
     /// changes the idle generation's fields in one write and the
     /// generation alone in the next, as it does the pinned value.
     pub(super) fn set(&self, control: &Control) -> Result<()> {
-        store(&self.fd, LIVE_CONTROL, control)
+        store(&self.fd, LIVE_CONTROL, &ProgramControl::new(*control))
     }
 }
 
