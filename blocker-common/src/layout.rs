@@ -415,23 +415,19 @@ pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe
 /// Step 2 for an IPv4 address whose bucket's bit is set.
 #[inline(always)]
 pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
-    // The address's own /32 is hashed from the address alone, so the CPU
-    // works it out while the descriptor is fetched: a hit on an exact
-    // address then waits for one probe, not two in a row.
-    let exact = hash4(addr, 32, shape.v4_seed);
     // The /16 is read before the descriptor, whose probe it does not
     // depend on: in a big table both are cache misses, and this way they
     // overlap (IPv4 varied misses at 1M: 45 to 42 ns).
     let short = tables.v4_short(addr >> (32 - V4_SHORT_LEN));
     if short.only_exact() {
-        return Err(find4_hashed(tables, shape, exact, addr, 32).map_or(NO_ENTRY, |s| s.entry));
+        return Err(find4(tables, shape, addr, 32).map_or(NO_ENTRY, |s| s.entry));
     }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
         Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
             if descriptor.longer & 1 != 0 {
                 // A /32 is the longest match there is.
-                if let Some(slot) = find4_hashed(tables, shape, exact, addr, 32) {
+                if let Some(slot) = find4(tables, shape, addr, 32) {
                     return Err(slot.entry);
                 }
             }
