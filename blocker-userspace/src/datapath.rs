@@ -933,7 +933,7 @@ impl Datapath {
         let live_control =
             program_data::LiveControl::new(data_map(&ebpf, program_data::LIVE_CONTROL)?)?;
         live_control.set(&maps.control()?)?;
-        let mut union = program_data::Union::new(data_map(&ebpf, program_data::UNION)?)?;
+        let union = program_data::Union::new(data_map(&ebpf, program_data::UNION)?)?;
         union.level([&maps.targets(0)?, &maps.targets(1)?])?;
         let mut map_ids = Vec::with_capacity(map_names::ALL.len());
         for name in map_names::ALL {

@@ -98,26 +98,25 @@ impl LiveControl {
     }
 }
 
-/// The program's step-1 bitmap, and what it holds.
+/// The program's step-1 bitmap. It keeps no copy: each change reads the
+/// map, or works it out anew, and writes it whole (4 MiB for a moment,
+/// not for as long as the daemon runs).
 pub(super) struct Union {
     fd: OwnedFd,
-    /// What the map holds: the IPv4 words, then the IPv6 words.
-    words: Vec<u64>,
 }
 
 impl Union {
-    /// Takes the map of a program just loaded (all zeros).
+    /// Takes the map of a program just loaded.
     pub(super) fn new(data: &MapData) -> Result<Self> {
         Ok(Self {
             fd: data_map(data, UNION, 2 * WORDS * size_of::<u64>())?,
-            words: vec![0; 2 * WORDS],
         })
     }
 
     /// Sets every bit to the OR of the two generations' bitmaps as the
     /// maps hold them now (`generations`: each one's tables, as
     /// `Maps::targets` gives them).
-    pub(super) fn level(&mut self, generations: [&[Target; 6]; 2]) -> Result<()> {
+    pub(super) fn level(&self, generations: [&[Target; 6]; 2]) -> Result<()> {
         let mut words = vec![0; 2 * WORDS];
         // The bitmaps are tables 0 (IPv4) and 2 (IPv6).
         for (family, table) in [(0, 0), (1, 2)] {
@@ -131,13 +130,16 @@ impl Union {
                 }
             }
         }
-        self.store(words)
+        self.store(&words)
     }
 
     /// Adds the set bits of the bitmap words `v4` and `v6` (index, word),
     /// as about to be written to the idle generation.
-    pub(super) fn add(&mut self, v4: &[(u32, u64)], v6: &[(u32, u64)]) -> Result<()> {
-        let mut words = self.words.clone();
+    pub(super) fn add(&self, v4: &[(u32, u64)], v6: &[(u32, u64)]) -> Result<()> {
+        if v4.is_empty() && v6.is_empty() {
+            return Ok(());
+        }
+        let mut words = self.load()?;
         for (family, writes) in [(0, v4), (1, v6)] {
             for &(index, word) in writes {
                 if let Some(to) = words[family * WORDS..][..WORDS].get_mut(index as usize) {
@@ -145,12 +147,21 @@ impl Union {
                 }
             }
         }
-        self.store(words)
+        self.store(&words)
     }
 
-    /// Whether the map, as the kernel holds it, has the bit of `addr`'s
-    /// bucket set.
+    /// Whether the map has the bit of `addr`'s bucket set.
     pub(super) fn marked(&self, addr: IpAddr) -> Result<bool> {
+        let words = self.load()?;
+        let (family, bit) = match addr {
+            IpAddr::V4(a) => (0, layout::v4_bit(u32::from(a))),
+            IpAddr::V6(a) => (1, layout::v6_bit((u128::from(a) >> 64) as u64)),
+        };
+        Ok(words[family * WORDS + (bit >> 6) as usize] >> (bit & 63) & 1 != 0)
+    }
+
+    /// What the map holds: the IPv4 words, then the IPv6 words.
+    fn load(&self) -> Result<Vec<u64>> {
         let mut words = vec![0u64; 2 * WORDS];
         let key = 0u32;
         let mut attr = ElemAttr {
@@ -164,26 +175,13 @@ impl Union {
             path: PathBuf::from(format!("lookup of the program's {UNION}")),
             source,
         })?;
-        let (family, bit) = match addr {
-            IpAddr::V4(a) => (0, layout::v4_bit(u32::from(a))),
-            IpAddr::V6(a) => (1, layout::v6_bit((u128::from(a) >> 64) as u64)),
-        };
-        Ok(words[family * WORDS + (bit >> 6) as usize] >> (bit & 63) & 1 != 0)
+        Ok(words)
     }
 
-    /// Writes `words` over the map, when they differ from what it holds.
-    /// The kernel copies the value in place while frames read it; each
-    /// word read then is the old one or the new one, byte by byte, and
-    /// both hold every bit of the live generation.
-    /// Writes `words` over the map, when they differ from what it holds.
-    /// A frame reading a word meanwhile reads it old or new, byte by byte:
-    /// both hold every bit of the live generation.
-    fn store(&mut self, words: Vec<u64>) -> Result<()> {
-        if words == self.words {
-            return Ok(());
-        }
-        store(&self.fd, UNION, words.as_ptr())?;
-        self.words = words;
-        Ok(())
+    /// Writes `words` over the map. A frame reading a word meanwhile reads
+    /// it old or new, byte by byte: both hold every bit of the live
+    /// generation.
+    fn store(&self, words: &[u64]) -> Result<()> {
+        store(&self.fd, UNION, words.as_ptr())
     }
 }
