@@ -1280,6 +1280,15 @@ impl Datapath {
         self.live_control.set(control)
     }
 
+    /// The maps of the loaded program's own data (not pinned): its step-1
+    /// bitmap and its copy of the control value.
+    pub fn program_data(&self) -> Vec<&MapData> {
+        [program_data::UNION, program_data::LIVE_CONTROL]
+            .into_iter()
+            .filter_map(|name| data_map(&self.ebpf, name).ok())
+            .collect()
+    }
+
     /// Whether the program's step-1 bitmap, as the kernel holds it, has
     /// the bit of `addr`'s bucket set, once the generation left idle by the
     /// last apply has caught up.

@@ -311,7 +311,8 @@ impl Kernel {
             let map = MapData::from_pin(entry.path()).expect("pinned map");
             total += memlock(&map);
         }
-        total
+        // The program's own data: its step-1 bitmap and control copy.
+        total + self.dp.program_data().into_iter().map(memlock).sum::<u64>()
     }
 
     /// Kernel memory (memlock) of the LPM reference's two tries.
