@@ -187,8 +187,9 @@ pub trait Bitmaps {
     fn v6_bits(&self, index: u32) -> u64;
 }
 
-/// Read access to one generation of the tables.
-pub trait Tables: Bitmaps {
+/// Read access to one generation's hash tables and /16s (its bitmaps are
+/// [`Bitmaps`]: the program reads another, the union of both generations').
+pub trait Tables {
     fn v4_bucket(&self, index: u32) -> Option<&Bucket4>;
     fn v6_bucket(&self, index: u32) -> Option<&Bucket6>;
     /// The /16 `index` (a default one when out of range).
@@ -302,18 +303,7 @@ const fn lowest(x: u64) -> u32 {
 
 #[inline(always)]
 fn find4<T: Tables>(tables: &T, shape: &Shape, net: u32, len: u32) -> Option<Slot4> {
-    find4_hashed(tables, shape, hash4(net, len, shape.v4_seed), net, len)
-}
-
-/// [`find4`] with the key's hash already computed.
-#[inline(always)]
-fn find4_hashed<T: Tables>(
-    tables: &T,
-    shape: &Shape,
-    hash: u64,
-    net: u32,
-    len: u32,
-) -> Option<Slot4> {
+    let hash = hash4(net, len, shape.v4_seed);
     let key = Slot4::key_of(net, len);
     for index in choices(hash, shape.v4_buckets) {
         if let Some(bucket) = tables.v4_bucket(index) {
@@ -405,7 +395,7 @@ pub fn v6_marked<B: Bitmaps>(bits: &B, hi: u64) -> bool {
 /// Steps 1 and 2 for an IPv4 address (host order): `Err(entry)` when the
 /// answer is known, else the lengths to try ([`Probe`]).
 #[inline(always)]
-pub fn start_v4<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
+pub fn start_v4<T: Tables + Bitmaps>(tables: &T, shape: &Shape, addr: u32) -> Result<Probe4, u32> {
     if !v4_marked(tables, addr) {
         return Err(NO_ENTRY);
     }
@@ -461,7 +451,12 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
 
 /// Steps 1 and 2 for the IPv6 address `hi:lo` (host order).
 #[inline(always)]
-pub fn start_v6<T: Tables>(tables: &T, shape: &Shape, hi: u64, lo: u64) -> Result<Probe6, u32> {
+pub fn start_v6<T: Tables + Bitmaps>(
+    tables: &T,
+    shape: &Shape,
+    hi: u64,
+    lo: u64,
+) -> Result<Probe6, u32> {
     if !v6_marked(tables, hi) {
         return Err(NO_ENTRY);
     }
@@ -476,8 +471,9 @@ pub fn start_v6_marked<T: Tables>(
     hi: u64,
     lo: u64,
 ) -> Result<Probe6, u32> {
-    // As for IPv4: the /128 is hashed while the descriptor is fetched, and
-    // so is the /64, the other common length of a target.
+    // The /128 is hashed from the address alone while the descriptor is
+    // fetched (IPv6's two-mix hash is worth starting early), and so is the
+    // /64, the other common length of a target.
     let exact = hash6(hi, lo, 128, shape.v6_seed);
     let [bucket_key, subnet_key] = shape.v6_len_keys;
     let subnet = hash6_upper(hi, subnet_key);
@@ -603,7 +599,7 @@ pub fn finish<T: Tables, P: Probe>(tables: &T, shape: &Shape, start: Result<P, u
 
 /// The entry index of the longest table prefix containing `addr`, or
 /// [`NO_ENTRY`].
-pub fn lookup<T: Tables>(tables: &T, shape: &Shape, addr: core::net::IpAddr) -> u32 {
+pub fn lookup<T: Tables + Bitmaps>(tables: &T, shape: &Shape, addr: core::net::IpAddr) -> u32 {
     match addr {
         core::net::IpAddr::V4(a) => finish(tables, shape, start_v4(tables, shape, u32::from(a))),
         core::net::IpAddr::V6(a) => {

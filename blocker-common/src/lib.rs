@@ -227,10 +227,7 @@ impl ProgramControl {
         Self {
             control,
             reserved: 0,
-            v6_len_keys: [
-                layout::v6_len_keys(control.seed[1]),
-                layout::v6_len_keys(control.seed[3]),
-            ],
+            v6_len_keys: [control.shape(0).v6_len_keys, control.shape(1).v6_len_keys],
         }
     }
 }

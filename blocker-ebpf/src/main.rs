@@ -132,6 +132,8 @@ impl Live {
     /// used or not).
     #[inline(always)]
     fn shape<G: Generation, A: Address>() -> Shape {
+        // Not a zeroed literal: LLVM zeroes the 16 bytes of IPv6 keys with
+        // a call to memset (a BPF-to-BPF call); these are constants.
         let mut shape = Shape::new(0, 0, 0, 0);
         // SAFETY: raw pointers to fields; `G::INDEX` is 0 or 1, so the
         // indices are in range.
@@ -155,7 +157,6 @@ impl Live {
 }
 
 /// Reads [`BLK_UNION`].
-#[derive(Default)]
 struct UnionBits;
 
 impl UnionBits {
@@ -189,22 +190,13 @@ impl Bitmaps for UnionBits {
     }
 }
 
-/// The maps of one table generation, for `layout`'s lookups.
+/// The maps of one table generation, for `layout`'s lookups past step 1.
+/// (Its bitmaps, `BLK_V4_BITS_*` and `BLK_V6_BITS_*`, are the controller's:
+/// the program reads [`BLK_UNION`].)
 macro_rules! generation {
-    ($name:ident, $index:literal, $bits4:ident, $v4:ident, $short4:ident, $bits6:ident, $v6:ident, $entries:ident) => {
+    ($name:ident, $index:literal, $v4:ident, $short4:ident, $v6:ident, $entries:ident) => {
         #[derive(Default)]
         struct $name;
-
-        impl Bitmaps for $name {
-            #[inline(always)]
-            fn v4_bits(&self, index: u32) -> u64 {
-                $bits4.get(index).copied().unwrap_or(0)
-            }
-            #[inline(always)]
-            fn v6_bits(&self, index: u32) -> u64 {
-                $bits6.get(index).copied().unwrap_or(0)
-            }
-        }
 
         impl Tables for $name {
             #[inline(always)]
@@ -236,26 +228,8 @@ macro_rules! generation {
     };
 }
 
-generation!(
-    GenA,
-    0,
-    BLK_V4_BITS_A,
-    BLK_V4_A,
-    BLK_V4_SHORT_A,
-    BLK_V6_BITS_A,
-    BLK_V6_A,
-    BLK_ENTRY_A
-);
-generation!(
-    GenB,
-    1,
-    BLK_V4_BITS_B,
-    BLK_V4_B,
-    BLK_V4_SHORT_B,
-    BLK_V6_BITS_B,
-    BLK_V6_B,
-    BLK_ENTRY_B
-);
+generation!(GenA, 0, BLK_V4_A, BLK_V4_SHORT_A, BLK_V6_A, BLK_ENTRY_A);
+generation!(GenB, 1, BLK_V4_B, BLK_V4_SHORT_B, BLK_V6_B, BLK_ENTRY_B);
 
 /// One table generation's maps: the lookup tables and the entries.
 trait Generation: Tables + Default {
