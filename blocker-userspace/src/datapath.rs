@@ -42,6 +42,8 @@ use crate::{
     layout::{Geometry, LayoutError, Patch, Placed, Table, Values},
 };
 
+mod program_data;
+
 /// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker"));
 
@@ -56,8 +58,6 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// How long a table generation stays untouched after it stopped being live:
 /// packets that read the old generation number finish their lookups long
 /// before (XDP runs to completion in microseconds).
-mod program_data;
-
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
@@ -746,6 +746,7 @@ struct BatchAttr {
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
@@ -770,15 +771,33 @@ fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
 fn lookup<T: Copy + Default>(data: &MapData, index: u32) -> io::Result<T> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let mut value = T::default();
+    let value_ptr = std::ptr::from_mut(&mut value) as u64;
+    array_elem(
+        BPF_MAP_LOOKUP_ELEM,
+        data.fd().as_fd().as_raw_fd(),
+        index,
+        value_ptr,
+    )?;
+    Ok(value)
+}
+
+/// BPF_MAP_LOOKUP_ELEM or BPF_MAP_UPDATE_ELEM (`command`) of value `index`
+/// of the array map `fd`, read into or written from the address `value`
+/// (which must hold a whole value).
+fn array_elem(
+    command: libc::c_long,
+    fd: std::os::fd::RawFd,
+    index: u32,
+    value: u64,
+) -> io::Result<()> {
     let mut attr = ElemAttr {
-        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        map_fd: fd as u32,
         _pad: 0,
         key: std::ptr::from_ref(&index) as u64,
-        value: std::ptr::from_mut(&mut value) as u64,
+        value,
         flags: 0,
     };
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
-    Ok(value)
+    bpf(command, &mut attr)
 }
 
 /// Writes `(index, value)` pairs to the array map `data` in one call
@@ -930,10 +949,9 @@ impl Datapath {
         }
         // The program's own data, filled from the pinned maps before the
         // program is attached anywhere.
-        let live_control =
-            program_data::LiveControl::new(data_map(&ebpf, program_data::LIVE_CONTROL)?)?;
+        let live_control = program_data::LiveControl::new(&ebpf)?;
         live_control.set(&maps.control()?)?;
-        let union = program_data::Union::new(data_map(&ebpf, program_data::UNION)?)?;
+        let union = program_data::Union::new(&ebpf)?;
         union.level([&maps.targets(0)?, &maps.targets(1)?])?;
         let mut map_ids = Vec::with_capacity(map_names::ALL.len());
         for name in map_names::ALL {
@@ -1251,11 +1269,7 @@ impl Datapath {
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "writing the idle tables level with the live ones; the next apply lays them out whole");
             }
-            if let Err(err) = leveller.and_then(|leveller| leveller.level()) {
-                // Bits neither generation has stay set: lookups stay
-                // right, a few frames take step 2 for nothing.
-                tracing::warn!(error = %err, "levelling the program's step-1 bitmap");
-            }
+            Leveller::level_in_background(leveller);
             written.is_ok()
         }));
         Ok(stats)
@@ -1285,7 +1299,7 @@ impl Datapath {
     pub fn program_data(&self) -> Vec<&MapData> {
         [program_data::UNION, program_data::LIVE_CONTROL]
             .into_iter()
-            .filter_map(|name| data_map(&self.ebpf, name).ok())
+            .filter_map(|name| program_data::map(&self.ebpf, name).ok())
             .collect()
     }
 
@@ -1505,25 +1519,10 @@ impl Datapath {
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
             }
-            if let Err(err) = leveller.and_then(|leveller| leveller.level()) {
-                // Bits neither generation has stay set: lookups stay
-                // right, a few frames take step 2 for nothing.
-                tracing::warn!(error = %err, "levelling the program's step-1 bitmap");
-            }
+            Leveller::level_in_background(leveller);
             written.is_ok()
         }));
         Ok(Some(stats))
-    }
-}
-
-/// The data map `name` of the program `ebpf` loaded.
-fn data_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
-    match ebpf.map(name) {
-        Some(Map::Array(data)) => Ok(data),
-        _ => Err(DatapathError::Missing {
-            what: "array map",
-            name: name.to_owned(),
-        }),
     }
 }
 
@@ -1536,6 +1535,15 @@ struct Leveller {
 }
 
 impl Leveller {
+    /// [`Leveller::level`] from the thread catching a generation up: a
+    /// failure is logged, and leaves bits neither generation has set
+    /// (lookups stay right; a few frames take step 2 for nothing).
+    fn level_in_background(leveller: Result<Self>) {
+        if let Err(err) = leveller.and_then(|leveller| leveller.level()) {
+            tracing::warn!(error = %err, "levelling the program's step-1 bitmap");
+        }
+    }
+
     fn level(&self) -> Result<()> {
         let [a, b] = &self.generations;
         self.union

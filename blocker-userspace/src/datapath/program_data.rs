@@ -18,29 +18,45 @@
 //! A set bit the live generation lacks costs a frame step 2, nothing more.
 
 use std::{
-    io,
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::PathBuf,
 };
 
-use aya::maps::MapData;
+use aya::{
+    Ebpf,
+    maps::{Map, MapData},
+};
 use blocker_common::{
     Control, ProgramControl,
     layout::{self, BITMAP_WORDS},
 };
 
-use super::{BPF_MAP_LOOKUP_ELEM, DatapathError, ElemAttr, Mapped, Result, Target, bpf, map_err};
+use super::{
+    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, DatapathError, Mapped, Result, Target, array_elem,
+    map_err,
+};
 
 /// The maps' names, as aya names a data section's map.
 pub(super) const UNION: &str = ".bss";
 pub(super) const LIVE_CONTROL: &str = ".bss.control";
 const WORDS: usize = BITMAP_WORDS as usize;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
-/// The descriptor of a program's data map `name`, after checking that its
-/// one value is `size` bytes.
-fn data_map(data: &MapData, name: &'static str, size: usize) -> Result<OwnedFd> {
+/// The data map `name` of the program `ebpf` loaded.
+pub(super) fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        _ => Err(DatapathError::Missing {
+            what: "array map",
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// A descriptor of the data map `name` of the program `ebpf` loaded, after
+/// checking that its one value is `size` bytes.
+fn checked_fd(ebpf: &Ebpf, name: &'static str, size: usize) -> Result<OwnedFd> {
+    let data = map(ebpf, name)?;
     let info = data.info().map_err(map_err(name))?;
     if info.value_size() as usize != size || info.max_entries() != 1 {
         return Err(DatapathError::Layout {
@@ -63,17 +79,11 @@ fn data_map(data: &MapData, name: &'static str, size: usize) -> Result<OwnedFd> 
 /// Copies `value` over the one value of the map `fd` (BPF_MAP_UPDATE_ELEM):
 /// the kernel copies it in place while frames read it.
 fn store<T>(fd: &OwnedFd, name: &'static str, value: *const T) -> Result<()> {
-    let key = 0u32;
-    let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value: value as u64,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source: io::Error| DatapathError::Io {
-        path: PathBuf::from(format!("update of the program's {name}")),
-        source,
+    array_elem(BPF_MAP_UPDATE_ELEM, fd.as_raw_fd(), 0, value as u64).map_err(|source| {
+        DatapathError::Io {
+            path: PathBuf::from(format!("update of the program's {name}")),
+            source,
+        }
     })
 }
 
@@ -83,9 +93,9 @@ pub(super) struct LiveControl {
 }
 
 impl LiveControl {
-    pub(super) fn new(data: &MapData) -> Result<Self> {
+    pub(super) fn new(ebpf: &Ebpf) -> Result<Self> {
         Ok(Self {
-            fd: data_map(data, LIVE_CONTROL, size_of::<ProgramControl>())?,
+            fd: checked_fd(ebpf, LIVE_CONTROL, size_of::<ProgramControl>())?,
         })
     }
 
@@ -106,10 +116,10 @@ pub(super) struct Union {
 }
 
 impl Union {
-    /// Takes the map of a program just loaded.
-    pub(super) fn new(data: &MapData) -> Result<Self> {
+    /// Takes the map of the program `ebpf` loaded.
+    pub(super) fn new(ebpf: &Ebpf) -> Result<Self> {
         Ok(Self {
-            fd: data_map(data, UNION, 2 * WORDS * size_of::<u64>())?,
+            fd: checked_fd(ebpf, UNION, 2 * WORDS * size_of::<u64>())?,
         })
     }
 
@@ -163,17 +173,12 @@ impl Union {
     /// What the map holds: the IPv4 words, then the IPv6 words.
     fn load(&self) -> Result<Vec<u64>> {
         let mut words = vec![0u64; 2 * WORDS];
-        let key = 0u32;
-        let mut attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(&key) as u64,
-            value: words.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(|source| DatapathError::Io {
-            path: PathBuf::from(format!("lookup of the program's {UNION}")),
-            source,
+        let value = words.as_mut_ptr() as u64;
+        array_elem(BPF_MAP_LOOKUP_ELEM, self.fd.as_raw_fd(), 0, value).map_err(|source| {
+            DatapathError::Io {
+                path: PathBuf::from(format!("lookup of the program's {UNION}")),
+                source,
+            }
         })?;
         Ok(words)
     }
