@@ -388,7 +388,6 @@ fn check_order<S: AsRef<str>>(
     }
     let name = id_hint.as_str();
     let texts = targets;
-    let mut targets = Vec::with_capacity(texts.len());
     if texts.is_empty() {
         problems.push(problem(
             Some(name),
@@ -396,36 +395,8 @@ fn check_order<S: AsRef<str>>(
             "an order needs at least one target",
         ));
     }
-    let mut seen = std::collections::HashSet::with_capacity(texts.len());
-    for (i, target) in texts.iter().enumerate() {
-        let field = || format!("targets[{i}]");
-        match parse_target(target.as_ref()) {
-            Ok(prefix) => {
-                let ipv6 = prefix.is_ipv6();
-                let min = raw.rung.contract_min_len(ipv6);
-                if prefix.prefix() < min {
-                    let (family, max) = if ipv6 { ("IPv6", 128) } else { ("IPv4", 32) };
-                    problems.push(problem(
-                        Some(name),
-                        Some(&field()),
-                        format!(
-                            "{prefix} is broader than rung {} allows ({family} /{min}..{max}); use a longer prefix or a deeper rung",
-                            raw.rung
-                        ),
-                    ));
-                }
-                if !seen.insert(prefix) {
-                    problems.push(problem(
-                        Some(name),
-                        Some(&field()),
-                        format!("{prefix} is listed twice"),
-                    ));
-                }
-                targets.push(prefix);
-            }
-            Err(message) => problems.push(problem(Some(name), Some(&field()), message)),
-        }
-    }
+    let targets = sound_targets(raw.rung, texts)
+        .unwrap_or_else(|| named_targets(name, raw.rung, texts, problems));
     let mut time_field = |field: &str, text: &Option<String>| {
         text.as_deref().and_then(|t| match parse_time(t) {
             Ok(at) => Some(at),
@@ -468,6 +439,71 @@ fn check_order<S: AsRef<str>>(
     })
 }
 
+/// An order's targets when every one parses, none is broader than `rung`
+/// allows and none is listed twice (nearly always: checked in bulk); `None`
+/// if any is not, for [`named_targets`] to name each problem.
+fn sound_targets<S: AsRef<str>>(rung: Rung, texts: &[S]) -> Option<Vec<IpNetwork>> {
+    let targets = texts
+        .iter()
+        .map(|text| {
+            let prefix = parse_target(text.as_ref()).ok()?;
+            (prefix.prefix() >= rung.contract_min_len(prefix.is_ipv6())).then_some(prefix)
+        })
+        .collect::<Option<Vec<IpNetwork>>>()?;
+    // Each prefix as one sortable key: its bits, and its length (IPv6
+    // lengths past IPv4's).
+    let mut keys: Vec<(u128, u8)> = targets
+        .iter()
+        .map(|prefix| match prefix {
+            IpNetwork::V4(p) => (u128::from(u32::from(p.network())), p.prefix()),
+            IpNetwork::V6(p) => (u128::from(p.network()), 33 + p.prefix()),
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1]).then_some(targets)
+}
+
+/// An order's targets that parse, each problem named with its field.
+fn named_targets<S: AsRef<str>>(
+    name: &str,
+    rung: Rung,
+    texts: &[S],
+    problems: &mut Vec<Problem>,
+) -> Vec<IpNetwork> {
+    let mut targets = Vec::with_capacity(texts.len());
+    let mut seen = std::collections::HashSet::with_capacity(texts.len());
+    for (i, target) in texts.iter().enumerate() {
+        let field = || format!("targets[{i}]");
+        match parse_target(target.as_ref()) {
+            Ok(prefix) => {
+                let ipv6 = prefix.is_ipv6();
+                let min = rung.contract_min_len(ipv6);
+                if prefix.prefix() < min {
+                    let (family, max) = if ipv6 { ("IPv6", 128) } else { ("IPv4", 32) };
+                    problems.push(problem(
+                        Some(name),
+                        Some(&field()),
+                        format!(
+                            "{prefix} is broader than rung {} allows ({family} /{min}..{max}); use a longer prefix or a deeper rung",
+                            rung
+                        ),
+                    ));
+                }
+                if !seen.insert(prefix) {
+                    problems.push(problem(
+                        Some(name),
+                        Some(&field()),
+                        format!("{prefix} is listed twice"),
+                    ));
+                }
+                targets.push(prefix);
+            }
+            Err(message) => problems.push(problem(Some(name), Some(&field()), message)),
+        }
+    }
+    targets
+}
+
 fn valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
@@ -477,6 +513,9 @@ fn valid_id(id: &str) -> bool {
 
 /// An address (a /32 or /128) or a prefix without host bits.
 fn parse_target(text: &str) -> Result<IpNetwork, String> {
+    if let Some(prefix) = plain_v4(text).or_else(|| plain_v6(text)) {
+        return Ok(prefix);
+    }
     let trimmed = text.trim();
     // An address never holds a `/`: split first, parse each part once.
     let Some((addr, len)) = trimmed.split_once('/') else {
@@ -503,6 +542,114 @@ fn parse_target(text: &str) -> Result<IpNetwork, String> {
         ));
     }
     Ok(prefix)
+}
+
+/// A canonical IPv4 address or prefix (`a.b.c.d` or `a.b.c.d/len`, no
+/// leading zeros, no host bits), read by hand: most of a large feed's
+/// targets. Anything else is left to the standard parser, which names the
+/// problem.
+fn plain_v4(text: &str) -> Option<IpNetwork> {
+    let bytes = text.as_bytes();
+    // Four numbers split by dots, then maybe a `/` and a fifth; each number
+    // of one to three digits, without a leading zero.
+    let mut numbers = [0u32; 5];
+    let (mut count, mut digits) = (0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'0'..=b'9' if digits < 3 && !(digits == 1 && numbers[count] == 0) => {
+                numbers[count] = numbers[count] * 10 + u32::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && count < 3 => (count, digits) = (count + 1, 0),
+            b'/' if digits > 0 && count == 3 && i + 1 < bytes.len() => (count, digits) = (4, 0),
+            _ => return None,
+        }
+    }
+    let len = match count {
+        3 => 32,
+        4 => numbers[4],
+        _ => return None,
+    };
+    if digits == 0 || numbers[..4].iter().any(|&n| n > 255) || len > 32 {
+        return None;
+    }
+    let bits = numbers[..4].iter().fold(0u32, |bits, &n| bits << 8 | n);
+    if bits & u32::MAX.checked_shr(len).unwrap_or(0) != 0 {
+        return None;
+    }
+    let prefix = ipnetwork::Ipv4Network::new(bits.into(), u8::try_from(len).ok()?).ok()?;
+    Some(IpNetwork::V4(prefix))
+}
+
+/// A plain IPv6 address or prefix (hex groups of one to four digits, at
+/// most one `::`, no IPv4 tail; a length without a leading zero; no host
+/// bits), read by hand as [`plain_v4`] reads IPv4.
+fn plain_v6(text: &str) -> Option<IpNetwork> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr.as_bytes(), decimal(len)?),
+        None => (text.as_bytes(), 128),
+    };
+    // The groups before a `::` and after it.
+    let mut groups = [[0u16; 8]; 2];
+    let mut counts = [0usize; 2];
+    let mut side = 0;
+    let mut at = 0;
+    if addr.starts_with(b"::") {
+        side = 1;
+        at = 2;
+    }
+    while at < addr.len() {
+        let start = at;
+        let mut group = 0u16;
+        while let Some(digit) = addr.get(at).and_then(|&b| char::from(b).to_digit(16)) {
+            if at - start == 4 {
+                return None;
+            }
+            group = group << 4 | u16::try_from(digit).ok()?;
+            at += 1;
+        }
+        if at == start || counts[side] == 8 {
+            return None;
+        }
+        groups[side][counts[side]] = group;
+        counts[side] += 1;
+        match addr.get(at..at + 2) {
+            _ if at == addr.len() => {}
+            Some(b"::") if side == 0 => {
+                side = 1;
+                at += 2;
+            }
+            _ if addr[at] == b':' && at + 1 < addr.len() && addr[at + 1] != b':' => at += 1,
+            _ => return None,
+        }
+    }
+    let total = counts[0] + counts[1];
+    if (side == 0 && total != 8) || (side == 1 && total > 7) || len > 128 {
+        return None;
+    }
+    let mut words = [0u16; 8];
+    words[..counts[0]].copy_from_slice(&groups[0][..counts[0]]);
+    words[8 - counts[1]..].copy_from_slice(&groups[1][..counts[1]]);
+    let bits = words
+        .iter()
+        .fold(0u128, |bits, &w| bits << 16 | u128::from(w));
+    if bits & u128::MAX.checked_shr(len).unwrap_or(0) != 0 {
+        return None;
+    }
+    let prefix = ipnetwork::Ipv6Network::new(bits.into(), u8::try_from(len).ok()?).ok()?;
+    Some(IpNetwork::V6(prefix))
+}
+
+/// `text` as a prefix length: decimal digits, no leading zero, at most 128.
+fn decimal(text: &str) -> Option<u32> {
+    let digits = text.as_bytes();
+    let canonical = matches!(digits.len(), 1..=3)
+        && (digits.len() == 1 || digits[0] != b'0')
+        && digits.iter().all(u8::is_ascii_digit);
+    let value = digits.iter().fold(0u32, |value, digit| {
+        value * 10 + u32::from(digit.wrapping_sub(b'0'))
+    });
+    (canonical && value <= 128).then_some(value)
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
@@ -550,20 +697,36 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
     // Only these characters can be refused or change the flow depth; a
     // feed without any (a whole chunk at a time: vectorised) needs only its
     // indentation checked.
+    let is_special = |b: u8| matches!(b, b'&' | b'*' | b'!' | b'[' | b']' | b'{' | b'}');
     let special = |text: &str| {
-        text.as_bytes().chunks(64).any(|chunk| {
-            chunk.iter().fold(false, |any, &b| {
-                any | (b == b'&')
-                    | (b == b'*')
-                    | (b == b'!')
-                    | (b == b'[')
-                    | (b == b']')
-                    | (b == b'{')
-                    | (b == b'}')
-            })
-        })
+        let chunks = text.as_bytes().chunks_exact(64);
+        let rest = chunks.remainder();
+        // `[` and `{`, `]` and `}` differ in one bit: five compares, in
+        // bytes, which the compiler vectorises (a `bool` fold it does not).
+        let any = |chunk: &[u8]| {
+            chunk.iter().fold(0u8, |any, &b| {
+                any | u8::from(b == b'&')
+                    | u8::from(b == b'*')
+                    | u8::from(b == b'!')
+                    | u8::from((b | 0x20) == b'{')
+                    | u8::from((b | 0x20) == b'}')
+            }) != 0
+        };
+        chunks.into_iter().any(any) || rest.iter().any(|&b| is_special(b))
     };
     let special = special(text).then_some(special);
+    // A line indented past MAX_INDENT starts with a run of more than 64
+    // spaces and tabs, and any run of 63 or more covers a whole 32-byte
+    // chunk: without such a chunk (a whole chunk at a time again) no line
+    // can be, and only the special lines need looking at.
+    let blank_chunk = text.as_bytes().chunks_exact(32).any(|chunk| {
+        chunk.iter().fold(0u8, |other, &b| {
+            other | u8::from((b != b' ') & (b != b'\t'))
+        }) == 0
+    });
+    if special.is_none() && !blank_chunk {
+        return Ok(());
+    }
     let mut flow_depth = 0usize;
     for (line_no, line) in text.lines().enumerate() {
         let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
@@ -931,5 +1094,118 @@ orders:
             feed.orders[0].reference.as_deref(),
             Some("Aanwijzing & co *urgent*")
         );
+    }
+
+    #[test]
+    fn plain_targets_read_as_the_standard_parser_reads_them() {
+        let standard = |text: &str| {
+            let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+            let addr: IpAddr = addr.parse().ok()?;
+            let len = match len {
+                "" if addr.is_ipv4() => 32,
+                "" => 128,
+                len => len.parse().ok()?,
+            };
+            let prefix = IpNetwork::new(addr, len).ok()?;
+            (prefix.network() == prefix.ip()).then_some(prefix)
+        };
+        let mut texts: Vec<String> = [
+            "192.0.2.1",
+            "0.0.0.0/0",
+            "255.255.255.255",
+            "192.0.2.0/24",
+            "192.0.2.1/24",
+            "01.2.3.4",
+            "1.2.3.4/032",
+            "1.2.3.4/",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.2.3.4/33",
+            " 1.2.3.4",
+            "1..2.3",
+            "1.2.3.4/+8",
+            "1.2.3.4/08",
+            "1000.1.1.1",
+            "1.2.3.4x",
+        ]
+        .map(str::to_owned)
+        .into();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng >> 40) % 34;
+            let addr = std::net::Ipv4Addr::from((rng >> 8) as u32);
+            texts.push(if len == 33 {
+                addr.to_string()
+            } else {
+                format!("{addr}/{len}")
+            });
+        }
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Addresses with runs of zero groups, so that `::` shows.
+            let groups: [u16; 8] = std::array::from_fn(|i| {
+                let g = (rng >> (i * 8)) as u16;
+                if (rng >> (40 + i)) & 1 == 0 { 0 } else { g }
+            });
+            let len = (rng >> 48) % 130;
+            let addr = std::net::Ipv6Addr::from(groups);
+            let addr = IpNetwork::new(addr.into(), len.min(128) as u8)
+                .map_or(IpAddr::V6(addr), |p| p.network());
+            texts.push(match len {
+                129 => addr.to_string(),
+                _ if len.is_multiple_of(3) => format!("{addr}/{len}").to_uppercase(),
+                _ => format!("{addr}/{len}"),
+            });
+        }
+        texts.extend(
+            [
+                "::",
+                "::/0",
+                "::1",
+                "1::",
+                "2001:db8::/32",
+                "2001:0db8:0000::/48",
+                "1:2:3:4:5:6:7:8",
+                "1:2:3:4:5:6:7::",
+                "1:2:3:4:5:6:7:8:9",
+                "1::2::3",
+                ":1::",
+                "1:::2",
+                "12345::",
+                "::ffff:192.0.2.1",
+                "2001:db8::/129",
+                "2001:db8::/064",
+                "2001:db8::1/64",
+                "1:2:3:4:5:6:7::8",
+                "g::",
+                "1:",
+                ":",
+                "2001:db8::/",
+                "::1 ",
+            ]
+            .map(str::to_owned),
+        );
+        for text in &texts {
+            if let Some(prefix) = plain_v4(text).or_else(|| plain_v6(text)) {
+                assert_eq!(Some(prefix), standard(text), "{text}");
+                assert_eq!(parse_target(text), Ok(prefix), "{text}");
+            } else {
+                // Only what does not print as it reads (or has an IPv4
+                // tail) is left to the standard parser.
+                let printed =
+                    |p: IpNetwork| [format!("{}/{}", p.ip(), p.prefix()), p.ip().to_string()];
+                assert!(
+                    standard(text).is_none_or(|p| !printed(p).contains(text))
+                        || (text.contains(':') && text.contains('.')),
+                    "{text} is canonical but not read by hand"
+                );
+            }
+        }
     }
 }

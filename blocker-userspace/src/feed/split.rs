@@ -1,80 +1,164 @@
 //! The fast path for the plain block layout: `orders:` at the left margin,
 //! then its `- ` items at one indentation, nothing after them. The header
-//! and then each order parse as documents of their own, on two threads, and
-//! an order's block list of plain address targets (nearly all of a large
-//! feed) is read line by line instead of by serde_yaml, which costs about a
-//! microsecond per target and holds every event of a document in memory.
+//! is parsed as a document of its own; the orders are parsed on two threads.
 //!
-//! Nothing here decides what a feed means: a list is read by hand only where
-//! its lines can mean nothing but a list of plain strings, and the order is
+//! An order whose every line is a `key: value` with a plain (or simply
+//! quoted) value, or an item of a list of plain address targets, is read by
+//! hand ([`read_plain`]): nearly every order of a large feed, at a few
+//! nanoseconds a line where serde_yaml costs about a microsecond a target.
+//! Any other order is parsed by serde_yaml on its own, its block list of
+//! plain targets still read apart ([`take_targets`]).
+//!
+//! Nothing here decides what a feed means: a line is read by hand only where
+//! it can mean nothing but what it is read as, and a list only where its
+//! lines can mean nothing but a list of plain strings (the order is then
 //! still parsed by serde_yaml with a marker in the list's place, which must
-//! come back as the order's whole `targets` (so the list was where it
+//! come back as the order's whole `targets`, so the list was where it
 //! seemed). Any other layout, or any doubt, gives `None`, and the caller
 //! parses the feed as before. The tests below and the fuzz target check
 //! both ways agree.
 
-use super::{Fast, FastOrder, Pending, header, raw_order};
+use serde::{
+    Deserialize,
+    de::{IntoDeserializer, value::StrDeserializer},
+};
+
+use super::{Fast, FastOrder, Pending, RawOrder, header, raw_order};
 
 /// Stands in for a target list read by hand.
 const MARK: &str = "blocker-targets-read-apart";
 
 pub(super) fn fast_split(text: &str) -> Option<Fast> {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let start = lines.iter().position(|l| l.trim_end() == "orders:")?;
-    let mut items: Vec<usize> = Vec::new();
-    let mut indent = None;
-    for (i, line) in lines.iter().enumerate().skip(start + 1) {
-        let trimmed = line.trim_start_matches(' ');
-        if trimmed.trim().is_empty() || trimmed.starts_with('#') {
-            continue;
+    // The `orders:` line, and what follows it.
+    let mut at = 0;
+    let body = loop {
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i + 1);
+        if text[at..end].trim_end() == "orders:" {
+            break end;
         }
-        if trimmed.starts_with('\t') {
+        if end == text.len() {
             return None;
         }
-        let n = line.len() - trimmed.len();
-        let item = trimmed.starts_with("- ");
-        match indent {
-            None if item => {
-                indent = Some(n);
-                items.push(i);
-            }
-            Some(ind) if n == ind && item => items.push(i),
-            Some(ind) if n > ind => {}
-            _ => return None,
-        }
-    }
-    if items.is_empty() {
-        return None;
-    }
-    let head = lines[..start].concat() + "orders: []\n";
+        at = end;
+    };
+    let head = text[..at].to_owned() + "orders: []\n";
     let (header, none) = header(serde_yaml::from_str(&head).ok()?)?;
     if !none.is_empty() {
         return None;
     }
-    let mut bounds = items.clone();
-    bounds.push(lines.len());
-    let orders: Vec<&[&str]> = bounds.windows(2).map(|w| &lines[w[0]..w[1]]).collect();
-    let parse = |first: usize, orders: &[&[&str]]| -> Option<Vec<Pending>> {
-        orders
-            .iter()
-            .enumerate()
-            .map(|(i, lines)| parse_order(first + i, lines))
-            .collect()
+    // Blank lines and comments, then the first item, which sets the items'
+    // indentation.
+    let mut first = body;
+    let dash = loop {
+        let end = text[first..]
+            .find('\n')
+            .map_or(text.len(), |i| first + i + 1);
+        let line = &text[first..end];
+        let trimmed = line.trim_start_matches(' ');
+        if !(trimmed.trim().is_empty() || trimmed.starts_with('#')) {
+            if !trimmed.starts_with("- ") {
+                return None;
+            }
+            break line.len() - trimmed.len();
+        }
+        if end == text.len() {
+            return None;
+        }
+        first = end;
     };
-    let half = orders.len() / 2;
+    // Every item starts an order, which runs to the next item. Two halves,
+    // cut at an item near the middle, are read side by side.
+    let orders = &text[first..];
+    let mut middle = orders.len() / 2;
+    while !orders.is_char_boundary(middle) {
+        middle += 1;
+    }
+    let needle = format!("\n{}- ", " ".repeat(dash));
+    let cut = orders[middle..]
+        .find(needle.as_str())
+        .map_or(orders.len(), |i| middle + i + 1);
     let (a, b) = crate::parallel::join(
-        lines.len(),
-        || parse(0, &orders[..half]),
-        || parse(half, &orders[half..]),
+        orders.len() / AVERAGE_LINE,
+        || orders_in(&orders[..cut], dash),
+        || orders_in(&orders[cut..], dash),
     );
-    let mut orders = a?;
-    orders.extend(b?);
+    let (a, b) = (a?, b?);
+    // The second half numbered its orders from 0: an order with problems
+    // is read again with its place in the feed, which names it.
+    let half = a.len();
+    let mut orders: Vec<Pending> = a.into_iter().map(|(pending, _)| pending).collect();
+    for (i, (pending, text)) in b.into_iter().enumerate() {
+        orders.push(match pending {
+            Pending::Checked(_, problems) if !problems.is_empty() => {
+                parse_order(half + i, text, dash)?
+            }
+            pending => pending,
+        });
+    }
     Some(Fast { header, orders })
 }
 
-/// One order (its lines, from its `- ` on) parsed and checked.
-fn parse_order(index: usize, lines: &[&str]) -> Option<Pending> {
-    let (text, targets) = match take_targets(lines) {
+/// Bytes in a line of a feed, about: to count a feed's work by its size.
+const AVERAGE_LINE: usize = 24;
+
+/// The orders of `text` (which starts with an item at indentation `dash`),
+/// numbered from 0, each parsed and checked, with its text.
+fn orders_in(text: &str, dash: usize) -> Option<Vec<(Pending, &str)>> {
+    let mut orders = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        let index = orders.len();
+        let (pending, len) = match read_plain(index, rest, dash) {
+            Some(read) => read,
+            None => {
+                let len = order_len(rest, dash);
+                (parse_order(index, &rest[..len], dash)?, len)
+            }
+        };
+        orders.push((pending, &rest[..len]));
+        at += len;
+    }
+    Some(orders)
+}
+
+/// The length of the order `text` starts with: up to the next line that
+/// is an item at indentation `dash`, or the end.
+fn order_len(text: &str, dash: usize) -> usize {
+    let mut at = text.find('\n').map_or(text.len(), |i| i + 1);
+    while at < text.len() {
+        let line = &text[at..];
+        if line
+            .get(..dash)
+            .is_some_and(|pad| pad.bytes().all(|b| b == b' '))
+            && line[dash..].starts_with("- ")
+        {
+            return at;
+        }
+        at += line.find('\n').map_or(line.len(), |i| i + 1);
+    }
+    text.len()
+}
+
+/// One order (its text, from its `- ` at indentation `dash` on) parsed and
+/// checked: by hand when it is in the plain layout.
+fn parse_order(index: usize, text: &str, dash: usize) -> Option<Pending> {
+    if let Some((plain, len)) = read_plain(index, text, dash) {
+        return (len == text.len()).then_some(plain);
+    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    // Past its first line, an order's lines are deeper than its `- `, blank
+    // or comments.
+    for line in &lines[1..] {
+        let trimmed = line.trim_start_matches(' ');
+        if trimmed.trim().is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed.starts_with('\t') || line.len() - trimmed.len() <= dash {
+            return None;
+        }
+    }
+    let (text, targets) = match take_targets(&lines) {
         Some((text, targets)) => (text, Some(targets)),
         None => (lines.concat(), None),
     };
@@ -171,14 +255,196 @@ fn plain_item(line: &str, items: usize) -> Option<&str> {
     if indent(line) != items {
         return None;
     }
-    let body = line[items..].strip_prefix("- ")?.strip_suffix('\n')?;
+    plain_target(line[items..].strip_prefix("- ")?.strip_suffix('\n')?)
+}
+
+/// An item's text after its `- `, when it is a plain target (see
+/// [`plain_item`]), without its trailing spaces.
+fn plain_target(body: &str) -> Option<&str> {
     let target = body.trim_end_matches(' ');
-    let bytes = target.as_bytes();
-    let allowed = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/');
-    let string = bytes.iter().any(|b| matches!(b, b'/' | b':'))
-        || bytes.iter().filter(|&&b| b == b'.').count() >= 2;
-    (!bytes.is_empty() && bytes.iter().all(allowed) && string && bytes.last() != Some(&b':'))
-        .then_some(target)
+    // One pass: every byte allowed, a `/` or a `:` seen, the dots counted.
+    let (mut allowed, mut marked, mut dots) = (true, false, 0u32);
+    for &b in target.as_bytes() {
+        let class = TARGET_BYTES[usize::from(b)];
+        allowed &= class != 0;
+        marked |= class == MARK_BYTE;
+        dots += u32::from(class == DOT);
+    }
+    let string = marked || dots >= 2;
+    (!target.is_empty() && allowed && string && !target.ends_with(':')).then_some(target)
+}
+
+/// [`plain_target`]'s bytes: 0 for one never in a plain target.
+const TARGET_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'/' | b':' => MARK_BYTE,
+            b'.' => DOT,
+            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => 1,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+const MARK_BYTE: u8 = 2;
+const DOT: u8 = 3;
+
+/// The fields of an order in the plain layout, by [`KEYS`] position.
+const KEYS: [&str; 9] = [
+    "id",
+    "rung",
+    "action",
+    "direction",
+    "targets",
+    "status",
+    "effective_from",
+    "expires_at",
+    "reference",
+];
+const TARGETS: usize = 4;
+
+/// Where [`read_plain`] is in an order's target list.
+#[derive(Clone, Copy)]
+enum List {
+    /// No `targets:` yet.
+    Before,
+    /// Just after `targets:`: an item must follow.
+    Open,
+    /// Items at this indentation.
+    Items(usize),
+    /// A key came after the items.
+    After,
+}
+
+/// An order in the plain layout read without serde_yaml, or `None`:
+///
+/// ```yaml
+///   - id: X             # each key once, at the `- ` plus two, in any order
+///     rung: datacenter  # a value: see `scalar`
+///     targets:          # alone on its line, then items at one indentation
+///       - 192.0.2.0/24  # each a plain target (`plain_target`)
+/// ```
+///
+/// with blank lines and whole-line comments anywhere. Nothing in this
+/// layout can be a multi-line scalar, an anchor or a flow collection, so
+/// its lines are what they look like, and serde_yaml would read the same
+/// order: every required key present, no key twice or unknown, and each
+/// value the string it is read as.
+fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)> {
+    let keys = dash + 2;
+    let mut values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
+    let mut targets: Vec<&str> = Vec::new();
+    let mut list = List::Before;
+    // The first line's key sits after the `- `, at the keys' column.
+    let mut at = dash + 2;
+    if text.get(dash..at) != Some("- ") || text[at..].starts_with(' ') {
+        return None;
+    }
+    let mut first = true;
+    while at < text.len() {
+        let start = at;
+        let end = start + text.as_bytes()[start..].iter().position(|&b| b == b'\n')?;
+        at = end + 1;
+        let line = &text[start..end];
+        let body = line.trim_start_matches(' ');
+        let depth = if first { keys } else { line.len() - body.len() };
+        if depth == dash && body.starts_with("- ") && !first {
+            // The next order.
+            at = start;
+            break;
+        }
+        first = false;
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let item = body.strip_prefix("- ");
+        match (list, item) {
+            (List::Open, Some(item)) if depth >= keys => {
+                list = List::Items(depth);
+                targets.push(plain_target(item)?);
+                continue;
+            }
+            (List::Items(items), Some(item)) if depth == items => {
+                targets.push(plain_target(item)?);
+                continue;
+            }
+            // An empty list (a null), or a value over more than one line.
+            (List::Open, _) => return None,
+            _ if depth != keys => return None,
+            // A key ends the list.
+            (List::Items(_), _) => list = List::After,
+            _ => {}
+        }
+        let (key, value) = body.split_once(':')?;
+        let slot = KEYS.iter().position(|&k| k == key)?;
+        if values[slot].is_some() {
+            return None;
+        }
+        if slot == TARGETS {
+            if !value.trim_end_matches(' ').is_empty() {
+                return None;
+            }
+            values[slot] = Some("");
+            list = List::Open;
+            continue;
+        }
+        values[slot] = Some(scalar(value.strip_prefix(' ')?.trim_matches(' '))?);
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let raw = RawOrder {
+        id: values[0]?.to_owned(),
+        rung: variant(values[1])?,
+        action: variant(values[2])?,
+        direction: variant(values[3])?,
+        targets: Vec::new(),
+        status: variant(values[5])?,
+        effective_from: values[6].map(str::to_owned),
+        expires_at: values[7].map(str::to_owned),
+        reference: values[8].map(str::to_owned),
+    };
+    Some((Pending::check(index, raw, &targets), at))
+}
+
+/// The enum variant serde names `value`.
+fn variant<'a, T: Deserialize<'a>>(value: Option<&'a str>) -> Option<T> {
+    let value: StrDeserializer<'a, serde::de::value::Error> = value?.into_deserializer();
+    T::deserialize(value).ok()
+}
+
+/// A value that YAML can only read as the string returned: a quoted one
+/// without escapes or its own quote inside, or a plain one of letters,
+/// digits and `. _ : / + -` that starts with a letter or digit, does not end
+/// in `:`, and is not a null, a boolean or a number.
+fn scalar(value: &str) -> Option<&str> {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value.strip_prefix(quote) {
+            let inner = inner.strip_suffix(quote)?;
+            return (!inner.contains([quote, '\\'])).then_some(inner);
+        }
+    }
+    let bytes = value.as_bytes();
+    let plain =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'+' | b'-');
+    let first = *bytes.first()?;
+    if !first.is_ascii_alphanumeric() || !bytes.iter().all(plain) || bytes.last() == Some(&b':') {
+        return None;
+    }
+    if first.is_ascii_alphabetic() {
+        // Nothing that starts with a letter is a number YAML reads.
+        let special = [
+            "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE",
+        ];
+        return (!special.contains(&value)).then_some(value);
+    }
+    // Starting with a digit: a string only with a character no number has.
+    let numeric =
+        |b: &u8| b.is_ascii_hexdigit() || matches!(b, b'x' | b'o' | b'.' | b'_' | b'+' | b'-');
+    (!bytes.iter().all(numeric)).then_some(value)
 }
 
 #[cfg(test)]
@@ -295,6 +561,124 @@ mod tests {
             if let Some(want) = want {
                 let value: Vec<serde_yaml::Value> = serde_yaml::from_str(line).expect("yaml");
                 assert_eq!(value, [serde_yaml::Value::String(want.to_owned())]);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_orders_are_read_by_hand_and_agree() {
+        let keys = "    rung: datacenter\n    action: drop\n    direction: both\n";
+        let list = "    targets:\n      - 203.0.113.0/24\n      - 2001:db8::/48\n";
+        let status = "    status: active\n";
+        let by_hand = [
+            // Every field, timestamps and a quoted reference.
+            format!(
+                "  - id: H-1\n{keys}{list}{status}    effective_from: 2026-11-24T12:00:00Z\n    expires_at: 2027-01-05T12:00:00Z\n    reference: \"Aanwijzing 2026/0001 & co\"\n"
+            ),
+            // Comments and blank lines anywhere, trailing spaces, the list
+            // first and at the keys' own indentation, a single-quoted id.
+            format!(
+                "  - targets:\n    - 192.0.2.1  \n\n    # a comment\n    - 192.0.2.2\n# another\n    id: 'H-2'   \n  \n{keys}{status}"
+            ),
+            // Problems found once read: host bits, an id with a `/`, a
+            // target listed twice, too broad for the rung, in the past.
+            format!(
+                "  - id: H/3\n{keys}    targets:\n      - 192.0.2.1/24\n      - 10.0.0.0/8\n      - 192.0.2.9\n      - 192.0.2.9\n{status}    expires_at: 2020-01-01T00:00:00Z\n    effective_from: 2021-01-01T00:00:00Z\n"
+            ),
+            // Not a time, not a number either.
+            format!("  - id: H-4\n{keys}{list}{status}    expires_at: 2027-13-99T99:99:99\n"),
+        ];
+        let by_serde = [
+            // A value over two lines, and an item after the list ended.
+            format!("  - id: S-1\n{keys}{list}{status}    reference: a\n      b\n"),
+            format!("  - id: S-2\n{keys}{list}{status}      - 192.0.2.3\n"),
+            // Nulls, numbers, booleans, a wrongly cased rung.
+            format!("  - id: S-3\n{keys}{list}{status}    expires_at:\n"),
+            format!("  - id: S-4\n{keys}{list}{status}    expires_at: ~\n"),
+            format!("  - id: 12345\n{keys}{list}{status}"),
+            format!("  - id: 1e5\n{keys}{list}{status}"),
+            format!("  - id: 0x1F\n{keys}{list}{status}"),
+            format!("  - id: true\n{keys}{list}{status}"),
+            format!(
+                "  - id: S-5\n    rung: Rack\n    action: drop\n    direction: both\n{list}{status}"
+            ),
+            // A key twice, an unknown key, a key missing.
+            format!("  - id: S-6\n{keys}{list}{status}{status}"),
+            format!("  - id: S-7\n{keys}{list}{status}    note: x\n"),
+            format!("  - id: S-8\n{keys}{list}"),
+            // The first key one column off; a list inline or empty.
+            format!("  -  id: S-9\n{keys}{list}{status}"),
+            format!("  - id: S-10\n{keys}    targets: [192.0.2.1]\n{status}"),
+            format!("  - id: S-11\n{keys}    targets:\n{status}"),
+            // A comment after a value, a tab, an escape, no final newline.
+            format!("  - id: S-12\n{keys}{list}    status: active # c\n"),
+            format!("  - id: S-13\n{keys}{list}    status:\tactive\n"),
+            format!("  - id: \"S\\x41\"\n{keys}{list}{status}"),
+            format!("  - id: S-15\n{keys}{list}    status: active"),
+        ];
+        for (case, hand) in by_hand
+            .iter()
+            .map(|c| (c, true))
+            .chain(by_serde.iter().map(|c| (c, false)))
+        {
+            agree(&format!("{HEAD}orders:\n{case}"));
+            let read = read_plain(0, case, 2);
+            assert_eq!(read.is_some(), hand, "{case}");
+            if let Some((_, len)) = read {
+                assert_eq!(len, case.len(), "{case}");
+            }
+        }
+        // Orders side by side: each read up to the next.
+        let two = format!("{}{}", by_hand[0], by_hand[1]);
+        let (_, len) = read_plain(0, &two, 2).expect("read by hand");
+        assert_eq!(len, by_hand[0].len());
+        agree(&format!("{HEAD}orders:\n{two}{}{two}", by_serde[0]));
+    }
+
+    #[test]
+    fn plain_scalars_are_strings_yaml_reads_as_themselves() {
+        for value in [
+            "ATKM-2026-0001",
+            "2026-11-24T12:00:00Z",
+            "a:b",
+            "x/y+z",
+            "inf",
+            "nan",
+            "yes",
+            "'q t'",
+            "\"a & b\"",
+            "\"\"",
+            "null",
+            "NULL",
+            "~",
+            "True",
+            "false",
+            "12",
+            "-1",
+            "+1",
+            "0x1f",
+            "0o17",
+            "1e5",
+            "1_000",
+            ".5",
+            "1.",
+            "1.5e-3",
+            "a:",
+            "a b",
+            "a #b",
+            "-a",
+            ".inf",
+            "\"a\\n\"",
+            "'it''s'",
+        ] {
+            let Ok(yaml) = serde_yaml::from_str::<serde_yaml::Value>(&format!("k: {value}\n"))
+            else {
+                assert_eq!(scalar(value), None, "{value}");
+                continue;
+            };
+            let read = yaml.get("k").and_then(serde_yaml::Value::as_str);
+            if let Some(string) = scalar(value) {
+                assert_eq!(read, Some(string), "{value}");
             }
         }
     }
