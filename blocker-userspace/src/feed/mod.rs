@@ -125,15 +125,90 @@ fn checked_text(bytes: &[u8]) -> Result<&str, FeedError> {
             bytes.len()
         )));
     }
+    // Nearly every feed is plain text ([`plain_bytes`]), checked here in
+    // two halves side by side (cut after a line end, so that no line's
+    // indentation is split). Anything else is checked the long way, which
+    // names the problem.
+    let middle = bytes.len() / 2;
+    let cut = bytes[middle..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| middle + i + 1);
+    let (first, second) = bytes.split_at(cut);
+    let (first, second) = crate::parallel::join(
+        bytes.len() / AVERAGE_LINE,
+        || plain_bytes(first),
+        || plain_bytes(second),
+    );
     let text = std::str::from_utf8(bytes).map_err(|e| {
         whole(format!(
             "not UTF-8 (invalid byte at offset {}); the feed must be UTF-8 text",
             e.valid_up_to()
         ))
     })?;
-    check_characters(text).map_err(whole)?;
-    check_no_anchors(text).map_err(whole)?;
+    if !(first && second) {
+        check_characters(text).map_err(whole)?;
+        check_no_anchors(text).map_err(whole)?;
+    }
     Ok(text)
+}
+
+/// Bytes in a line of a feed, about: to count a feed's work by its size.
+const AVERAGE_LINE: usize = 24;
+
+/// Whether `bytes` are printable ASCII, tabs and line ends, without a
+/// character YAML gives a special meaning that a feed never needs (see
+/// [`check_no_anchors`]) and without a run of blanks long enough to indent
+/// a line too deep: text both checks pass.
+fn plain_bytes(bytes: &[u8]) -> bool {
+    printable(bytes) && !special(bytes) && !blank_chunk(bytes)
+}
+
+// The scans below take a whole chunk at a time, folding bytes (a `bool`
+// fold the compiler does not vectorise), without a branch per byte.
+
+/// Whether every byte is printable ASCII, a tab or a line end.
+fn printable(bytes: &[u8]) -> bool {
+    let other =
+        |b: u8| u8::from(!((b' '..=b'~').contains(&b) | matches!(b, b'\t' | b'\n' | b'\r')));
+    let chunks = bytes.chunks_exact(64);
+    let rest = chunks.remainder();
+    chunks
+        .into_iter()
+        .all(|chunk| chunk.iter().fold(0u8, |any, &b| any | other(b)) == 0)
+        && rest.iter().all(|&b| other(b) == 0)
+}
+
+/// Whether any byte is one of `& * ! [ ] { }`: the only characters that
+/// can be refused by [`check_no_anchors`] or change the flow depth.
+fn special(bytes: &[u8]) -> bool {
+    let chunks = bytes.chunks_exact(64);
+    let rest = chunks.remainder();
+    // `[` and `{`, `]` and `}` differ in one bit: five compares.
+    let any = |chunk: &[u8]| {
+        chunk.iter().fold(0u8, |any, &b| {
+            any | u8::from(b == b'&')
+                | u8::from(b == b'*')
+                | u8::from(b == b'!')
+                | u8::from((b | 0x20) == b'{')
+                | u8::from((b | 0x20) == b'}')
+        }) != 0
+    };
+    chunks.into_iter().any(any)
+        || rest
+            .iter()
+            .any(|b| matches!(b, b'&' | b'*' | b'!' | b'[' | b']' | b'{' | b'}'))
+}
+
+/// Whether a whole 32-byte chunk is spaces and tabs. A line indented past
+/// 64 columns starts with a run of more than 64, and any run of 63 or more
+/// covers a whole chunk: without one, no line can be.
+fn blank_chunk(bytes: &[u8]) -> bool {
+    bytes.chunks_exact(32).any(|chunk| {
+        chunk.iter().fold(0u8, |other, &b| {
+            other | u8::from((b != b' ') & (b != b'\t'))
+        }) == 0
+    })
 }
 
 /// The general path: the whole document as a YAML value tree, each order
@@ -183,8 +258,18 @@ enum Pending {
 impl Pending {
     /// Checks a deserialized order whose targets are `targets`.
     fn check<S: AsRef<str>>(index: usize, raw: RawOrder, targets: &[S]) -> Self {
+        Self::check_parsed(index, raw, targets, None)
+    }
+
+    /// [`Self::check`] with the targets' texts parsed already, in `parsed`.
+    fn check_parsed<S: AsRef<str>>(
+        index: usize,
+        raw: RawOrder,
+        targets: &[S],
+        parsed: Option<Vec<IpNetwork>>,
+    ) -> Self {
         let mut problems = Vec::new();
-        let order = check_order(index, raw, targets, &mut problems);
+        let order = check_order(index, raw, targets, parsed, &mut problems);
         Self::Checked(order, problems)
     }
 }
@@ -352,7 +437,7 @@ fn parse_order(
     match serde_yaml::from_value::<RawOrder>(value) {
         Ok(mut raw) => {
             let targets = std::mem::take(&mut raw.targets);
-            check_order(index, raw, &targets, problems)
+            check_order(index, raw, &targets, None, problems)
         }
         Err(e) => {
             problems.push(problem(Some(&id_hint), None, e.to_string()));
@@ -362,11 +447,12 @@ fn parse_order(
 }
 
 /// Validates one deserialized order whose targets are `targets` (its own
-/// `targets` field is not read).
+/// `targets` field is not read), parsed already when `parsed` holds them.
 fn check_order<S: AsRef<str>>(
     index: usize,
     raw: RawOrder,
     targets: &[S],
+    parsed: Option<Vec<IpNetwork>>,
     problems: &mut Vec<Problem>,
 ) -> Option<Order> {
     let position = || format!("orders[{index}]");
@@ -395,7 +481,9 @@ fn check_order<S: AsRef<str>>(
             "an order needs at least one target",
         ));
     }
-    let targets = sound_targets(raw.rung, texts)
+    let targets = parsed
+        .and_then(|parsed| sound(raw.rung, parsed))
+        .or_else(|| sound_targets(raw.rung, texts))
         .unwrap_or_else(|| named_targets(name, raw.rung, texts, problems));
     let mut time_field = |field: &str, text: &Option<String>| {
         text.as_deref().and_then(|t| match parse_time(t) {
@@ -445,11 +533,20 @@ fn check_order<S: AsRef<str>>(
 fn sound_targets<S: AsRef<str>>(rung: Rung, texts: &[S]) -> Option<Vec<IpNetwork>> {
     let targets = texts
         .iter()
-        .map(|text| {
-            let prefix = parse_target(text.as_ref()).ok()?;
-            (prefix.prefix() >= rung.contract_min_len(prefix.is_ipv6())).then_some(prefix)
-        })
+        .map(|text| parse_target(text.as_ref()).ok())
         .collect::<Option<Vec<IpNetwork>>>()?;
+    sound(rung, targets)
+}
+
+/// `targets` when none is broader than `rung` allows and none is listed
+/// twice.
+fn sound(rung: Rung, targets: Vec<IpNetwork>) -> Option<Vec<IpNetwork>> {
+    if targets
+        .iter()
+        .any(|prefix| prefix.prefix() < rung.contract_min_len(prefix.is_ipv6()))
+    {
+        return None;
+    }
     // Each prefix as one sortable key: its bits, and its length (IPv6
     // lengths past IPv4's).
     let mut keys: Vec<(u128, u8)> = targets
@@ -663,13 +760,7 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
 fn check_characters(text: &str) -> Result<(), String> {
     // Printable ASCII, tabs and line ends (nearly every feed): nothing to
     // look for character by character.
-    // (A whole chunk at a time, without a branch per byte: vectorised.)
-    let printable = |b: u8| (b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\n') | (b == b'\r');
-    if text
-        .as_bytes()
-        .chunks(64)
-        .all(|chunk| chunk.iter().fold(true, |all, &b| all & printable(b)))
-    {
+    if printable(text.as_bytes()) {
         return Ok(());
     }
     for (line, content) in text.lines().enumerate() {
@@ -694,37 +785,10 @@ fn check_characters(text: &str) -> Result<(), String> {
 /// than a feed needs.
 fn check_no_anchors(text: &str) -> Result<(), String> {
     const MAX_INDENT: usize = 64;
-    // Only these characters can be refused or change the flow depth; a
-    // feed without any (a whole chunk at a time: vectorised) needs only its
-    // indentation checked.
-    let is_special = |b: u8| matches!(b, b'&' | b'*' | b'!' | b'[' | b']' | b'{' | b'}');
-    let special = |text: &str| {
-        let chunks = text.as_bytes().chunks_exact(64);
-        let rest = chunks.remainder();
-        // `[` and `{`, `]` and `}` differ in one bit: five compares, in
-        // bytes, which the compiler vectorises (a `bool` fold it does not).
-        let any = |chunk: &[u8]| {
-            chunk.iter().fold(0u8, |any, &b| {
-                any | u8::from(b == b'&')
-                    | u8::from(b == b'*')
-                    | u8::from(b == b'!')
-                    | u8::from((b | 0x20) == b'{')
-                    | u8::from((b | 0x20) == b'}')
-            }) != 0
-        };
-        chunks.into_iter().any(any) || rest.iter().any(|&b| is_special(b))
-    };
-    let special = special(text).then_some(special);
-    // A line indented past MAX_INDENT starts with a run of more than 64
-    // spaces and tabs, and any run of 63 or more covers a whole 32-byte
-    // chunk: without such a chunk (a whole chunk at a time again) no line
-    // can be, and only the special lines need looking at.
-    let blank_chunk = text.as_bytes().chunks_exact(32).any(|chunk| {
-        chunk.iter().fold(0u8, |other, &b| {
-            other | u8::from((b != b' ') & (b != b'\t'))
-        }) == 0
-    });
-    if special.is_none() && !blank_chunk {
+    // Without a special character, only the indentation needs checking,
+    // and without a blank chunk no line can be too deep.
+    let any_special = special(text.as_bytes());
+    if !any_special && !blank_chunk(text.as_bytes()) {
         return Ok(());
     }
     let mut flow_depth = 0usize;
@@ -736,7 +800,7 @@ fn check_no_anchors(text: &str) -> Result<(), String> {
                 line_no + 1
             ));
         }
-        if !special.is_some_and(|special| special(line)) {
+        if !(any_special && special(line.as_bytes())) {
             continue;
         }
         let mut quote: Option<char> = None;

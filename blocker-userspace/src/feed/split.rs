@@ -23,7 +23,11 @@ use serde::{
     de::{IntoDeserializer, value::StrDeserializer},
 };
 
-use super::{Fast, FastOrder, Pending, RawOrder, header, raw_order};
+use ipnetwork::IpNetwork;
+
+use super::{
+    AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder, header, plain_v4, plain_v6, raw_order,
+};
 
 /// Stands in for a target list read by hand.
 const MARK: &str = "blocker-targets-read-apart";
@@ -97,9 +101,6 @@ pub(super) fn fast_split(text: &str) -> Option<Fast> {
     }
     Some(Fast { header, orders })
 }
-
-/// Bytes in a line of a feed, about: to count a feed's work by its size.
-const AVERAGE_LINE: usize = 24;
 
 /// The orders of `text` (which starts with an item at indentation `dash`),
 /// numbered from 0, each parsed and checked, with its text.
@@ -336,7 +337,7 @@ enum List {
 fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)> {
     let keys = dash + 2;
     let mut values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
-    let mut targets: Vec<&str> = Vec::new();
+    let mut targets = Targets::default();
     let mut list = List::Before;
     // The first line's key sits after the `- `, at the keys' column.
     let mut at = dash + 2;
@@ -364,11 +365,11 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
         match (list, item) {
             (List::Open, Some(item)) if depth >= keys => {
                 list = List::Items(depth);
-                targets.push(plain_target(item)?);
+                targets.push(item)?;
                 continue;
             }
             (List::Items(items), Some(item)) if depth == items => {
-                targets.push(plain_target(item)?);
+                targets.push(item)?;
                 continue;
             }
             // An empty list (a null), or a value over more than one line.
@@ -393,7 +394,7 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
         }
         values[slot] = Some(scalar(value.strip_prefix(' ')?.trim_matches(' '))?);
     }
-    if targets.is_empty() {
+    if targets.texts.is_empty() {
         return None;
     }
     let raw = RawOrder {
@@ -407,7 +408,49 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
         expires_at: values[7].map(str::to_owned),
         reference: values[8].map(str::to_owned),
     };
-    Some((Pending::check(index, raw, &targets), at))
+    let parsed = targets.all_parsed.then_some(targets.parsed);
+    Some((
+        Pending::check_parsed(index, raw, &targets.texts, parsed),
+        at,
+    ))
+}
+
+/// The targets [`read_plain`] has read.
+struct Targets<'a> {
+    texts: Vec<&'a str>,
+    /// Those that are plain addresses or prefixes, parsed.
+    parsed: Vec<IpNetwork>,
+    /// Whether every target was.
+    all_parsed: bool,
+}
+
+impl Default for Targets<'_> {
+    fn default() -> Self {
+        Self {
+            texts: Vec::new(),
+            parsed: Vec::new(),
+            all_parsed: true,
+        }
+    }
+}
+
+impl<'a> Targets<'a> {
+    /// Reads an item's text after its `- `; `None` unless it is a plain
+    /// target. One that parses by hand as an address or prefix is one
+    /// (digits and dots, three of them; or hex digits and colons, not
+    /// ending in one), so it is not checked byte by byte as well.
+    fn push(&mut self, item: &'a str) -> Option<()> {
+        let target = item.trim_end_matches(' ');
+        match plain_v4(target).or_else(|| plain_v6(target)) {
+            Some(prefix) if !target.ends_with(':') => self.parsed.push(prefix),
+            _ => {
+                plain_target(target)?;
+                self.all_parsed = false;
+            }
+        }
+        self.texts.push(target);
+        Some(())
+    }
 }
 
 /// The enum variant serde names `value`.
