@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: builds the release binaries and runs the benchmark
 //! (`blocker-bench`, in the tests crate), which prints a table and writes
-//! `target/bench/report.json`.
+//! `target/bench/report.json` and a plot of it (`cost.svg`, made `cost.png`).
 
 use std::path::PathBuf;
 
@@ -57,6 +57,19 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
     if options.wire {
         cmd.arg("--wire");
     }
-    cmd.arg("--out").arg(root().join(&options.out));
-    run(&mut cmd)
+    let out = root().join(&options.out);
+    cmd.arg("--out").arg(&out);
+    run(&mut cmd)?;
+    if options.control || options.wire {
+        return Ok(());
+    }
+    // The benchmark draws its plot as SVG; the README shows it as PNG.
+    let svg = out.with_file_name("cost.svg");
+    let png = svg.with_extension("png");
+    run(std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg))?;
+    println!("plot: {}", png.display());
+    Ok(())
 }

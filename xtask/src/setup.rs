@@ -9,7 +9,8 @@ use crate::util::{have, output, run};
 /// Debian packages: LLVM 22 for bpf-linker; the tools the tests, the demo,
 /// the benchmark and the package check drive (the real minisign, iproute2,
 /// ping, curl, Prometheus and promtool, openssl for the test CA,
-/// systemd-analyze, nftables and xdp-tools' xdp-filter to compare with).
+/// systemd-analyze, nftables and xdp-tools' xdp-filter to compare with,
+/// rsvg-convert for the benchmark's plot).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "gzip",
     "nftables",
     "xdp-tools",
+    "librsvg2-bin",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

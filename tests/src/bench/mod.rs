@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod kernel;
+pub mod plot;
 pub mod report;
 pub mod wire;
 pub mod workload;

@@ -48,4 +48,7 @@ fn main() {
     let json = serde_json::to_string_pretty(&report.to_json()).expect("encoding the report");
     std::fs::write(&options.out, json + "\n").expect("writing the report");
     println!("report: {}", options.out.display());
+    let picture = options.out.with_file_name("cost.svg");
+    std::fs::write(&picture, bench::plot::svg(&report.to_json())).expect("writing the plot");
+    println!("plot: {}", picture.display());
 }
