@@ -18,12 +18,11 @@
 //! parses the feed as before. The tests below and the fuzz target check
 //! both ways agree.
 
+use ipnetwork::IpNetwork;
 use serde::{
     Deserialize,
     de::{IntoDeserializer, value::StrDeserializer},
 };
-
-use ipnetwork::IpNetwork;
 
 use super::{
     AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder, header, plain_v4, plain_v6, raw_order,
@@ -268,7 +267,7 @@ fn plain_target(body: &str) -> Option<&str> {
     for &b in target.as_bytes() {
         let class = TARGET_BYTES[usize::from(b)];
         allowed &= class != 0;
-        marked |= class == MARK_BYTE;
+        marked |= class == SLASH_OR_COLON;
         dots += u32::from(class == DOT);
     }
     let string = marked || dots >= 2;
@@ -281,7 +280,7 @@ const TARGET_BYTES: [u8; 256] = {
     let mut b = 0;
     while b < 256 {
         table[b] = match b as u8 {
-            b'/' | b':' => MARK_BYTE,
+            b'/' | b':' => SLASH_OR_COLON,
             b'.' => DOT,
             b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => 1,
             _ => 0,
@@ -290,7 +289,7 @@ const TARGET_BYTES: [u8; 256] = {
     }
     table
 };
-const MARK_BYTE: u8 = 2;
+const SLASH_OR_COLON: u8 = 2;
 const DOT: u8 = 3;
 
 /// The fields of an order in the plain layout, by [`KEYS`] position.
