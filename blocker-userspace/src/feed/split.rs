@@ -712,6 +712,16 @@ mod tests {
             ".inf",
             "\"a\\n\"",
             "'it''s'",
+            "12:30",
+            "0b101",
+            "1e",
+            "e1",
+            "Inf",
+            "+.inf",
+            "-.inf",
+            ".NaN",
+            "0x",
+            "x1",
         ] {
             let Ok(yaml) = serde_yaml::from_str::<serde_yaml::Value>(&format!("k: {value}\n"))
             else {
