@@ -33,17 +33,8 @@ const MARK: &str = "blocker-targets-read-apart";
 
 pub(super) fn fast_split(text: &str) -> Option<Fast> {
     // The `orders:` line, and what follows it.
-    let mut at = 0;
-    let body = loop {
-        let end = text[at..].find('\n').map_or(text.len(), |i| at + i + 1);
-        if text[at..end].trim_end() == "orders:" {
-            break end;
-        }
-        if end == text.len() {
-            return None;
-        }
-        at = end;
-    };
+    let (at, line) = lines_at(text, 0).find(|(_, line)| line.trim_end() == "orders:")?;
+    let body = at + line.len();
     let head = text[..at].to_owned() + "orders: []\n";
     let (header, none) = header(serde_yaml::from_str(&head).ok()?)?;
     if !none.is_empty() {
@@ -51,24 +42,11 @@ pub(super) fn fast_split(text: &str) -> Option<Fast> {
     }
     // Blank lines and comments, then the first item, which sets the items'
     // indentation.
-    let mut first = body;
-    let dash = loop {
-        let end = text[first..]
-            .find('\n')
-            .map_or(text.len(), |i| first + i + 1);
-        let line = &text[first..end];
-        let trimmed = line.trim_start_matches(' ');
-        if !(trimmed.trim().is_empty() || trimmed.starts_with('#')) {
-            if !trimmed.starts_with("- ") {
-                return None;
-            }
-            break line.len() - trimmed.len();
-        }
-        if end == text.len() {
-            return None;
-        }
-        first = end;
-    };
+    let (first, line) = lines_at(text, body).find(|(_, line)| !blank_or_comment(line))?;
+    let dash = indent(line);
+    if !line[dash..].starts_with("- ") {
+        return None;
+    }
     // Every item starts an order, which runs to the next item. Two halves,
     // cut at an item near the middle, are read side by side.
     let orders = &text[first..];
@@ -113,7 +91,7 @@ fn orders_in(text: &str, dash: usize) -> Option<Vec<(Pending, &str)>> {
             Some(read) => read,
             None => {
                 let len = order_len(rest, dash);
-                (parse_order(index, &rest[..len], dash)?, len)
+                (parse_apart(index, &rest[..len], dash)?, len)
             }
         };
         orders.push((pending, &rest[..len]));
@@ -125,36 +103,47 @@ fn orders_in(text: &str, dash: usize) -> Option<Vec<(Pending, &str)>> {
 /// The length of the order `text` starts with: up to the next line that
 /// is an item at indentation `dash`, or the end.
 fn order_len(text: &str, dash: usize) -> usize {
-    let mut at = text.find('\n').map_or(text.len(), |i| i + 1);
-    while at < text.len() {
-        let line = &text[at..];
-        if line
-            .get(..dash)
-            .is_some_and(|pad| pad.bytes().all(|b| b == b' '))
-            && line[dash..].starts_with("- ")
-        {
-            return at;
-        }
-        at += line.find('\n').map_or(line.len(), |i| i + 1);
-    }
-    text.len()
+    lines_at(text, 0)
+        .skip(1)
+        .find(|(_, line)| indent(line) == dash && line[dash..].starts_with("- "))
+        .map_or(text.len(), |(at, _)| at)
+}
+
+/// The lines of `text` from byte `from` on, each with its own offset.
+fn lines_at(text: &str, from: usize) -> impl Iterator<Item = (usize, &str)> {
+    text[from..].split_inclusive('\n').scan(from, |at, line| {
+        let start = *at;
+        *at += line.len();
+        Some((start, line))
+    })
+}
+
+/// Whether `line` is blank or a comment (after its indentation).
+fn blank_or_comment(line: &str) -> bool {
+    let trimmed = line.trim_start_matches(' ');
+    trimmed.trim().is_empty() || trimmed.starts_with('#')
 }
 
 /// One order (its text, from its `- ` at indentation `dash` on) parsed and
 /// checked: by hand when it is in the plain layout.
 fn parse_order(index: usize, text: &str, dash: usize) -> Option<Pending> {
-    if let Some((plain, len)) = read_plain(index, text, dash) {
-        return (len == text.len()).then_some(plain);
+    match read_plain(index, text, dash) {
+        Some((plain, len)) => (len == text.len()).then_some(plain),
+        None => parse_apart(index, text, dash),
     }
+}
+
+/// One order not in the plain layout: parsed by serde_yaml, its block list
+/// of plain targets read apart when it has one.
+fn parse_apart(index: usize, text: &str, dash: usize) -> Option<Pending> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     // Past its first line, an order's lines are deeper than its `- `, blank
     // or comments.
     for line in &lines[1..] {
-        let trimmed = line.trim_start_matches(' ');
-        if trimmed.trim().is_empty() || trimmed.starts_with('#') {
+        if blank_or_comment(line) {
             continue;
         }
-        if trimmed.starts_with('\t') || line.len() - trimmed.len() <= dash {
+        if line.trim_start_matches(' ').starts_with('\t') || indent(line) <= dash {
             return None;
         }
     }
@@ -309,14 +298,12 @@ const TARGETS: usize = 4;
 /// Where [`read_plain`] is in an order's target list.
 #[derive(Clone, Copy)]
 enum List {
-    /// No `targets:` yet.
-    Before,
+    /// Not in it: before `targets:`, or after its items.
+    Out,
     /// Just after `targets:`: an item must follow.
     Open,
     /// Items at this indentation.
     Items(usize),
-    /// A key came after the items.
-    After,
 }
 
 /// An order in the plain layout read without serde_yaml, or `None`:
@@ -337,7 +324,7 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
     let keys = dash + 2;
     let mut values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
     let mut targets = Targets::default();
-    let mut list = List::Before;
+    let mut list = List::Out;
     // The first line's key sits after the `- `, at the keys' column.
     let mut at = dash + 2;
     if text.get(dash..at) != Some("- ") || text[at..].starts_with(' ') {
@@ -375,7 +362,7 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
             (List::Open, _) => return None,
             _ if depth != keys => return None,
             // A key ends the list.
-            (List::Items(_), _) => list = List::After,
+            (List::Items(_), _) => list = List::Out,
             _ => {}
         }
         let (key, value) = body.split_once(':')?;
@@ -407,7 +394,7 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
         expires_at: values[7].map(str::to_owned),
         reference: values[8].map(str::to_owned),
     };
-    let parsed = targets.all_parsed.then_some(targets.parsed);
+    let parsed = (targets.parsed.len() == targets.texts.len()).then_some(targets.parsed);
     Some((
         Pending::check_parsed(index, raw, &targets.texts, parsed),
         at,
@@ -415,22 +402,12 @@ fn read_plain(index: usize, text: &str, dash: usize) -> Option<(Pending, usize)>
 }
 
 /// The targets [`read_plain`] has read.
+#[derive(Default)]
 struct Targets<'a> {
     texts: Vec<&'a str>,
-    /// Those that are plain addresses or prefixes, parsed.
+    /// Those that are plain addresses or prefixes, parsed (all of them when
+    /// there are as many as `texts`).
     parsed: Vec<IpNetwork>,
-    /// Whether every target was.
-    all_parsed: bool,
-}
-
-impl Default for Targets<'_> {
-    fn default() -> Self {
-        Self {
-            texts: Vec::new(),
-            parsed: Vec::new(),
-            all_parsed: true,
-        }
-    }
 }
 
 impl<'a> Targets<'a> {
@@ -444,7 +421,6 @@ impl<'a> Targets<'a> {
             Some(prefix) if !target.ends_with(':') => self.parsed.push(prefix),
             _ => {
                 plain_target(target)?;
-                self.all_parsed = false;
             }
         }
         self.texts.push(target);
