@@ -160,14 +160,14 @@ impl Union {
         self.store(&words)
     }
 
-    /// Whether the map has the bit of `addr`'s bucket set.
+    /// Whether the map has the bit of `addr`'s bucket set (step 1, as the
+    /// program takes it).
     pub(super) fn marked(&self, addr: IpAddr) -> Result<bool> {
-        let words = self.load()?;
-        let (family, bit) = match addr {
-            IpAddr::V4(a) => (0, layout::v4_bit(u32::from(a))),
-            IpAddr::V6(a) => (1, layout::v6_bit((u128::from(a) >> 64) as u64)),
-        };
-        Ok(words[family * WORDS + (bit >> 6) as usize] >> (bit & 63) & 1 != 0)
+        let words = Words(self.load()?);
+        Ok(match addr {
+            IpAddr::V4(a) => layout::v4_marked(&words, u32::from(a)),
+            IpAddr::V6(a) => layout::v6_marked(&words, (u128::from(a) >> 64) as u64),
+        })
     }
 
     /// What the map holds: the IPv4 words, then the IPv6 words.
@@ -188,5 +188,18 @@ impl Union {
     /// generation.
     fn store(&self, words: &[u64]) -> Result<()> {
         store(&self.fd, UNION, words.as_ptr())
+    }
+}
+
+/// The union's words as [`Union::load`] gives them (the IPv4 words, then the
+/// IPv6 words), read as step 1 reads a bitmap.
+struct Words(Vec<u64>);
+
+impl layout::Bitmaps for Words {
+    fn v4_bits(&self, index: u32) -> u64 {
+        self.0[..WORDS].get(index as usize).copied().unwrap_or(0)
+    }
+    fn v6_bits(&self, index: u32) -> u64 {
+        self.0[WORDS..].get(index as usize).copied().unwrap_or(0)
     }
 }
