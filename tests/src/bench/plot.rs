@@ -176,15 +176,19 @@ fn panel(out: &mut String, x0: f64, title: &str, series: &[Series]) {
         TOP + PANEL_H + 34.0
     );
     for s in series {
-        let points: Vec<String> = s
+        let at: Vec<(f64, f64)> = s
             .points
             .iter()
             .filter(|p| p.1 > 0.0)
-            .map(|&(i, v)| format!("{:.1},{:.1}", x(i), y(v)))
+            .map(|&(i, v)| (x(i), y(v)))
             .collect();
-        if points.is_empty() {
+        if at.is_empty() {
             continue;
         }
+        let points: Vec<String> = at
+            .iter()
+            .map(|(px, py)| format!("{px:.1},{py:.1}"))
+            .collect();
         let dash = if s.dashed {
             " stroke-dasharray=\"6 4\""
         } else {
@@ -196,11 +200,10 @@ fn panel(out: &mut String, x0: f64, title: &str, series: &[Series]) {
             points.join(" "),
             s.colour
         );
-        for p in &points {
-            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+        for (px, py) in at {
             let _ = writeln!(
                 out,
-                "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{}\"/>",
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3\" fill=\"{}\"/>",
                 s.colour
             );
         }

@@ -45,10 +45,11 @@ fn main() {
     if let Some(dir) = options.out.parent() {
         std::fs::create_dir_all(dir).expect("creating the report directory");
     }
-    let json = serde_json::to_string_pretty(&report.to_json()).expect("encoding the report");
+    let value = report.to_json();
+    let json = serde_json::to_string_pretty(&value).expect("encoding the report");
     std::fs::write(&options.out, json + "\n").expect("writing the report");
     println!("report: {}", options.out.display());
     let picture = options.out.with_file_name("cost.svg");
-    std::fs::write(&picture, bench::plot::svg(&report.to_json())).expect("writing the plot");
+    std::fs::write(&picture, bench::plot::svg(&value)).expect("writing the plot");
     println!("plot: {}", picture.display());
 }
