@@ -27,8 +27,10 @@
 //! bucket they cover. IPv4 has one more level instead, since its /16../23
 //! would expand by up to 256: a direct array of /16s ([`Short4`]) holds the
 //! entry of an exact /16 and a mask of the lengths /17../23 inside, which
-//! are probed after the bucket's own lengths; an IPv4 descriptor's entry is
-//! that of an exact /24 only.
+//! are probed after the bucket's own lengths (or, when nothing covers the
+//! /16 and it holds one prefix of /17../23, that prefix itself, answered
+//! without a probe); an IPv4 descriptor's entry is that of an exact /24
+//! only.
 //!
 //! The hash tables are two-choice, with [`SLOTS`] slots per bucket: a key
 //! sits in one of the two buckets its hash names, so a lookup reads at most
@@ -125,12 +127,30 @@ pub struct Slot6 {
 /// One /16 of IPv4 space: the entry of the /16 prefix itself (or one
 /// shorter that covers it) and, bit `23 - len`, the lengths 17..=23
 /// present inside it; [`V4_ONLY_EXACT`] when the /32s are all there is.
+///
+/// A /16 that nothing covers and that holds exactly one prefix of /17../23
+/// holds that prefix here instead: its entry as `entry`, its length in
+/// bits 8..13 of `longer` and its address bits 9..16 in bits 13..20. An
+/// address there is answered without probing for it (a rack's or a
+/// datacenter's prefix alone in its /16 is the common case), and, when
+/// nothing of /24 or longer lies inside that prefix ([`V4_INNER_ALONE`]),
+/// without its bucket's descriptor either. Its key stays in the hash table
+/// too. Tables laid out before this was have those bits clear, and are
+/// read as before.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Short4 {
     pub entry: u32,
     pub longer: u32,
 }
+
+/// Where [`Short4::longer`] holds the length of the /16's one prefix of
+/// /17../23 (0: none held) and that prefix's address bits 9..16.
+const V4_INNER_LEN_SHIFT: u32 = 8;
+const V4_INNER_BITS_SHIFT: u32 = 13;
+/// In [`Short4::longer`]: no prefix of /24 or longer lies inside the /16's
+/// one prefix of /17../23, so an address inside it has that as its answer.
+pub const V4_INNER_ALONE: u32 = 1 << 20;
 
 impl Short4 {
     /// The /16 with `entry`, the lengths 17..=23 inside it (bit `23 - len`)
@@ -139,6 +159,20 @@ impl Short4 {
         Self {
             entry,
             longer: lengths | if only_exact { V4_ONLY_EXACT } else { 0 },
+        }
+    }
+
+    /// The /16 with the lengths 17..=23 inside it (bit `23 - len`), nothing
+    /// over it, and `net`/`len` (17..=23), with `entry`, the one prefix of
+    /// those lengths inside; `alone` when nothing of /24 or longer lies
+    /// inside that.
+    pub const fn with_inner(lengths: u32, net: u32, len: u32, entry: u32, alone: bool) -> Self {
+        Self {
+            entry,
+            longer: lengths
+                | len << V4_INNER_LEN_SHIFT
+                | ((net >> 9) & 0x7f) << V4_INNER_BITS_SHIFT
+                | if alone { V4_INNER_ALONE } else { 0 },
         }
     }
 
@@ -152,6 +186,54 @@ impl Short4 {
     #[inline(always)]
     pub const fn only_exact(&self) -> bool {
         self.longer & V4_ONLY_EXACT != 0
+    }
+
+    /// For `addr` in this /16: the entry of the longest prefix of /23 or
+    /// shorter that holds it, as far as the /16 knows, and the lengths
+    /// 17..=23 still to probe (none when it holds its one prefix of
+    /// those: the answer is that prefix's entry or none).
+    #[inline(always)]
+    pub const fn cover(&self, addr: u32) -> (u32, u32) {
+        let len = self.inner_len();
+        if len == 0 {
+            return (self.entry, self.lengths());
+        }
+        (
+            if self.inner_holds(addr, len) {
+                self.entry
+            } else {
+                NO_ENTRY
+            },
+            0,
+        )
+    }
+
+    /// For `addr` in this /16: the entry of its one prefix of /17../23 when
+    /// that holds `addr` and nothing longer lies inside it (the answer,
+    /// without the bucket's descriptor).
+    #[inline(always)]
+    pub const fn alone(&self, addr: u32) -> Option<u32> {
+        let len = self.inner_len();
+        if self.longer & V4_INNER_ALONE != 0 && self.inner_holds(addr, len) {
+            Some(self.entry)
+        } else {
+            None
+        }
+    }
+
+    /// The length of the /16's one prefix of /17../23 held here, or 0.
+    #[inline(always)]
+    const fn inner_len(&self) -> u32 {
+        (self.longer >> V4_INNER_LEN_SHIFT) & 0x1f
+    }
+
+    /// Whether the /16's one prefix of /17../23, of length `len`, holds
+    /// `addr` (an address in the /16).
+    #[inline(always)]
+    const fn inner_holds(&self, addr: u32, len: u32) -> bool {
+        let inner = ((self.longer >> V4_INNER_BITS_SHIFT) & 0x7f) << 9;
+        // 17..=23: the shift is in range.
+        ((addr & 0xffff) ^ inner) >> ((32 - len) & 31) == 0
     }
 }
 
@@ -412,6 +494,10 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     if short.only_exact() {
         return Err(find4(tables, shape, addr, 32).map_or(NO_ENTRY, |s| s.entry));
     }
+    if let Some(entry) = short.alone(addr) {
+        // Its /16's one prefix of /17../23, with nothing inside.
+        return Err(entry);
+    }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
         Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
@@ -437,15 +523,16 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     } else {
         1 << (32 - V4_BUCKET_LEN)
     };
-    let longer = in_bucket | at24 | (u64::from(short.lengths()) << (32 - V4_BUCKET_LEN + 1));
+    let (cover, lengths) = short.cover(addr);
+    let longer = in_bucket | at24 | (u64::from(lengths) << (32 - V4_BUCKET_LEN + 1));
     if longer == 0 {
-        return Err(short.entry);
+        return Err(cover);
     }
     Ok(Probe4 {
         addr,
         longer,
         exact24,
-        entry: short.entry,
+        entry: cover,
     })
 }
 

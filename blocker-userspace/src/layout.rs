@@ -308,6 +308,9 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     let mut short: Vec<Descriptor> = vec![Descriptor::default(); V4_SHORTS as usize];
     // Per /16: whether a prefix other than a /32 covers it or lies inside.
     let mut not_exact = vec![false; V4_SHORTS as usize];
+    // Per /16: how many prefixes of /17../23 lie inside (up to 2), the last
+    // of them (net, len, entry), and whether a longer prefix lies in that.
+    let mut inner = vec![(0u8, (0, 0, 0), false); V4_SHORTS as usize];
     // A key per prefix and per descriptor at most: reserved whole (pages
     // never written cost nothing), the list is never copied to grow.
     let mut keys: Vec<Slot4> = Vec::with_capacity(2 * prefixes.len());
@@ -345,6 +348,10 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
         }
         if len < V4_BUCKET_LEN {
             short[s as usize].longer[0] |= 1 << (V4_BUCKET_LEN - 1 - len);
+            let (count, one, crowded) = &mut inner[s as usize];
+            *count = count.saturating_add(1);
+            *one = (net, len, entry);
+            *crowded = false;
             keys.push(Slot4 {
                 net,
                 len,
@@ -352,6 +359,11 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
                 longer: 0,
             });
             continue;
+        }
+        // Sorted by address, a prefix of /17../23 comes before those inside.
+        let (count, (inner_net, inner_len, _), crowded) = &mut inner[s as usize];
+        if *count > 0 && (net ^ *inner_net) >> (32 - *inner_len) == 0 {
+            *crowded = true;
         }
         if current.as_ref().is_some_and(|(b, _)| *b != bucket) {
             flush(&mut current, &mut keys);
@@ -375,7 +387,14 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     let short = short
         .iter()
         .zip(not_exact)
-        .map(|(d, not_exact)| Short4::new(d.entry, d.longer[0] as u32, !not_exact))
+        .zip(inner)
+        .map(|((d, not_exact), (count, (net, len, entry), crowded))| {
+            if count == 1 && d.short_len.is_none() {
+                Short4::with_inner(d.longer[0] as u32, net, len, entry, !crowded)
+            } else {
+                Short4::new(d.entry, d.longer[0] as u32, !not_exact)
+            }
+        })
         .collect();
     (keys, short, bits)
 }
@@ -747,6 +766,63 @@ mod tests {
             assert_eq!(marked(&tables, 0x0a01), marked_after);
             assert_eq!(found(&tables, 0x0a01_0006), !marked_after);
             assert!(found(&tables, 0x0a01_0005));
+        }
+    }
+
+    #[test]
+    fn a_lone_prefix_of_17_to_23_is_held_by_its_16_and_patched_with_it() {
+        // 10.1.2.0/23 alone in 10.1/16; 10.2.0.0/20 under a /16; two in 10.3/16.
+        let mut compiled = v4_only(
+            [
+                (0x0a01_0200, 23),
+                (0x0a02_0000, 16),
+                (0x0a02_0000, 20),
+                (0x0a03_0000, 18),
+                (0x0a03_8000, 22),
+            ]
+            .into_iter(),
+        );
+        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        let geometry = Geometry::for_capacity(128);
+        let mut tables = build(&compiled, &geometry).unwrap();
+        let alone = |t: &Tables, addr: u32| t.v4_short[(addr >> 16) as usize].alone(addr);
+        let found = |t: &Tables, a: u32| t.lookup(IpAddr::from(a.to_be_bytes()));
+        assert_eq!(alone(&tables, 0x0a01_0305), Some(1));
+        assert_eq!(alone(&tables, 0x0a01_0405), None, "outside the /23");
+        assert_eq!(alone(&tables, 0x0a02_0005), None, "under a /16");
+        assert_eq!(alone(&tables, 0x0a03_0005), None, "one of two");
+        assert!(found(&tables, 0x0a01_0305).is_some() && found(&tables, 0x0a01_0405).is_none());
+        assert!(found(&tables, 0x0a03_8005).is_some() && found(&tables, 0x0a03_4005).is_none());
+
+        // A /32 patched into the /23 ends its being alone (the /32 is
+        // looked up); taking it out makes it alone again.
+        let mut with_32 = compiled.clone();
+        with_32.v4.push((0x0a01_0307u32.to_be_bytes(), 32, 2));
+        with_32.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        for (from, to, alone_after) in [(&compiled, &with_32, None), (&with_32, &compiled, Some(1))]
+        {
+            let change = Change {
+                from: 0,
+                v4: differing(&from.v4, &to.v4),
+                v6: Vec::new(),
+                entries_from: to.entries.len(),
+            };
+            let shape = tables.shape;
+            let (mut v4, mut v6) = (tables.clone(), tables.clone());
+            let patch = patch(
+                to,
+                &change,
+                &shape,
+                geometry.entries as usize,
+                [&mut v4, &mut v6],
+            )
+            .unwrap();
+            tables.apply(&patch);
+            assert_eq!(tables.v4_short, build(to, &geometry).unwrap().v4_short);
+            assert_eq!(alone(&tables, 0x0a01_0305), alone_after);
+            let exact = found(&tables, 0x0a01_0307);
+            assert_eq!(exact == Some(*to.entry(2)), alone_after.is_none());
+            assert_eq!(found(&tables, 0x0a01_0305), Some(*to.entry(1)));
         }
     }
 

@@ -960,6 +960,12 @@ const V4_PREFIXES: &[&str] = &[
     "198.51.100.77/32",
     "192.0.2.128/25",
     "192.0.2.1/32",
+    // Prefixes of /16../23: alone in their /16 or not, holding the
+    // addresses below or beside them.
+    "203.0.112.0/23",
+    "203.0.0.0/20",
+    "198.51.0.0/16",
+    "198.51.96.0/21",
 ];
 const V6_PREFIXES: &[&str] = &[
     "2001:db8::/32",

@@ -582,11 +582,10 @@ fn patch_v4<S: Source>(
             return Err(Unpatchable::Wide);
         }
         bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
-        // A change of /16../31 may make its /16 exact-only or end that (a
-        // /32 never does: /32s are all an exact-only /16 may hold).
-        if u32::from(len) < 32 {
-            shorts.push(net >> (32 - layout::V4_SHORT_LEN));
-        }
+        // Any change may change its /16: make it exact-only or end that (a
+        // /16../31), change its one prefix of /17../23, or put something
+        // inside that or take it out.
+        shorts.push(net >> (32 - layout::V4_SHORT_LEN));
         if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
         }
@@ -666,15 +665,7 @@ fn patch_v4<S: Source>(
         .iter()
         .map(|&s| {
             let net = s << (32 - layout::V4_SHORT_LEN);
-            let entry = table.cover(bits_of(net), 16);
-            let (longer, only_exact) = table.inside(bits_of(net), 16, 17).fold(
-                (0u32, entry.is_none()),
-                |(m, only_exact), l| {
-                    let m = if l < 24 { m | 1 << (23 - l) } else { m };
-                    (m, only_exact && l == 32)
-                },
-            );
-            (s, Short4::new(entry.unwrap_or(0), longer, only_exact))
+            (s, short4(&table, net, table.cover(bits_of(net), 16)))
         })
         .collect();
     // A /24's bit: some prefix covers it or lies inside it. A changed
@@ -718,6 +709,34 @@ fn patch_v4<S: Source>(
         keys: (keys_gained, 0),
         ..Patch::default()
     })
+}
+
+/// The [`Short4`] of the /16 at `net` in `table`, given the entry of its
+/// cover (`table.cover` of the /16).
+fn short4(table: &Prefixes<'_, 4>, net: u32, cover: Option<u32>) -> Short4 {
+    // The lengths 17..=23 inside, whether all inside are /32s, the
+    // prefixes of /17../23 (how many, the last) and whether a longer one
+    // lies in that. Sorted by address, it comes before those inside it.
+    let mut lengths = 0u32;
+    let mut only_exact = cover.is_none();
+    let (mut count, mut one, mut crowded) = (0, (0u32, 0u8), false);
+    for (bits, len) in table.prefixes_inside(u128::from(net) << 96, 16, 17) {
+        let at = (bits >> 96) as u32;
+        only_exact &= len == 32;
+        if len < 24 {
+            lengths |= 1 << (23 - len);
+            count += 1;
+            (one, crowded) = ((at, len), false);
+        } else if count > 0 && (at ^ one.0) >> (32 - u32::from(one.1)) == 0 {
+            crowded = true;
+        }
+    }
+    match (cover, count, table.entry(u128::from(one.0) << 96, one.1)) {
+        (None, 1, Some(entry)) => {
+            Short4::with_inner(lengths, one.0, u32::from(one.1), entry, !crowded)
+        }
+        _ => Short4::new(cover.unwrap_or(0), lengths, only_exact),
+    }
 }
 
 fn patch_v6(
