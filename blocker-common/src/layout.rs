@@ -85,6 +85,12 @@ impl Slot4 {
 pub const V4_GROUPS_MARKED: u32 = 1 << 15;
 /// Bit of the first /28 of a bucket in [`Slot4::longer`].
 const V4_GROUP_SHIFT: u32 = 16;
+/// In an IPv4 descriptor's [`Slot4::longer`]: no prefix of /17../23
+/// covers the bucket, so its lookups probe none of those lengths (an
+/// address there that matches nothing inside the bucket is answered by the
+/// /16). A descriptor without it (tables laid out before it was) has its
+/// /16's lengths probed.
+pub const V4_NO_SHORT_COVER: u32 = 1 << 14;
 
 /// The [`Slot4::longer`] bits a prefix `net`/`len` (25..=32) sets in its
 /// bucket's descriptor: its length, the /28s it touches and
@@ -499,19 +505,28 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
         return Err(entry);
     }
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
-    let (exact24, in_bucket) = match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
-        Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
-            if descriptor.longer & 1 != 0 {
-                // A /32 is the longest match there is.
-                if let Some(slot) = find4(tables, shape, addr, 32) {
-                    return Err(slot.entry);
+    let (exact24, in_bucket, short_cover) =
+        match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
+            Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
+                if descriptor.longer & 1 != 0 {
+                    // A /32 is the longest match there is.
+                    if let Some(slot) = find4(tables, shape, addr, 32) {
+                        return Err(slot.entry);
+                    }
                 }
+                (
+                    descriptor.entry,
+                    u64::from(descriptor.longer & 0xfe),
+                    descriptor.longer & V4_NO_SHORT_COVER == 0,
+                )
             }
-            (descriptor.entry, u64::from(descriptor.longer & 0xfe))
-        }
-        Some(descriptor) => (descriptor.entry, 0),
-        None => (NO_ENTRY, 0),
-    };
+            Some(descriptor) => (
+                descriptor.entry,
+                0,
+                descriptor.longer & V4_NO_SHORT_COVER == 0,
+            ),
+            None => (NO_ENTRY, 0, true),
+        };
     if exact24 != NO_ENTRY && in_bucket == 0 {
         // Nothing longer matches inside the bucket, and every length the
         // /16 lists is shorter: the /24 itself is the answer (a rack's
@@ -524,6 +539,8 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
         1 << (32 - V4_BUCKET_LEN)
     };
     let (cover, lengths) = short.cover(addr);
+    // Lengths of /17../23 only where one may cover the bucket.
+    let lengths = if short_cover { lengths } else { 0 };
     let longer = in_bucket | at24 | (u64::from(lengths) << (32 - V4_BUCKET_LEN + 1));
     if longer == 0 {
         return Err(cover);

@@ -311,6 +311,9 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     // Per /16: how many prefixes of /17../23 lie inside (up to 2), the last
     // of them (net, len, entry), and whether a longer prefix lies in that.
     let mut inner = vec![(0u8, (0, 0, 0), false); V4_SHORTS as usize];
+    // The end of the prefixes of /17../23 so far, the furthest.
+    let mut short_end = 0u64;
+    let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     // A key per prefix and per descriptor at most: reserved whole (pages
     // never written cost nothing), the list is never copied to grow.
     let mut keys: Vec<Slot4> = Vec::with_capacity(2 * prefixes.len());
@@ -352,6 +355,7 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
             *count = count.saturating_add(1);
             *one = (net, len, entry);
             *crowded = false;
+            short_end = short_end.max(u64::from(net) + (1 << (32 - len)));
             keys.push(Slot4 {
                 net,
                 len,
@@ -369,7 +373,15 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
             flush(&mut current, &mut keys);
         }
         let desc = &mut current
-            .get_or_insert_with(|| (bucket, Descriptor::default()))
+            .get_or_insert_with(|| {
+                // Sorted by address, every /17../23 that covers the bucket
+                // came before: the bucket lies below the end of one.
+                let mut desc = Descriptor::default();
+                if u64::from(net & bucket_mask) >= short_end {
+                    desc.longer[0] |= u64::from(layout::V4_NO_SHORT_COVER);
+                }
+                (bucket, desc)
+            })
             .1;
         if len == V4_BUCKET_LEN {
             desc.cover(len, entry);

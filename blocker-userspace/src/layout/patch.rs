@@ -437,6 +437,12 @@ trait Family {
     /// The entry of the longest prefix no longer than `max` (< 128)
     /// containing `bits`.
     fn cover(&self, bits: u128, max: u8) -> Option<u32> {
+        self.longest_cover(bits, max).map(|(_, entry)| entry)
+    }
+
+    /// The length and entry of the longest prefix no longer than `max`
+    /// (< 128) containing `bits`.
+    fn longest_cover(&self, bits: u128, max: u8) -> Option<(u8, u32)> {
         // Containing prefixes sort before (bits, max + 1), the longest
         // last, and none before the shortest length's: scan back a little,
         // else search each length.
@@ -446,7 +452,7 @@ trait Family {
         for i in (start.max(end.saturating_sub(COVER_SCAN))..end).rev() {
             let (b, l, e) = self.at(i);
             if l <= max && (b ^ bits) & mask(l) == 0 {
-                return Some(e);
+                return Some((l, e));
             }
         }
         if end - start <= COVER_SCAN {
@@ -454,7 +460,7 @@ trait Family {
         }
         (self.shortest()..=max)
             .rev()
-            .find_map(|len| self.entry(bits & mask(len), len))
+            .find_map(|len| self.entry(bits & mask(len), len).map(|e| (len, e)))
     }
 
     /// Lengths of the prefixes at least `min` long inside the
@@ -588,6 +594,13 @@ fn patch_v4<S: Source>(
         shorts.push(net >> (32 - layout::V4_SHORT_LEN));
         if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
+        } else if u32::from(len) > layout::V4_SHORT_LEN {
+            // Its buckets' descriptors say whether a /17../23 covers them.
+            descriptors.extend(
+                table
+                    .prefixes_inside(u128::from(net) << 96, len, 24)
+                    .map(|(bits, _)| (bits >> 96) as u32 >> (32 - V4_BUCKET_LEN)),
+            );
         }
         if u32::from(len) != layout::V4_SHORT_LEN && u32::from(len) != V4_BUCKET_LEN {
             keys.push((net, len));
@@ -641,6 +654,16 @@ fn patch_v4<S: Source>(
             .fold(0u32, |m, (bits, l)| {
                 m | layout::v4_inside((bits >> 96) as u32, u32::from(l))
             });
+        // A descriptor says when no prefix of /17../23 covers its bucket.
+        let longer = if (entry != 0 || longer != 0)
+            && table
+                .longest_cover(bits_of(net), 23)
+                .is_none_or(|(len, _)| u32::from(len) <= layout::V4_SHORT_LEN)
+        {
+            longer | layout::V4_NO_SHORT_COVER
+        } else {
+            longer
+        };
         let slot = Slot4 {
             net,
             len: V4_BUCKET_LEN,
