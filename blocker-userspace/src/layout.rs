@@ -648,6 +648,29 @@ mod tests {
         }
     }
 
+    impl Tables {
+        /// Patches these tables, laid out for `from`, to `to` (IPv4 alone).
+        fn patch_v4(&mut self, from: &Compiled, to: &Compiled, geometry: &Geometry) {
+            let change = Change {
+                from: 0,
+                v4: differing(&from.v4, &to.v4),
+                v6: Vec::new(),
+                entries_from: to.entries.len(),
+            };
+            let shape = self.shape;
+            let (mut v4, mut v6) = (self.clone(), self.clone());
+            let patch = patch(
+                to,
+                &change,
+                &shape,
+                geometry.entries as usize,
+                [&mut v4, &mut v6],
+            )
+            .unwrap();
+            self.apply(&patch);
+        }
+    }
+
     /// The prefixes whose entry differs between `a` and `b`, or that one
     /// of them lacks.
     fn differing<const N: usize>(
@@ -758,23 +781,7 @@ mod tests {
         with_24.v4.sort_by_key(|(n, l, _)| (*n, *l));
         for (from, to, marked_after) in [(&compiled, &with_24, false), (&with_24, &compiled, true)]
         {
-            let change = Change {
-                from: 0,
-                v4: differing(&from.v4, &to.v4),
-                v6: Vec::new(),
-                entries_from: to.entries.len(),
-            };
-            let shape = tables.shape;
-            let (mut v4, mut v6) = (tables.clone(), tables.clone());
-            let patch = patch(
-                to,
-                &change,
-                &shape,
-                geometry.entries as usize,
-                [&mut v4, &mut v6],
-            )
-            .unwrap();
-            tables.apply(&patch);
+            tables.patch_v4(from, to, &geometry);
             assert_eq!(marked(&tables, 0x0a01), marked_after);
             assert_eq!(found(&tables, 0x0a01_0006), !marked_after);
             assert!(found(&tables, 0x0a01_0005));
@@ -813,23 +820,7 @@ mod tests {
         with_32.v4.sort_by_key(|(n, l, _)| (*n, *l));
         for (from, to, alone_after) in [(&compiled, &with_32, None), (&with_32, &compiled, Some(1))]
         {
-            let change = Change {
-                from: 0,
-                v4: differing(&from.v4, &to.v4),
-                v6: Vec::new(),
-                entries_from: to.entries.len(),
-            };
-            let shape = tables.shape;
-            let (mut v4, mut v6) = (tables.clone(), tables.clone());
-            let patch = patch(
-                to,
-                &change,
-                &shape,
-                geometry.entries as usize,
-                [&mut v4, &mut v6],
-            )
-            .unwrap();
-            tables.apply(&patch);
+            tables.patch_v4(from, to, &geometry);
             assert_eq!(tables.v4_short, build(to, &geometry).unwrap().v4_short);
             assert_eq!(alone(&tables, 0x0a01_0305), alone_after);
             let exact = found(&tables, 0x0a01_0307);
