@@ -11,8 +11,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -61,8 +61,16 @@ pub struct Metrics {
     apply_duration: Gauge,
     state_write_failures: IntCounterVec,
     repairs: IntCounterVec,
-    counted: Mutex<Vec<CountedOrder>>,
+    counted: Mutex<Vec<Counted>>,
     maps: Mutex<Option<Maps>>,
+}
+
+/// A counted order with its two series, held so that a scrape does not
+/// look each up by its labels.
+struct Counted {
+    order: CountedOrder,
+    packets: IntCounter,
+    bytes: IntCounter,
 }
 
 impl Metrics {
@@ -241,7 +249,7 @@ impl Metrics {
     /// longer listed are removed.
     pub fn set_counted_orders(&self, orders: Vec<CountedOrder>) {
         let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
-        for old in counted.iter() {
+        for old in counted.iter().map(|c| &c.order) {
             if !orders.contains(old) {
                 let labels = [old.id.as_str(), old.action.as_str()];
                 // Absent series are fine: nothing was scraped for them yet.
@@ -249,12 +257,17 @@ impl Metrics {
                 let _ = self.order_bytes.remove_label_values(&labels);
             }
         }
-        for order in &orders {
-            let labels = [order.id.as_str(), order.action.as_str()];
-            self.order_packets.with_label_values(&labels);
-            self.order_bytes.with_label_values(&labels);
-        }
-        *counted = orders;
+        *counted = orders
+            .into_iter()
+            .map(|order| {
+                let labels = [order.id.as_str(), order.action.as_str()];
+                Counted {
+                    packets: self.order_packets.with_label_values(&labels),
+                    bytes: self.order_bytes.with_label_values(&labels),
+                    order,
+                }
+            })
+            .collect();
     }
 
     pub fn set_evaluation(&self, evaluation: &Evaluation) {
@@ -351,18 +364,32 @@ impl Metrics {
     fn refresh_from_maps(&self) {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(maps) = maps.as_ref() else { return };
-        let counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
-        for order in counted.iter() {
-            let totals = match maps.order_counters(order.slot) {
-                Ok(totals) => totals,
-                Err(err) => {
-                    tracing::warn!(order = %order.id, error = %err, "reading order counters");
-                    continue;
-                }
+        let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        // Every counted slot in one read; slot by slot should that fail.
+        let slots = counted.iter().map(|c| c.order.slot + 1).max().unwrap_or(0);
+        let all = maps.order_totals(slots).unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "reading order counters at once");
+            Vec::new()
+        });
+        for Counted {
+            order,
+            packets,
+            bytes,
+        } in counted.iter_mut()
+        {
+            let totals = match all.get(order.slot as usize) {
+                Some(&totals) => totals,
+                None => match maps.order_counters(order.slot) {
+                    Ok(totals) => totals,
+                    Err(err) => {
+                        tracing::warn!(order = %order.id, error = %err, "reading order counters");
+                        continue;
+                    }
+                },
             };
             let labels = [order.id.as_str(), order.action.as_str()];
-            advance(&self.order_packets, &labels, totals.packets);
-            advance(&self.order_bytes, &labels, totals.bytes);
+            advance_held(&self.order_packets, &labels, packets, totals.packets);
+            advance_held(&self.order_bytes, &labels, bytes, totals.bytes);
         }
         match maps.stats() {
             Ok(stats) => {
@@ -437,12 +464,19 @@ impl Metrics {
 /// the counter means the kernel slot was reset (the order id is new): start
 /// the series again.
 fn advance(vec: &IntCounterVec, labels: &[&str], total: u64) {
-    let counter = vec.with_label_values(labels);
+    let mut counter = vec.with_label_values(labels);
+    advance_held(vec, labels, &mut counter, total);
+}
+
+/// [`advance`] for the series `counter` of `vec` at `labels`, held already
+/// (and held anew when the series starts again).
+fn advance_held(vec: &IntCounterVec, labels: &[&str], counter: &mut IntCounter, total: u64) {
     let current = counter.get();
     if total >= current {
         counter.inc_by(total - current);
     } else {
         let _ = vec.remove_label_values(labels);
-        vec.with_label_values(labels).inc_by(total);
+        *counter = vec.with_label_values(labels);
+        counter.inc_by(total);
     }
 }

@@ -178,6 +178,41 @@ fn ipv4_destination_drop_counts_frame_and_bytes() {
 }
 
 #[test]
+fn order_counters_read_at_once_are_each_slots_own() {
+    // Three orders counted 1, 2 and 3 times, read slot by slot and in one
+    // batch (as a scrape reads them).
+    let ids = ["ONE", "TWO", "THREE"];
+    let targets = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+    let orders: Vec<Order> = ids
+        .iter()
+        .zip(targets)
+        .map(|(id, target)| drop_order(id, Direction::Dst, &[target]))
+        .collect();
+    let mut rig = Rig::with(&orders, Enforcement::Enforce);
+    for (n, (id, target)) in ids.iter().zip(targets).enumerate() {
+        let frame = udp("192.0.2.1", target).payload_len(10 * n).build();
+        for _ in 0..=n {
+            rig.expect_drop("UDP to an ordered address", &frame.bytes, id);
+        }
+    }
+    let slots = ids.iter().map(|id| rig.slot(id) + 1).max().unwrap_or(0);
+    let all = rig
+        .dp
+        .maps()
+        .order_totals(slots)
+        .unwrap_or_else(|err| panic!("reading the order counters at once: {err}"));
+    assert_eq!(all.len(), slots as usize);
+    for (n, id) in ids.iter().enumerate() {
+        let one = rig.counters(id);
+        assert_eq!(one.packets, n as u64 + 1, "{id}");
+        assert_eq!(all[rig.slot(id) as usize], one, "{id}");
+    }
+    let total: u64 = all.iter().map(|c| c.packets).sum();
+    assert_eq!(total, 6, "no other slot counted");
+    assert!(rig.dp.maps().order_totals(0).is_ok_and(|t| t.is_empty()));
+}
+
+#[test]
 fn ipv6_source_and_destination_orders() {
     let mut rig = Rig::with(
         &[
