@@ -35,9 +35,14 @@ impl Default for Rig {
 
 impl Rig {
     pub fn new() -> Self {
+        Self::sized(MAX_PREFIXES)
+    }
+
+    /// A rig whose tables hold up to `max_prefixes` per family.
+    pub fn sized(max_prefixes: u32) -> Self {
         require_root();
         let bpffs = BpffsDir::new();
-        let dp = Datapath::open(bpffs.path(), MAX_PREFIXES)
+        let dp = Datapath::open(bpffs.path(), max_prefixes)
             .unwrap_or_else(|err| panic!("loading the XDP program: {err}"));
         Self {
             dp,

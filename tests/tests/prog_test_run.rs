@@ -7,6 +7,7 @@ use std::{cell::RefCell, net::IpAddr, time::Duration};
 
 use blocker::{
     compile::Enforcement,
+    datapath::BATCH_SLOTS,
     feed::{self, Action, Direction, Order, Status},
     policy, reference,
 };
@@ -179,36 +180,56 @@ fn ipv4_destination_drop_counts_frame_and_bytes() {
 
 #[test]
 fn order_counters_read_at_once_are_each_slots_own() {
-    // Three orders counted 1, 2 and 3 times, read slot by slot and in one
-    // batch (as a scrape reads them).
-    let ids = ["ONE", "TWO", "THREE"];
-    let targets = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
-    let orders: Vec<Order> = ids
-        .iter()
-        .zip(targets)
-        .map(|(id, target)| drop_order(id, Direction::Dst, &[target]))
+    // More orders than one batch read holds; a few of them, at both ends of
+    // the batches, counted 1, 2, 3... times. A scrape reads them all at
+    // once, a batch at a time: each slot must read as slot by slot.
+    let total = BATCH_SLOTS as usize + 40;
+    let orders: Vec<Order> = (0..total)
+        .map(|n| {
+            let target = format!("2001:db8:{:x}::1", n + 1);
+            drop_order(&format!("N-{n}"), Direction::Dst, &[target.as_str()])
+        })
         .collect();
-    let mut rig = Rig::with(&orders, Enforcement::Enforce);
-    for (n, (id, target)) in ids.iter().zip(targets).enumerate() {
-        let frame = udp("192.0.2.1", target).payload_len(10 * n).build();
+    let mut rig = Rig::sized(2 * BATCH_SLOTS);
+    rig.apply(&orders, Enforcement::Enforce);
+    let by_slot = |slot: u32| {
+        orders
+            .iter()
+            .find(|o| rig.slot(&o.id) == slot)
+            .unwrap_or_else(|| panic!("no order holds slot {slot}"))
+    };
+    let batch = BATCH_SLOTS;
+    let counted: Vec<Order> = [0, 1, batch - 1, batch, batch + 1, total as u32 - 1]
+        .into_iter()
+        .map(|slot| by_slot(slot).clone())
+        .collect();
+    for (n, order) in counted.iter().enumerate() {
+        let target = order.targets[0].ip().to_string();
+        let frame = udp("2001:db8:ffff::1", &target).payload_len(10 * n).build();
         for _ in 0..=n {
-            rig.expect_drop("UDP to an ordered address", &frame.bytes, id);
+            rig.expect_drop("UDP to an ordered address", &frame.bytes, &order.id);
         }
     }
-    let slots = ids.iter().map(|id| rig.slot(id) + 1).max().unwrap_or(0);
     let all = rig
         .dp
         .maps()
-        .order_totals(slots)
+        .order_totals(total as u32)
         .unwrap_or_else(|err| panic!("reading the order counters at once: {err}"));
-    assert_eq!(all.len(), slots as usize);
-    for (n, id) in ids.iter().enumerate() {
-        let one = rig.counters(id);
-        assert_eq!(one.packets, n as u64 + 1, "{id}");
-        assert_eq!(all[rig.slot(id) as usize], one, "{id}");
+    assert_eq!(all.len(), total);
+    for (n, order) in counted.iter().enumerate() {
+        let one = rig.counters(&order.id);
+        assert_eq!(one.packets, n as u64 + 1, "{}", order.id);
+        assert_eq!(all[rig.slot(&order.id) as usize], one, "{}", order.id);
     }
-    let total: u64 = all.iter().map(|c| c.packets).sum();
-    assert_eq!(total, 6, "no other slot counted");
+    let packets: u64 = all.iter().map(|c| c.packets).sum();
+    assert_eq!(
+        packets,
+        (1..=counted.len() as u64).sum::<u64>(),
+        "no other slot counted"
+    );
+    // Fewer slots than a batch, and none.
+    let few = rig.dp.maps().order_totals(batch - 1);
+    assert!(few.is_ok_and(|few| few[..] == all[..batch as usize - 1]));
     assert!(rig.dp.maps().order_totals(0).is_ok_and(|t| t.is_empty()));
 }
 
