@@ -6,6 +6,7 @@
 //! for an apply.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -22,7 +23,7 @@ use crate::{
 };
 
 /// One order with a counter slot, as the scrape reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CountedOrder {
     pub id: String,
     pub slot: u32,
@@ -249,8 +250,9 @@ impl Metrics {
     /// longer listed are removed.
     pub fn set_counted_orders(&self, orders: Vec<CountedOrder>) {
         let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        let listed: HashSet<&CountedOrder> = orders.iter().collect();
         for old in counted.iter().map(|c| &c.order) {
-            if !orders.contains(old) {
+            if !listed.contains(old) {
                 let labels = [old.id.as_str(), old.action.as_str()];
                 // Absent series are fine: nothing was scraped for them yet.
                 let _ = self.order_packets.remove_label_values(&labels);
