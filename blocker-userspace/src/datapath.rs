@@ -289,66 +289,40 @@ impl Maps {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 
         use aya::maps::IterableMap as _;
-        let name = map_names::ORDER_COUNTERS;
         let slots = slots.min(self.counters.len()) as usize;
-        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
-            path: PathBuf::from(path),
-            source,
-        })?;
-        // Per slot, a value for each possible CPU (16 bytes: no padding).
-        const _: () = assert!(size_of::<OrderCounters>().is_multiple_of(8));
+        let cpus = possible_cpus()?;
+        let fd = self.counters.map().fd().as_fd().as_raw_fd();
         let batch = slots.min(BATCH_SLOTS as usize);
         let mut keys = vec![0u32; batch];
         let mut values = vec![OrderCounters::default(); batch * cpus];
         let mut totals = Vec::with_capacity(slots);
-        // Where the next batch starts (the kernel's token: a slot index).
-        let mut resume: Option<u32> = None;
+        let batch_error = |source| DatapathError::Io {
+            path: PathBuf::from(format!("batch lookup of map {}", map_names::ORDER_COUNTERS)),
+            source,
+        };
+        // The kernel's token for where the next batch starts: the last slot read.
+        let mut last = None;
         while totals.len() < slots {
             let want = (slots - totals.len()).min(batch);
-            let mut next = 0u32;
-            let mut attr = BatchAttr {
-                in_batch: resume
-                    .as_ref()
-                    .map_or(0, |token| std::ptr::from_ref(token) as u64),
-                out_batch: std::ptr::from_mut(&mut next) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: want as u32,
-                map_fd: self.counters.map().fd().as_fd().as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-                // ENOENT: the batch reached the map's end.
-                Err(err) if err.raw_os_error() != Some(libc::ENOENT) => {
-                    return Err(DatapathError::Io {
-                        path: PathBuf::from(format!("batch lookup of map {name}")),
-                        source: err,
-                    });
-                }
-                _ => {}
-            }
-            let got = (attr.count as usize).min(want);
+            let (got, token) =
+                lookup_batch_fd(fd, last, &mut keys[..want], &mut values[..want * cpus])
+                    .map_err(batch_error)?;
             let in_order = keys[..got]
                 .iter()
                 .zip(totals.len()..)
                 .all(|(&key, slot)| key as usize == slot);
             if got == 0 || !in_order {
-                return Err(DatapathError::Io {
-                    path: PathBuf::from(format!("batch lookup of map {name}")),
-                    source: io::Error::other(format!(
-                        "{want} slots asked from slot {}: {} given, or out of order",
-                        totals.len(),
-                        attr.count
-                    )),
-                });
+                return Err(batch_error(io::Error::other(format!(
+                    "{want} slots asked from slot {}: {got} given, or out of order",
+                    totals.len()
+                ))));
             }
             totals.extend(
                 values[..got * cpus]
                     .chunks_exact(cpus)
                     .map(|c| summed(c.iter())),
             );
-            resume = Some(next);
+            last = Some(token);
         }
         Ok(totals)
     }
@@ -412,10 +386,7 @@ impl Maps {
     }
 
     fn zero_counters(&mut self, slots: &[u32]) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
-            path: PathBuf::from("/sys/devices/system/cpu/possible"),
-            source,
-        })?;
+        let cpus = possible_cpus()?;
         for &slot in slots {
             let zeros =
                 PerCpuValues::try_from(vec![OrderCounters::default(); cpus]).map_err(|source| {
@@ -911,6 +882,46 @@ fn update_batch_fd<T: Copy>(fd: std::os::fd::RawFd, values: &[(u32, T)]) -> io::
         flags: 0,
     };
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// Reads up to `keys.len()` entries of the per-CPU array `fd` in one call
+/// (BPF_MAP_LOOKUP_BATCH), starting after slot `last` (or at the first):
+/// how many were read, and the token for the next call. `values` holds a
+/// value per possible CPU for each key.
+fn lookup_batch_fd<T: Copy>(
+    fd: std::os::fd::RawFd,
+    last: Option<u32>,
+    keys: &mut [u32],
+    values: &mut [T],
+) -> io::Result<(usize, u32)> {
+    // Per key, a value for each possible CPU, each rounded up to 8 bytes.
+    const { assert!(size_of::<T>().is_multiple_of(8)) };
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: last
+            .as_ref()
+            .map_or(0, |token| std::ptr::from_ref(token) as u64),
+        out_batch: std::ptr::from_mut(&mut next) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        // ENOENT: the batch reached the map's end.
+        Err(err) if err.raw_os_error() != Some(libc::ENOENT) => Err(err),
+        _ => Ok(((attr.count as usize).min(keys.len()), next)),
+    }
+}
+
+/// The number of possible CPUs: how many values a per-CPU map holds per key.
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
+        path: PathBuf::from(path),
+        source,
+    })
 }
 
 /// An attachment this daemon holds open: besides the pin, our own handle
