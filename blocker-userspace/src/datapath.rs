@@ -791,6 +791,23 @@ struct BatchAttr {
     flags: u64,
 }
 
+impl BatchAttr {
+    /// A batch of `count` keys and their values on the map `fd`, from the
+    /// map's start.
+    fn new<K, V>(fd: std::os::fd::RawFd, keys: *const K, values: *const V, count: usize) -> Self {
+        Self {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys as u64,
+            values: values as u64,
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        }
+    }
+}
+
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -871,16 +888,7 @@ fn update_batch_fd<T: Copy>(fd: std::os::fd::RawFd, values: &[(u32, T)]) -> io::
         return Ok(());
     }
     let (indices, values): (Vec<u32>, Vec<T>) = values.iter().copied().unzip();
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: indices.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(indices.len()).unwrap_or(u32::MAX),
-        map_fd: fd as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
+    let mut attr = BatchAttr::new(fd, indices.as_ptr(), values.as_ptr(), indices.len());
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
 
@@ -902,12 +910,7 @@ fn lookup_batch_fd<T: Copy>(
             .as_ref()
             .map_or(0, |token| std::ptr::from_ref(token) as u64),
         out_batch: std::ptr::from_mut(&mut next) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
-        map_fd: fd as u32,
-        elem_flags: 0,
-        flags: 0,
+        ..BatchAttr::new(fd, keys.as_mut_ptr(), values.as_mut_ptr(), keys.len())
     };
     match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
         // ENOENT: the batch reached the map's end.
