@@ -284,7 +284,7 @@ impl Maps {
     /// Counters of the order slots `0..slots`, each summed over CPUs, read
     /// [`BATCH_SLOTS`] at a time (BPF_MAP_LOOKUP_BATCH; aya 0.14 has no batch
     /// operations) instead of one call per slot: with 10k orders a whole
-    /// scrape took a median of 28-33.5 ms slot by slot, 23.6-26.8 ms so.
+    /// scrape took a median of 28-38 ms slot by slot, 23.6-29.4 ms so.
     pub fn order_totals(&self, slots: u32) -> Result<Vec<OrderCounters>> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 

@@ -1,9 +1,10 @@
 //! The control plane on the benchmark's feed: each stage of a from-scratch
 //! load and of a 1% update, in process; then the real daemon on the same
-//! feeds, for its apply time and its peak memory.
+//! feeds, for its apply time, its peak memory and the time of a scrape.
 
 use std::{
     fs,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -66,7 +67,13 @@ pub struct DaemonRun {
     pub update_seen: Duration,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// Median time of a whole `/metrics` scrape with the 1M feed's orders
+    /// in force (curl's own time, [`SCRAPES`] scrapes).
+    pub scrape: Duration,
 }
+
+/// Scrapes timed for [`DaemonRun::scrape`].
+const SCRAPES: usize = 15;
 
 struct Signed {
     feed: Vec<u8>,
@@ -193,6 +200,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
         s.get("blocker_feed_serial", &[]) == Some(1.0)
     });
     let start_to_enforced = started.elapsed();
+    let scrape_median = scrape_time(edge.edge.name(), edge.listen());
     let changed = super::workload::changed(orders, UPDATE_EVERY, 7);
     edge.publish(2, &changed);
     let hup = Instant::now();
@@ -209,8 +217,32 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
         update_seen,
         rss_kib: status_kib(daemon.pid(), "VmRSS:"),
         peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
+        scrape: scrape_median,
     };
     eprintln!("bench: daemon {run:?}");
     daemon.terminate();
     run
+}
+
+/// The median of [`SCRAPES`] whole scrapes of `http://LISTEN/metrics` from
+/// inside `ns`, each timed by curl (not the process start around it).
+fn scrape_time(ns: &str, listen: SocketAddr) -> Duration {
+    let url = format!("http://{listen}/metrics");
+    let mut times: Vec<Duration> = (0..SCRAPES)
+        .map(|_| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "10"])
+                .args(["-o", "/dev/null", "-w", "%{time_total}", &url])
+                .output()
+                .expect("running curl");
+            assert!(out.status.success(), "scraping {url}: {out:?}");
+            let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or_else(|err| panic!("curl's time for {url}: {err}"));
+            Duration::from_secs_f64(seconds)
+        })
+        .collect();
+    times.sort_unstable();
+    times[SCRAPES / 2]
 }

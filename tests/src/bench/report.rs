@@ -334,6 +334,7 @@ impl Report {
                 "update_seen_s": d.update_seen.as_secs_f64(),
                 "rss_kib": d.rss_kib,
                 "peak_rss_kib": d.peak_rss_kib,
+                "scrape_s": d.scrape.as_secs_f64(),
             })),
             "exact_hits": self.exact_hits.map(|h| json!({
                 "addresses": h.addresses,
