@@ -21,6 +21,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC,
         xdp_action::{XDP_ABORTED, XDP_PASS, XDP_TX},
+        xdp_md,
     },
     macros::{map, xdp},
     maps::{
@@ -94,9 +95,12 @@ fn write_key(key: &mut MaybeUninit<Key<[u32; 4]>>, (hi, lo): (u64, u64)) {
     }
 }
 
-#[xdp]
-pub fn bench_lpm(ctx: XdpContext) -> u32 {
-    shared::run::<Reference>(&ctx)
+/// Written out as blocker's entry point is (see `main.rs`), so that the
+/// two differ in the lookup alone.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn bench_lpm(ctx: *mut xdp_md) -> u32 {
+    shared::run::<Reference>(&XdpContext::new(ctx))
 }
 
 #[xdp]

@@ -11,10 +11,10 @@
 mod shared;
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, xdp_md},
     cty::c_void,
     helpers::generated::bpf_loop,
-    macros::{map, xdp},
+    macros::map,
     maps::Array,
     programs::XdpContext,
 };
@@ -331,9 +331,13 @@ fn entry<G: Generation, A: Address>(
     G::entry(finish::<G, A::Probe>(shape, addr.start(tables, shape)))
 }
 
-#[xdp]
-pub fn blocker(ctx: XdpContext) -> u32 {
-    shared::run::<Blocker>(&ctx)
+/// The entry point, written out: aya's `#[xdp]` puts the body in a nested
+/// function, which LLVM kept as a BPF-to-BPF call (a second stack frame,
+/// its prologue and epilogue, on every frame).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn blocker(ctx: *mut xdp_md) -> u32 {
+    shared::run::<Blocker>(&XdpContext::new(ctx))
 }
 
 /// A lookup past its descriptor, as `bpf_loop` hands it to each step: the
