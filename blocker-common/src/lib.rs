@@ -32,7 +32,10 @@ pub mod map_names {
     pub const ENTRIES: [&str; 2] = ["BLK_ENTRY_A", "BLK_ENTRY_B"];
     pub const ORDER_COUNTERS: &str = "BLK_ORDER_CNT";
     pub const ORDER_WINDOWS: &str = "BLK_ORDER_WIN";
+    /// Interface statistics as programs before the per-frame counts kept
+    /// them: no longer written, still added to what readers report.
     pub const STATS: &str = "BLK_STATS";
+    pub const FRAMES: &str = "BLK_FRAMES";
     /// The lookup tables of each generation: bitmaps, hash tables, entries
     /// and the IPv4 /16 array, in the order the datapath indexes them.
     pub const TABLES: [[&str; 6]; 2] = [
@@ -55,8 +58,8 @@ pub mod map_names {
     ];
     /// Every map, in the order the datapath pins them: the control value,
     /// each generation's [`TABLES`], then the order and interface maps.
-    pub const ALL: [&str; 16] = {
-        let mut all = [CONTROL; 16];
+    pub const ALL: [&str; 17] = {
+        let mut all = [CONTROL; 17];
         let mut i = 0;
         while i < 12 {
             all[1 + i] = TABLES[i / 6][i % 6];
@@ -65,6 +68,7 @@ pub mod map_names {
         all[13] = ORDER_COUNTERS;
         all[14] = ORDER_WINDOWS;
         all[15] = STATS;
+        all[16] = FRAMES;
         all
     };
 }
@@ -249,11 +253,77 @@ pub const STAT_COUNT: u32 = 10;
 /// maps slots back to the configured interfaces).
 pub const IF_SLOTS: u32 = 256;
 
-/// Per-CPU statistics of one interface slot, indexed by [`Stat`] value.
+/// Per-CPU statistics of one interface slot, indexed by [`Stat`] value:
+/// what readers report ([`IfStats::of`]), and how programs before
+/// [`FrameCounts`] counted in `BLK_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IfStats {
     pub counters: [u64; STAT_COUNT as usize],
+}
+
+impl IfStats {
+    /// The statistics of a slot: those an older program counted in
+    /// `BLK_STATS` (`before`) plus those the frame `counts` make. Every
+    /// reported value is a sum of counters that only grow, so no read, however
+    /// it interleaves with the program's increments, reports less than
+    /// the read before it.
+    pub fn of(before: &IfStats, counts: &FrameCounts) -> IfStats {
+        // What each count adds to: a frame's outcome is also its verdict,
+        // and a looked-up frame's verdict is also `Looked`.
+        const ADDS_TO: [(Count, &[Stat]); COUNT_COUNT] = [
+            (Count::Passed, &[Stat::Passed, Stat::Looked]),
+            (Count::Dropped, &[Stat::Dropped, Stat::Looked]),
+            (Count::Monitored, &[Stat::Monitored]),
+            (Count::NonIp, &[Stat::NonIp, Stat::Passed]),
+            (Count::Truncated, &[Stat::Truncated, Stat::Passed]),
+            (Count::Malformed, &[Stat::Malformed, Stat::Passed]),
+            (Count::TooManyVlans, &[Stat::TooManyVlans, Stat::Passed]),
+            (Count::Errors, &[Stat::Errors]),
+        ];
+        let mut stats = *before;
+        for (count, stats_of_it) in ADDS_TO {
+            for &stat in stats_of_it {
+                let total = &mut stats.counters[stat as usize];
+                *total = total.wrapping_add(counts.counters[count as usize]);
+            }
+        }
+        // Every frame ends passed or dropped.
+        stats.counters[Stat::Seen as usize] = stats.counters[Stat::Passed as usize]
+            .wrapping_add(stats.counters[Stat::Dropped as usize]);
+        stats
+    }
+}
+
+/// Counts the program keeps per frame outcome ([`Count`]).
+pub const COUNT_COUNT: usize = 8;
+
+/// Per-CPU frame counts of one interface slot (`BLK_FRAMES`), indexed by
+/// [`Count`] value. A frame makes one increment, a monitor match or an
+/// internal failure one more: readers derive the rest ([`IfStats::of`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameCounts {
+    pub counters: [u64; COUNT_COUNT],
+}
+
+/// Indices into [`FrameCounts`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// IP frames looked up and passed (no order, or a monitor order).
+    Passed = 0,
+    /// Frames dropped by a drop order.
+    Dropped = 1,
+    /// Frames that matched a monitor order (also counted [`Count::Passed`]).
+    Monitored = 2,
+    /// The skip reasons of [`Stat`]: each frame so counted passed, unlooked.
+    NonIp = 3,
+    Truncated = 4,
+    Malformed = 5,
+    TooManyVlans = 6,
+    /// Internal failures (also counted passed or dropped).
+    Errors = 7,
 }
 
 /// Indices into the statistics array.
@@ -308,6 +378,7 @@ const _: () = assert!(size_of::<ProgramControl>() == 88);
 const _: () = assert!(size_of::<layout::Bucket4>() == 64);
 const _: () = assert!(size_of::<layout::Bucket6>() == 160);
 const _: () = assert!(size_of::<IfStats>() == 80);
+const _: () = assert!(size_of::<FrameCounts>() == 64);
 const _: () = assert!(size_of::<OrderCounters>() == 16);
 
 #[cfg(feature = "user")]
@@ -320,6 +391,7 @@ mod pod {
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::OrderCounters {}
     unsafe impl aya::Pod for super::IfStats {}
+    unsafe impl aya::Pod for super::FrameCounts {}
     unsafe impl aya::Pod for super::layout::Bucket4 {}
     unsafe impl aya::Pod for super::layout::Bucket6 {}
     unsafe impl aya::Pod for super::layout::Short4 {}

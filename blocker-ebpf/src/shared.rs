@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use blocker_common::{
-    CANDIDATES, Candidate, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PrefixEntry,
-    Stat,
+    CANDIDATES, Candidate, Count, FrameCounts, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters,
+    OrderWindow, PrefixEntry,
 };
 
 pub const ETH_HDR_LEN: usize = 14;
@@ -33,8 +33,12 @@ const IPV6_HDR_LEN: usize = 40;
 static BLK_ORDER_CNT: PerCpuArray<OrderCounters> = PerCpuArray::pinned(MAX_ORDERS, 0);
 #[map]
 static BLK_ORDER_WIN: Array<OrderWindow> = Array::pinned(MAX_ORDERS, 0);
+/// What programs before [`BLK_FRAMES`] counted: declared so that it stays
+/// pinned (readers add its counts), never written.
 #[map]
 static BLK_STATS: PerCpuArray<IfStats> = PerCpuArray::pinned(IF_SLOTS, 0);
+#[map]
+static BLK_FRAMES: PerCpuArray<FrameCounts> = PerCpuArray::pinned(IF_SLOTS, 0);
 
 /// The table entries of a frame's (destination, source) addresses.
 pub type Found = (Option<&'static PrefixEntry>, Option<&'static PrefixEntry>);
@@ -56,12 +60,12 @@ pub enum Skip {
 
 impl Skip {
     #[inline(always)]
-    fn stat(&self) -> Stat {
+    fn count(&self) -> Count {
         match self {
-            Skip::NonIp => Stat::NonIp,
-            Skip::Truncated => Stat::Truncated,
-            Skip::Malformed => Stat::Malformed,
-            Skip::TooManyVlans => Stat::TooManyVlans,
+            Skip::NonIp => Count::NonIp,
+            Skip::Truncated => Count::Truncated,
+            Skip::Malformed => Count::Malformed,
+            Skip::TooManyVlans => Count::TooManyVlans,
         }
     }
 }
@@ -70,8 +74,9 @@ impl Skip {
 #[inline(always)]
 pub fn run<L: Lookup>(ctx: &XdpContext) -> u32 {
     let slot = (ctx.ingress_ifindex() as u32) % IF_SLOTS;
-    // No `Stat::Seen`: readers count it as passed + dropped.
-    let Some(stats) = BLK_STATS.get_ptr_mut(slot) else {
+    // One count a frame, its outcome: readers make the statistics they
+    // report from them (`blocker_common::IfStats::of`).
+    let Some(stats) = BLK_FRAMES.get_ptr_mut(slot) else {
         // Cannot happen: `slot` is below IF_SLOTS, the map's size. Were it
         // to, there would be nowhere to count, so fail open at once: one
         // path through the program for the verifier and the CPU, not a
@@ -81,30 +86,30 @@ pub fn run<L: Lookup>(ctx: &XdpContext) -> u32 {
     let verdict = match parse::<L>(ctx, stats) {
         Ok(verdict) => verdict,
         Err(skip) => {
-            bump(stats, skip.stat());
-            XDP_PASS
+            bump(stats, skip.count());
+            return XDP_PASS;
         }
     };
     bump(
         stats,
         if verdict == XDP_DROP {
-            Stat::Dropped
+            Count::Dropped
         } else {
-            Stat::Passed
+            Count::Passed
         },
     );
     verdict
 }
 
-/// This CPU's statistics of the frame's interface slot.
-type Stats = *mut IfStats;
+/// This CPU's frame counts of the frame's interface slot.
+type Stats = *mut FrameCounts;
 
 #[inline(always)]
-fn bump(stats: Stats, stat: Stat) {
+fn bump(stats: Stats, count: Count) {
     // SAFETY: a value of the per-CPU map (`run` checked the lookup): no
     // other context writes it concurrently; the index is a constant below
-    // STAT_COUNT.
-    unsafe { (*stats).counters[stat as usize] += 1 };
+    // COUNT_COUNT.
+    unsafe { (*stats).counters[count as usize] += 1 };
 }
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
@@ -206,7 +211,6 @@ fn decide(
     dst: Option<&PrefixEntry>,
     src: Option<&PrefixEntry>,
 ) -> u32 {
-    bump(stats, Stat::Looked);
     // The clock is read only for a candidate with a window (a miss, and a
     // hit on an order without one, cost none).
     let mut now = 0;
@@ -230,7 +234,7 @@ fn decide(
     if winner.is_drop() {
         XDP_DROP
     } else {
-        bump(stats, Stat::Monitored);
+        bump(stats, Count::Monitored);
         XDP_PASS
     }
 }
@@ -275,7 +279,7 @@ fn count(ctx: &XdpContext, stats: Stats, slot: u32) {
                 (*counters).bytes += len;
             }
         }
-        None => bump(stats, Stat::Errors),
+        None => bump(stats, Count::Errors),
     }
 }
 

@@ -28,8 +28,8 @@ use aya::{
     },
 };
 use blocker_common::{
-    Control, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME, PrefixEntry,
-    STAT_COUNT, Stat,
+    Control, FrameCounts, IF_SLOTS, IfStats, MAX_ORDERS, OrderCounters, OrderWindow, PROGRAM_NAME,
+    PrefixEntry, STAT_COUNT,
     layout::{self, Bucket4, Bucket6, Short4},
     map_names,
 };
@@ -181,7 +181,11 @@ pub struct Maps {
     tables: [[MapData; 6]; 2],
     counters: PerCpuArray<MapData, OrderCounters>,
     windows: Array<MapData, OrderWindow>,
+    /// What programs before `BLK_FRAMES` counted (see [`IfStats::of`]).
     stats: PerCpuArray<MapData, IfStats>,
+    /// The program's frame counts; `None` only for the pins of a daemon
+    /// from before them.
+    frames: Option<PerCpuArray<MapData, FrameCounts>>,
     geometry: Geometry,
 }
 
@@ -195,22 +199,32 @@ impl Maps {
             });
         }
         check_pinned_layout(&dir)?;
-        Self::build(|name| {
-            let map = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
-            Map::from_map_data(map).map_err(map_err(name))
-        })
+        Self::build(
+            |name| {
+                let map = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+                Map::from_map_data(map).map_err(map_err(name))
+            },
+            |name| dir.join(name).exists(),
+        )
     }
 
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::build(|name| {
-            ebpf.take_map(name).ok_or_else(|| DatapathError::Missing {
-                what: "map",
-                name: name.to_owned(),
-            })
-        })
+        Self::build(
+            |name| {
+                ebpf.take_map(name).ok_or_else(|| DatapathError::Missing {
+                    what: "map",
+                    name: name.to_owned(),
+                })
+            },
+            |_| true,
+        )
     }
 
-    fn build(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+    /// The maps `take` gives by name; `BLK_FRAMES` only where `has` it.
+    fn build(
+        mut take: impl FnMut(&'static str) -> Result<Map>,
+        has: impl Fn(&'static str) -> bool,
+    ) -> Result<Self> {
         fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
             T::try_from(map).map_err(map_err(name))
         }
@@ -249,6 +263,11 @@ impl Maps {
             counters: typed(take(map_names::ORDER_COUNTERS)?, map_names::ORDER_COUNTERS)?,
             windows: typed(take(map_names::ORDER_WINDOWS)?, map_names::ORDER_WINDOWS)?,
             stats: typed(take(map_names::STATS)?, map_names::STATS)?,
+            frames: if has(map_names::FRAMES) {
+                Some(typed(take(map_names::FRAMES)?, map_names::FRAMES)?)
+            } else {
+                None
+            },
             geometry,
         })
     }
@@ -346,21 +365,22 @@ impl Maps {
     }
 
     fn slot_stats(&self, slot: u32) -> Result<[u64; STAT_COUNT as usize]> {
+        let mut before = IfStats::default();
         let per_cpu = self
             .stats
             .get(&slot, 0)
             .map_err(map_err(map_names::STATS))?;
-        let mut totals = [0u64; STAT_COUNT as usize];
         for cpu in per_cpu.iter() {
-            for (total, value) in totals.iter_mut().zip(cpu.counters) {
-                *total += value;
+            add_up(&mut before.counters, &cpu.counters);
+        }
+        let mut counts = FrameCounts::default();
+        if let Some(frames) = &self.frames {
+            let per_cpu = frames.get(&slot, 0).map_err(map_err(map_names::FRAMES))?;
+            for cpu in per_cpu.iter() {
+                add_up(&mut counts.counters, &cpu.counters);
             }
         }
-        // Every frame ends passed or dropped; the program counts no more
-        // (an older one did, in the slot this overwrites).
-        totals[Stat::Seen as usize] =
-            totals[Stat::Passed as usize] + totals[Stat::Dropped as usize];
-        Ok(totals)
+        Ok(IfStats::of(&before, &counts).counters)
     }
 
     /// The entry the program finds for `addr` in the live generation: that
@@ -1737,11 +1757,14 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
         (map_names::ORDER_WINDOWS, size_of::<OrderWindow>()),
         (map_names::ORDER_COUNTERS, size_of::<OrderCounters>()),
         (map_names::STATS, size_of::<IfStats>()),
+        (map_names::FRAMES, size_of::<FrameCounts>()),
     ];
     for (name, value_size) in expected {
         let path = maps_dir.join(name);
         if !path.exists() {
-            if name != map_names::CONTROL && maps_dir.join(map_names::CONTROL).exists() {
+            // The frame counts came after the rest: this build makes them.
+            let newer = name == map_names::FRAMES;
+            if name != map_names::CONTROL && !newer && maps_dir.join(map_names::CONTROL).exists() {
                 return Err(DatapathError::Layout {
                     path: maps_dir.to_owned(),
                     detail: format!("no {name} map"),
@@ -1761,6 +1784,13 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds `values` into `totals`, wrapping as the kernel's counters do.
+fn add_up(totals: &mut [u64], values: &[u64]) {
+    for (total, value) in totals.iter_mut().zip(values) {
+        *total = total.wrapping_add(*value);
+    }
 }
 
 fn maps_dir(bpffs_dir: &Path) -> PathBuf {

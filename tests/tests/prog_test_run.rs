@@ -611,6 +611,63 @@ fn non_ip_frames_pass_uncounted() {
     );
 }
 
+/// Statistics that a program from before the frame counts left in
+/// `BLK_STATS` (reused across an upgrade, as pins are) are still reported,
+/// with what this program counts added; the stale `seen` such a program
+/// kept is not (readers take passed + dropped).
+#[test]
+fn statistics_an_older_program_counted_are_added_to() {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    use blocker_common::{IfStats, map_names};
+
+    let mut rig = Rig::with(
+        &[drop_order("ALL", Direction::Both, &["192.0.2.0/24"])],
+        Enforcement::Enforce,
+    );
+    let start = rig.stats();
+    let pin = rig.dp.bpffs_dir().join("maps").join(map_names::STATS);
+    let data = MapData::from_pin(&pin).expect("the pinned BLK_STATS");
+    let mut older: PerCpuArray<MapData, IfStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("the number of CPUs");
+    // Indexed by Stat: seen (stale), passed, dropped, monitored, non_ip,
+    // truncated, malformed, too_many_vlans, error, ip.
+    let left = [999, 5, 3, 1, 2, 0, 1, 0, 1, 5];
+    let mut values = vec![IfStats::default(); cpus];
+    values[0].counters = left;
+    values[cpus - 1].counters[Stat::Dropped as usize] += 10;
+    values[cpus - 1].counters[Stat::Looked as usize] += 10;
+    older
+        .set(
+            7,
+            PerCpuValues::try_from(values).expect("one value a CPU"),
+            0,
+        )
+        .expect("writing what an older program counted");
+    let mut expected = start;
+    for (total, value) in expected.iter_mut().zip(left).skip(1) {
+        *total += value;
+    }
+    expected[Stat::Dropped as usize] += 10;
+    expected[Stat::Looked as usize] += 10;
+    expected[Stat::Seen as usize] =
+        expected[Stat::Passed as usize] + expected[Stat::Dropped as usize];
+    assert_eq!(rig.stats(), expected, "the older counts, added once");
+    rig.expect_drop(
+        "a drop after them",
+        &udp("192.0.2.1", "198.51.100.1").build().bytes,
+        "ALL",
+    );
+    let arp = frame::arp_request([192, 0, 2, 1], [192, 0, 2, 2], &[]);
+    rig.expect(
+        "ARP after them",
+        &arp,
+        XDP_PASS,
+        None,
+        &[Stat::NonIp, Stat::Passed],
+    );
+}
+
 #[test]
 fn malformed_ip_headers_pass_uncounted() {
     let mut rig = Rig::with(
