@@ -196,18 +196,45 @@ impl Kernel {
         }
     }
 
-    /// The median of `rounds` timings of `program` on one frame (all caches
-    /// hot), and its verdict.
-    pub fn hot(
+    /// For each of `runs` (a program and a frame), the median of `rounds`
+    /// timings of that program on that frame (all caches hot), and its
+    /// verdict. The runs take their rounds in turn, so that a noisy spell
+    /// of the shared machine falls on each of them, not on one program's
+    /// rounds alone: the ratios between them are what the goals compare.
+    pub fn hot_in_turn(
         &mut self,
-        program: Program,
-        frame: &[u8],
+        runs: &[(Program, &[u8])],
         repeat: u32,
         rounds: usize,
-    ) -> (f64, u32) {
-        median_of(rounds, || {
-            time_run(self.program(program), program.as_str(), frame, repeat)
+    ) -> Vec<(f64, u32)> {
+        self.in_turn(runs.len(), rounds, |kernel, i| {
+            let (program, frame) = runs[i];
+            time_run(kernel.program(program), program.as_str(), frame, repeat)
         })
+    }
+
+    /// `rounds` rounds of `timing` for each of `count` runs, one round of
+    /// each run after the other; each run's median and last verdict.
+    fn in_turn(
+        &mut self,
+        count: usize,
+        rounds: usize,
+        mut timing: impl FnMut(&mut Self, usize) -> (f64, u32),
+    ) -> Vec<(f64, u32)> {
+        let mut times = vec![Vec::with_capacity(rounds); count];
+        let mut verdicts = vec![0; count];
+        for _ in 0..rounds {
+            for i in 0..count {
+                let (ns, verdict) = timing(self, i);
+                times[i].push(ns);
+                verdicts[i] = verdict;
+            }
+        }
+        times
+            .iter_mut()
+            .zip(verdicts)
+            .map(|(times, verdict)| (median(times), verdict))
+            .collect()
     }
 
     /// Loads an address pool into the driver.
