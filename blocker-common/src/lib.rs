@@ -326,13 +326,14 @@ pub enum Count {
     Errors = 7,
 }
 
-/// Indices into the statistics array.
+/// Indices into [`IfStats`]: the statistics readers report, which
+/// [`IfStats::of`] makes from the program's [`Count`]s (and which programs
+/// before those counted themselves).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Every frame the program saw. The program leaves this counter alone
-    /// (every frame ends passed or dropped): readers take
-    /// [`Stat::Passed`] + [`Stat::Dropped`], one increment a frame fewer.
+    /// Every frame the program saw: [`Stat::Passed`] + [`Stat::Dropped`]
+    /// (every frame ends passed or dropped).
     Seen = 0,
     /// Frames passed (including monitor matches and unparsed frames).
     Passed = 1,
