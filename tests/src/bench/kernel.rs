@@ -207,25 +207,12 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> Vec<(f64, u32)> {
-        self.in_turn(runs.len(), rounds, |kernel, i| {
-            let (program, frame) = runs[i];
-            time_run(kernel.program(program), program.as_str(), frame, repeat)
-        })
-    }
-
-    /// `rounds` rounds of `timing` for each of `count` runs, one round of
-    /// each run after the other; each run's median and last verdict.
-    fn in_turn(
-        &mut self,
-        count: usize,
-        rounds: usize,
-        mut timing: impl FnMut(&mut Self, usize) -> (f64, u32),
-    ) -> Vec<(f64, u32)> {
-        let mut times = vec![Vec::with_capacity(rounds); count];
-        let mut verdicts = vec![0; count];
+        let mut times = vec![Vec::with_capacity(rounds); runs.len()];
+        let mut verdicts = vec![0; runs.len()];
         for _ in 0..rounds {
-            for i in 0..count {
-                let (ns, verdict) = timing(self, i);
+            for (i, &(program, frame)) in runs.iter().enumerate() {
+                let (ns, verdict) =
+                    time_run(self.program(program), program.as_str(), frame, repeat);
                 times[i].push(ns);
                 verdicts[i] = verdict;
             }
