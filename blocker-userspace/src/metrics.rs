@@ -19,8 +19,8 @@ use std::{
 
 use blocker_common::OrderCounters;
 use prometheus::{
-    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{
@@ -505,11 +505,17 @@ impl Metrics {
 }
 
 /// Moves a Prometheus counter up to the kernel's running total. A total below
-/// the counter means the kernel slot was reset (the order id is new): start
-/// the series again.
+/// the counter means the kernel's counters were made anew (the maps were
+/// recreated): start the series again.
 fn advance(vec: &IntCounterVec, labels: &[&str], total: u64) {
-    let mut counter = vec.with_label_values(labels);
-    advance_held(vec, labels, &mut counter, total);
+    let counter = vec.with_label_values(labels);
+    let current = counter.get();
+    if total >= current {
+        counter.inc_by(total - current);
+    } else {
+        let _ = vec.remove_label_values(labels);
+        vec.with_label_values(labels).inc_by(total);
+    }
 }
 
 /// The `# HELP` and `# TYPE` lines of a family written by hand.
@@ -532,19 +538,6 @@ impl std::fmt::Display for Label<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// [`advance`] for the series `counter` of `vec` at `labels`, held already
-/// (and held anew when the series starts again).
-fn advance_held(vec: &IntCounterVec, labels: &[&str], counter: &mut IntCounter, total: u64) {
-    let current = counter.get();
-    if total >= current {
-        counter.inc_by(total - current);
-    } else {
-        let _ = vec.remove_label_values(labels);
-        *counter = vec.with_label_values(labels);
-        counter.inc_by(total);
     }
 }
 
