@@ -155,16 +155,9 @@ fn checked_text(bytes: &[u8]) -> Result<&str, FeedError> {
 
 /// Whether `text` holds a carriage return not followed by a line feed.
 fn lone_carriage_return(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    while let Some(at) = text[from..].find('\r') {
-        let at = from + at;
-        if bytes.get(at + 1) != Some(&b'\n') {
-            return true;
-        }
-        from = at + 1;
-    }
-    false
+    text.split('\r')
+        .skip(1)
+        .any(|after| !after.starts_with('\n'))
 }
 
 /// Bytes in a line of a feed, about: to count a feed's work by its size.
