@@ -13,6 +13,7 @@ use blocker::{
     datapath::Datapath,
     feed::{self, Order},
     policy, signature,
+    state::StateDir,
 };
 use time::OffsetDateTime;
 
@@ -245,19 +246,18 @@ fn wait_for_serial(
     timeout: Duration,
     log: impl Fn() -> String,
 ) {
-    let path = state_dir.join("status.json");
+    let state = StateDir::existing(state_dir).expect("the daemon's state_dir, made at its start");
     let deadline = Instant::now() + timeout;
     loop {
-        let status = fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<blocker::state::SyncStatus>(&bytes).ok());
+        // A status caught mid-write reads as an error: read again.
+        let status = state.load_status().ok().flatten();
         if status.as_ref().and_then(|s| s.serial) == Some(serial) {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for serial {serial} in {}: {status:?}; log:\n{}",
-            path.display(),
+            state_dir.display(),
             log()
         );
         std::thread::sleep(Duration::from_millis(10));
