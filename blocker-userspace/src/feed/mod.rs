@@ -8,7 +8,7 @@
 mod model;
 mod split;
 
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use ipnetwork::IpNetwork;
 pub use model::*;
@@ -273,7 +273,7 @@ impl Pending {
         index: usize,
         raw: RawOrder,
         targets: &[S],
-        parsed: Option<Vec<IpNetwork>>,
+        parsed: Option<&[IpNetwork]>,
     ) -> Self {
         let mut problems = Vec::new();
         let order = check_order(index, raw, targets, parsed, &mut problems);
@@ -465,7 +465,7 @@ fn check_order<S: AsRef<str>>(
     index: usize,
     raw: RawOrder,
     targets: &[S],
-    parsed: Option<Vec<IpNetwork>>,
+    parsed: Option<&[IpNetwork]>,
     problems: &mut Vec<Problem>,
 ) -> Option<Order> {
     let position = || format!("orders[{index}]");
@@ -494,10 +494,12 @@ fn check_order<S: AsRef<str>>(
             "an order needs at least one target",
         ));
     }
-    let targets = parsed
-        .and_then(|parsed| sound(raw.rung, parsed))
-        .or_else(|| sound_targets(raw.rung, texts))
-        .unwrap_or_else(|| named_targets(name, raw.rung, texts, problems));
+    let targets: Arc<[IpNetwork]> = match parsed.filter(|parsed| sound(raw.rung, parsed)) {
+        Some(parsed) => parsed.into(),
+        None => sound_targets(raw.rung, texts)
+            .unwrap_or_else(|| named_targets(name, raw.rung, texts, problems))
+            .into(),
+    };
     let mut time_field = |field: &str, text: &Option<String>| {
         text.as_deref().and_then(|t| match parse_time(t) {
             Ok(at) => Some(at),
@@ -532,7 +534,7 @@ fn check_order<S: AsRef<str>>(
         rung: raw.rung,
         action: raw.action,
         direction: raw.direction,
-        targets: targets.into(),
+        targets,
         status: raw.status,
         effective_from,
         expires_at,
@@ -548,20 +550,65 @@ fn sound_targets<S: AsRef<str>>(rung: Rung, texts: &[S]) -> Option<Vec<IpNetwork
         .iter()
         .map(|text| parse_target(text.as_ref()).ok())
         .collect::<Option<Vec<IpNetwork>>>()?;
-    sound(rung, targets)
+    sound(rung, &targets).then_some(targets)
 }
 
-/// `targets` when none is broader than `rung` allows and none is listed
-/// twice.
-fn sound(rung: Rung, targets: Vec<IpNetwork>) -> Option<Vec<IpNetwork>> {
-    if targets
+/// Whether none of `targets` is broader than `rung` allows and none is
+/// listed twice.
+fn sound(rung: Rung, targets: &[IpNetwork]) -> bool {
+    targets
         .iter()
-        .any(|prefix| prefix.prefix() < rung.contract_min_len(prefix.is_ipv6()))
-    {
-        return None;
+        .all(|prefix| prefix.prefix() >= rung.contract_min_len(prefix.is_ipv6()))
+        && distinct(targets)
+}
+
+/// Whether no prefix is listed twice in `targets`. Each goes into a small
+/// open-addressing table by its [`distinct_key`]: exact for IPv4, a hash
+/// for IPv6, so that only two IPv6 keys alike (or a long probe) need the
+/// exact check, by sorting.
+fn distinct(targets: &[IpNetwork]) -> bool {
+    /// Slots tried for a key before the exact check takes over.
+    const PROBES: usize = 16;
+    let size = (targets.len() * 2).next_power_of_two().max(16);
+    let shift = 64 - size.trailing_zeros();
+    let mut table = vec![0u64; size];
+    for prefix in targets {
+        let key = distinct_key(prefix);
+        let start = (key.wrapping_mul(GOLDEN) >> shift) as usize;
+        let slot = (0..PROBES)
+            .map(|i| (start + i) & (size - 1))
+            .find(|&slot| table[slot] == 0 || table[slot] == key);
+        match slot {
+            Some(slot) if table[slot] == 0 => table[slot] = key,
+            _ => return distinct_exactly(targets),
+        }
     }
-    // Each prefix as one sortable key: its bits, and its length (IPv6
-    // lengths past IPv4's).
+    true
+}
+
+/// Fibonacci hashing's multiplier.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `prefix`'s key in [`distinct`]'s table, never 0 (an empty slot): an
+/// IPv4 prefix's bits and length under the top bit, exactly; a hash of an
+/// IPv6 prefix's bits and length with the top bit clear.
+fn distinct_key(prefix: &IpNetwork) -> u64 {
+    match prefix {
+        IpNetwork::V4(p) => {
+            1 << 63 | u64::from(u32::from(p.network())) << 8 | u64::from(p.prefix())
+        }
+        IpNetwork::V6(p) => {
+            let bits = u128::from(p.network());
+            let high = ((bits >> 64) as u64 ^ u64::from(p.prefix())).wrapping_mul(GOLDEN);
+            let mixed = (high.rotate_left(29) ^ bits as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            mixed >> 1 | 1
+        }
+    }
+}
+
+/// [`distinct`] by sorting: each prefix as one sortable key, its bits and
+/// its length (IPv6 lengths past IPv4's).
+fn distinct_exactly(targets: &[IpNetwork]) -> bool {
     let mut keys: Vec<(u128, u8)> = targets
         .iter()
         .map(|prefix| match prefix {
@@ -570,7 +617,7 @@ fn sound(rung: Rung, targets: Vec<IpNetwork>) -> Option<Vec<IpNetwork>> {
         })
         .collect();
     keys.sort_unstable();
-    keys.windows(2).all(|w| w[0] != w[1]).then_some(targets)
+    keys.windows(2).all(|w| w[0] != w[1])
 }
 
 /// An order's targets that parse, each problem named with its field.
@@ -660,30 +707,32 @@ fn parse_target(text: &str) -> Result<IpNetwork, String> {
 /// problem.
 fn plain_v4(text: &str) -> Option<IpNetwork> {
     let bytes = text.as_bytes();
-    // Four numbers split by dots, then maybe a `/` and a fifth; each number
-    // of one to three digits, without a leading zero.
-    let mut numbers = [0u32; 5];
-    let (mut count, mut digits) = (0, 0);
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'0'..=b'9' if digits < 3 && !(digits == 1 && numbers[count] == 0) => {
-                numbers[count] = numbers[count] * 10 + u32::from(b - b'0');
-                digits += 1;
+    let (mut bits, mut at) = (0u32, 0);
+    for number in 0..4 {
+        let (n, used) = canonical_number(&bytes[at..])?;
+        if n > 255 {
+            return None;
+        }
+        bits = bits << 8 | n;
+        at += used;
+        if number < 3 {
+            if bytes.get(at) != Some(&b'.') {
+                return None;
             }
-            b'.' if digits > 0 && count < 3 => (count, digits) = (count + 1, 0),
-            b'/' if digits > 0 && count == 3 && i + 1 < bytes.len() => (count, digits) = (4, 0),
-            _ => return None,
+            at += 1;
         }
     }
-    let len = match count {
-        3 => 32,
-        4 => numbers[4],
-        _ => return None,
+    let len = match bytes.get(at) {
+        None => 32,
+        Some(b'/') => {
+            let (len, used) = canonical_number(&bytes[at + 1..])?;
+            if at + 1 + used != bytes.len() || len > 32 {
+                return None;
+            }
+            len
+        }
+        Some(_) => return None,
     };
-    if digits == 0 || numbers[..4].iter().any(|&n| n > 255) || len > 32 {
-        return None;
-    }
-    let bits = numbers[..4].iter().fold(0u32, |bits, &n| bits << 8 | n);
     if bits & u32::MAX.checked_shr(len).unwrap_or(0) != 0 {
         return None;
     }
@@ -691,31 +740,57 @@ fn plain_v4(text: &str) -> Option<IpNetwork> {
     Some(IpNetwork::V4(prefix))
 }
 
+/// The decimal number `bytes` start with, and how many bytes it takes: one
+/// to three digits, without a leading zero (`0` alone is one), and not
+/// followed by a fourth digit.
+fn canonical_number(bytes: &[u8]) -> Option<(u32, usize)> {
+    let digit = |at: usize| {
+        bytes
+            .get(at)
+            .map(|b| u32::from(b.wrapping_sub(b'0')))
+            .filter(|&d| d < 10)
+    };
+    let first = digit(0)?;
+    let Some(second) = digit(1) else {
+        return Some((first, 1));
+    };
+    if first == 0 {
+        return None;
+    }
+    let Some(third) = digit(2) else {
+        return Some((first * 10 + second, 2));
+    };
+    if digit(3).is_some() {
+        return None;
+    }
+    Some((first * 100 + second * 10 + third, 3))
+}
+
 /// A plain IPv6 address or prefix (hex groups of one to four digits, at
 /// most one `::`, no IPv4 tail; a length without a leading zero; no host
 /// bits), read by hand as [`plain_v4`] reads IPv4.
 fn plain_v6(text: &str) -> Option<IpNetwork> {
-    let (addr, len) = match text.split_once('/') {
-        Some((addr, len)) => (addr.as_bytes(), decimal(len)?),
-        None => (text.as_bytes(), 128),
-    };
-    // The groups before a `::` and after it.
+    let bytes = text.as_bytes();
+    // The groups before a `::` and after it, up to the end or a `/`.
     let mut groups = [[0u16; 8]; 2];
     let mut counts = [0usize; 2];
     let mut side = 0;
     let mut at = 0;
-    if addr.starts_with(b"::") {
+    if bytes.starts_with(b"::") {
         side = 1;
         at = 2;
     }
-    while at < addr.len() {
+    while at < bytes.len() && bytes[at] != b'/' {
         let start = at;
         let mut group = 0u16;
-        while let Some(digit) = addr.get(at).and_then(|&b| char::from(b).to_digit(16)) {
+        while let Some(&digit) = bytes.get(at).map(|&b| &HEX[usize::from(b)]) {
+            if digit > 15 {
+                break;
+            }
             if at - start == 4 {
                 return None;
             }
-            group = group << 4 | u16::try_from(digit).ok()?;
+            group = group << 4 | u16::from(digit);
             at += 1;
         }
         if at == start || counts[side] == 8 {
@@ -723,16 +798,21 @@ fn plain_v6(text: &str) -> Option<IpNetwork> {
         }
         groups[side][counts[side]] = group;
         counts[side] += 1;
-        match addr.get(at..at + 2) {
-            _ if at == addr.len() => {}
-            Some(b"::") if side == 0 => {
+        match (bytes.get(at), bytes.get(at + 1)) {
+            (None | Some(b'/'), _) => {}
+            (Some(b':'), Some(b':')) if side == 0 => {
                 side = 1;
                 at += 2;
             }
-            _ if addr[at] == b':' && at + 1 < addr.len() && addr[at + 1] != b':' => at += 1,
+            (Some(b':'), Some(next)) if !matches!(next, b':' | b'/') => at += 1,
             _ => return None,
         }
     }
+    let len = if at == bytes.len() {
+        128
+    } else {
+        decimal(&text[at + 1..])?
+    };
     let total = counts[0] + counts[1];
     if (side == 0 && total != 8) || (side == 1 && total > 7) || len > 128 {
         return None;
@@ -749,6 +829,22 @@ fn plain_v6(text: &str) -> Option<IpNetwork> {
     let prefix = ipnetwork::Ipv6Network::new(bits.into(), u8::try_from(len).ok()?).ok()?;
     Some(IpNetwork::V6(prefix))
 }
+
+/// Each byte's value as a hex digit, or 16 and over for one that is not.
+const HEX: [u8; 256] = {
+    let mut table = [16u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            digit @ b'0'..=b'9' => digit - b'0',
+            letter @ b'a'..=b'f' => letter - b'a' + 10,
+            letter @ b'A'..=b'F' => letter - b'A' + 10,
+            _ => 16,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// `text` as a prefix length: decimal digits, no leading zero, at most 128.
 fn decimal(text: &str) -> Option<u32> {
@@ -1287,5 +1383,55 @@ orders:
                 );
             }
         }
+    }
+
+    #[test]
+    fn targets_listed_twice_are_found_as_sorting_finds_them() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut outcomes = [0; 2];
+        for round in 0..400 {
+            // Lists of 1 to 3,000 prefixes of both families, drawn from a
+            // pool three times as big (nearly always a prefix twice) or
+            // from a vast one (nearly never).
+            let len = 1 + (next() % if round % 4 == 0 { 3000 } else { 120 }) as usize;
+            let values = if round % 2 == 0 {
+                len as u64 * 3
+            } else {
+                1 << 40
+            };
+            let targets: Vec<IpNetwork> = (0..len)
+                .map(|_| {
+                    let v = next() % values;
+                    if v.is_multiple_of(3) {
+                        let bits = u128::from(v) << 80;
+                        IpNetwork::new(IpAddr::V6(bits.into()), 48).expect("a /48")
+                    } else {
+                        let len = [24, 32][(v % 2) as usize];
+                        let bits = (v as u32) << (32 - len);
+                        IpNetwork::new(IpAddr::V4(bits.into()), len as u8).expect("a v4 prefix")
+                    }
+                })
+                .collect();
+            let found = distinct(&targets);
+            assert_eq!(found, distinct_exactly(&targets), "{targets:?}");
+            outcomes[usize::from(found)] += 1;
+        }
+        assert!(outcomes[0] > 50 && outcomes[1] > 50, "{outcomes:?}");
+        // A /0 and the same bits at two lengths are distinct; one IPv4 and
+        // one IPv6 prefix of the same bits too.
+        let prefixes = ["0.0.0.0/0", "192.0.2.0/24", "192.0.2.0/25", "::/0", "::/96"];
+        let targets: Vec<IpNetwork> = prefixes
+            .iter()
+            .map(|p| p.parse().expect("prefix"))
+            .collect();
+        assert!(distinct(&targets));
+        let twice: Vec<IpNetwork> = targets.iter().chain(&targets[3..4]).copied().collect();
+        assert!(!distinct(&twice));
     }
 }
