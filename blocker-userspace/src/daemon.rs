@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    hash::BuildHasher as _,
     sync::Arc,
     time::Duration,
 };
@@ -29,6 +30,12 @@ use crate::{
 
 /// How often a `file://` feed is checked for changes (a stat, no read).
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes of a feed counted as one item of work when its signature check
+/// and its fingerprint are shared out over two threads
+/// ([`crate::parallel::join`]): a feed of a megabyte or more takes a second
+/// thread.
+const FINGERPRINT_BYTES_PER_ITEM: usize = 64;
 
 /// How often pins and attachments are checked (a few stats).
 const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
@@ -335,9 +342,7 @@ impl Daemon {
             }
         };
         self.fetch_failures = 0;
-        if let Some(current) = &self.current
-            && current.fingerprint == self.fingerprint(&fetched.feed, &fetched.signature)
-        {
+        if self.in_force(&fetched.feed, &fetched.signature) {
             self.source.commit(&fetched);
             self.sync_ok();
             return;
@@ -396,12 +401,17 @@ impl Daemon {
             std::mem::take(&mut fetched.feed),
             std::mem::take(&mut fetched.signature),
         );
-        signature::verify(&self.public_key, &fetched.feed, &fetched.signature).map_err(|err| {
-            Refusal {
-                reason: "signature",
-                serial: None,
-                detail: format!("{origin}: {err}"),
-            }
+        // The fingerprint's hash (tens of ms for a large feed) is worked
+        // out on the second core while the signature is checked.
+        let (verified, hash) = crate::parallel::join(
+            fetched.feed.len() / FINGERPRINT_BYTES_PER_ITEM,
+            || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
+            || self.hasher.hash_one(&fetched.feed),
+        );
+        verified.map_err(|err| Refusal {
+            reason: "signature",
+            serial: None,
+            detail: format!("{origin}: {err}"),
         })?;
         let feed = feed::parse(&fetched.feed).map_err(|err| Refusal {
             reason: "parse",
@@ -425,17 +435,23 @@ impl Daemon {
             feed: fetched.feed,
             signature: fetched.signature,
         };
-        let fingerprint = self.fingerprint(&saved.feed, &saved.signature);
+        let fingerprint = Fingerprint {
+            len: saved.feed.len(),
+            hash,
+            signature: saved.signature.clone(),
+        };
         self.apply(fingerprint, Some(saved), feed, OffsetDateTime::now_utc())
     }
 
-    fn fingerprint(&self, feed: &[u8], signature: &[u8]) -> Fingerprint {
-        use std::hash::BuildHasher as _;
-        Fingerprint {
-            len: feed.len(),
-            hash: self.hasher.hash_one(feed),
-            signature: signature.to_vec(),
-        }
+    /// Whether `feed` and `signature` are the feed in force: its length and
+    /// signature are compared first, so that a new feed is not hashed here.
+    fn in_force(&self, feed: &[u8], signature: &[u8]) -> bool {
+        self.current.as_ref().is_some_and(|current| {
+            let known = &current.fingerprint;
+            known.len == feed.len()
+                && known.signature == signature
+                && known.hash == self.hasher.hash_one(feed)
+        })
     }
 
     /// Re-evaluates the feed in force at `now` (an order's window opened or
