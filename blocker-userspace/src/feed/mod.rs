@@ -161,7 +161,7 @@ fn lone_carriage_return(text: &str) -> bool {
 }
 
 /// Bytes in a line of a feed, about: to count a feed's work by its size.
-const AVERAGE_LINE: usize = 24;
+pub(crate) const AVERAGE_LINE: usize = 24;
 
 /// Whether `bytes` are printable ASCII, tabs and line ends, without a
 /// character YAML gives a special meaning that a feed never needs (see
@@ -724,13 +724,7 @@ fn plain_v4(text: &str) -> Option<IpNetwork> {
     }
     let len = match bytes.get(at) {
         None => 32,
-        Some(b'/') => {
-            let (len, used) = canonical_number(&bytes[at + 1..])?;
-            if at + 1 + used != bytes.len() || len > 32 {
-                return None;
-            }
-            len
-        }
+        Some(b'/') => prefix_len(&bytes[at + 1..], 32)?,
         Some(_) => return None,
     };
     if bits & u32::MAX.checked_shr(len).unwrap_or(0) != 0 {
@@ -811,10 +805,10 @@ fn plain_v6(text: &str) -> Option<IpNetwork> {
     let len = if at == bytes.len() {
         128
     } else {
-        decimal(&text[at + 1..])?
+        prefix_len(&bytes[at + 1..], 128)?
     };
     let total = counts[0] + counts[1];
-    if (side == 0 && total != 8) || (side == 1 && total > 7) || len > 128 {
+    if (side == 0 && total != 8) || (side == 1 && total > 7) {
         return None;
     }
     let mut words = [0u16; 8];
@@ -846,16 +840,12 @@ const HEX: [u8; 256] = {
     table
 };
 
-/// `text` as a prefix length: decimal digits, no leading zero, at most 128.
-fn decimal(text: &str) -> Option<u32> {
-    let digits = text.as_bytes();
-    let canonical = matches!(digits.len(), 1..=3)
-        && (digits.len() == 1 || digits[0] != b'0')
-        && digits.iter().all(u8::is_ascii_digit);
-    let value = digits.iter().fold(0u32, |value, digit| {
-        value * 10 + u32::from(digit.wrapping_sub(b'0'))
-    });
-    (canonical && value <= 128).then_some(value)
+/// `bytes` as a prefix length of at most `max`: a [`canonical_number`]
+/// and nothing after it.
+fn prefix_len(bytes: &[u8], max: u32) -> Option<u32> {
+    canonical_number(bytes)
+        .filter(|&(len, used)| used == bytes.len() && len <= max)
+        .map(|(len, _)| len)
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
