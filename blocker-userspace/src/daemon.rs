@@ -31,12 +31,6 @@ use crate::{
 /// How often a `file://` feed is checked for changes (a stat, no read).
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Bytes of a feed counted as one item of work when its signature check
-/// and its fingerprint are shared out over two threads
-/// ([`crate::parallel::join`]): a feed of a megabyte or more takes a second
-/// thread.
-const FINGERPRINT_BYTES_PER_ITEM: usize = 64;
-
 /// How often pins and attachments are checked (a few stats).
 const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -86,7 +80,7 @@ struct Loaded {
 
 /// Tells a fetched feed is the one in force without holding its bytes
 /// (a large feed is tens of megabytes; `state_dir` has the copy).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Fingerprint {
     len: usize,
     /// Keyed at random per process: nobody can aim a collision at it.
@@ -404,7 +398,7 @@ impl Daemon {
         // The fingerprint's hash (tens of ms for a large feed) is worked
         // out on the second core while the signature is checked.
         let (verified, hash) = crate::parallel::join(
-            fetched.feed.len() / FINGERPRINT_BYTES_PER_ITEM,
+            fetched.feed.len() / feed::AVERAGE_LINE,
             || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
             || self.hasher.hash_one(&fetched.feed),
         );
