@@ -979,6 +979,132 @@ fn in_force_order_behind_many_pending_orders_is_enforced() {
     );
 }
 
+/// The program as the verifier leaves it calls no helper but the clock
+/// (for an order with a window): every map lookup is inlined, a few
+/// instructions for an array, and so is `bpf_loop`. LLVM once merged the
+/// two table generations' entry lookups of a source address into one call
+/// reached with either map, which the verifier cannot inline: every source
+/// hit then paid a helper call and an indirect one through the map's
+/// operations, 15 ns, as much again as the rest of the hit.
+#[test]
+fn the_program_calls_no_helper_but_the_clock() {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let mut rig = Rig::new();
+    let program = rig.dp.program().expect("the XDP program");
+    let fd = program.fd().expect("its descriptor").as_fd().as_raw_fd();
+    let symbols = kernel_symbols();
+    let base = *symbols
+        .iter()
+        .find_map(|(address, name)| (name == "__bpf_call_base").then_some(address))
+        .expect("__bpf_call_base in /proc/kallsyms");
+    assert_ne!(
+        base, 0,
+        "/proc/kallsyms hides addresses (kptr_restrict): run as root"
+    );
+    let mut called = std::collections::BTreeSet::new();
+    for insn in translated(fd) {
+        let (code, src_reg, imm) = (
+            insn[0],
+            insn[1] >> 4,
+            i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]),
+        );
+        // BPF_JMP | BPF_CALL with source 0: a helper, `imm` its address
+        // from __bpf_call_base (1 is a call within the program).
+        if code == 0x85 && src_reg == 0 {
+            let address = base.wrapping_add_signed(i64::from(imm));
+            called.insert(
+                symbols
+                    .get(&address)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{address:#x}")),
+            );
+        }
+    }
+    assert_eq!(
+        called.into_iter().collect::<Vec<_>>(),
+        ["bpf_ktime_get_tai_ns"],
+        "helpers the program calls once the verifier has inlined what it can"
+    );
+}
+
+/// The kernel's symbols by address (text symbols, as `/proc/kallsyms` lists them).
+fn kernel_symbols() -> std::collections::HashMap<u64, String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").expect("reading /proc/kallsyms");
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            let name = fields.next()?;
+            kind.eq_ignore_ascii_case("t")
+                .then(|| (address, name.to_owned()))
+        })
+        .collect()
+}
+
+/// The instructions of the program `fd` as the verifier left them (before
+/// the JIT), 8 bytes each: BPF_OBJ_GET_INFO_BY_FD's `xlated_prog_insns`.
+fn translated(fd: std::os::fd::RawFd) -> Vec<[u8; 8]> {
+    /// The head of `struct bpf_prog_info`, up to the translated instructions.
+    #[repr(C)]
+    #[derive(Default)]
+    struct InfoHead {
+        kind: u32,
+        id: u32,
+        tag: [u8; 8],
+        jited_prog_len: u32,
+        xlated_prog_len: u32,
+        jited_prog_insns: u64,
+        xlated_prog_insns: u64,
+    }
+    /// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let get = |head: &mut InfoHead| {
+        let mut attr = InfoAttr {
+            bpf_fd: fd as u32,
+            info_len: size_of::<InfoHead>() as u32,
+            info: std::ptr::from_mut(head) as u64,
+        };
+        // SAFETY: `attr` and the buffers it names outlive the call, which
+        // writes at most `info_len` bytes of `head` and `xlated_prog_len`
+        // bytes of the buffer `head` points to.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                std::ptr::from_mut(&mut attr),
+                size_of::<InfoAttr>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    let mut head = InfoHead::default();
+    get(&mut head);
+    let mut insns = vec![[0u8; 8]; head.xlated_prog_len as usize / 8];
+    assert!(
+        !insns.is_empty(),
+        "the kernel reports no translated instructions"
+    );
+    head = InfoHead {
+        xlated_prog_len: (insns.len() * 8) as u32,
+        xlated_prog_insns: insns.as_mut_ptr() as u64,
+        ..InfoHead::default()
+    };
+    get(&mut head);
+    insns
+}
+
 /// Feed 1, then feed 2 which moves an order's target, adds an order and
 /// drops one: verdicts follow the feed in force, an order present in both
 /// keeps its slot and its count, a new order starts from zero.
