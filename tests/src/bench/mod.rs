@@ -153,16 +153,25 @@ pub fn run(options: &Options) -> Report {
                 };
             // Every hot run of this size and family, their rounds in turn:
             // the misses, then each hit (order 0 drops, order 9 monitors:
-            // see workload::order).
+            // see workload::order), on the destination and, for the drop,
+            // on the source (the traffic a blocked server sends back).
             let programs = [Program::Empty, Program::Lpm, Program::Blocker];
             let mut runs: Vec<(Program, &'static str, Vec<u8>, u32)> = programs
                 .iter()
                 .map(|&program| (program, "miss", miss.clone(), 2))
                 .collect();
             if size >= 10 * PER_ORDER {
-                for (matched, order, want) in [("drop", &subset[0], 1), ("monitor", &subset[9], 2)]
-                {
-                    let hit = frame(src, target_host(order, ipv6));
+                for (matched, order, want) in [
+                    ("drop", &subset[0], 1),
+                    ("monitor", &subset[9], 2),
+                    ("source drop", &subset[0], 1),
+                ] {
+                    let host = target_host(order, ipv6);
+                    let hit = if matched.starts_with("source") {
+                        frame(host, dst)
+                    } else {
+                        frame(src, host)
+                    };
                     for program in [Program::Lpm, Program::Blocker] {
                         runs.push((program, matched, hit.clone(), want));
                     }

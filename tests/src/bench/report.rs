@@ -121,7 +121,7 @@ impl Report {
                 "<=",
                 1.1,
             );
-            for matched in ["drop", "monitor"] {
+            for matched in ["drop", "monitor", "source drop"] {
                 ratio(
                     format!("{family} hot {matched} hit at {big}: blocker / empty"),
                     self.ns(Blocker, family, "hot", matched, big),
@@ -218,6 +218,7 @@ impl Report {
                 ("hot", "miss"),
                 ("hot", "drop"),
                 ("hot", "monitor"),
+                ("hot", "source drop"),
                 ("varied", "miss"),
             ] {
                 for program in [Program::Empty, Program::Lpm, Program::Blocker] {
