@@ -86,6 +86,62 @@ fn target_host(order: &blocker::feed::Order, ipv6: bool) -> IpAddr {
         .unwrap_or_else(|| panic!("order {} has no target of that family", order.id))
 }
 
+/// IPv6 target lengths timed by [`hits_by_length`] (IPv4's are all of
+/// /16../32): the workload's three common ones and a spread between.
+const V6_HIT_LENGTHS: [u8; 9] = [32, 40, 48, 56, 64, 80, 96, 112, 128];
+
+/// A hot drop hit on a destination of each target length present in
+/// `orders` (those the kernel holds), the empty program's run in turn with
+/// them: what a hit costs by where its prefix sits in the tables.
+fn hits_by_length(
+    kernel: &mut Kernel,
+    orders: &[blocker::feed::Order],
+    pools: &[Vec<[u8; 32]>; 2],
+    scale: &Scale,
+) -> Vec<report::LengthHit> {
+    let drop_targets = || {
+        orders
+            .iter()
+            .filter(|o| o.action == blocker::feed::Action::Drop)
+            .flat_map(|o| o.targets.iter())
+    };
+    let mut hits = Vec::new();
+    for (family, ipv6, lengths) in [
+        ("ipv4", false, (16..=32).collect::<Vec<u8>>()),
+        ("ipv6", true, V6_HIT_LENGTHS.to_vec()),
+    ] {
+        let pool = &pools[usize::from(ipv6)];
+        let (src, dst) = if ipv6 {
+            (v6(&pool[0][..16]), v6(&pool[0][16..]))
+        } else {
+            (v4(&pool[0][..4]), v4(&pool[0][4..8]))
+        };
+        let mut frames = vec![(0u8, Program::Empty, frame(src, dst))];
+        for len in lengths {
+            if let Some(target) = drop_targets().find(|t| t.is_ipv6() == ipv6 && t.prefix() == len)
+            {
+                frames.push((len, Program::Blocker, frame(src, target.network())));
+            }
+        }
+        let runs: Vec<(Program, &[u8])> = frames
+            .iter()
+            .map(|(_, program, frame)| (*program, frame.as_slice()))
+            .collect();
+        let timed = kernel.hot_in_turn(&runs, scale.hot_repeat, scale.rounds);
+        let empty_ns = timed[0].0;
+        for ((len, _, _), (ns, verdict)) in frames.iter().zip(&timed).skip(1) {
+            assert_eq!(*verdict, 1, "blocker on a hot {family} /{len} drop hit");
+            hits.push(report::LengthHit {
+                family,
+                length: *len,
+                ns: *ns,
+                empty_ns,
+            });
+        }
+    }
+    hits
+}
+
 /// Only the control plane and the daemon at 1M prefixes (their figures are
 /// printed as they are taken): for work on the control plane.
 pub fn control_only() {
@@ -202,6 +258,12 @@ pub fn run(options: &Options) -> Report {
             kernel.reference_map_bytes(),
         ));
     }
+    report.hits_by_length = hits_by_length(
+        &mut kernel,
+        &orders[..largest.div_ceil(PER_ORDER)],
+        &pools,
+        &scale,
+    );
     eprintln!("bench: per-packet figures took {:?}", started.elapsed());
     let wire_orders = &orders[..scale.wire_prefixes.div_ceil(PER_ORDER)];
     let (wire, exact_hits) = wire::run(&mut kernel, wire_orders, 512, scale.wire_frames);

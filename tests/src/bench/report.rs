@@ -24,6 +24,22 @@ pub struct Sample {
     pub ns: f64,
 }
 
+/// A hot drop hit on a target of one length at the largest size, and the
+/// empty program's run in turn with it.
+#[derive(Clone, Debug)]
+pub struct LengthHit {
+    pub family: &'static str,
+    pub length: u8,
+    pub ns: f64,
+    pub empty_ns: f64,
+}
+
+impl LengthHit {
+    pub fn ratio(&self) -> f64 {
+        self.ns / self.empty_ns
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub quick: bool,
@@ -35,6 +51,8 @@ pub struct Report {
     pub control: Option<Pipeline>,
     pub wire: Vec<WireRun>,
     pub exact_hits: Option<ExactHits>,
+    /// Hot drop hits by target length at the largest size.
+    pub hits_by_length: Vec<LengthHit>,
     pub daemon: Option<DaemonRun>,
     pub seconds: f64,
 }
@@ -126,6 +144,23 @@ impl Report {
                     format!("{family} hot {matched} hit at {big}: blocker / empty"),
                     self.ns(Blocker, family, "hot", matched, big),
                     self.ns(Empty, family, "hot", "miss", big),
+                    "<=",
+                    3.0,
+                );
+            }
+            if let Some(slowest) = self
+                .hits_by_length
+                .iter()
+                .filter(|h| h.family == family)
+                .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+            {
+                ratio(
+                    format!(
+                        "{family} hot drop hit at {big}, slowest target length (/{}): blocker / empty",
+                        slowest.length
+                    ),
+                    Some(slowest.ns),
+                    Some(slowest.empty_ns),
                     "<=",
                     3.0,
                 );
@@ -262,6 +297,21 @@ impl Report {
                 if goal.met() { "yes" } else { "**no**" }
             );
         }
+        for family in ["ipv4", "ipv6"] {
+            let hits: Vec<String> = self
+                .hits_by_length
+                .iter()
+                .filter(|h| h.family == family)
+                .map(|h| format!("/{} {:.2}", h.length, h.ratio()))
+                .collect();
+            if !hits.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n{family} hot drop hits by target length, blocker / empty: {}",
+                    hits.join(", ")
+                );
+            }
+        }
         if let Some(hits) = &self.exact_hits {
             let _ = writeln!(
                 out,
@@ -337,6 +387,13 @@ impl Report {
                 "peak_rss_kib": d.peak_rss_kib,
                 "scrape_s": d.scrape.as_secs_f64(),
             })),
+            "hits_by_length": self.hits_by_length.iter().map(|h| json!({
+                "family": h.family,
+                "length": h.length,
+                "ns_per_packet": h.ns,
+                "empty_ns_per_packet": h.empty_ns,
+                "ratio": h.ratio(),
+            })).collect::<Vec<_>>(),
             "exact_hits": self.exact_hits.map(|h| json!({
                 "addresses": h.addresses,
                 "driver_and_empty_ns": h.empty_ns,
