@@ -44,6 +44,9 @@ pub const BITMAP_WORDS: u32 = 1 << 18;
 pub const V4_BUCKET_LEN: u32 = 24;
 /// Prefix length of an IPv6 bucket.
 pub const V6_BUCKET_LEN: u32 = 32;
+/// The IPv6 length hashed, like /64 and /128, before the descriptor is
+/// read: a site's prefix, the third common length of a target.
+pub const V6_SITE_LEN: u32 = 48;
 /// No entry: index 0 of the entries array is never used.
 pub const NO_ENTRY: u32 = 0;
 
@@ -291,10 +294,11 @@ pub struct Shape {
     pub v6_seed: u32,
     pub v4_buckets: u32,
     pub v6_buckets: u32,
-    /// [`hash6_len`] of the IPv6 bucket length and of /64 with `v6_seed`:
-    /// the two IPv6 keys every lookup past step 1 hashes have a zero lower
-    /// half, so each is hashed with one mix, not two.
-    pub v6_len_keys: [u64; 2],
+    /// [`hash6_len`] of the IPv6 bucket length, of /64 and of /48 with
+    /// `v6_seed`: the IPv6 keys a lookup past step 1 hashes before it
+    /// reads the descriptor have a zero lower half, so each is hashed with
+    /// one mix, not two.
+    pub v6_len_keys: [u64; 3],
 }
 
 impl Shape {
@@ -311,8 +315,12 @@ impl Shape {
 }
 
 /// [`Shape::v6_len_keys`] for `seed`.
-pub const fn v6_len_keys(seed: u32) -> [u64; 2] {
-    [hash6_len(V6_BUCKET_LEN, seed), hash6_len(64, seed)]
+pub const fn v6_len_keys(seed: u32) -> [u64; 3] {
+    [
+        hash6_len(V6_BUCKET_LEN, seed),
+        hash6_len(64, seed),
+        hash6_len(V6_SITE_LEN, seed),
+    ]
 }
 
 /// The bitmap bit of an IPv4 address's bucket.
@@ -579,7 +587,7 @@ pub fn start_v6_marked<T: Tables>(
     // fetched (IPv6's two-mix hash is worth starting early), and so is the
     // /64, the other common length of a target.
     let exact = hash6(hi, lo, 128, shape.v6_seed);
-    let [bucket_key, subnet_key] = shape.v6_len_keys;
+    let [bucket_key, subnet_key, site_key] = shape.v6_len_keys;
     let subnet = hash6_upper(hi, subnet_key);
     let bucket = hi & (u64::MAX << (64 - V6_BUCKET_LEN));
     let Some(descriptor) = find6_hashed(
@@ -605,6 +613,18 @@ pub fn start_v6_marked<T: Tables>(
             return Err(slot.entry);
         }
         high_half &= !1;
+    }
+    // The /48, when it is the longest length left (bit `64 - len`): hashed
+    // with its key, one mix, not as a probe step (two, and the step's
+    // bookkeeping).
+    const SITE: u64 = 1 << (64 - V6_SITE_LEN);
+    if low_half == 0 && high_half & (SITE | (SITE - 1)) == SITE {
+        let site_hi = hi & (u64::MAX << (64 - V6_SITE_LEN));
+        let site = hash6_upper(site_hi, site_key);
+        if let Some(slot) = find6_hashed(tables, shape, site, site_hi, 0, V6_SITE_LEN) {
+            return Err(slot.entry);
+        }
+        high_half &= !SITE;
     }
     if low_half == 0 && high_half == 0 {
         return Err(descriptor.entry);
@@ -744,6 +764,7 @@ mod tests {
             let keys = v6_len_keys(seed);
             assert_eq!(hash6_upper(hi, keys[0]), hash6(hi, 0, V6_BUCKET_LEN, seed));
             assert_eq!(hash6_upper(hi, keys[1]), hash6(hi, 0, 64, seed));
+            assert_eq!(hash6_upper(hi, keys[2]), hash6(hi, 0, V6_SITE_LEN, seed));
         }
     }
 

@@ -223,7 +223,7 @@ pub struct ProgramControl {
     /// Zero.
     pub reserved: u32,
     /// Each generation's [`layout::Shape::v6_len_keys`]: `[A, B]`.
-    pub v6_len_keys: [[u64; 2]; 2],
+    pub v6_len_keys: [[u64; 3]; 2],
 }
 
 impl ProgramControl {
@@ -375,7 +375,7 @@ const _: () = assert!(size_of::<Candidate>() == 8);
 const _: () = assert!(size_of::<PrefixEntry>() == 64);
 const _: () = assert!(size_of::<OrderWindow>() == 16);
 const _: () = assert!(size_of::<Control>() == 52);
-const _: () = assert!(size_of::<ProgramControl>() == 88);
+const _: () = assert!(size_of::<ProgramControl>() == 104);
 const _: () = assert!(size_of::<layout::Bucket4>() == 64);
 const _: () = assert!(size_of::<layout::Bucket6>() == 160);
 const _: () = assert!(size_of::<IfStats>() == 80);

@@ -105,7 +105,7 @@ static mut BLK_LIVE: ProgramControl = ProgramControl {
         prefixes: [0; 4],
     },
     reserved: 0,
-    v6_len_keys: [[0; 2]; 2],
+    v6_len_keys: [[0; 3]; 2],
 };
 
 /// Reads [`BLK_LIVE`] a field at a time, volatile: the compiler must not
@@ -146,6 +146,7 @@ impl Live {
                 shape.v6_len_keys = [
                     Self::read(&raw const (*keys)[0]),
                     Self::read(&raw const (*keys)[1]),
+                    Self::read(&raw const (*keys)[2]),
                 ];
             } else {
                 shape.v4_seed = Self::read(&raw const (*control).seed[2 * G::INDEX]);

@@ -789,6 +789,43 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_48_is_probed_at_once_when_it_is_the_longest_length_left() {
+        // In 2001:db8::/32: a /40 over a /48, a /64 inside that and a /128
+        // inside the /64; tags 5, 1, 3, 4. Past the /128 and the /64, the
+        // /48 is the longest length left.
+        let net = |text: &str| {
+            let addr: std::net::Ipv6Addr = text.parse().expect("an IPv6 address");
+            addr.octets()
+        };
+        let mut compiled = Compiled {
+            v6: vec![
+                (net("2001:db8::"), 40, 5),
+                (net("2001:db8:7::"), 48, 1),
+                (net("2001:db8:7:100::"), 64, 3),
+                (net("2001:db8:7:100::1"), 128, 4),
+            ],
+            entries: entries(),
+            ..Compiled::default()
+        };
+        compiled.v6.sort_by_key(|(n, l, _)| (*n, *l));
+        let tables = build(&compiled, &Geometry::for_capacity(128)).unwrap();
+        let tag = |text: &str| {
+            let addr: IpAddr = text.parse().expect("an address");
+            tables.lookup(addr).map(|entry| entry.dst[0].slot)
+        };
+        assert_eq!(tag("2001:db8:7:100::1"), Some(4));
+        assert_eq!(tag("2001:db8:7:100::2"), Some(3));
+        assert_eq!(tag("2001:db8:7:200::2"), Some(1), "the /48, tried first");
+        assert_eq!(tag("2001:db8:7::"), Some(1));
+        assert_eq!(
+            tag("2001:db8:8::1"),
+            Some(5),
+            "beside the /48, under the /40"
+        );
+        assert_eq!(tag("2001:db8:100::1"), None);
+    }
+
+    #[test]
     fn a_lone_prefix_of_17_to_23_is_held_by_its_16_and_patched_with_it() {
         // 10.1.2.0/23 alone in 10.1/16; 10.2.0.0/20 under a /16; two in 10.3/16.
         let mut compiled = v4_only(
