@@ -44,8 +44,9 @@ pub const BITMAP_WORDS: u32 = 1 << 18;
 pub const V4_BUCKET_LEN: u32 = 24;
 /// Prefix length of an IPv6 bucket.
 pub const V6_BUCKET_LEN: u32 = 32;
-/// The IPv6 length hashed, like /64 and /128, before the descriptor is
-/// read: a site's prefix, the third common length of a target.
+/// The IPv6 length probed, past the /128 and the /64, with a key of its own
+/// (one mix) rather than as a probe step: a site's prefix, the third
+/// common length of a target.
 pub const V6_SITE_LEN: u32 = 48;
 /// No entry: index 0 of the entries array is never used.
 pub const NO_ENTRY: u32 = 0;
@@ -295,9 +296,9 @@ pub struct Shape {
     pub v4_buckets: u32,
     pub v6_buckets: u32,
     /// [`hash6_len`] of the IPv6 bucket length, of /64 and of /48 with
-    /// `v6_seed`: the IPv6 keys a lookup past step 1 hashes before it
-    /// reads the descriptor have a zero lower half, so each is hashed with
-    /// one mix, not two.
+    /// `v6_seed`: the IPv6 keys a lookup past step 1 hashes outside its
+    /// probe steps have a zero lower half, so each is hashed with one mix,
+    /// not two.
     pub v6_len_keys: [u64; 3],
 }
 

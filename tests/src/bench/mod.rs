@@ -217,13 +217,13 @@ pub fn run(options: &Options) -> Report {
                 .map(|&program| (program, "miss", miss.clone(), 2))
                 .collect();
             if size >= 10 * PER_ORDER {
-                for (matched, order, want) in [
-                    ("drop", &subset[0], 1),
-                    ("monitor", &subset[9], 2),
-                    ("source drop", &subset[0], 1),
+                for (matched, order, on_source, want) in [
+                    ("drop", &subset[0], false, 1),
+                    ("monitor", &subset[9], false, 2),
+                    ("source drop", &subset[0], true, 1),
                 ] {
                     let host = target_host(order, ipv6);
-                    let hit = if matched.starts_with("source") {
+                    let hit = if on_source {
                         frame(host, dst)
                     } else {
                         frame(src, host)
