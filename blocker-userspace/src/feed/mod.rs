@@ -590,18 +590,21 @@ fn distinct(targets: &[IpNetwork]) -> bool {
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// `prefix`'s key in [`distinct`]'s table, never 0 (an empty slot): an
-/// IPv4 prefix's bits and length under the top bit, exactly; a hash of an
-/// IPv6 prefix's bits and length with the top bit clear.
+/// IPv4 prefix's bits and length under the top bit, exactly; the
+/// [`FastHasher`](crate::fasthash::FastHasher) hash of an IPv6 prefix's
+/// bits and length with the top bit clear.
 fn distinct_key(prefix: &IpNetwork) -> u64 {
+    use std::hash::Hasher as _;
     match prefix {
         IpNetwork::V4(p) => {
             1 << 63 | u64::from(u32::from(p.network())) << 8 | u64::from(p.prefix())
         }
         IpNetwork::V6(p) => {
             let bits = u128::from(p.network());
-            let high = ((bits >> 64) as u64 ^ u64::from(p.prefix())).wrapping_mul(GOLDEN);
-            let mixed = (high.rotate_left(29) ^ bits as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
-            mixed >> 1 | 1
+            let mut hasher = crate::fasthash::FastHasher::default();
+            hasher.write_u64((bits >> 64) as u64);
+            hasher.write_u64(bits as u64 ^ u64::from(p.prefix()));
+            hasher.finish() >> 1 | 1
         }
     }
 }
