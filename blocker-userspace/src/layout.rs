@@ -671,6 +671,81 @@ mod tests {
         }
     }
 
+    /// A change of thousands of IPv4 prefixes of every length, sharing
+    /// /16s and /24s, on top of thousands kept: the same tables as a layout
+    /// from scratch.
+    #[test]
+    fn a_large_ipv4_patch_is_a_layout_from_scratch() {
+        let xorshift = |mut state: u64| {
+            move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            }
+        };
+        // /16../32 in sixteen /16s: they share /16s and /24s.
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut prefix = move || {
+            let r = next();
+            let len = 16 + (r % 17) as u8;
+            let addr = 0xc612_0000u32 ^ (r >> 8) as u32 & 0x000f_ffff;
+            let net = addr & (u32::MAX << (32 - u32::from(len)));
+            (net.to_be_bytes(), len, 1 + (r >> 40) as u32 % 5)
+        };
+        let before = tidy((0..8000).map(|_| prefix()).collect());
+        let after = tidy(
+            before
+                .iter()
+                .skip(2500)
+                .copied()
+                .chain((0..2500).map(|_| prefix()))
+                .collect(),
+        );
+        let before = Compiled {
+            v4: before,
+            entries: entries(),
+            ..Compiled::default()
+        };
+        let after = Compiled {
+            v4: after,
+            entries: entries(),
+            ..Compiled::default()
+        };
+        let geometry = Geometry::for_capacity(1 << 15);
+        let mut tables = build(&before, &geometry).unwrap();
+        let change = Change {
+            from: 0,
+            v4: differing(&before.v4, &after.v4),
+            v6: Vec::new(),
+            entries_from: after.entries.len(),
+        };
+        let shape = tables.shape;
+        let (mut v4, mut v6) = (tables.clone(), tables.clone());
+        let patch = patch(
+            &after,
+            &change,
+            &shape,
+            geometry.entries as usize,
+            [&mut v4, &mut v6],
+        )
+        .unwrap();
+        tables.apply(&patch);
+        let whole = build(&after, &geometry).unwrap();
+        assert_eq!(tables.keys, whole.keys, "keys (IPv4, IPv6)");
+        assert!(tables.v4_bits == whole.v4_bits, "IPv4 bits are exact");
+        assert!(tables.v4_short == whole.v4_short, "/16s");
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..2000 {
+            let addr = 0xc612_0000u32 ^ next() as u32 & 0x000f_ffff;
+            assert_eq!(
+                tables.lookup(IpAddr::from(addr.to_be_bytes())),
+                longest(&after.v4, u128::from(addr), 32).map(|i| *after.entry(i)),
+                "IPv4 {addr:#x}"
+            );
+        }
+    }
+
     /// The prefixes whose entry differs between `a` and `b`, or that one
     /// of them lacks.
     fn differing<const N: usize>(
