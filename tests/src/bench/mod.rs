@@ -37,8 +37,8 @@ struct Scale {
     pool: usize,
     hot_repeat: u32,
     rounds: usize,
-    /// Prefixes on the wire against nftables, and frames per run.
-    wire_prefixes: usize,
+    /// Workload sizes on the wire against nftables, and frames per run.
+    wire_sizes: Vec<usize>,
     wire_frames: u32,
 }
 
@@ -50,7 +50,7 @@ impl Scale {
                 pool: 1 << 16,
                 hot_repeat: 200_000,
                 rounds: 3,
-                wire_prefixes: 1_000,
+                wire_sizes: vec![1_000],
                 wire_frames: 500_000,
             }
         } else {
@@ -59,7 +59,7 @@ impl Scale {
                 pool: 1 << 20,
                 hot_repeat: 1_000_000,
                 rounds: 7,
-                wire_prefixes: 100_000,
+                wire_sizes: vec![1_000, 100_000, 1_000_000],
                 wire_frames: 4_000_000,
             }
         }
@@ -156,7 +156,7 @@ pub fn control_only() {
 pub fn wire_only() {
     let orders = workload::orders(1_000, 1);
     let mut kernel = Kernel::new(MAX_PREFIXES);
-    wire::run(&mut kernel, &orders, 512, 3_000_000);
+    wire::run(&mut kernel, &orders, &[1_000], 512, 3_000_000);
 }
 
 pub fn run(options: &Options) -> Report {
@@ -265,8 +265,13 @@ pub fn run(options: &Options) -> Report {
         &scale,
     );
     eprintln!("bench: per-packet figures took {:?}", started.elapsed());
-    let wire_orders = &orders[..scale.wire_prefixes.div_ceil(PER_ORDER)];
-    let (wire, exact_hits) = wire::run(&mut kernel, wire_orders, 512, scale.wire_frames);
+    let (wire, exact_hits) = wire::run(
+        &mut kernel,
+        &orders,
+        &scale.wire_sizes,
+        512,
+        scale.wire_frames,
+    );
     report.wire = wire;
     report.exact_hits = Some(exact_hits);
     drop(kernel);

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 
 use super::{
     kernel::{Kernel, Program, frame, inside},
-    workload::Rng,
+    workload::{PER_ORDER, Rng},
 };
 use crate::{
     netns::{NetNs, VethPair},
@@ -29,6 +29,9 @@ const ROUNDS: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct WireRun {
     pub dut: &'static str,
+    /// Prefixes of the workload it was given (for the exact-address runs,
+    /// the addresses).
+    pub workload: usize,
     /// Prefixes (or addresses) the device held.
     pub prefixes: usize,
     pub sent: u64,
@@ -153,9 +156,11 @@ fn blocker(
     let before = blocker_dropped(kernel);
     let (sent, seconds) = wire.send(kernel, pool, count);
     let after = blocker_dropped(kernel);
+    let prefixes = orders.iter().map(|o| o.targets.len()).sum();
     WireRun {
         dut: name,
-        prefixes: orders.iter().map(|o| o.targets.len()).sum(),
+        workload: prefixes,
+        prefixes,
         sent,
         dropped: after - before,
         seconds,
@@ -215,6 +220,7 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
         .sum();
     WireRun {
         dut: "nftables",
+        workload: orders.iter().map(|o| o.targets.len()).sum(),
         prefixes: targets.len(),
         sent,
         dropped,
@@ -336,6 +342,7 @@ fn exact(
     let runs = [
         WireRun {
             dut: "blocker (exact addresses)",
+            workload: addresses.len(),
             prefixes: addresses.len(),
             sent,
             dropped: after.0 - before.0,
@@ -343,6 +350,7 @@ fn exact(
         },
         WireRun {
             dut: "xdp-filter",
+            workload: addresses.len(),
             prefixes: addresses.len(),
             sent,
             dropped: after.1.saturating_sub(before.1),
@@ -390,19 +398,23 @@ fn clear_stale_xdp_filter_lock() {
     }
 }
 
-/// All four runs: blocker and nftables on `orders`; blocker and
-/// xdp-filter on `exact_count` /32 addresses, and their hit costs.
+/// Every run: blocker and nftables on the workload of each of `sizes`
+/// (the first orders of `orders`); blocker and xdp-filter on `exact_count`
+/// /32 addresses, and their hit costs.
 pub fn run(
     kernel: &mut Kernel,
     orders: &[Order],
+    sizes: &[usize],
     exact_count: usize,
     count: u32,
 ) -> (Vec<WireRun>, ExactHits) {
-    let pool = hit_pool(orders, 1 << 16, 11);
-    let mut runs = vec![
-        blocker(kernel, orders, &pool, count, "blocker"),
-        nftables(kernel, orders, &pool, count),
-    ];
+    let mut runs = Vec::new();
+    for &size in sizes {
+        let orders = &orders[..size.div_ceil(PER_ORDER)];
+        let pool = hit_pool(orders, 1 << 16, 11);
+        runs.push(blocker(kernel, orders, &pool, count, "blocker"));
+        runs.push(nftables(kernel, orders, &pool, count));
+    }
     // Documentation space: 198.51.100.0/24 and 203.0.113.0/24.
     let addresses: Vec<u32> = [0xc633_6400u32, 0xcb00_7100]
         .iter()
