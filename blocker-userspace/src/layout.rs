@@ -714,23 +714,7 @@ mod tests {
         };
         let geometry = Geometry::for_capacity(1 << 15);
         let mut tables = build(&before, &geometry).unwrap();
-        let change = Change {
-            from: 0,
-            v4: differing(&before.v4, &after.v4),
-            v6: Vec::new(),
-            entries_from: after.entries.len(),
-        };
-        let shape = tables.shape;
-        let (mut v4, mut v6) = (tables.clone(), tables.clone());
-        let patch = patch(
-            &after,
-            &change,
-            &shape,
-            geometry.entries as usize,
-            [&mut v4, &mut v6],
-        )
-        .unwrap();
-        tables.apply(&patch);
+        tables.patch_v4(&before, &after, &geometry);
         let whole = build(&after, &geometry).unwrap();
         assert_eq!(tables.keys, whole.keys, "keys (IPv4, IPv6)");
         assert!(tables.v4_bits == whole.v4_bits, "IPv4 bits are exact");
