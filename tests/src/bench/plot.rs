@@ -1,6 +1,7 @@
-//! The report as a picture: per-packet cost of a miss (hot and varied) and
-//! the maps' kernel memory against the number of prefixes, as SVG (text,
-//! no dependencies; `cargo xtask bench` turns it into a PNG when it can).
+//! The report as a picture: per-packet cost of a miss (hot and varied), the
+//! maps' kernel memory and the drop rates on the wire against the number of
+//! prefixes, as SVG (text, no dependencies; `cargo xtask bench` turns it
+//! into a PNG when it can).
 
 use std::fmt::Write as _;
 
@@ -18,6 +19,10 @@ const PROGRAMS: [(&str, &str, &str); 3] = [
     ("lpm_reference", "LPM-trie reference", "#d95f02"),
     ("blocker", "blocker", "#1b5fa8"),
 ];
+/// The wire's other device under test, as `PROGRAMS` names its programs.
+const NFTABLES: (&str, &str, &str) = ("nftables", "nftables interval set", "#1b9e77");
+/// Panels side by side.
+const PANELS: usize = 4;
 const PANEL_W: f64 = 280.0;
 const PANEL_H: f64 = 240.0;
 const LEFT: f64 = 60.0;
@@ -51,16 +56,8 @@ pub fn svg(report: &Value) -> String {
         panels.push((title, series));
     }
     let memory = |key: &str| -> Vec<(usize, f64)> {
-        report["kernel_memory"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|row| {
-                let size = SIZES
-                    .iter()
-                    .position(|(n, _)| row["prefixes"].as_u64() == Some(*n))?;
-                Some((size, row[key].as_f64()? / 1e6))
-            })
+        rows(report, "kernel_memory", |_| true)
+            .filter_map(|row| Some((size_index(row, "prefixes")?, row[key].as_f64()? / 1e6)))
             .collect()
     };
     panels.push((
@@ -78,7 +75,30 @@ pub fn svg(report: &Value) -> String {
             },
         ],
     ));
-    let width = LEFT + 3.0 * PANEL_W + 2.0 * GAP + 30.0;
+    let wire = |dut: &str| -> Vec<(usize, f64)> {
+        rows(report, "wire", |row| row["dut"] == dut)
+            .filter_map(|row| {
+                let size = size_index(row, "workload_prefixes")?;
+                Some((size, row["mpps_dropped"].as_f64()?))
+            })
+            .collect()
+    };
+    panels.push((
+        "Drop rate on the wire (Mpps)",
+        vec![
+            Series {
+                points: wire(NFTABLES.0),
+                colour: NFTABLES.2,
+                dashed: false,
+            },
+            Series {
+                points: wire("blocker"),
+                colour: PROGRAMS[2].2,
+                dashed: false,
+            },
+        ],
+    ));
+    let width = LEFT + PANELS as f64 * PANEL_W + (PANELS - 1) as f64 * GAP + 30.0;
     let height = TOP + PANEL_H + 90.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
@@ -101,23 +121,35 @@ pub fn svg(report: &Value) -> String {
 }
 
 fn per_packet(report: &Value, family: &str, mode: &str, program: &str) -> Vec<(usize, f64)> {
-    report["per_packet"]
+    rows(report, "per_packet", |row| {
+        row["family"] == family
+            && row["mode"] == mode
+            && row["match"] == "miss"
+            && row["program"] == program
+    })
+    .filter_map(|row| Some((size_index(row, "prefixes")?, row["ns_per_packet"].as_f64()?)))
+    .collect()
+}
+
+/// The rows of the report's list `list` that `keep`.
+fn rows<'a>(
+    report: &'a Value,
+    list: &str,
+    keep: impl Fn(&Value) -> bool + 'a,
+) -> impl Iterator<Item = &'a Value> {
+    report[list]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|row| {
-            row["family"] == family
-                && row["mode"] == mode
-                && row["match"] == "miss"
-                && row["program"] == program
-        })
-        .filter_map(|row| {
-            let size = SIZES
-                .iter()
-                .position(|(n, _)| row["prefixes"].as_u64() == Some(*n))?;
-            Some((size, row["ns_per_packet"].as_f64()?))
-        })
-        .collect()
+        .filter(move |row| keep(row))
+}
+
+/// Where the size a row names in `key` goes along x (none: not a size the
+/// plot draws).
+fn size_index(row: &Value, key: &str) -> Option<usize> {
+    SIZES
+        .iter()
+        .position(|(n, _)| row[key].as_u64() == Some(*n))
 }
 
 /// One panel at `x0`: a log-scale y axis over its series' values, the
@@ -220,7 +252,7 @@ fn label(v: f64) -> String {
 
 fn legend(out: &mut String, y: f64) {
     let mut x = LEFT;
-    for (_, name, colour) in PROGRAMS {
+    for (_, name, colour) in PROGRAMS.into_iter().chain([NFTABLES]) {
         let _ = writeln!(
             out,
             "<line x1=\"{x}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"{colour}\" stroke-width=\"3\"/>\
@@ -273,5 +305,28 @@ mod tests {
             assert!(svg.contains(label), "{label} missing");
         }
         assert!(!svg.contains(">5<") && !svg.contains(">100<"));
+    }
+
+    #[test]
+    fn the_wire_is_drawn_by_workload_for_blocker_and_nftables_alone() {
+        let rows: Vec<Value> = [("blocker", 10.0), ("nftables", 2.0), ("xdp-filter", 7.0)]
+            .iter()
+            .flat_map(|&(dut, mpps)| {
+                [1_000u64, 100_000, 1_000_000].map(|n| {
+                    serde_json::json!({"dut": dut, "workload_prefixes": n,
+                        "mpps_dropped": mpps * 1e6 / n as f64 * 1e-3})
+                })
+            })
+            .collect();
+        let report = serde_json::json!({"per_packet": [], "kernel_memory": [], "wire": rows});
+        let svg = svg(&report);
+        // blocker and nftables, three workloads each; xdp-filter is not drawn.
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 6);
+        assert!(svg.contains("Drop rate on the wire"));
+        // From 0.002 (nftables at 1M) to 10 (blocker at 1k).
+        for label in [">0.002<", ">10<"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
     }
 }
