@@ -76,6 +76,15 @@ fn v6(bytes: &[u8]) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(a))
 }
 
+/// The (source, destination) pair the first of `pool` holds: a miss.
+fn first_pair(pool: &[[u8; 32]], ipv6: bool) -> (IpAddr, IpAddr) {
+    if ipv6 {
+        (v6(&pool[0][..16]), v6(&pool[0][16..]))
+    } else {
+        (v4(&pool[0][..4]), v4(&pool[0][4..8]))
+    }
+}
+
 /// The first host address of a target of `order` in `family`.
 fn target_host(order: &blocker::feed::Order, ipv6: bool) -> IpAddr {
     order
@@ -110,12 +119,7 @@ fn hits_by_length(
         ("ipv4", false, (16..=32).collect::<Vec<u8>>()),
         ("ipv6", true, V6_HIT_LENGTHS.to_vec()),
     ] {
-        let pool = &pools[usize::from(ipv6)];
-        let (src, dst) = if ipv6 {
-            (v6(&pool[0][..16]), v6(&pool[0][16..]))
-        } else {
-            (v4(&pool[0][..4]), v4(&pool[0][4..8]))
-        };
+        let (src, dst) = first_pair(&pools[usize::from(ipv6)], ipv6);
         let mut frames = vec![(0u8, Program::Empty, frame(src, dst))];
         for len in lengths {
             if let Some(target) = drop_targets().find(|t| t.is_ipv6() == ipv6 && t.prefix() == len)
@@ -189,12 +193,7 @@ pub fn run(options: &Options) -> Report {
             .push((size, compile_time, apply_time, lpm_started.elapsed()));
         for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
             let pool = &pools[usize::from(ipv6)];
-            let addr = |bytes: &[u8]| if ipv6 { v6(bytes) } else { v4(bytes) };
-            let (src, dst) = if ipv6 {
-                (addr(&pool[0][..16]), addr(&pool[0][16..]))
-            } else {
-                (addr(&pool[0][..4]), addr(&pool[0][4..8]))
-            };
+            let (src, dst) = first_pair(pool, ipv6);
             let miss = frame(src, dst);
             let mut sample =
                 |program: Program, mode: &'static str, matched: &'static str, ns: f64| {

@@ -21,8 +21,6 @@ const PROGRAMS: [(&str, &str, &str); 3] = [
 ];
 /// The wire's other device under test, as `PROGRAMS` names its programs.
 const NFTABLES: (&str, &str, &str) = ("nftables", "nftables interval set", "#1b9e77");
-/// Panels side by side.
-const PANELS: usize = 4;
 const PANEL_W: f64 = 280.0;
 const PANEL_H: f64 = 240.0;
 const LEFT: f64 = 60.0;
@@ -98,7 +96,8 @@ pub fn svg(report: &Value) -> String {
             },
         ],
     ));
-    let width = LEFT + PANELS as f64 * PANEL_W + (PANELS - 1) as f64 * GAP + 30.0;
+    let across = panels.len() as f64;
+    let width = LEFT + across * PANEL_W + (across - 1.0) * GAP + 30.0;
     let height = TOP + PANEL_H + 90.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \

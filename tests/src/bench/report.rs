@@ -332,13 +332,12 @@ impl Report {
                 .filter(|h| h.family == family)
                 .map(|h| format!("/{} {:.2}", h.length, h.ratio()))
                 .collect();
-            if !hits.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "\n{family} hot drop hits by target length, blocker / empty: {}",
-                    hits.join(", ")
-                );
-            }
+            listed(
+                &mut out,
+                &format!("{family} hot drop hits by target length, blocker / empty"),
+                &hits,
+                ", ",
+            );
         }
         let wired: Vec<String> = self
             .wire_sizes()
@@ -353,13 +352,12 @@ impl Report {
                 ))
             })
             .collect();
-        if !wired.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nDrop rate on the wire by workload, million frames a second: {}",
-                wired.join("; ")
-            );
-        }
+        listed(
+            &mut out,
+            "Drop rate on the wire by workload, million frames a second",
+            &wired,
+            "; ",
+        );
         if let Some(hits) = &self.exact_hits {
             let _ = writeln!(
                 out,
@@ -458,6 +456,13 @@ impl Report {
                 "mpps_dropped": r.mpps(),
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// A paragraph of `items` after `heading`, unless there are none.
+fn listed(out: &mut String, heading: &str, items: &[String], separator: &str) {
+    if !items.is_empty() {
+        let _ = writeln!(out, "\n{heading}: {}", items.join(separator));
     }
 }
 

@@ -124,6 +124,11 @@ fn hit_pool(orders: &[Order], count: usize, seed: u64) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// The prefixes `orders` name.
+fn prefixes(orders: &[Order]) -> usize {
+    orders.iter().map(|o| o.targets.len()).sum()
+}
+
 /// A wire with blocker attached natively to the device under test, with
 /// `orders` applied.
 fn blocker_wire(kernel: &mut Kernel, orders: &[Order]) -> Wire {
@@ -156,11 +161,10 @@ fn blocker(
     let before = blocker_dropped(kernel);
     let (sent, seconds) = wire.send(kernel, pool, count);
     let after = blocker_dropped(kernel);
-    let prefixes = orders.iter().map(|o| o.targets.len()).sum();
     WireRun {
         dut: name,
-        workload: prefixes,
-        prefixes,
+        workload: prefixes(orders),
+        prefixes: prefixes(orders),
         sent,
         dropped: after - before,
         seconds,
@@ -220,7 +224,7 @@ fn nftables(kernel: &mut Kernel, orders: &[Order], pool: &[[u8; 32]], count: u32
         .sum();
     WireRun {
         dut: "nftables",
-        workload: orders.iter().map(|o| o.targets.len()).sum(),
+        workload: prefixes(orders),
         prefixes: targets.len(),
         sent,
         dropped,
