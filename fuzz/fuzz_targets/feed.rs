@@ -1,8 +1,10 @@
 //! The feed parser and validator on arbitrary bytes: it never panics, hangs
 //! or eats memory; its fast paths give exactly what the general path gives
-//! (the same feed, or the same problems); whatever it accepts it writes back and reads again
-//! unchanged; and every accepted feed compiles into tables that decide like
-//! the contract's reference on addresses at the edges of its targets.
+//! (the same feed, or the same problems), and so does a parse against the
+//! feed before (two feeds split at a NUL); whatever it accepts it writes
+//! back and reads again unchanged; and every accepted feed compiles into
+//! tables that decide like the contract's reference on addresses at the
+//! edges of its targets.
 #![no_main]
 
 use std::net::IpAddr;
@@ -17,6 +19,27 @@ use libfuzzer_sys::fuzz_target;
 const MAX_PROBES: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
+    // Two feeds, split at a NUL (never in a feed): the second parsed
+    // against the first gives what it gives parsed whole, shape included.
+    if let Some(nul) = data.iter().position(|&b| b == 0) {
+        let (before, after) = (&data[..nul], &data[nul + 1..]);
+        if let Ok(first) = feed::parse_against(before, None)
+            && let Some(shape) = &first.shape
+        {
+            let base = feed::Base::new(before, &first.feed.orders, shape)
+                .expect("a feed's shape fits it");
+            let both = |parsed: Result<feed::Parsed, feed::FeedError>| {
+                parsed
+                    .map(|p| (p.feed, p.shape))
+                    .map_err(|err| err.to_string())
+            };
+            assert_eq!(
+                both(feed::parse_against(after, Some(&base))),
+                both(feed::parse_against(after, None)),
+                "parsed against the feed before, the feed differs"
+            );
+        }
+    }
     let result = feed::parse(data);
     assert_eq!(
         result.as_ref().map_err(ToString::to_string),

@@ -5,11 +5,13 @@
 //! breaks them is invalid); the operator's own guardrails (tighter rung
 //! bounds, protected prefixes, max_prefixes) are not: see `policy`.
 
+mod again;
 mod model;
 mod split;
 
 use std::{fmt, net::IpAddr, sync::Arc};
 
+pub use again::{Base, Shape};
 use ipnetwork::IpNetwork;
 pub use model::*;
 use serde::Deserialize;
@@ -100,11 +102,38 @@ struct RawOrder {
 
 /// Parses and validates a feed.
 pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
+    parse_against(bytes, None).map(|parsed| parsed.feed)
+}
+
+/// A feed parsed, with where its orders lie in its text when a later feed
+/// can be parsed against it.
+pub struct Parsed {
+    pub feed: Feed,
+    pub shape: Option<Shape>,
+    /// Orders taken from the feed parsed against, whole or with target
+    /// lines changed.
+    pub taken: usize,
+}
+
+/// Parses and validates a feed as [`parse`] does, against the feed in
+/// force when there is one: orders whose text is the same, or differs only
+/// in target lines, are taken from it (see [`again`]). The result is the
+/// same either way.
+pub fn parse_against(bytes: &[u8], base: Option<&Base<'_>>) -> Result<Parsed, FeedError> {
     let text = checked_text(bytes)?;
-    if let Some(fast) = fast_path(text) {
-        return finish(fast.header, fast.orders.into_iter());
+    if let Some(fast) = fast_path(text, base) {
+        let feed = finish(fast.header, fast.orders.into_iter())?;
+        return Ok(Parsed {
+            feed,
+            shape: fast.shape,
+            taken: fast.taken,
+        });
     }
-    parse_general(text)
+    parse_general(text).map(|feed| Parsed {
+        feed,
+        shape: None,
+        taken: 0,
+    })
 }
 
 /// [`parse`] without its fast paths: for checks that both give the same
@@ -135,15 +164,33 @@ fn checked_text(bytes: &[u8]) -> Result<&str, FeedError> {
         .position(|&b| b == b'\n')
         .map_or(bytes.len(), |i| middle + i + 1);
     let (first, second) = bytes.split_at(cut);
-    let (first, second) = crate::parallel::join(
+    // Each half is UTF-8 when the whole is (the cut is after an ASCII
+    // byte), and plain text is ASCII.
+    let check = |half: &[u8]| {
+        let plain = plain_bytes(half);
+        let utf8 = match plain {
+            true => Ok(()),
+            false => std::str::from_utf8(half)
+                .map(|_| ())
+                .map_err(|e| e.valid_up_to()),
+        };
+        (plain, utf8)
+    };
+    let ((first, one), (second, other)) = crate::parallel::join(
         bytes.len() / AVERAGE_LINE,
-        || plain_bytes(first),
-        || plain_bytes(second),
+        || check(first),
+        || check(second),
     );
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+    let text = match (one, other) {
+        // SAFETY: both halves are UTF-8, and the cut between them is after
+        // a line feed (or at the end), never inside a character.
+        (Ok(_), Ok(_)) => Ok(unsafe { std::str::from_utf8_unchecked(bytes) }),
+        (Err(at), _) => Err(at),
+        (Ok(_), Err(at)) => Err(cut + at),
+    }
+    .map_err(|at| {
         whole(format!(
-            "not UTF-8 (invalid byte at offset {}); the feed must be UTF-8 text",
-            e.valid_up_to()
+            "not UTF-8 (invalid byte at offset {at}); the feed must be UTF-8 text"
         ))
     })?;
     if !(first && second) {
@@ -155,9 +202,8 @@ fn checked_text(bytes: &[u8]) -> Result<&str, FeedError> {
 
 /// Whether `text` holds a carriage return not followed by a line feed.
 fn lone_carriage_return(text: &str) -> bool {
-    text.split('\r')
-        .skip(1)
-        .any(|after| !after.starts_with('\n'))
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'\r', bytes).any(|at| bytes.get(at + 1) != Some(&b'\n'))
 }
 
 /// Bytes in a line of a feed, about: to count a feed's work by its size.
@@ -339,6 +385,10 @@ fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, Fe
 struct Fast {
     header: Header,
     orders: Vec<Pending>,
+    /// Where the orders lie, when each was read from its own text.
+    shape: Option<Shape>,
+    /// Orders taken from the feed in force.
+    taken: usize,
 }
 
 #[derive(Deserialize)]
@@ -413,14 +463,14 @@ fn header(feed: FastFeed) -> Option<(Header, Vec<FastOrder>)> {
     ))
 }
 
-fn fast_path(text: &str) -> Option<Fast> {
+fn fast_path(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
     // A carriage return with no line feed after it is a line break to YAML
     // (a value spanning it is folded), which the hand reader does not take
     // as one: such a feed goes the general way.
     if lone_carriage_return(text) {
         return None;
     }
-    if let Some(fast) = split::fast_split(text) {
+    if let Some(fast) = split::fast_split(text, base) {
         return Some(fast);
     }
     let (header, orders) = header(serde_yaml::from_str(text).ok()?)?;
@@ -433,7 +483,12 @@ fn fast_path(text: &str) -> Option<Fast> {
             Some(Pending::check(index, raw, &targets))
         })
         .collect::<Option<Vec<Pending>>>()?;
-    Some(Fast { header, orders })
+    Some(Fast {
+        header,
+        orders,
+        shape: None,
+        taken: 0,
+    })
 }
 
 fn parse_order(
@@ -1031,6 +1086,33 @@ mod tests {
         );
     }
 
+    /// A byte that is not UTF-8 is named by its offset, whichever half of
+    /// the feed (checked side by side) holds it; one in a comment too.
+    #[test]
+    fn a_feed_that_is_not_utf8_is_refused_at_the_offset() {
+        let text: String = (0..40).map(|i| format!("# line {i} é\n")).collect();
+        let hash_at = |from: usize| {
+            from + text.as_bytes()[from..]
+                .iter()
+                .position(|&b| b == b'#')
+                .expect("a line after")
+        };
+        for at in [
+            3,
+            hash_at(text.len() / 2 - 20),
+            hash_at(text.len() / 2),
+            text.len() - 1,
+        ] {
+            let mut bytes = text.clone().into_bytes();
+            bytes[at] = 0xff;
+            let err = parse(&bytes).expect_err("not UTF-8").to_string();
+            assert!(
+                err.contains(&format!("invalid byte at offset {at})")),
+                "{at}: {err}"
+            );
+        }
+    }
+
     /// The fast paths (split or whole) give exactly what the general path
     /// gives, for layouts that take each path.
     #[test]
@@ -1073,15 +1155,15 @@ mod tests {
         // with no line feed after them.
         assert_paths_agree(include_str!("lone_cr.yaml"));
         assert!(
-            split::fast_split(&cases[0]).is_some(),
+            split::fast_split(&cases[0], None).is_some(),
             "the usual layout splits"
         );
         assert!(
-            split::fast_split(&cases[1]).is_some(),
+            split::fast_split(&cases[1], None).is_some(),
             "left-margin items split"
         );
         assert!(
-            split::fast_split(&cases[3]).is_none(),
+            split::fast_split(&cases[3], None).is_none(),
             "a key after the orders does not"
         );
         assert!(parse(cases[0].as_bytes()).is_ok());

@@ -25,13 +25,15 @@ use serde::{
 };
 
 use super::{
-    AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder, header, plain_v4, plain_v6, raw_order,
+    AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder,
+    again::{Base, ItemLines, OrderShape, Shape},
+    header, plain_v4, plain_v6, raw_order,
 };
 
 /// Stands in for a target list read by hand.
 const MARK: &str = "blocker-targets-read-apart";
 
-pub(super) fn fast_split(text: &str) -> Option<Fast> {
+pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
     // The `orders:` line, and what follows it.
     let (at, line) = lines_at(text, 0).find(|(_, line)| line.trim_end() == "orders:")?;
     let body = at + line.len();
@@ -47,6 +49,7 @@ pub(super) fn fast_split(text: &str) -> Option<Fast> {
     if !line[dash..].starts_with("- ") {
         return None;
     }
+    let base = base.filter(|base| base.dash() == dash);
     // Every item starts an order, which runs to the next item. Two halves,
     // cut at an item near the middle, are read side by side.
     let orders = &text[first..];
@@ -60,43 +63,100 @@ pub(super) fn fast_split(text: &str) -> Option<Fast> {
         .map_or(orders.len(), |i| middle + i + 1);
     let (a, b) = crate::parallel::join(
         orders.len() / AVERAGE_LINE,
-        || orders_in(&orders[..cut], dash),
-        || orders_in(&orders[cut..], dash),
+        || orders_in(&orders[..cut], dash, base),
+        || orders_in(&orders[cut..], dash, base),
     );
     let (a, b) = (a?, b?);
     // The second half numbered its orders from 0: an order with problems
     // is read again with its place in the feed, which names it.
     let half = a.len();
-    let mut orders: Vec<Pending> = a.into_iter().map(|(pending, _)| pending).collect();
-    for (i, (pending, text)) in b.into_iter().enumerate() {
-        orders.push(match pending {
-            Pending::Checked(_, problems) if !problems.is_empty() => {
-                parse_order(half + i, text, dash)?
+    let mut shape = Shape {
+        len: text.len(),
+        dash,
+        orders: Vec::with_capacity(a.len() + b.len()),
+    };
+    let mut orders = Vec::with_capacity(a.len() + b.len());
+    let mut taken = 0;
+    for (i, read) in a.into_iter().chain(b).enumerate() {
+        taken += usize::from(read.taken);
+        shape.orders.push(OrderShape {
+            start: read.text.as_ptr() as usize - text.as_ptr() as usize,
+            len: read.text.len(),
+            items: read.items,
+        });
+        orders.push(match read.pending {
+            Pending::Checked(_, problems) if i >= half && !problems.is_empty() => {
+                parse_order(i, read.text, dash)?
             }
             pending => pending,
         });
     }
-    Some(Fast { header, orders })
+    Some(Fast {
+        header,
+        orders,
+        shape: Some(shape),
+        taken,
+    })
+}
+
+/// One order as [`orders_in`] read it.
+struct Read<'a> {
+    pending: Pending,
+    /// Its text, in the feed's.
+    text: &'a str,
+    /// Its target list, when every line of it is a plain item.
+    items: Option<ItemLines>,
+    /// Taken from the feed in force, whole or with target lines changed.
+    taken: bool,
 }
 
 /// The orders of `text` (which starts with an item at indentation `dash`),
-/// numbered from 0, each parsed and checked, with its text.
-fn orders_in(text: &str, dash: usize) -> Option<Vec<(Pending, &str)>> {
+/// numbered from 0, each parsed and checked, with its text; against the
+/// feed in force when there is one (see [`super::again`]).
+fn orders_in<'a>(text: &'a str, dash: usize, base: Option<&Base<'_>>) -> Option<Vec<Read<'a>>> {
     let mut orders = Vec::new();
     let mut targets = Targets::default();
+    let next_item = memchr::memmem::Finder::new(&format!("\n{}- ", " ".repeat(dash))).into_owned();
+    let mut next = None;
     let mut at = 0;
     while at < text.len() {
         let rest = &text[at..];
         let index = orders.len();
-        let (pending, len) = match read_plain_into(index, rest, dash, &mut targets) {
-            Some(read) => read,
+        if let Some(base) = base {
+            // Up to the next line that is an item at `dash`, as below.
+            let len = next_item
+                .find(&rest.as_bytes()[1..])
+                .map_or(rest.len(), |i| i + 2);
+            if let Some((order, items)) = base.reuse(&rest[..len], &mut next) {
+                orders.push(Read {
+                    pending: Pending::Checked(Some(order), Vec::new()),
+                    text: &rest[..len],
+                    items,
+                    taken: true,
+                });
+                at += len;
+                continue;
+            }
+        }
+        let read = match read_plain_into(index, rest, dash, &mut targets) {
+            Some((pending, len)) => Read {
+                pending,
+                text: &rest[..len],
+                items: targets.items(),
+                taken: false,
+            },
             None => {
                 let len = order_len(rest, dash);
-                (parse_apart(index, &rest[..len], dash)?, len)
+                Read {
+                    pending: parse_apart(index, &rest[..len], dash)?,
+                    text: &rest[..len],
+                    items: None,
+                    taken: false,
+                }
             }
         };
-        orders.push((pending, &rest[..len]));
-        at += len;
+        at += read.text.len();
+        orders.push(read);
     }
     Some(orders)
 }
@@ -337,8 +397,7 @@ fn read_plain_into<'a>(
 ) -> Option<(Pending, usize)> {
     let keys = dash + 2;
     let mut values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
-    targets.texts.clear();
-    targets.parsed.clear();
+    targets.clear();
     let mut list = List::Out;
     // The first line's key sits after the `- `, at the keys' column.
     let mut at = dash + 2;
@@ -361,6 +420,7 @@ fn read_plain_into<'a>(
         }
         first = false;
         if body.is_empty() || body.starts_with('#') {
+            targets.gap |= matches!(list, List::Items(_));
             continue;
         }
         let item = body.strip_prefix("- ");
@@ -368,10 +428,12 @@ fn read_plain_into<'a>(
             (List::Open, Some(item)) if depth >= keys => {
                 list = List::Items(depth);
                 targets.push(item)?;
+                targets.lines(start..at, depth);
                 continue;
             }
             (List::Items(items), Some(item)) if depth == items => {
                 targets.push(item)?;
+                targets.lines(start..at, depth);
                 continue;
             }
             // An empty list (a null), or a value over more than one line.
@@ -424,9 +486,41 @@ struct Targets<'a> {
     /// Those that are plain addresses or prefixes, parsed (all of them when
     /// there are as many as `texts`).
     parsed: Vec<IpNetwork>,
+    /// The lines of the items so far.
+    span: Option<ItemLines>,
+    /// A blank or comment line came after an item.
+    gap: bool,
+    /// An item came after such a line.
+    gapped: bool,
 }
 
 impl<'a> Targets<'a> {
+    fn clear(&mut self) {
+        self.texts.clear();
+        self.parsed.clear();
+        self.span = None;
+        self.gap = false;
+        self.gapped = false;
+    }
+
+    /// Notes an item's line, `line` in the order's text, at `indent`.
+    fn lines(&mut self, line: std::ops::Range<usize>, indent: usize) {
+        self.gapped |= self.gap;
+        let span = self.span.get_or_insert(ItemLines {
+            start: line.start,
+            end: line.end,
+            indent,
+        });
+        span.end = line.end;
+    }
+
+    /// The lines of the list, when they are all items, each parsed by
+    /// hand.
+    fn items(&self) -> Option<ItemLines> {
+        self.span
+            .filter(|_| !self.gapped && self.parsed.len() == self.texts.len())
+    }
+
     /// Reads an item's text after its `- `; `None` unless it is a plain
     /// target. One that parses by hand as an address or prefix is one
     /// (digits and dots, three of them; or hex digits and colons, not
@@ -568,7 +662,7 @@ mod tests {
         }
         let quoted = format!("{HEAD}orders:\n{}", cases[10]);
         assert!(
-            fast_split(&quoted).is_none(),
+            fast_split(&quoted, None).is_none(),
             "the marker did not come back"
         );
         assert!(
