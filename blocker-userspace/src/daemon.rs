@@ -86,6 +86,9 @@ struct Fingerprint {
     /// Keyed at random per process: nobody can aim a collision at it.
     hash: u64,
     signature: Vec<u8>,
+    /// Where its orders lie in its text: the next feed is parsed against
+    /// it, its text read back from `state_dir`.
+    shape: Option<Arc<feed::Shape>>,
 }
 
 pub struct Daemon {
@@ -395,23 +398,39 @@ impl Daemon {
             std::mem::take(&mut fetched.feed),
             std::mem::take(&mut fetched.signature),
         );
-        // The fingerprint's hash (tens of ms for a large feed) is worked
-        // out on the second core while the signature is checked.
-        let (verified, hash) = crate::parallel::join(
+        // The fingerprint's hash (tens of ms for a large feed), and the
+        // text of the feed in force read back, are worked out on the second
+        // core while the signature is checked.
+        let (verified, (hash, in_force)) = crate::parallel::join(
             fetched.feed.len() / feed::AVERAGE_LINE,
             || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
-            || self.hasher.hash_one(&fetched.feed),
+            || (self.hasher.hash_one(&fetched.feed), self.text_in_force()),
         );
         verified.map_err(|err| Refusal {
             reason: "signature",
             serial: None,
             detail: format!("{origin}: {err}"),
         })?;
-        let feed = feed::parse(&fetched.feed).map_err(|err| Refusal {
+        let base = in_force.as_ref().and_then(|(text, shape)| {
+            let current = self.current.as_ref()?;
+            feed::Base::new(text, &current.feed.orders, shape)
+        });
+        let parse_started = std::time::Instant::now();
+        let parsed = feed::parse_against(&fetched.feed, base.as_ref()).map_err(|err| Refusal {
             reason: "parse",
             serial: None,
             detail: format!("{origin}: {err}"),
         })?;
+        drop(base);
+        drop(in_force);
+        let feed = parsed.feed;
+        tracing::info!(
+            serial = feed.serial,
+            orders = feed.orders.len(),
+            taken_from_in_force = parsed.taken,
+            parsed_ms = parse_started.elapsed().as_millis(),
+            "feed parsed"
+        );
         if let Some(current) = &self.current
             && feed.serial <= current.feed.serial
         {
@@ -433,8 +452,21 @@ impl Daemon {
             len: saved.feed.len(),
             hash,
             signature: saved.signature.clone(),
+            shape: parsed.shape.map(Arc::new),
         };
         self.apply(fingerprint, Some(saved), feed, OffsetDateTime::now_utc())
+    }
+
+    /// The text of the feed in force, read back from `state_dir`, and where
+    /// its orders lie: when it was read order by order, and the text is the
+    /// one its fingerprint tells.
+    fn text_in_force(&self) -> Option<(Vec<u8>, Arc<feed::Shape>)> {
+        let current = self.current.as_ref()?;
+        let shape = current.fingerprint.shape.clone()?;
+        let text = self.state.feed_text(current.feed.serial).ok()?;
+        let known = &current.fingerprint;
+        (text.len() == known.len && self.hasher.hash_one(&text) == known.hash)
+            .then_some((text, shape))
     }
 
     /// Whether `feed` and `signature` are the feed in force: its length and
