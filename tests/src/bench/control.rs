@@ -26,7 +26,13 @@ pub const UPDATE_EVERY: usize = 100;
 #[derive(Clone, Debug, Default)]
 pub struct Stages {
     pub verify: Duration,
+    /// Against the feed before, as the daemon parses (from scratch: whole).
     pub parse: Duration,
+    /// The same feed parsed whole, for comparison (not in the total).
+    pub parse_whole: Duration,
+    /// Orders taken from the feed before, whole or with target lines
+    /// changed.
+    pub taken: usize,
     pub evaluate: Duration,
     pub compile: Duration,
     /// Writing the idle generation and flipping it live (from scratch:
@@ -66,6 +72,11 @@ pub struct DaemonRun {
     pub update_apply: f64,
     /// From SIGHUP to the update's serial reported.
     pub update_seen: Duration,
+    /// The update's parse (against the feed in force, read back from
+    /// `state_dir`), in ms, and the orders it took from that feed: from
+    /// the daemon's `feed parsed` log line.
+    pub update_parse_ms: f64,
+    pub update_taken: usize,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
     /// Median time of a whole `/metrics` scrape with the 1M feed's orders
@@ -92,14 +103,21 @@ fn signed(key: &KeyPair, dir: &std::path::Path, serial: u64, orders: &[Order]) -
     }
 }
 
-fn stages(
+/// A feed applied, for the next to be parsed against.
+struct Applied<'a> {
+    signed: &'a Signed,
+    parsed: feed::Parsed,
+}
+
+fn stages<'a>(
     key: &signature::PublicKey,
-    signed: &Signed,
+    signed: &'a Signed,
+    before: Option<&Applied<'_>>,
     dp: &mut Datapath,
     compiler: &mut Compiler,
     slots: &mut SlotTable,
     max_prefixes: u32,
-) -> Stages {
+) -> (Stages, Applied<'a>) {
     // As the daemon does before it parses a feed: wait for the background
     // write the last apply left (a feed every few minutes never waits).
     dp.settle();
@@ -108,15 +126,29 @@ fn stages(
     signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
     stages.verify = t.elapsed();
     let t = Instant::now();
-    let feed = feed::parse(&signed.feed).expect("the feed parses");
+    let parsed = feed::parse(&signed.feed).expect("the feed parses");
+    stages.parse_whole = t.elapsed();
+    drop(parsed);
+    let t = Instant::now();
+    let base = before.map(|b| {
+        let shape = b
+            .parsed
+            .shape
+            .as_ref()
+            .expect("the feed before was read order by order");
+        feed::Base::new(&b.signed.feed, &b.parsed.feed.orders, shape).expect("its shape fits")
+    });
+    let parsed = feed::parse_against(&signed.feed, base.as_ref()).expect("the feed parses");
     stages.parse = t.elapsed();
+    stages.taken = parsed.taken;
+    let feed = &parsed.feed;
     let t = Instant::now();
     let guardrails = policy::Guardrails {
         max_prefixes,
         ..policy::Guardrails::default()
     };
     let evaluation =
-        policy::evaluate(&feed, &guardrails, OffsetDateTime::now_utc()).expect("guardrails pass");
+        policy::evaluate(feed, &guardrails, OffsetDateTime::now_utc()).expect("guardrails pass");
     let enforceable: Vec<&Order> = evaluation.enforceable().collect();
     stages.evaluate = t.elapsed();
     let t = Instant::now();
@@ -132,7 +164,8 @@ fn stages(
     stages.load = t.elapsed();
     stages.patched = applied.patched;
     *slots = step.compiled.slots.clone();
-    stages
+    drop(enforceable);
+    (stages, Applied { signed, parsed })
 }
 
 /// A from-scratch load of `orders` and a 1% update, stage by stage.
@@ -149,23 +182,26 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     let open = t.elapsed();
     let mut slots = SlotTable::new();
     let mut compiler = Compiler::new();
-    let scratch = stages(
+    let (scratch, applied) = stages(
         &public,
         &first,
+        None,
         &mut dp,
         &mut compiler,
         &mut slots,
         max_prefixes,
     );
     eprintln!("bench: from scratch {:?}: {scratch:?}", scratch.total());
-    let update = stages(
+    let (update, _) = stages(
         &public,
         &second,
+        Some(&applied),
         &mut dp,
         &mut compiler,
         &mut slots,
         max_prefixes,
     );
+    drop(applied);
     eprintln!("bench: 1% update {:?}: {update:?}", update.total());
     drop(dp);
     Pipeline {
@@ -213,6 +249,19 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
         || daemon.log_text(),
     );
     let update_seen = hup.elapsed();
+    let log = daemon.log_text();
+    let field = |name: &str| -> f64 {
+        log.lines()
+            .find(|l| l.contains("feed parsed serial=2 "))
+            .and_then(|l| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the update's `feed parsed` line:\n{log}"))
+    };
+    let (update_parse_ms, update_taken) =
+        (field("parsed_ms"), field("taken_from_in_force") as usize);
     let scrape = daemon.scrape();
     assert_eq!(
         scrape.get("blocker_feed_serial", &[]),
@@ -225,6 +274,8 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
             .get("blocker_feed_last_apply_duration_seconds", &[])
             .unwrap_or(f64::NAN),
         update_seen,
+        update_parse_ms,
+        update_taken,
         rss_kib: status_kib(daemon.pid(), "VmRSS:"),
         peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
         scrape: scrape_median,

@@ -404,6 +404,8 @@ impl Report {
             json!({
                 "verify_s": s.verify.as_secs_f64(),
                 "parse_s": s.parse.as_secs_f64(),
+                "parse_whole_s": s.parse_whole.as_secs_f64(),
+                "orders_taken_from_the_feed_before": s.taken,
                 "evaluate_s": s.evaluate.as_secs_f64(),
                 "compile_s": s.compile.as_secs_f64(),
                 "load_s": s.load.as_secs_f64(),
@@ -429,6 +431,8 @@ impl Report {
                 "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
                 "update_apply_s": d.update_apply,
                 "update_seen_s": d.update_seen.as_secs_f64(),
+                "update_parse_s": d.update_parse_ms / 1e3,
+                "update_orders_taken_from_in_force": d.update_taken,
                 "rss_kib": d.rss_kib,
                 "peak_rss_kib": d.peak_rss_kib,
                 "scrape_s": d.scrape.as_secs_f64(),
