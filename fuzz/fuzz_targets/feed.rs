@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     // against the first gives what it gives parsed whole, shape included.
     if let Some(nul) = data.iter().position(|&b| b == 0) {
         let (before, after) = (&data[..nul], &data[nul + 1..]);
-        if let Ok(first) = feed::parse_against(before, None)
+        if let Ok(first) = feed::parse_against(&feed::Text::scan(before), None)
             && let Some(shape) = &first.shape
         {
             let base = feed::Base::new(before, &first.feed.orders, shape)
@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
                     .map_err(|err| err.to_string())
             };
             assert_eq!(
-                both(feed::parse_against(after, Some(&base))),
-                both(feed::parse_against(after, None)),
+                both(feed::parse_against(&feed::Text::scan(after), Some(&base))),
+                both(feed::parse_against(&feed::Text::scan(after), None)),
                 "parsed against the feed before, the feed differs"
             );
         }

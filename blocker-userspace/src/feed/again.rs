@@ -288,7 +288,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::feed::{Parsed, parse_against, tests::assert_paths_agree};
+    use crate::feed::{Parsed, Text, parse_against, tests::assert_paths_agree};
 
     const HEAD: &str = "format: blocker-feed/v1\nserial: 7\nissued_at: 2026-11-24T10:00:00Z\nissuer: ATKM\norders:\n";
 
@@ -339,11 +339,11 @@ mod tests {
     /// Parses `new` against `base` (which must parse) and whole: both give
     /// the same feed or the same problems, and the same shape.
     fn agree(base: &str, new: &str) -> Option<Parsed> {
-        let first = parse_against(base.as_bytes(), None).expect("the base parses");
+        let first = parse_against(&Text::scan(base.as_bytes()), None).expect("the base parses");
         let shape = first.shape.expect("the base is read order by order");
         let against = Base::new(base.as_bytes(), &first.feed.orders, &shape).expect("it fits");
-        let again = parse_against(new.as_bytes(), Some(&against));
-        let whole = parse_against(new.as_bytes(), None);
+        let again = parse_against(&Text::scan(new.as_bytes()), Some(&against));
+        let whole = parse_against(&Text::scan(new.as_bytes()), None);
         assert_eq!(
             again.as_ref().map(|p| &p.feed).map_err(ToString::to_string),
             whole.as_ref().map(|p| &p.feed).map_err(ToString::to_string),
@@ -362,7 +362,7 @@ mod tests {
     fn unchanged_orders_are_taken_and_changed_targets_read() {
         let orders = [order(1, &[0, 2, 4]), order(2, &[1, 3]), order(3, &[5, 6])];
         let base = format!("{HEAD}{}", orders.concat());
-        let first = parse_against(base.as_bytes(), None).expect("parses");
+        let first = parse_against(&Text::scan(base.as_bytes()), None).expect("parses");
         let shape = first.shape.clone().expect("a shape");
         let against = Base::new(base.as_bytes(), &first.feed.orders, &shape).expect("fits");
         // The second order's first target replaced, one added to the third.
@@ -373,7 +373,7 @@ mod tests {
                 "      - 2001:db8:2::/64\n      - 2001:db8:3::/64\n",
                 1,
             );
-        let again = parse_against(new.as_bytes(), Some(&against)).expect("parses");
+        let again = parse_against(&Text::scan(new.as_bytes()), Some(&against)).expect("parses");
         let orders = &again.feed.orders;
         assert!(Arc::ptr_eq(
             &orders[0].targets,
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn anything_but_plain_target_lines_is_read_whole() {
         let base = format!("{HEAD}{}{}", order(1, &[0, 2]), order(2, &[1, 3]));
-        let first = parse_against(base.as_bytes(), None).expect("parses");
+        let first = parse_against(&Text::scan(base.as_bytes()), None).expect("parses");
         for (from, to) in [
             // A key's value, a target listed twice, too broad, host bits,
             // a quoted item, a comment in the list, the order's id.

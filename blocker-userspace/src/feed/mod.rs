@@ -102,7 +102,7 @@ struct RawOrder {
 
 /// Parses and validates a feed.
 pub fn parse(bytes: &[u8]) -> Result<Feed, FeedError> {
-    parse_against(bytes, None).map(|parsed| parsed.feed)
+    parse_against(&Text::scan(bytes), None).map(|parsed| parsed.feed)
 }
 
 /// A feed parsed, with where its orders lie in its text when a later feed
@@ -119,8 +119,8 @@ pub struct Parsed {
 /// force when there is one: orders whose text is the same, or differs only
 /// in target lines, are taken from it (see [`again`]). The result is the
 /// same either way.
-pub fn parse_against(bytes: &[u8], base: Option<&Base<'_>>) -> Result<Parsed, FeedError> {
-    let text = checked_text(bytes)?;
+pub fn parse_against(text: &Text<'_>, base: Option<&Base<'_>>) -> Result<Parsed, FeedError> {
+    let text = checked_text(text)?;
     if let Some(fast) = fast_path(text, base) {
         let feed = finish(fast.header, fast.orders.into_iter())?;
         return Ok(Parsed {
@@ -140,64 +140,86 @@ pub fn parse_against(bytes: &[u8], base: Option<&Base<'_>>) -> Result<Parsed, Fe
 /// (the fuzz target runs it on every input).
 #[doc(hidden)]
 pub fn parse_general_only(bytes: &[u8]) -> Result<Feed, FeedError> {
-    parse_general(checked_text(bytes)?)
+    parse_general(checked_text(&Text::scan(bytes))?)
 }
 
-/// The feed as text, once its size, encoding and characters are checked.
-fn checked_text(bytes: &[u8]) -> Result<&str, FeedError> {
+/// A feed's bytes scanned for what a parse checks first: whether they are
+/// plain text ([`plain_bytes`]), and UTF-8. Only bytes are looked at, none
+/// is parsed: the daemon scans a feed on its second core while the
+/// signature is checked on the first.
+pub struct Text<'a> {
+    bytes: &'a [u8],
+    plain: bool,
+    /// Where the first byte that is not UTF-8 is, if one is.
+    not_utf8: Option<usize>,
+}
+
+impl<'a> Text<'a> {
+    /// Scans `bytes` in two halves side by side (cut after a line end, so
+    /// that no line's indentation, and no character, is split).
+    pub fn scan(bytes: &'a [u8]) -> Self {
+        let middle = bytes.len() / 2;
+        let cut = bytes[middle..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| middle + i + 1);
+        let (first, second) = bytes.split_at(cut);
+        let (first, second) = crate::parallel::join(
+            bytes.len() / AVERAGE_LINE,
+            || Self::scan_here(first),
+            || Self::scan_here(second),
+        );
+        Self {
+            bytes,
+            plain: first.plain && second.plain,
+            not_utf8: first.not_utf8.or(second.not_utf8.map(|at| cut + at)),
+        }
+    }
+
+    /// Scans `bytes` on the calling thread.
+    pub fn scan_here(bytes: &'a [u8]) -> Self {
+        let plain = plain_bytes(bytes);
+        // Plain text is ASCII.
+        let not_utf8 = match plain {
+            true => None,
+            false => std::str::from_utf8(bytes).err().map(|e| e.valid_up_to()),
+        };
+        Self {
+            bytes,
+            plain,
+            not_utf8,
+        }
+    }
+}
+
+/// The feed as text, once its size, encoding and characters are checked:
+/// nearly every feed is plain text, which passes as scanned; anything else
+/// is checked the long way, which names the problem.
+fn checked_text<'a>(text: &Text<'a>) -> Result<&'a str, FeedError> {
     let whole = |message: String| FeedError {
         problems: vec![problem(None, None, message)],
     };
+    let bytes = text.bytes;
     if bytes.len() > MAX_FEED_BYTES {
         return Err(whole(format!(
             "the feed is {} bytes, over the {MAX_FEED_BYTES}-byte limit",
             bytes.len()
         )));
     }
-    // Nearly every feed is plain text ([`plain_bytes`]), checked here in
-    // two halves side by side (cut after a line end, so that no line's
-    // indentation is split). Anything else is checked the long way, which
-    // names the problem.
-    let middle = bytes.len() / 2;
-    let cut = bytes[middle..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(bytes.len(), |i| middle + i + 1);
-    let (first, second) = bytes.split_at(cut);
-    // Each half is UTF-8 when the whole is (the cut is after an ASCII
-    // byte), and plain text is ASCII.
-    let check = |half: &[u8]| {
-        let plain = plain_bytes(half);
-        let utf8 = match plain {
-            true => Ok(()),
-            false => std::str::from_utf8(half)
-                .map(|_| ())
-                .map_err(|e| e.valid_up_to()),
-        };
-        (plain, utf8)
-    };
-    let ((first, one), (second, other)) = crate::parallel::join(
-        bytes.len() / AVERAGE_LINE,
-        || check(first),
-        || check(second),
-    );
-    let text = match (one, other) {
-        // SAFETY: both halves are UTF-8, and the cut between them is after
-        // a line feed (or at the end), never inside a character.
-        (Ok(_), Ok(_)) => Ok(unsafe { std::str::from_utf8_unchecked(bytes) }),
-        (Err(at), _) => Err(at),
-        (Ok(_), Err(at)) => Err(cut + at),
-    }
-    .map_err(|at| {
-        whole(format!(
+    if let Some(at) = text.not_utf8 {
+        return Err(whole(format!(
             "not UTF-8 (invalid byte at offset {at}); the feed must be UTF-8 text"
-        ))
-    })?;
-    if !(first && second) {
-        check_characters(text).map_err(whole)?;
-        check_no_anchors(text).map_err(whole)?;
+        )));
     }
-    Ok(text)
+    // SAFETY: the scan found every byte UTF-8: plain bytes are ASCII, and
+    // any other part was checked whole (parts are cut after a line feed,
+    // never inside a character).
+    let checked = unsafe { std::str::from_utf8_unchecked(bytes) };
+    if !text.plain {
+        check_characters(checked).map_err(whole)?;
+        check_no_anchors(checked).map_err(whole)?;
+    }
+    Ok(checked)
 }
 
 /// Whether `text` holds a carriage return not followed by a line feed.
