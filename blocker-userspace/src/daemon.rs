@@ -78,17 +78,24 @@ struct Loaded {
     counted: Vec<CountedOrder>,
 }
 
-/// Tells a fetched feed is the one in force without holding its bytes
-/// (a large feed is tens of megabytes; `state_dir` has the copy).
+/// Tells a fetched feed is the one in force without comparing its bytes
+/// (a large feed is tens of megabytes).
 #[derive(Clone, Debug)]
 struct Fingerprint {
     len: usize,
     /// Keyed at random per process: nobody can aim a collision at it.
     hash: u64,
     signature: Vec<u8>,
-    /// Where its orders lie in its text: the next feed is parsed against
-    /// it, its text read back from `state_dir`.
-    shape: Option<Arc<feed::Shape>>,
+    /// Its text and where its orders lie in it, kept once it is applied
+    /// when it was read order by order: the next feed is parsed against it.
+    layout: Option<Arc<Layout>>,
+}
+
+/// A feed's text and the shape its parse gave.
+#[derive(Debug)]
+struct Layout {
+    text: Vec<u8>,
+    shape: feed::Shape,
 }
 
 pub struct Daemon {
@@ -398,31 +405,35 @@ impl Daemon {
             std::mem::take(&mut fetched.feed),
             std::mem::take(&mut fetched.signature),
         );
-        // The fingerprint's hash (tens of ms for a large feed), and the
-        // text of the feed in force read back, are worked out on the second
-        // core while the signature is checked.
-        let (verified, (hash, in_force)) = crate::parallel::join(
+        // The fingerprint's hash (tens of ms for a large feed) and the
+        // bytes' scan (nothing is parsed) are worked out on the second core
+        // while the signature is checked.
+        let (verified, (hash, text)) = crate::parallel::join(
             fetched.feed.len() / feed::AVERAGE_LINE,
             || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
-            || (self.hasher.hash_one(&fetched.feed), self.text_in_force()),
+            || {
+                (
+                    self.hasher.hash_one(&fetched.feed),
+                    feed::Text::scan_here(&fetched.feed),
+                )
+            },
         );
         verified.map_err(|err| Refusal {
             reason: "signature",
             serial: None,
             detail: format!("{origin}: {err}"),
         })?;
-        let base = in_force.as_ref().and_then(|(text, shape)| {
-            let current = self.current.as_ref()?;
-            feed::Base::new(text, &current.feed.orders, shape)
+        let base = self.current.as_ref().and_then(|current| {
+            let layout = current.fingerprint.layout.as_ref()?;
+            feed::Base::new(&layout.text, &current.feed.orders, &layout.shape)
         });
         let parse_started = std::time::Instant::now();
-        let parsed = feed::parse_against(&fetched.feed, base.as_ref()).map_err(|err| Refusal {
+        let parsed = feed::parse_against(&text, base.as_ref()).map_err(|err| Refusal {
             reason: "parse",
             serial: None,
             detail: format!("{origin}: {err}"),
         })?;
-        drop(base);
-        drop(in_force);
+        drop((base, text));
         let feed = parsed.feed;
         tracing::info!(
             serial = feed.serial,
@@ -452,21 +463,14 @@ impl Daemon {
             len: saved.feed.len(),
             hash,
             signature: saved.signature.clone(),
-            shape: parsed.shape.map(Arc::new),
+            layout: None,
         };
-        self.apply(fingerprint, Some(saved), feed, OffsetDateTime::now_utc())
-    }
-
-    /// The text of the feed in force, read back from `state_dir`, and where
-    /// its orders lie: when it was read order by order, and the text is the
-    /// one its fingerprint tells.
-    fn text_in_force(&self) -> Option<(Vec<u8>, Arc<feed::Shape>)> {
-        let current = self.current.as_ref()?;
-        let shape = current.fingerprint.shape.clone()?;
-        let text = self.state.feed_text(current.feed.serial).ok()?;
-        let known = &current.fingerprint;
-        (text.len() == known.len && self.hasher.hash_one(&text) == known.hash)
-            .then_some((text, shape))
+        self.apply(
+            fingerprint,
+            Some((saved, parsed.shape)),
+            feed,
+            OffsetDateTime::now_utc(),
+        )
     }
 
     /// Whether `feed` and `signature` are the feed in force: its length and
@@ -499,8 +503,8 @@ impl Daemon {
     /// one in force re-evaluated (`None`).
     fn apply(
         &mut self,
-        fingerprint: Fingerprint,
-        saved: Option<SavedFeed>,
+        mut fingerprint: Fingerprint,
+        saved: Option<(SavedFeed, Option<feed::Shape>)>,
         feed: Feed,
         now: OffsetDateTime,
     ) -> Result<(), Refusal> {
@@ -531,12 +535,18 @@ impl Daemon {
         } else {
             Some(self.load(&enforceable, serial, started)?)
         };
-        if let Some(saved) = saved
-            && let Err(err) = self.state.save_feed(&saved)
-        {
-            // Enforcement is right; only the restart copy is stale.
-            tracing::error!(error = %err, "saving the last good feed");
-            self.metrics.state_write_failed("feed");
+        if let Some((saved, shape)) = saved {
+            if let Err(err) = self.state.save_feed(&saved) {
+                // Enforcement is right; only the restart copy is stale.
+                tracing::error!(error = %err, "saving the last good feed");
+                self.metrics.state_write_failed("feed");
+            }
+            fingerprint.layout = shape.map(|shape| {
+                Arc::new(Layout {
+                    text: saved.feed,
+                    shape,
+                })
+            });
         }
 
         let before: BTreeSet<String> = self

@@ -249,13 +249,6 @@ impl StateDir {
             })
     }
 
-    /// The text of the feed saved with `serial` (the caller checks it is
-    /// the one it expects).
-    pub fn feed_text(&self, serial: u64) -> Result<Vec<u8>> {
-        let path = self.feed_path(serial);
-        fs::read(&path).map_err(io_err(&path))
-    }
-
     /// The last good feed, if one was saved. The caller re-verifies it.
     pub fn load_feed(&self) -> Result<Option<SavedFeed>> {
         let Some(serial) = self.current_serial()? else {
