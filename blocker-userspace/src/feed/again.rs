@@ -77,6 +77,7 @@ impl<'a> Base<'a> {
                 o.start
                     .checked_add(o.len)
                     .is_some_and(|end| end <= bytes.len())
+                    && o.items.is_none_or(|i| i.start <= i.end && i.end <= o.len)
             });
         fits.then(|| Self {
             bytes,

@@ -57,9 +57,8 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
     while !orders.is_char_boundary(middle) {
         middle += 1;
     }
-    let needle = format!("\n{}- ", " ".repeat(dash));
     let cut = orders[middle..]
-        .find(needle.as_str())
+        .find(item_start(dash).as_str())
         .map_or(orders.len(), |i| middle + i + 1);
     let (a, b) = crate::parallel::join(
         orders.len() / AVERAGE_LINE,
@@ -99,6 +98,12 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
     })
 }
 
+/// What starts the line of an item at indentation `dash`, with the line
+/// end before it.
+fn item_start(dash: usize) -> String {
+    format!("\n{}- ", " ".repeat(dash))
+}
+
 /// One order as [`orders_in`] read it.
 struct Read<'a> {
     pending: Pending,
@@ -116,7 +121,7 @@ struct Read<'a> {
 fn orders_in<'a>(text: &'a str, dash: usize, base: Option<&Base<'_>>) -> Option<Vec<Read<'a>>> {
     let mut orders = Vec::new();
     let mut targets = Targets::default();
-    let next_item = memchr::memmem::Finder::new(&format!("\n{}- ", " ".repeat(dash))).into_owned();
+    let next_item = memchr::memmem::Finder::new(&item_start(dash)).into_owned();
     let mut next = None;
     let mut at = 0;
     while at < text.len() {
