@@ -554,13 +554,18 @@ pub fn patch<S: Source + Send>(
         return Err(Unpatchable::Entries);
     }
     // Each changed prefix costs microseconds of lookups: a few thousand
-    // are worth a second thread.
-    let (v4, v6) = crate::parallel::join(
+    // are worth a second thread. IPv4 holds most of them: its /16s are
+    // worked out after IPv6, on that thread.
+    let (v4, (v6, v4_short)) = crate::parallel::join(
         (change.v4.len() + change.v6.len()) * 10,
         || patch_v4(compiled, change, shape, v4_source),
-        || patch_v6(compiled, change, shape, v6_source),
+        || {
+            let v6 = patch_v6(compiled, change, shape, v6_source);
+            (v6, shorts_v4(compiled, change))
+        },
     );
     let (mut patch, v6) = (v4?, v6?);
+    patch.v4_short = v4_short;
     patch.v6_bits = v6.v6_bits;
     patch.v6 = v6.v6;
     patch.keys.1 = v6.keys.1;
@@ -579,7 +584,6 @@ fn patch_v4<S: Source>(
     let table = Prefixes::new(&compiled.v4);
     let mut keys: Vec<(u32, u8)> = Vec::new();
     let mut descriptors: Vec<u32> = Vec::new();
-    let mut shorts: Vec<u32> = Vec::new();
     let mut bits: Vec<u32> = Vec::new();
     for &(net, len) in &change.v4 {
         let net = u32::from_be_bytes(net);
@@ -588,10 +592,6 @@ fn patch_v4<S: Source>(
             return Err(Unpatchable::Wide);
         }
         bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
-        // Any change may change its /16: make it exact-only or end that (a
-        // /16../31), change its one prefix of /17../23, or put something
-        // inside that or take it out.
-        shorts.push(net >> (32 - layout::V4_SHORT_LEN));
         if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
         } else if u32::from(len) > layout::V4_SHORT_LEN {
@@ -606,7 +606,7 @@ fn patch_v4<S: Source>(
             keys.push((net, len));
         }
     }
-    for list in [&mut descriptors, &mut shorts, &mut bits] {
+    for list in [&mut descriptors, &mut bits] {
         list.sort_unstable();
         list.dedup();
     }
@@ -684,13 +684,6 @@ fn patch_v4<S: Source>(
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
     let (v4, keys_gained) = hash.changed();
-    let v4_short = shorts
-        .iter()
-        .map(|&s| {
-            let net = s << (32 - layout::V4_SHORT_LEN);
-            (s, short4(&table, net, table.cover(bits_of(net), 16)))
-        })
-        .collect();
     // A /24's bit: some prefix covers it or lies inside it. A changed
     // prefix of /24 or shorter decides all its /24s at once: set when
     // something covers it, else as the prefixes inside it touch them.
@@ -728,10 +721,33 @@ fn patch_v4<S: Source>(
             .into_iter()
             .map(|(i, slots)| (i, Bucket4 { slots }))
             .collect(),
-        v4_short,
         keys: (keys_gained, 0),
         ..Patch::default()
     })
+}
+
+/// The [`Short4`] of the /16 of every changed IPv4 prefix: any change may
+/// change its /16 (make it exact-only or end that, change its one prefix
+/// of /17../23, or put something inside that or take it out).
+fn shorts_v4(compiled: &Compiled, change: &Change) -> Vec<(u32, Short4)> {
+    let table = Prefixes::new(&compiled.v4);
+    let mut shorts: Vec<u32> = change
+        .v4
+        .iter()
+        .map(|(net, _)| u32::from_be_bytes(*net) >> (32 - layout::V4_SHORT_LEN))
+        .collect();
+    shorts.sort_unstable();
+    shorts.dedup();
+    shorts
+        .into_iter()
+        .map(|s| {
+            let net = s << (32 - layout::V4_SHORT_LEN);
+            (
+                s,
+                short4(&table, net, table.cover(u128::from(net) << 96, 16)),
+            )
+        })
+        .collect()
 }
 
 /// The [`Short4`] of the /16 at `net` in `table`, given the entry of its
