@@ -8,11 +8,12 @@
 //! checked, and anything else is read as ever.
 //!
 //! Nothing is taken on trust but the feed in force: its text, orders and
-//! shape must belong together (the daemon checks the text it hands in is
-//! the one it parsed). Every byte of the new feed is still checked as text,
-//! its header parsed and its orders' ids checked for duplicates as ever; an
-//! order spliced here is exactly the order a whole parse reads (the tests
-//! and the `feed` fuzz target compare both ways), or it is read whole.
+//! shape must belong together (the daemon keeps the text it parsed, in
+//! memory, with what the parse gave). Every byte of the new feed is still
+//! checked as text, its header parsed and its orders' ids checked for
+//! duplicates as ever; an order spliced here is exactly the order a whole
+//! parse reads (the tests and the `feed` fuzz target compare both ways), or
+//! it is read whole.
 
 use std::{
     collections::HashMap,
