@@ -237,20 +237,7 @@ fn distinct_with(fresh: &[IpNetwork], kept: [&[IpNetwork]; 2]) -> bool {
     fresh
         .iter()
         .enumerate()
-        .all(|(i, f)| !listed(f, &fresh[..i]) && !listed(f, kept[0]) && !listed(f, kept[1]))
-}
-
-/// Whether `among` holds `prefix` (a scan per family: comparing whole
-/// `IpNetwork`s costs several times as much).
-fn listed(prefix: &IpNetwork, among: &[IpNetwork]) -> bool {
-    match prefix {
-        IpNetwork::V4(p) => among
-            .iter()
-            .any(|t| matches!(t, IpNetwork::V4(t) if t.ip() == p.ip() && t.prefix() == p.prefix())),
-        IpNetwork::V6(p) => among
-            .iter()
-            .any(|t| matches!(t, IpNetwork::V6(t) if t.ip() == p.ip() && t.prefix() == p.prefix())),
-    }
+        .all(|(i, f)| !fresh[..i].contains(f) && !kept[0].contains(f) && !kept[1].contains(f))
 }
 
 /// Bytes compared at a time.

@@ -75,9 +75,9 @@ pub struct DaemonRun {
     pub update_apply: f64,
     /// From SIGHUP to the update's serial reported.
     pub update_seen: Duration,
-    /// The update's parse (against the feed in force, read back from
-    /// `state_dir`), in ms, and the orders it took from that feed: from
-    /// the daemon's `feed parsed` log line.
+    /// The update's parse (against the feed in force), in ms, and the
+    /// orders it took from that feed: from the daemon's `feed parsed` log
+    /// line.
     pub update_parse_ms: f64,
     pub update_taken: usize,
     pub rss_kib: u64,
@@ -174,7 +174,6 @@ fn stages<'a>(
     stages.load = t.elapsed();
     stages.patched = applied.patched;
     *slots = step.compiled.slots.clone();
-    drop(enforceable);
     dp.settle();
     let t = Instant::now();
     let whole = feed::parse(&signed.feed).expect("the feed parses");
