@@ -494,6 +494,7 @@ fn mask(len: u8) -> u128 {
 
 /// A family's prefixes (network bytes, length, entry), with their
 /// shortest length and a search hint.
+#[derive(Clone)]
 struct Prefixes<'a, const N: usize>(&'a [([u8; N], u8, u32)], u8, Cell<usize>);
 
 impl<'a, const N: usize> Prefixes<'a, N> {
@@ -555,13 +556,16 @@ pub fn patch<S: Source + Send>(
     }
     // Each changed prefix costs microseconds of lookups: a few thousand
     // are worth a second thread. IPv4 holds most of them: its /16s are
-    // worked out after IPv6, on that thread.
+    // worked out after IPv6, on that thread (each thread with its own
+    // search hint into the IPv4 prefixes).
+    let v4_table = Prefixes::new(&compiled.v4);
+    let shorts_table = v4_table.clone();
     let (v4, (v6, v4_short)) = crate::parallel::join(
         (change.v4.len() + change.v6.len()) * 10,
-        || patch_v4(compiled, change, shape, v4_source),
-        || {
+        move || patch_v4(&v4_table, change, shape, v4_source),
+        move || {
             let v6 = patch_v6(compiled, change, shape, v6_source);
-            (v6, shorts_v4(compiled, change))
+            (v6, shorts_v4(&shorts_table, change))
         },
     );
     let (mut patch, v6) = (v4?, v6?);
@@ -576,12 +580,11 @@ pub fn patch<S: Source + Send>(
 }
 
 fn patch_v4<S: Source>(
-    compiled: &Compiled,
+    table: &Prefixes<'_, 4>,
     change: &Change,
     shape: &layout::Shape,
     source: &mut S,
 ) -> Result<Patch, Unpatchable> {
-    let table = Prefixes::new(&compiled.v4);
     let mut keys: Vec<(u32, u8)> = Vec::new();
     let mut descriptors: Vec<u32> = Vec::new();
     let mut bits: Vec<u32> = Vec::new();
@@ -729,8 +732,7 @@ fn patch_v4<S: Source>(
 /// The [`Short4`] of the /16 of every changed IPv4 prefix: any change may
 /// change its /16 (make it exact-only or end that, change its one prefix
 /// of /17../23, or put something inside that or take it out).
-fn shorts_v4(compiled: &Compiled, change: &Change) -> Vec<(u32, Short4)> {
-    let table = Prefixes::new(&compiled.v4);
+fn shorts_v4(table: &Prefixes<'_, 4>, change: &Change) -> Vec<(u32, Short4)> {
     let mut shorts: Vec<u32> = change
         .v4
         .iter()
@@ -744,7 +746,7 @@ fn shorts_v4(compiled: &Compiled, change: &Change) -> Vec<(u32, Short4)> {
             let net = s << (32 - layout::V4_SHORT_LEN);
             (
                 s,
-                short4(&table, net, table.cover(u128::from(net) << 96, 16)),
+                short4(table, net, table.cover(u128::from(net) << 96, 16)),
             )
         })
         .collect()
