@@ -75,10 +75,9 @@ pub struct DaemonRun {
     pub update_apply: f64,
     /// From SIGHUP to the update's serial reported.
     pub update_seen: Duration,
-    /// The update's parse (against the feed in force), in ms, and the
-    /// orders it took from that feed: from the daemon's `feed parsed` log
-    /// line.
-    pub update_parse_ms: f64,
+    /// The update's parse (against the feed in force), and the orders it
+    /// took from that feed: from the daemon's `feed parsed` log line.
+    pub update_parse: Duration,
     pub update_taken: usize,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
@@ -274,8 +273,8 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in the update's `feed parsed` line:\n{log}"))
     };
-    let (update_parse_ms, update_taken) =
-        (field("parsed_ms"), field("taken_from_in_force") as usize);
+    let update_parse = Duration::from_secs_f64(field("parsed_ms") / 1e3);
+    let update_taken = field("taken_from_in_force") as usize;
     let scrape = daemon.scrape();
     assert_eq!(
         scrape.get("blocker_feed_serial", &[]),
@@ -288,7 +287,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
             .get("blocker_feed_last_apply_duration_seconds", &[])
             .unwrap_or(f64::NAN),
         update_seen,
-        update_parse_ms,
+        update_parse,
         update_taken,
         rss_kib: status_kib(daemon.pid(), "VmRSS:"),
         peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),

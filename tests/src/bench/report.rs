@@ -431,7 +431,7 @@ impl Report {
                 "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
                 "update_apply_s": d.update_apply,
                 "update_seen_s": d.update_seen.as_secs_f64(),
-                "update_parse_s": d.update_parse_ms / 1e3,
+                "update_parse_s": d.update_parse.as_secs_f64(),
                 "update_orders_taken_from_in_force": d.update_taken,
                 "rss_kib": d.rss_kib,
                 "peak_rss_kib": d.peak_rss_kib,

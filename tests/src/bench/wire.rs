@@ -161,10 +161,11 @@ fn blocker(
     let before = blocker_dropped(kernel);
     let (sent, seconds) = wire.send(kernel, pool, count);
     let after = blocker_dropped(kernel);
+    let held = prefixes(orders);
     WireRun {
         dut: name,
-        workload: prefixes(orders),
-        prefixes: prefixes(orders),
+        workload: held,
+        prefixes: held,
         sent,
         dropped: after - before,
         seconds,
