@@ -21,7 +21,9 @@
 //!
 //! An IPv4 /16 whose only prefixes are /32s (nothing shorter covers it,
 //! nothing else lies inside) is marked in its [`Short4`]: an address there
-//! skips step 2 and probes its own /32 alone ([`V4_ONLY_EXACT`]).
+//! skips step 2 and probes its own /32 alone ([`V4_ONLY_EXACT`]). An IPv6
+//! descriptor whose bucket holds one longer prefix holds that prefix
+//! instead of its length ([`v6_lone`]): an address there skips step 3.
 //!
 //! IPv6 prefixes shorter than a bucket (/29../31) are expanded into every
 //! bucket they cover. IPv4 has one more level instead, since its /16../23
@@ -130,8 +132,57 @@ pub struct Slot6 {
     pub entry: u32,
     /// Descriptors only: bit `i` of `longer[0]` set when a prefix of length
     /// `128 - i` (65..=128) lies inside the bucket; bit `j` of `longer[1]`
-    /// for length `64 - j` (33..=64).
+    /// for length `64 - j` (33..=64). Or, when the bucket holds one such
+    /// prefix, that prefix itself ([`v6_lone`]).
     pub longer: [u64; 2],
+}
+
+/// Where [`v6_lone`] puts the one prefix's entry and length in the upper
+/// half of `longer[1]` (whose bits a length mask leaves clear).
+const V6_LONE_ENTRY_BITS: u32 = 25;
+
+/// The [`Slot6::longer`] of a descriptor whose bucket holds one prefix
+/// longer than the bucket, `hi:lo`/`len` with `entry`: the prefix itself,
+/// so that an address there is answered by the descriptor, without a probe
+/// (a prefix alone in its /32 is the common case of a list of servers and
+/// sites). `longer[0]` holds its lower half, `longer[1]` the lower 32 bits
+/// of its upper half (the upper 32 are the bucket's) and, above them, its
+/// entry and `len - 33`; the entry is never 0, so the upper half of
+/// `longer[1]` is never clear, while a length mask's always is. `None`
+/// when it does not fit (an entry of 2^25 or more): the mask serves.
+/// Tables laid out before this was have masks only.
+pub const fn v6_lone(hi: u64, lo: u64, len: u32, entry: u32) -> Option<[u64; 2]> {
+    if entry == NO_ENTRY || entry >= 1 << V6_LONE_ENTRY_BITS || len <= V6_BUCKET_LEN || len > 128 {
+        return None;
+    }
+    let tag = ((len - V6_BUCKET_LEN - 1) << V6_LONE_ENTRY_BITS) | entry;
+    Some([lo, (tag as u64) << 32 | (hi & 0xffff_ffff)])
+}
+
+/// For a descriptor of the bucket of `hi` that holds one prefix
+/// ([`v6_lone`]): the answer for the address `hi:lo`, that prefix's entry
+/// when it holds the address, else the descriptor's own. `None` for a
+/// descriptor with a length mask.
+#[inline(always)]
+pub const fn v6_lone_answer(descriptor: &Slot6, hi: u64, lo: u64) -> Option<u32> {
+    let [net_lo, lower] = descriptor.longer;
+    let tag = (lower >> 32) as u32;
+    if tag == 0 {
+        return None;
+    }
+    let len = (tag >> V6_LONE_ENTRY_BITS) + V6_BUCKET_LEN + 1;
+    // The bucket's bits are the address's own: compare the rest.
+    let upper = (hi ^ lower) & 0xffff_ffff;
+    let holds = if len <= 64 {
+        upper >> (64 - len) == 0
+    } else {
+        upper == 0 && (lo ^ net_lo) >> (128 - len) == 0
+    };
+    Some(if holds {
+        tag & ((1 << V6_LONE_ENTRY_BITS) - 1)
+    } else {
+        descriptor.entry
+    })
 }
 
 /// One /16 of IPv4 space: the entry of the /16 prefix itself (or one
@@ -601,6 +652,9 @@ pub fn start_v6_marked<T: Tables>(
     ) else {
         return Err(NO_ENTRY);
     };
+    if let Some(entry) = v6_lone_answer(&descriptor, hi, lo) {
+        return Err(entry);
+    }
     let [mut low_half, mut high_half] = descriptor.longer;
     if low_half & 1 != 0 {
         if let Some(slot) = find6_hashed(tables, shape, exact, hi, lo, 128) {

@@ -120,12 +120,16 @@ impl Tables {
 }
 
 /// A descriptor being built: the longest covering prefix no longer than the
-/// bucket (its length and entry) and the longer lengths inside.
+/// bucket (its length and entry) and the longer lengths inside; for IPv6,
+/// how many prefixes those are and the index of the last, in case it is
+/// the only one ([`layout::v6_lone`]).
 #[derive(Clone, Copy, Default)]
 struct Descriptor {
     short_len: Option<u32>,
     entry: u32,
     longer: [u64; 2],
+    inside: u32,
+    last: u32,
 }
 
 impl Descriptor {
@@ -143,6 +147,10 @@ impl Descriptor {
         }
         self.longer[0] |= other.longer[0];
         self.longer[1] |= other.longer[1];
+        if other.inside != 0 {
+            self.inside += other.inside;
+            self.last = other.last;
+        }
     }
 }
 
@@ -419,7 +427,7 @@ fn prepare_v6(prefixes: &[([u8; 16], u8, u32)]) -> (Vec<Slot6>, Vec<u64>) {
     // (sorted by address, a bucket's longer prefixes are one run), then
     // sorted and merged.
     let mut pieces: Vec<(u32, Descriptor)> = Vec::new();
-    for &(net, len, entry) in prefixes {
+    for (index, &(net, len, entry)) in prefixes.iter().enumerate() {
         let addr = u128::from_be_bytes(net);
         let len = u32::from(len);
         let top = (addr >> (128 - V6_BUCKET_LEN)) as u32;
@@ -440,6 +448,8 @@ fn prepare_v6(prefixes: &[([u8; 16], u8, u32)]) -> (Vec<Slot6>, Vec<u64>) {
             } else {
                 desc.longer[1] |= 1 << (64 - len);
             }
+            desc.inside += 1;
+            desc.last = index as u32;
         }
         keys.push(Slot6 {
             hi: (addr >> 64) as u64,
@@ -458,12 +468,19 @@ fn prepare_v6(prefixes: &[([u8; 16], u8, u32)]) -> (Vec<Slot6>, Vec<u64>) {
         }
         let hi = u64::from(bucket) << 32;
         set_bit(&mut bits, layout::v6_bit(hi));
+        let lone = (desc.inside == 1)
+            .then(|| {
+                let (net, len, entry) = prefixes[desc.last as usize];
+                let addr = u128::from_be_bytes(net);
+                layout::v6_lone((addr >> 64) as u64, addr as u64, u32::from(len), entry)
+            })
+            .flatten();
         keys.push(Slot6 {
             hi,
             lo: 0,
             len: V6_BUCKET_LEN,
             entry: desc.entry,
-            longer: desc.longer,
+            longer: lone.unwrap_or(desc.longer),
         });
     }
     (keys, bits)
@@ -649,12 +666,12 @@ mod tests {
     }
 
     impl Tables {
-        /// Patches these tables, laid out for `from`, to `to` (IPv4 alone).
-        fn patch_v4(&mut self, from: &Compiled, to: &Compiled, geometry: &Geometry) {
+        /// Patches these tables, laid out for `from`, to `to`.
+        fn patch_to(&mut self, from: &Compiled, to: &Compiled, geometry: &Geometry) {
             let change = Change {
                 from: 0,
                 v4: differing(&from.v4, &to.v4),
-                v6: Vec::new(),
+                v6: differing(&from.v6, &to.v6),
                 entries_from: to.entries.len(),
             };
             let shape = self.shape;
@@ -714,7 +731,7 @@ mod tests {
         };
         let geometry = Geometry::for_capacity(1 << 15);
         let mut tables = build(&before, &geometry).unwrap();
-        tables.patch_v4(&before, &after, &geometry);
+        tables.patch_to(&before, &after, &geometry);
         let whole = build(&after, &geometry).unwrap();
         assert_eq!(tables.keys, whole.keys, "keys (IPv4, IPv6)");
         assert!(tables.v4_bits == whole.v4_bits, "IPv4 bits are exact");
@@ -840,7 +857,7 @@ mod tests {
         with_24.v4.sort_by_key(|(n, l, _)| (*n, *l));
         for (from, to, marked_after) in [(&compiled, &with_24, false), (&with_24, &compiled, true)]
         {
-            tables.patch_v4(from, to, &geometry);
+            tables.patch_to(from, to, &geometry);
             assert_eq!(marked(&tables, 0x0a01), marked_after);
             assert_eq!(found(&tables, 0x0a01_0006), !marked_after);
             assert!(found(&tables, 0x0a01_0005));
@@ -885,6 +902,83 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_prefix_alone_in_its_32_is_held_by_the_descriptor_and_patched_with_it() {
+        // 2001:db8::/30 covers the buckets 2001:db8::/32..2001:dbb::/32.
+        // Alone in theirs: a /128 (under the /30), a /40 (too) and a /33
+        // (nothing over it); two in 2001:dba::/32.
+        let net = |text: &str| {
+            let addr: std::net::Ipv6Addr = text.parse().expect("an IPv6 address");
+            addr.octets()
+        };
+        let mut compiled = Compiled {
+            v6: vec![
+                (net("2001:db8::"), 30, 2),
+                (net("2001:db8::5"), 128, 1),
+                (net("2001:db9:ff00::"), 40, 3),
+                (net("2001:dba::"), 64, 4),
+                (net("2001:dba::8:0:0"), 96, 5),
+                (net("3fff:0:8000::"), 33, 1),
+            ],
+            entries: entries(),
+            ..Compiled::default()
+        };
+        compiled.v6.sort_by_key(|(n, l, _)| (*n, *l));
+        let geometry = Geometry::for_capacity(128);
+        let mut tables = build(&compiled, &geometry).unwrap();
+        let descriptor = |t: &Tables, text: &str| {
+            let hi = u64::from_be_bytes(net(text)[..8].try_into().unwrap()) & !0xffff_ffff;
+            t.v6.iter()
+                .flat_map(|b| b.slots)
+                .find(|s| s.len == 32 && s.hi == hi)
+                .expect("a descriptor")
+        };
+        let lone =
+            |t: &Tables, text: &str| layout::v6_lone_answer(&descriptor(t, text), 0, 0).is_some();
+        let tag = |t: &Tables, text: &str| {
+            let addr: IpAddr = text.parse().expect("an address");
+            t.lookup(addr).map(|entry| entry.dst[0].slot)
+        };
+        for bucket in ["2001:db8::", "2001:db9::", "3fff::"] {
+            assert!(lone(&tables, bucket), "{bucket}");
+        }
+        assert!(!lone(&tables, "2001:dba::"), "two prefixes inside");
+        assert!(!lone(&tables, "2001:dbb::"), "nothing inside");
+        for (addr, want) in [
+            ("2001:db8::5", Some(1)),
+            ("2001:db8::4", Some(2)),
+            ("2001:db8:0:0:8000::5", Some(2)),
+            ("2001:db9:ff12::1", Some(3)),
+            ("2001:db9:fe00::", Some(2)),
+            ("2001:dba::1", Some(4)),
+            ("2001:dba::8:0:1", Some(5)),
+            ("3fff:0:8000::1", Some(1)),
+            ("3fff:0:ffff:ffff::", Some(1)),
+            ("3fff:0:7fff::1", None),
+            ("3fff:1:8000::", None),
+        ] {
+            assert_eq!(tag(&tables, addr), want, "{addr}");
+        }
+
+        // A second prefix patched into 2001:db9::/32 ends the /40's being
+        // alone; taking it out makes it alone again.
+        let mut with_64 = compiled.clone();
+        with_64.v6.push((net("2001:db9:ff00:1::"), 64, 4));
+        with_64.v6.sort_by_key(|(n, l, _)| (*n, *l));
+        for (from, to, alone_after) in [(&compiled, &with_64, false), (&with_64, &compiled, true)] {
+            tables.patch_to(from, to, &geometry);
+            let whole = build(to, &geometry).unwrap();
+            assert_eq!(
+                descriptor(&tables, "2001:db9::"),
+                descriptor(&whole, "2001:db9::")
+            );
+            assert_eq!(lone(&tables, "2001:db9::"), alone_after);
+            let want = if alone_after { 3 } else { 4 };
+            assert_eq!(tag(&tables, "2001:db9:ff00:1::1"), Some(want));
+            assert_eq!(tag(&tables, "2001:db9:ff00:2::1"), Some(3));
+        }
+    }
+
+    #[test]
     fn a_lone_prefix_of_17_to_23_is_held_by_its_16_and_patched_with_it() {
         // 10.1.2.0/23 alone in 10.1/16; 10.2.0.0/20 under a /16; two in 10.3/16.
         let mut compiled = v4_only(
@@ -916,7 +1010,7 @@ mod tests {
         with_32.v4.sort_by_key(|(n, l, _)| (*n, *l));
         for (from, to, alone_after) in [(&compiled, &with_32, None), (&with_32, &compiled, Some(1))]
         {
-            tables.patch_v4(from, to, &geometry);
+            tables.patch_to(from, to, &geometry);
             assert_eq!(tables.v4_short, build(to, &geometry).unwrap().v4_short);
             assert_eq!(alone(&tables, 0x0a01_0305), alone_after);
             let exact = found(&tables, 0x0a01_0307);

@@ -849,12 +849,23 @@ fn patch_v6(
         let bits = u128::from(top) << (128 - V6_BUCKET_LEN);
         let entry = table.cover(bits, 32).unwrap_or(0);
         let mut longer = [0u64; 2];
-        for len in table.inside(bits, 32, 33) {
+        let mut inside = 0;
+        let mut last = (0, 0);
+        for (net, len) in table.prefixes_inside(bits, 32, 33) {
             if len > 64 {
                 longer[0] |= 1 << (128 - u32::from(len));
             } else {
                 longer[1] |= 1 << (64 - u32::from(len));
             }
+            inside += 1;
+            last = (net, len);
+        }
+        if inside == 1 {
+            let (net, len) = last;
+            let lone = table.entry(net, len).and_then(|entry| {
+                layout::v6_lone((net >> 64) as u64, net as u64, u32::from(len), entry)
+            });
+            longer = lone.unwrap_or(longer);
         }
         let slot = Slot6 {
             hi: (bits >> 64) as u64,
