@@ -113,6 +113,34 @@ const fn v4_groups(net: u32, len: u32) -> u32 {
     ((1u32 << count) - 1) << (V4_GROUP_SHIFT + first) | V4_GROUPS_MARKED
 }
 
+/// In an IPv4 descriptor's [`Slot4::longer`]: the bucket holds no /24 and
+/// one longer prefix, whose entry is the descriptor's ([`v4_lone`]).
+pub const V4_LONE: u32 = 1 << 12;
+/// Where a lone prefix's last four address bits sit in [`Slot4::longer`].
+const V4_LONE_LOW_SHIFT: u32 = 8;
+
+/// The [`Slot4::longer`] bits of a descriptor whose bucket holds no /24 and
+/// one longer prefix, `net`/`len` (25..=32), with that prefix's entry as
+/// the descriptor's: its length and /28s as [`v4_inside`] marks them,
+/// [`V4_LONE`], and its last four address bits (bits 8..11, which nothing
+/// else uses). An address there is answered by the descriptor, without a
+/// probe: a server's address alone in its /24 is the common case. Tables
+/// laid out before this was have the bit clear.
+pub const fn v4_lone(net: u32, len: u32) -> u32 {
+    v4_inside(net, len) | V4_LONE | (net & 0xf) << V4_LONE_LOW_SHIFT
+}
+
+/// For a descriptor marked [`V4_LONE`], whose /28 bits
+/// ([`v4_group_may_hold`]) hold `addr`: whether its one prefix does. A
+/// prefix of /25../28 is its /28s; a longer one must also match in the
+/// last four bits it fixes (its length bit `b` is `1 << (32 - len)`, and
+/// `16 - b` keeps those four bits: 0xf for a /32, 0 from /28 on).
+#[inline(always)]
+pub const fn v4_lone_holds(longer: u32, addr: u32) -> bool {
+    let fixed = 0x10u32.wrapping_sub(longer & 0xff) & 0xf;
+    (addr ^ (longer >> V4_LONE_LOW_SHIFT)) & fixed == 0
+}
+
 /// Whether a prefix longer than the bucket described by `longer` may hold
 /// `addr`: nearly every address of a bucket with a few /32s inside is
 /// answered here, without probing for them.
@@ -567,6 +595,15 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     let (exact24, in_bucket, short_cover) =
         match find4(tables, shape, addr & bucket_mask, V4_BUCKET_LEN) {
+            Some(descriptor) if descriptor.longer & V4_LONE != 0 => {
+                if v4_group_may_hold(descriptor.longer, addr)
+                    && v4_lone_holds(descriptor.longer, addr)
+                {
+                    return Err(descriptor.entry);
+                }
+                // Its entry is the lone prefix's: the bucket has no /24.
+                (NO_ENTRY, 0, descriptor.longer & V4_NO_SHORT_COVER == 0)
+            }
             Some(descriptor) if v4_group_may_hold(descriptor.longer, addr) => {
                 if descriptor.longer & 1 != 0 {
                     // A /32 is the longest match there is.

@@ -120,9 +120,9 @@ impl Tables {
 }
 
 /// A descriptor being built: the longest covering prefix no longer than the
-/// bucket (its length and entry) and the longer lengths inside; for IPv6,
-/// how many prefixes those are and the index of the last, in case it is
-/// the only one ([`layout::v6_lone`]).
+/// bucket (its length and entry) and the longer lengths inside; how many
+/// prefixes those are and the index of the last, in case it is the only
+/// one ([`layout::v4_lone`], [`layout::v6_lone`]).
 #[derive(Clone, Copy, Default)]
 struct Descriptor {
     short_len: Option<u32>,
@@ -331,15 +331,24 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     let mut current: Option<(u32, Descriptor)> = None;
     let flush = |current: &mut Option<(u32, Descriptor)>, keys: &mut Vec<Slot4>| {
         if let Some((bucket, desc)) = current.take() {
+            let longer = desc.longer[0] as u32;
+            let (entry, longer) = if desc.inside == 1 && desc.short_len.is_none() {
+                // No /24, one longer prefix: the descriptor holds it.
+                let (net, len, entry) = prefixes[desc.last as usize];
+                let (net, len) = (u32::from_be_bytes(net), u32::from(len));
+                (entry, longer | layout::v4_lone(net, len))
+            } else {
+                (desc.entry, longer)
+            };
             keys.push(Slot4 {
                 net: bucket << (32 - V4_BUCKET_LEN),
                 len: V4_BUCKET_LEN,
-                entry: desc.entry,
-                longer: desc.longer[0] as u32,
+                entry,
+                longer,
             });
         }
     };
-    for &(net, len, entry) in prefixes {
+    for (index, &(net, len, entry)) in prefixes.iter().enumerate() {
         let (net, len) = (u32::from_be_bytes(net), u32::from(len));
         let bucket = net >> (32 - V4_BUCKET_LEN);
         let buckets = 1u32 << V4_BUCKET_LEN.saturating_sub(len);
@@ -395,6 +404,8 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
             desc.cover(len, entry);
         } else {
             desc.longer[0] |= u64::from(v4_inside(net, len));
+            desc.inside += 1;
+            desc.last = index as u32;
             keys.push(Slot4 {
                 net,
                 len,
@@ -899,6 +910,92 @@ mod tests {
             "beside the /48, under the /40"
         );
         assert_eq!(tag("2001:db8:100::1"), None);
+    }
+
+    #[test]
+    fn an_ipv4_prefix_alone_in_a_24_without_a_24_is_held_by_the_descriptor() {
+        // Under 10.1.0.0/20 (tag 2): a /32 and a /26 alone in their /24s; a
+        // /24 with a /32 inside; a /29 and a /32 in one /24. 10.2/16: a /31
+        // alone, nothing over it.
+        let mut compiled = Compiled {
+            v4: [
+                (0x0a01_0000u32, 20u8, 2u32),
+                (0x0a01_0107, 32, 1),
+                (0x0a01_0240, 26, 3),
+                (0x0a01_0300, 24, 4),
+                (0x0a01_0309, 32, 5),
+                (0x0a01_0408, 29, 5),
+                (0x0a01_04c8, 32, 1),
+                (0x0a02_0506, 31, 3),
+            ]
+            .into_iter()
+            .map(|(net, len, tag)| (net.to_be_bytes(), len, tag))
+            .collect(),
+            entries: entries(),
+            ..Compiled::default()
+        };
+        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        let geometry = Geometry::for_capacity(128);
+        let mut tables = build(&compiled, &geometry).unwrap();
+        let descriptor = |t: &Tables, bucket: u32| {
+            t.v4.iter()
+                .flat_map(|b| b.slots)
+                .find(|s| s.len == 24 && s.net == bucket)
+                .expect("a descriptor")
+        };
+        let lone = |t: &Tables, bucket: u32| descriptor(t, bucket).longer & layout::V4_LONE != 0;
+        let tag = |t: &Tables, addr: u32| {
+            t.lookup(IpAddr::from(addr.to_be_bytes()))
+                .map(|entry| entry.dst[0].slot)
+        };
+        for (bucket, want) in [
+            (0x0a01_0100, true),
+            (0x0a01_0200, true),
+            (0x0a01_0300, false),
+            (0x0a01_0400, false),
+            (0x0a02_0500, true),
+        ] {
+            assert_eq!(lone(&tables, bucket), want, "{bucket:#x}");
+        }
+        for (addr, want) in [
+            (0x0a01_0107, Some(1)),
+            (0x0a01_0106, Some(2)),
+            (0x0a01_0117, Some(2)),
+            (0x0a01_0240, Some(3)),
+            (0x0a01_027f, Some(3)),
+            (0x0a01_0280, Some(2)),
+            (0x0a01_023f, Some(2)),
+            (0x0a01_0309, Some(5)),
+            (0x0a01_030a, Some(4)),
+            (0x0a01_0409, Some(5)),
+            (0x0a01_04c8, Some(1)),
+            (0x0a01_04c9, Some(2)),
+            (0x0a02_0506, Some(3)),
+            (0x0a02_0507, Some(3)),
+            (0x0a02_0505, None),
+            (0x0a02_0504, None),
+            (0x0a02_0508, None),
+        ] {
+            assert_eq!(tag(&tables, addr), want, "{addr:#x}");
+        }
+
+        // A second /32 patched into 10.1.1/24 ends the first's being
+        // alone; taking it out makes it alone again.
+        let mut with_32 = compiled.clone();
+        with_32.v4.push((0x0a01_0109u32.to_be_bytes(), 32, 4));
+        with_32.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        for (from, to, alone_after) in [(&compiled, &with_32, false), (&with_32, &compiled, true)] {
+            tables.patch_to(from, to, &geometry);
+            let whole = build(to, &geometry).unwrap();
+            assert_eq!(
+                descriptor(&tables, 0x0a01_0100),
+                descriptor(&whole, 0x0a01_0100)
+            );
+            assert_eq!(lone(&tables, 0x0a01_0100), alone_after);
+            assert_eq!(tag(&tables, 0x0a01_0107), Some(1));
+            let want = if alone_after { 2 } else { 4 };
+            assert_eq!(tag(&tables, 0x0a01_0109), Some(want));
+        }
     }
 
     #[test]

@@ -651,12 +651,25 @@ fn patch_v4<S: Source>(
     }
     for &bucket in &descriptors {
         let net = bucket << (32 - V4_BUCKET_LEN);
-        let entry = table.entry(bits_of(net), 24).unwrap_or(0);
-        let longer = table
-            .prefixes_inside(bits_of(net), 24, 25)
-            .fold(0u32, |m, (bits, l)| {
-                m | layout::v4_inside((bits >> 96) as u32, u32::from(l))
-            });
+        let mut entry = table.entry(bits_of(net), 24).unwrap_or(0);
+        let (longer, inside, last) = table.prefixes_inside(bits_of(net), 24, 25).fold(
+            (0u32, 0, (0, 0)),
+            |(m, n, _), (bits, l)| {
+                let one = ((bits >> 96) as u32, u32::from(l));
+                (m | layout::v4_inside(one.0, one.1), n + 1, one)
+            },
+        );
+        // No /24, one longer prefix: the descriptor holds it.
+        let lone = (entry == 0 && inside == 1)
+            .then(|| table.entry(bits_of(last.0), last.1 as u8))
+            .flatten();
+        let longer = match lone {
+            Some(one) => {
+                entry = one;
+                longer | layout::v4_lone(last.0, last.1)
+            }
+            None => longer,
+        };
         // A descriptor says when no prefix of /17../23 covers its bucket.
         let longer = if (entry != 0 || longer != 0)
             && table
