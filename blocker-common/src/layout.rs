@@ -240,6 +240,61 @@ const V4_INNER_BITS_SHIFT: u32 = 13;
 /// In [`Short4::longer`]: no prefix of /24 or longer lies inside the /16's
 /// one prefix of /17../23, so an address inside it has that as its answer.
 pub const V4_INNER_ALONE: u32 = 1 << 20;
+/// In [`Short4::longer`]: the /16 holds two or more prefixes of /17../23,
+/// and each of its /20s that one of them covers or lies in has a **cover
+/// key** in the hash table ([`V4_COVER_KEY`]). A lookup there probes its
+/// /20's cover key once instead of each length the /16 lists (a
+/// datacenter's /16 with racks of several lengths). Tables laid out before
+/// this was have it clear, and are probed length by length.
+pub const V4_COVERS: u32 = 1 << 21;
+/// Prefix length of the /20 a cover key stands for.
+pub const V4_COVER_LEN: u32 = 20;
+/// The [`Slot4::len`] of a cover key: its /20's length with a bit no
+/// prefix length has. Its `entry` is that of the longest prefix of
+/// /17../20 over the /20 ([`NO_ENTRY`]: none), its `longer` has bit
+/// `23 - len` for each length of /21../23 inside the /20.
+pub const V4_COVER_KEY: u32 = 0x100 | V4_COVER_LEN;
+/// In a cover key's `longer`: one prefix of /21../23 lies in the /20, and
+/// the key holds it ([`v4_cover_lone`]).
+pub const V4_COVER_LONE: u32 = 1 << 3;
+const V4_COVER_LONE_BITS_SHIFT: u32 = 4;
+const V4_COVER_LONE_ENTRY_SHIFT: u32 = 7;
+
+/// A cover key's `longer` when one prefix of /21../23, `net`/`len` with
+/// `entry`, lies in its /20: its length bit (`1 << (23 - len)`),
+/// [`V4_COVER_LONE`], its address bits 9..11 and its entry above them, so
+/// that an address there is answered by the key, without a probe. `None`
+/// when the entry does not fit (2^25 or more): the length bit serves.
+pub const fn v4_cover_lone(net: u32, len: u32, entry: u32) -> Option<u32> {
+    if entry >= 1 << (32 - V4_COVER_LONE_ENTRY_SHIFT) || len <= V4_COVER_LEN || len >= 24 {
+        return None;
+    }
+    Some(
+        1 << (23 - len)
+            | V4_COVER_LONE
+            | ((net >> 9) & 0x7) << V4_COVER_LONE_BITS_SHIFT
+            | entry << V4_COVER_LONE_ENTRY_SHIFT,
+    )
+}
+
+/// What a cover key says of `addr` (in its /20): the entry of the longest
+/// prefix of /17../23 over it that the key knows ([`NO_ENTRY`]: none),
+/// and the lengths of /21../23 still to probe (bit `23 - len`).
+#[inline(always)]
+pub const fn v4_cover_key_read(key: &Slot4, addr: u32) -> (u32, u32) {
+    let longer = key.longer;
+    if longer & V4_COVER_LONE == 0 {
+        return (key.entry, longer & 0x7);
+    }
+    // The bits of 9..11 the one prefix fixes: its length bit `b` is 1
+    // (/23), 2 or 4 (/21), and `8 - b` keeps 3, 2 or 1 of them.
+    let fixed = 8u32.wrapping_sub(longer & 0x7) & 0x7;
+    if ((addr >> 9) ^ (longer >> V4_COVER_LONE_BITS_SHIFT)) & fixed == 0 {
+        (longer >> V4_COVER_LONE_ENTRY_SHIFT, 0)
+    } else {
+        (key.entry, 0)
+    }
+}
 
 impl Short4 {
     /// The /16 with `entry`, the lengths 17..=23 inside it (bit `23 - len`)
@@ -263,6 +318,20 @@ impl Short4 {
                 | ((net >> 9) & 0x7f) << V4_INNER_BITS_SHIFT
                 | if alone { V4_INNER_ALONE } else { 0 },
         }
+    }
+
+    /// This /16, marked [`V4_COVERS`].
+    pub const fn with_covers(self) -> Self {
+        Self {
+            entry: self.entry,
+            longer: self.longer | V4_COVERS,
+        }
+    }
+
+    /// Whether the /16's /20s have cover keys ([`V4_COVERS`]).
+    #[inline(always)]
+    pub const fn covers(&self) -> bool {
+        self.longer & V4_COVERS != 0
     }
 
     /// Bit `23 - len` for each length 17..=23 inside the /16.
@@ -635,9 +704,23 @@ pub fn start_v4_marked<T: Tables>(tables: &T, shape: &Shape, addr: u32) -> Resul
     } else {
         1 << (32 - V4_BUCKET_LEN)
     };
-    let (cover, lengths) = short.cover(addr);
+    let (mut cover, lengths) = short.cover(addr);
     // Lengths of /17../23 only where one may cover the bucket.
-    let lengths = if short_cover { lengths } else { 0 };
+    let mut lengths = if short_cover { lengths } else { 0 };
+    if lengths != 0 && short.covers() {
+        // The /20's cover key: the /17../20 over it, the /21../23 inside.
+        let at = addr & (u32::MAX << (32 - V4_COVER_LEN));
+        lengths = match find4(tables, shape, at, V4_COVER_KEY) {
+            Some(key) => {
+                let (entry, lengths) = v4_cover_key_read(&key, addr);
+                if entry != NO_ENTRY {
+                    cover = entry;
+                }
+                lengths
+            }
+            None => 0,
+        };
+    }
     let longer = in_bucket | at24 | (u64::from(lengths) << (32 - V4_BUCKET_LEN + 1));
     if longer == 0 {
         return Err(cover);

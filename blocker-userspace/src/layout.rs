@@ -309,6 +309,45 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
     })
 }
 
+/// The cover keys ([`layout::V4_COVER_KEY`]) of one /16 that holds two or
+/// more prefixes of /17../23, from those prefixes (net, len, entry), in
+/// address order: one for each /20 that one of them covers or lies in,
+/// by the /20's place in the /16 (0..16).
+fn v4_cover_keys(inside: impl IntoIterator<Item = (u32, u8, u32)>) -> [Option<Slot4>; 16] {
+    const PER_16: u32 = 1 << (layout::V4_COVER_LEN - V4_SHORT_LEN);
+    let mut keys = [None; PER_16 as usize];
+    // Per /20: how many prefixes of /21../23 lie in it, and the last.
+    let mut longer = [(0, (0, 0, 0)); PER_16 as usize];
+    for (net, len, entry) in inside {
+        let len = u32::from(len);
+        let first = (net >> (32 - layout::V4_COVER_LEN)) % PER_16;
+        let span = 1 << layout::V4_COVER_LEN.saturating_sub(len);
+        for at in first..first + span {
+            let key = keys[at as usize].get_or_insert(Slot4 {
+                net: net & (u32::MAX << (32 - V4_SHORT_LEN)) | at << (32 - layout::V4_COVER_LEN),
+                len: layout::V4_COVER_KEY,
+                entry: layout::NO_ENTRY,
+                longer: 0,
+            });
+            if len > layout::V4_COVER_LEN {
+                key.longer |= 1 << (V4_BUCKET_LEN - 1 - len);
+                let (count, last) = &mut longer[at as usize];
+                *count += 1;
+                *last = (net, len, entry);
+            } else {
+                // In address order, a prefix comes after those over it.
+                key.entry = entry;
+            }
+        }
+    }
+    for (key, (count, (net, len, entry))) in keys.iter_mut().zip(longer) {
+        if let (Some(key), 1) = (key, count) {
+            key.longer = layout::v4_cover_lone(net, len, entry).unwrap_or(key.longer);
+        }
+    }
+    keys
+}
+
 /// IPv4: /16s in the short array; /17../23 as keys, marked in their /16; a
 /// descriptor per /24 with an exact /24 or longer prefixes inside; /25../32
 /// as keys. Every /24 a prefix touches is marked in the bitmap.
@@ -321,6 +360,8 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     let mut inner = vec![(0u8, (0, 0, 0), false); V4_SHORTS as usize];
     // The end of the prefixes of /17../23 so far, the furthest.
     let mut short_end = 0u64;
+    // The prefixes of /17../23, in address order (their /16s' cover keys).
+    let mut inner_prefixes: Vec<(u32, u8, u32)> = Vec::new();
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
     // A key per prefix and per descriptor at most: reserved whole (pages
     // never written cost nothing), the list is never copied to grow.
@@ -373,6 +414,7 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
             *one = (net, len, entry);
             *crowded = false;
             short_end = short_end.max(u64::from(net) + (1 << (32 - len)));
+            inner_prefixes.push((net, len as u8, entry));
             keys.push(Slot4 {
                 net,
                 len,
@@ -415,6 +457,13 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
         }
     }
     flush(&mut current, &mut keys);
+    for group in
+        inner_prefixes.chunk_by(|a, b| a.0 >> (32 - V4_SHORT_LEN) == b.0 >> (32 - V4_SHORT_LEN))
+    {
+        if group.len() >= 2 {
+            keys.extend(v4_cover_keys(group.iter().copied()).into_iter().flatten());
+        }
+    }
     let short = short
         .iter()
         .zip(not_exact)
@@ -422,6 +471,8 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
         .map(|((d, not_exact), (count, (net, len, entry), crowded))| {
             if count == 1 && d.short_len.is_none() {
                 Short4::with_inner(d.longer[0] as u32, net, len, entry, !crowded)
+            } else if count >= 2 {
+                Short4::new(d.entry, d.longer[0] as u32, false).with_covers()
             } else {
                 Short4::new(d.entry, d.longer[0] as u32, !not_exact)
             }
@@ -995,6 +1046,85 @@ mod tests {
             assert_eq!(tag(&tables, 0x0a01_0107), Some(1));
             let want = if alone_after { 2 } else { 4 };
             assert_eq!(tag(&tables, 0x0a01_0109), Some(want));
+        }
+    }
+
+    #[test]
+    fn a_16_with_several_prefixes_of_17_to_23_is_looked_up_by_its_20s_cover_keys() {
+        // 10.1/16: a /17 with a /19 inside, a /20, a /22 and a /23 inside
+        // that, a /21 alone in its /20; tags 1..5. 10.2/16: a /20 alone.
+        let mut compiled = v4_only(std::iter::empty());
+        compiled.v4 = [
+            (0x0a01_0000u32, 17u8, 1u32),
+            (0x0a01_4000, 19, 2),
+            (0x0a01_9000, 20, 3),
+            (0x0a01_c400, 22, 4),
+            (0x0a01_c600, 23, 5),
+            (0x0a01_a800, 21, 2),
+            (0x0a02_1000, 20, 1),
+        ]
+        .into_iter()
+        .map(|(net, len, tag)| (net.to_be_bytes(), len, tag))
+        .collect();
+        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        let geometry = Geometry::for_capacity(128);
+        let mut tables = build(&compiled, &geometry).unwrap();
+        let covers = |t: &Tables| {
+            t.v4.iter()
+                .flat_map(|b| b.slots)
+                .filter(|s| s.len == layout::V4_COVER_KEY)
+                .count()
+        };
+        let tag = |t: &Tables, addr: u32| {
+            t.lookup(IpAddr::from(addr.to_be_bytes()))
+                .map(|entry| entry.dst[0].slot)
+        };
+        assert!(tables.v4_short[0x0a01].covers());
+        assert!(!tables.v4_short[0x0a02].covers(), "one prefix of /17../23");
+        // Eight /20s under the /17, the /20, the one the /22 and /23 lie
+        // in, and the /21's, which holds it.
+        assert_eq!(covers(&tables), 11);
+        let lone = tables
+            .v4
+            .iter()
+            .flat_map(|b| b.slots)
+            .find(|s| s.len == layout::V4_COVER_KEY && s.net == 0x0a01_a000)
+            .expect("the /21's cover key");
+        assert_ne!(lone.longer & layout::V4_COVER_LONE, 0);
+        for (addr, want) in [
+            (0x0a01_0001, Some(1)),
+            (0x0a01_4001, Some(2)),
+            (0x0a01_5fff, Some(2)),
+            (0x0a01_7fff, Some(1)),
+            (0x0a01_8001, None),
+            (0x0a01_9001, Some(3)),
+            (0x0a01_c001, None),
+            (0x0a01_c401, Some(4)),
+            (0x0a01_c701, Some(5)),
+            (0x0a01_c801, None),
+            (0x0a01_a801, Some(2)),
+            (0x0a01_afff, Some(2)),
+            (0x0a01_a7ff, None),
+            (0x0a01_b001, None),
+            (0x0a02_1001, Some(1)),
+        ] {
+            assert_eq!(tag(&tables, addr), want, "{addr:#x}");
+        }
+
+        // Down to one prefix of /17../23 in 10.1/16, its cover keys go;
+        // back, they come again.
+        let mut fewer = compiled.clone();
+        fewer
+            .v4
+            .retain(|(n, _, _)| u32::from_be_bytes(*n) >> 16 != 0x0a01 || n[2] == 0x90);
+        for (from, to, wanted) in [(&compiled, &fewer, 0), (&fewer, &compiled, 11)] {
+            tables.patch_to(from, to, &geometry);
+            let whole = build(to, &geometry).unwrap();
+            assert_eq!(tables.keys, whole.keys);
+            assert_eq!(tables.v4_short, whole.v4_short);
+            assert_eq!(covers(&tables), wanted);
+            assert_eq!(tag(&tables, 0x0a01_9001), Some(3));
+            assert_eq!(tag(&tables, 0x0a01_c701), (wanted > 0).then_some(5));
         }
     }
 

@@ -472,12 +472,22 @@ trait Family {
     /// The prefixes (bits, length) at least `min` long inside the
     /// `width`-bit prefix at `bits`.
     fn prefixes_inside(&self, bits: u128, width: u8, min: u8) -> impl Iterator<Item = (u128, u8)> {
+        self.entries_inside(bits, width, min)
+            .map(|(b, l, _)| (b, l))
+    }
+
+    /// As [`Family::prefixes_inside`], with each prefix's entry.
+    fn entries_inside(
+        &self,
+        bits: u128,
+        width: u8,
+        min: u8,
+    ) -> impl Iterator<Item = (u128, u8, u32)> {
         let last = bits | !mask(width);
         (self.lower_bound(bits, min)..self.len())
             .map(|i| self.at(i))
             .take_while(move |(b, _, _)| *b <= last)
             .filter(move |(_, l, _)| *l >= min)
-            .map(|(b, l, _)| (b, l))
     }
 }
 
@@ -696,6 +706,7 @@ fn patch_v4<S: Source>(
             upserts.push(slot);
         }
     }
+    upserts.extend(cover_keys_v4(table, change, &mut hash)?);
     for slot in upserts {
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
@@ -740,6 +751,80 @@ fn patch_v4<S: Source>(
         keys: (keys_gained, 0),
         ..Patch::default()
     })
+}
+
+/// The cover keys ([`layout::V4_COVER_KEY`]) of the /16 of every changed
+/// prefix of /17../23, to be upserted; those no longer wanted are removed
+/// from `hash` here. A /16 has them while it holds two or more such
+/// prefixes; the keys there may be of /20s that a prefix now gone touched.
+fn cover_keys_v4<F>(
+    table: &Prefixes<'_, 4>,
+    change: &Change,
+    hash: &mut Overlay<Slot4, F>,
+) -> Result<Vec<Slot4>, Unpatchable>
+where
+    F: FnMut(u32) -> Option<[Slot4; SLOTS]>,
+{
+    let short_of = |net: u32| net >> (32 - layout::V4_SHORT_LEN);
+    let changed: Vec<(u32, u8)> = change
+        .v4
+        .iter()
+        .map(|&(net, len)| (u32::from_be_bytes(net), len))
+        .filter(|&(_, len)| (17..V4_BUCKET_LEN as u8).contains(&len))
+        .collect();
+    let mut upserts = Vec::new();
+    for group in changed.chunk_by(|a, b| short_of(a.0) == short_of(b.0)) {
+        let net = group[0].0 & (u32::MAX << (32 - layout::V4_SHORT_LEN));
+        let inside: Vec<(u32, u8, u32)> = table
+            .entries_inside(u128::from(net) << 96, 16, 17)
+            .filter(|&(_, len, _)| u32::from(len) < V4_BUCKET_LEN)
+            .map(|(bits, len, entry)| ((bits >> 96) as u32, len, entry))
+            .collect();
+        let gone = group
+            .iter()
+            .filter(|&&(net, len)| table.entry(u128::from(net) << 96, len).is_none())
+            .count();
+        if inside.len() + gone < 2 {
+            // Fewer than two before and now: no cover keys either time.
+            continue;
+        }
+        let wanted = if inside.len() >= 2 {
+            super::v4_cover_keys(inside.iter().copied())
+        } else {
+            [None; 16]
+        };
+        // The /20s a prefix there touches, now or before.
+        let mut touched = 0u32;
+        for (at, len) in group
+            .iter()
+            .copied()
+            .chain(inside.iter().map(|&(n, l, _)| (n, l)))
+        {
+            let first = (at >> (32 - layout::V4_COVER_LEN)) & 0xf;
+            let span = 1u32 << layout::V4_COVER_LEN.saturating_sub(u32::from(len));
+            touched |= ((1 << span) - 1) << first;
+        }
+        for at in 0..16u32 {
+            if touched & (1 << at) == 0 {
+                continue;
+            }
+            match wanted[at as usize] {
+                Some(key) => upserts.push(key),
+                None => {
+                    let key = Slot4 {
+                        net: net | at << (32 - layout::V4_COVER_LEN),
+                        len: layout::V4_COVER_KEY,
+                        entry: 0,
+                        longer: 0,
+                    };
+                    if hash.find(&key).ok_or(Unpatchable::Mismatch)?.is_some() {
+                        hash.remove(&key).ok_or(Unpatchable::Mismatch)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(upserts)
 }
 
 /// The [`Short4`] of the /16 of every changed IPv4 prefix: any change may
@@ -789,6 +874,7 @@ fn short4(table: &Prefixes<'_, 4>, net: u32, cover: Option<u32>) -> Short4 {
         (None, 1, Some(entry)) => {
             Short4::with_inner(lengths, one.0, u32::from(one.1), entry, !crowded)
         }
+        (_, 2.., _) => Short4::new(cover.unwrap_or(0), lengths, false).with_covers(),
         _ => Short4::new(cover.unwrap_or(0), lengths, only_exact),
     }
 }
