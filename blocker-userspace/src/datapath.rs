@@ -740,6 +740,9 @@ impl crate::layout::Source for LiveTables<'_> {
     fn v6_bucket(&mut self, index: u32) -> Option<Bucket6> {
         lookup(&self.maps[3], index).ok()
     }
+    fn v4_short(&mut self, index: u32) -> Option<Short4> {
+        lookup(&self.maps[5], index).ok()
+    }
     fn many(&mut self, table: Table, indices: &[u32]) -> Option<Values> {
         let (m, n) = (&self.maps, &self.names);
         match table {

@@ -707,6 +707,9 @@ mod tests {
         fn v6_bucket(&mut self, index: u32) -> Option<Bucket6> {
             self.v6.get(index as usize).copied()
         }
+        fn v4_short(&mut self, index: u32) -> Option<Short4> {
+            self.v4_short.get(index as usize).copied()
+        }
     }
 
     impl Tables {

@@ -29,6 +29,7 @@ pub trait Source {
     fn v6_bits(&mut self, index: u32) -> Option<u64>;
     fn v4_bucket(&mut self, index: u32) -> Option<Bucket4>;
     fn v6_bucket(&mut self, index: u32) -> Option<Bucket6>;
+    fn v4_short(&mut self, index: u32) -> Option<Short4>;
     /// The values at `indices` (sorted, distinct) of `table`, in order: a
     /// source may read many at once more cheaply than one by one.
     fn many(&mut self, table: Table, indices: &[u32]) -> Option<Values> {
@@ -626,6 +627,7 @@ fn patch_v4<S: Source>(
     let choices = |net: u32, len: u32| {
         layout::choices(layout::hash4(net, len, shape.v4_seed), shape.v4_buckets)
     };
+    let covers = cover_keys_v4(table, change, source)?;
     let ahead = keys
         .iter()
         .map(|&(net, len)| (net, u32::from(len)))
@@ -634,6 +636,7 @@ fn patch_v4<S: Source>(
                 .iter()
                 .map(|b| (b << (32 - V4_BUCKET_LEN), V4_BUCKET_LEN)),
         )
+        .chain(covers.iter().map(|(key, _)| (key.net, key.len)))
         .flat_map(|(net, len)| choices(net, len))
         .collect();
     let (buckets, mut words) =
@@ -662,23 +665,19 @@ fn patch_v4<S: Source>(
     for &bucket in &descriptors {
         let net = bucket << (32 - V4_BUCKET_LEN);
         let mut entry = table.entry(bits_of(net), 24).unwrap_or(0);
-        let (longer, inside, last) = table.prefixes_inside(bits_of(net), 24, 25).fold(
-            (0u32, 0, (0, 0)),
-            |(m, n, _), (bits, l)| {
-                let one = ((bits >> 96) as u32, u32::from(l));
+        let (longer, inside, last) = table.entries_inside(bits_of(net), 24, 25).fold(
+            (0u32, 0, (0, 0, 0)),
+            |(m, n, _), (bits, l, e)| {
+                let one = ((bits >> 96) as u32, u32::from(l), e);
                 (m | layout::v4_inside(one.0, one.1), n + 1, one)
             },
         );
         // No /24, one longer prefix: the descriptor holds it.
-        let lone = (entry == 0 && inside == 1)
-            .then(|| table.entry(bits_of(last.0), last.1 as u8))
-            .flatten();
-        let longer = match lone {
-            Some(one) => {
-                entry = one;
-                longer | layout::v4_lone(last.0, last.1)
-            }
-            None => longer,
+        let longer = if entry == 0 && inside == 1 {
+            entry = last.2;
+            longer | layout::v4_lone(last.0, last.1)
+        } else {
+            longer
         };
         // A descriptor says when no prefix of /17../23 covers its bucket.
         let longer = if (entry != 0 || longer != 0)
@@ -706,7 +705,16 @@ fn patch_v4<S: Source>(
             upserts.push(slot);
         }
     }
-    upserts.extend(cover_keys_v4(table, change, &mut hash)?);
+    for (key, wanted) in covers {
+        match wanted {
+            Some(key) => upserts.push(key),
+            None => {
+                if hash.find(&key).ok_or(Unpatchable::Mismatch)?.is_some() {
+                    hash.remove(&key).ok_or(Unpatchable::Mismatch)?;
+                }
+            }
+        }
+    }
     for slot in upserts {
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
@@ -753,78 +761,75 @@ fn patch_v4<S: Source>(
     })
 }
 
-/// The cover keys ([`layout::V4_COVER_KEY`]) of the /16 of every changed
-/// prefix of /17../23, to be upserted; those no longer wanted are removed
-/// from `hash` here. A /16 has them while it holds two or more such
-/// prefixes; the keys there may be of /20s that a prefix now gone touched.
-fn cover_keys_v4<F>(
+/// The /16 of an IPv4 address.
+fn short_of(net: u32) -> u32 {
+    net >> (32 - layout::V4_SHORT_LEN)
+}
+
+/// The bits of the /20s of its /16 that `net`/`len` (17..=23) touches.
+fn cover_span(net: u32, len: u8) -> u32 {
+    let first = (net >> (32 - layout::V4_COVER_LEN)) & 0xf;
+    let span = 1u32 << layout::V4_COVER_LEN.saturating_sub(u32::from(len));
+    ((1 << span) - 1) << first
+}
+
+/// The cover keys ([`layout::V4_COVER_KEY`]) to work out in the /16 of
+/// every changed prefix of /17../23: each key (its /20) and what it is to
+/// hold, `None` when it is to go. A /16 has them while it holds two or more
+/// such prefixes. The keys to work out are those of the /20s a changed
+/// prefix touches, and, when the /16 gains or loses its keys (`source`
+/// holds its /16 before the change), of every /20 its prefixes touch.
+fn cover_keys_v4(
     table: &Prefixes<'_, 4>,
     change: &Change,
-    hash: &mut Overlay<Slot4, F>,
-) -> Result<Vec<Slot4>, Unpatchable>
-where
-    F: FnMut(u32) -> Option<[Slot4; SLOTS]>,
-{
-    let short_of = |net: u32| net >> (32 - layout::V4_SHORT_LEN);
+    source: &mut impl Source,
+) -> Result<Vec<(Slot4, Option<Slot4>)>, Unpatchable> {
     let changed: Vec<(u32, u8)> = change
         .v4
         .iter()
         .map(|&(net, len)| (u32::from_be_bytes(net), len))
         .filter(|&(_, len)| (17..V4_BUCKET_LEN as u8).contains(&len))
         .collect();
-    let mut upserts = Vec::new();
+    let mut keys = Vec::new();
     for group in changed.chunk_by(|a, b| short_of(a.0) == short_of(b.0)) {
         let net = group[0].0 & (u32::MAX << (32 - layout::V4_SHORT_LEN));
+        let before = source
+            .v4_short(short_of(net))
+            .ok_or(Unpatchable::Mismatch)?
+            .covers();
         let inside: Vec<(u32, u8, u32)> = table
             .entries_inside(u128::from(net) << 96, 16, 17)
             .filter(|&(_, len, _)| u32::from(len) < V4_BUCKET_LEN)
             .map(|(bits, len, entry)| ((bits >> 96) as u32, len, entry))
             .collect();
-        let gone = group
-            .iter()
-            .filter(|&&(net, len)| table.entry(u128::from(net) << 96, len).is_none())
-            .count();
-        if inside.len() + gone < 2 {
-            // Fewer than two before and now: no cover keys either time.
+        let now = inside.len() >= 2;
+        if !now && !before {
             continue;
         }
-        let wanted = if inside.len() >= 2 {
+        let mut touched = group
+            .iter()
+            .fold(0, |t, &(at, len)| t | cover_span(at, len));
+        if now != before {
+            touched = inside
+                .iter()
+                .fold(touched, |t, &(at, len, _)| t | cover_span(at, len));
+        }
+        let wanted = if now {
             super::v4_cover_keys(inside.iter().copied())
         } else {
             [None; 16]
         };
-        // The /20s a prefix there touches, now or before.
-        let mut touched = 0u32;
-        for (at, len) in group
-            .iter()
-            .copied()
-            .chain(inside.iter().map(|&(n, l, _)| (n, l)))
-        {
-            let first = (at >> (32 - layout::V4_COVER_LEN)) & 0xf;
-            let span = 1u32 << layout::V4_COVER_LEN.saturating_sub(u32::from(len));
-            touched |= ((1 << span) - 1) << first;
-        }
-        for at in 0..16u32 {
-            if touched & (1 << at) == 0 {
-                continue;
-            }
-            match wanted[at as usize] {
-                Some(key) => upserts.push(key),
-                None => {
-                    let key = Slot4 {
-                        net: net | at << (32 - layout::V4_COVER_LEN),
-                        len: layout::V4_COVER_KEY,
-                        entry: 0,
-                        longer: 0,
-                    };
-                    if hash.find(&key).ok_or(Unpatchable::Mismatch)?.is_some() {
-                        hash.remove(&key).ok_or(Unpatchable::Mismatch)?;
-                    }
-                }
-            }
+        for at in (0..16u32).filter(|at| touched & (1 << at) != 0) {
+            let key = Slot4 {
+                net: net | at << (32 - layout::V4_COVER_LEN),
+                len: layout::V4_COVER_KEY,
+                entry: 0,
+                longer: 0,
+            };
+            keys.push((key, wanted[at as usize]));
         }
     }
-    Ok(upserts)
+    Ok(keys)
 }
 
 /// The [`Short4`] of the /16 of every changed IPv4 prefix: any change may
@@ -949,22 +954,20 @@ fn patch_v6(
         let entry = table.cover(bits, 32).unwrap_or(0);
         let mut longer = [0u64; 2];
         let mut inside = 0;
-        let mut last = (0, 0);
-        for (net, len) in table.prefixes_inside(bits, 32, 33) {
+        let mut last = (0, 0, 0);
+        for (net, len, entry) in table.entries_inside(bits, 32, 33) {
             if len > 64 {
                 longer[0] |= 1 << (128 - u32::from(len));
             } else {
                 longer[1] |= 1 << (64 - u32::from(len));
             }
             inside += 1;
-            last = (net, len);
+            last = (net, len, entry);
         }
         if inside == 1 {
-            let (net, len) = last;
-            let lone = table.entry(net, len).and_then(|entry| {
-                layout::v6_lone((net >> 64) as u64, net as u64, u32::from(len), entry)
-            });
-            longer = lone.unwrap_or(longer);
+            let (net, len, entry) = last;
+            longer = layout::v6_lone((net >> 64) as u64, net as u64, u32::from(len), entry)
+                .unwrap_or(longer);
         }
         let slot = Slot6 {
             hi: (bits >> 64) as u64,
