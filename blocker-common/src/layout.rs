@@ -21,9 +21,10 @@
 //!
 //! An IPv4 /16 whose only prefixes are /32s (nothing shorter covers it,
 //! nothing else lies inside) is marked in its [`Short4`]: an address there
-//! skips step 2 and probes its own /32 alone ([`V4_ONLY_EXACT`]). An IPv6
-//! descriptor whose bucket holds one longer prefix holds that prefix
-//! instead of its length ([`v6_lone`]): an address there skips step 3.
+//! skips step 2 and probes its own /32 alone ([`V4_ONLY_EXACT`]). A
+//! descriptor whose bucket holds one longer prefix (and, for IPv4, no /24)
+//! holds that prefix instead of its length ([`v4_lone`], [`v6_lone`]): an
+//! address there skips step 3.
 //!
 //! IPv6 prefixes shorter than a bucket (/29../31) are expanded into every
 //! bucket they cover. IPv4 has one more level instead, since its /16../23
@@ -31,8 +32,9 @@
 //! entry of an exact /16 and a mask of the lengths /17../23 inside, which
 //! are probed after the bucket's own lengths (or, when nothing covers the
 //! /16 and it holds one prefix of /17../23, that prefix itself, answered
-//! without a probe); an IPv4 descriptor's entry is that of an exact /24
-//! only.
+//! without a probe; when it holds two or more, a cover key per /20 they
+//! touch, [`V4_COVERS`], probed once instead); an IPv4 descriptor's entry
+//! is that of an exact /24 only (or its lone prefix's).
 //!
 //! The hash tables are two-choice, with [`SLOTS`] slots per bucket: a key
 //! sits in one of the two buckets its hash names, so a lookup reads at most

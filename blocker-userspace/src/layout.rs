@@ -605,6 +605,44 @@ mod tests {
         }
     }
 
+    /// IPv4 (network, length, entry) prefixes alone, sorted.
+    fn v4_tagged(prefixes: &[(u32, u8, u32)]) -> Compiled {
+        let mut v4: Vec<_> = prefixes
+            .iter()
+            .map(|&(net, len, tag)| (net.to_be_bytes(), len, tag))
+            .collect();
+        v4.sort_by_key(|(n, l, _)| (*n, *l));
+        Compiled {
+            v4,
+            entries: entries(),
+            ..Compiled::default()
+        }
+    }
+
+    /// IPv6 (network, length, entry) prefixes alone, sorted.
+    fn v6_tagged(prefixes: &[(&str, u8, u32)]) -> Compiled {
+        let mut v6: Vec<_> = prefixes
+            .iter()
+            .map(|&(net, len, tag)| (v6_octets(net), len, tag))
+            .collect();
+        v6.sort_by_key(|(n, l, _)| (*n, *l));
+        Compiled {
+            v6,
+            entries: entries(),
+            ..Compiled::default()
+        }
+    }
+
+    fn v6_octets(text: &str) -> [u8; 16] {
+        let addr: std::net::Ipv6Addr = text.parse().expect("an IPv6 address");
+        addr.octets()
+    }
+
+    /// The tag (slot) of the entry `tables` find for `addr`.
+    fn tag_of(tables: &Tables, addr: impl Into<IpAddr>) -> Option<u32> {
+        tables.lookup(addr.into()).map(|entry| entry.dst[0].slot)
+    }
+
     /// The entry index of the longest prefix of `table` containing `addr`,
     /// by brute force.
     fn longest<const N: usize>(
@@ -934,26 +972,14 @@ mod tests {
         // In 2001:db8::/32: a /40 over a /48, a /64 inside that and a /128
         // inside the /64; tags 5, 1, 3, 4. Past the /128 and the /64, the
         // /48 is the longest length left.
-        let net = |text: &str| {
-            let addr: std::net::Ipv6Addr = text.parse().expect("an IPv6 address");
-            addr.octets()
-        };
-        let mut compiled = Compiled {
-            v6: vec![
-                (net("2001:db8::"), 40, 5),
-                (net("2001:db8:7::"), 48, 1),
-                (net("2001:db8:7:100::"), 64, 3),
-                (net("2001:db8:7:100::1"), 128, 4),
-            ],
-            entries: entries(),
-            ..Compiled::default()
-        };
-        compiled.v6.sort_by_key(|(n, l, _)| (*n, *l));
+        let compiled = v6_tagged(&[
+            ("2001:db8::", 40, 5),
+            ("2001:db8:7::", 48, 1),
+            ("2001:db8:7:100::", 64, 3),
+            ("2001:db8:7:100::1", 128, 4),
+        ]);
         let tables = build(&compiled, &Geometry::for_capacity(128)).unwrap();
-        let tag = |text: &str| {
-            let addr: IpAddr = text.parse().expect("an address");
-            tables.lookup(addr).map(|entry| entry.dst[0].slot)
-        };
+        let tag = |text: &str| tag_of(&tables, std::net::Ipv6Addr::from(v6_octets(text)));
         assert_eq!(tag("2001:db8:7:100::1"), Some(4));
         assert_eq!(tag("2001:db8:7:100::2"), Some(3));
         assert_eq!(tag("2001:db8:7:200::2"), Some(1), "the /48, tried first");
@@ -971,24 +997,16 @@ mod tests {
         // Under 10.1.0.0/20 (tag 2): a /32 and a /26 alone in their /24s; a
         // /24 with a /32 inside; a /29 and a /32 in one /24. 10.2/16: a /31
         // alone, nothing over it.
-        let mut compiled = Compiled {
-            v4: [
-                (0x0a01_0000u32, 20u8, 2u32),
-                (0x0a01_0107, 32, 1),
-                (0x0a01_0240, 26, 3),
-                (0x0a01_0300, 24, 4),
-                (0x0a01_0309, 32, 5),
-                (0x0a01_0408, 29, 5),
-                (0x0a01_04c8, 32, 1),
-                (0x0a02_0506, 31, 3),
-            ]
-            .into_iter()
-            .map(|(net, len, tag)| (net.to_be_bytes(), len, tag))
-            .collect(),
-            entries: entries(),
-            ..Compiled::default()
-        };
-        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        let compiled = v4_tagged(&[
+            (0x0a01_0000, 20, 2),
+            (0x0a01_0107, 32, 1),
+            (0x0a01_0240, 26, 3),
+            (0x0a01_0300, 24, 4),
+            (0x0a01_0309, 32, 5),
+            (0x0a01_0408, 29, 5),
+            (0x0a01_04c8, 32, 1),
+            (0x0a02_0506, 31, 3),
+        ]);
         let geometry = Geometry::for_capacity(128);
         let mut tables = build(&compiled, &geometry).unwrap();
         let descriptor = |t: &Tables, bucket: u32| {
@@ -998,10 +1016,7 @@ mod tests {
                 .expect("a descriptor")
         };
         let lone = |t: &Tables, bucket: u32| descriptor(t, bucket).longer & layout::V4_LONE != 0;
-        let tag = |t: &Tables, addr: u32| {
-            t.lookup(IpAddr::from(addr.to_be_bytes()))
-                .map(|entry| entry.dst[0].slot)
-        };
+        let tag = |t: &Tables, addr: u32| tag_of(t, std::net::Ipv4Addr::from(addr));
         for (bucket, want) in [
             (0x0a01_0100, true),
             (0x0a01_0200, true),
@@ -1056,20 +1071,15 @@ mod tests {
     fn a_16_with_several_prefixes_of_17_to_23_is_looked_up_by_its_20s_cover_keys() {
         // 10.1/16: a /17 with a /19 inside, a /20, a /22 and a /23 inside
         // that, a /21 alone in its /20; tags 1..5. 10.2/16: a /20 alone.
-        let mut compiled = v4_only(std::iter::empty());
-        compiled.v4 = [
-            (0x0a01_0000u32, 17u8, 1u32),
+        let compiled = v4_tagged(&[
+            (0x0a01_0000, 17, 1),
             (0x0a01_4000, 19, 2),
             (0x0a01_9000, 20, 3),
             (0x0a01_c400, 22, 4),
             (0x0a01_c600, 23, 5),
             (0x0a01_a800, 21, 2),
             (0x0a02_1000, 20, 1),
-        ]
-        .into_iter()
-        .map(|(net, len, tag)| (net.to_be_bytes(), len, tag))
-        .collect();
-        compiled.v4.sort_by_key(|(n, l, _)| (*n, *l));
+        ]);
         let geometry = Geometry::for_capacity(128);
         let mut tables = build(&compiled, &geometry).unwrap();
         let covers = |t: &Tables| {
@@ -1078,10 +1088,7 @@ mod tests {
                 .filter(|s| s.len == layout::V4_COVER_KEY)
                 .count()
         };
-        let tag = |t: &Tables, addr: u32| {
-            t.lookup(IpAddr::from(addr.to_be_bytes()))
-                .map(|entry| entry.dst[0].slot)
-        };
+        let tag = |t: &Tables, addr: u32| tag_of(t, std::net::Ipv4Addr::from(addr));
         assert!(tables.v4_short[0x0a01].covers());
         assert!(!tables.v4_short[0x0a02].covers(), "one prefix of /17../23");
         // Eight /20s under the /17, the /20, the one the /22 and /23 lie
@@ -1136,27 +1143,18 @@ mod tests {
         // 2001:db8::/30 covers the buckets 2001:db8::/32..2001:dbb::/32.
         // Alone in theirs: a /128 (under the /30), a /40 (too) and a /33
         // (nothing over it); two in 2001:dba::/32.
-        let net = |text: &str| {
-            let addr: std::net::Ipv6Addr = text.parse().expect("an IPv6 address");
-            addr.octets()
-        };
-        let mut compiled = Compiled {
-            v6: vec![
-                (net("2001:db8::"), 30, 2),
-                (net("2001:db8::5"), 128, 1),
-                (net("2001:db9:ff00::"), 40, 3),
-                (net("2001:dba::"), 64, 4),
-                (net("2001:dba::8:0:0"), 96, 5),
-                (net("3fff:0:8000::"), 33, 1),
-            ],
-            entries: entries(),
-            ..Compiled::default()
-        };
-        compiled.v6.sort_by_key(|(n, l, _)| (*n, *l));
+        let compiled = v6_tagged(&[
+            ("2001:db8::", 30, 2),
+            ("2001:db8::5", 128, 1),
+            ("2001:db9:ff00::", 40, 3),
+            ("2001:dba::", 64, 4),
+            ("2001:dba::8:0:0", 96, 5),
+            ("3fff:0:8000::", 33, 1),
+        ]);
         let geometry = Geometry::for_capacity(128);
         let mut tables = build(&compiled, &geometry).unwrap();
         let descriptor = |t: &Tables, text: &str| {
-            let hi = u64::from_be_bytes(net(text)[..8].try_into().unwrap()) & !0xffff_ffff;
+            let hi = u64::from_be_bytes(v6_octets(text)[..8].try_into().unwrap()) & !0xffff_ffff;
             t.v6.iter()
                 .flat_map(|b| b.slots)
                 .find(|s| s.len == 32 && s.hi == hi)
@@ -1164,10 +1162,7 @@ mod tests {
         };
         let lone =
             |t: &Tables, text: &str| layout::v6_lone_answer(&descriptor(t, text), 0, 0).is_some();
-        let tag = |t: &Tables, text: &str| {
-            let addr: IpAddr = text.parse().expect("an address");
-            t.lookup(addr).map(|entry| entry.dst[0].slot)
-        };
+        let tag = |t: &Tables, text: &str| tag_of(t, std::net::Ipv6Addr::from(v6_octets(text)));
         for bucket in ["2001:db8::", "2001:db9::", "3fff::"] {
             assert!(lone(&tables, bucket), "{bucket}");
         }
@@ -1192,7 +1187,7 @@ mod tests {
         // A second prefix patched into 2001:db9::/32 ends the /40's being
         // alone; taking it out makes it alone again.
         let mut with_64 = compiled.clone();
-        with_64.v6.push((net("2001:db9:ff00:1::"), 64, 4));
+        with_64.v6.push((v6_octets("2001:db9:ff00:1::"), 64, 4));
         with_64.v6.sort_by_key(|(n, l, _)| (*n, *l));
         for (from, to, alone_after) in [(&compiled, &with_64, false), (&with_64, &compiled, true)] {
             tables.patch_to(from, to, &geometry);

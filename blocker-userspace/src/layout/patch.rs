@@ -839,7 +839,7 @@ fn shorts_v4(table: &Prefixes<'_, 4>, change: &Change) -> Vec<(u32, Short4)> {
     let mut shorts: Vec<u32> = change
         .v4
         .iter()
-        .map(|(net, _)| u32::from_be_bytes(*net) >> (32 - layout::V4_SHORT_LEN))
+        .map(|(net, _)| short_of(u32::from_be_bytes(*net)))
         .collect();
     shorts.sort_unstable();
     shorts.dedup();
