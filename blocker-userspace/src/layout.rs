@@ -363,8 +363,9 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
     // The prefixes of /17../23, in address order (their /16s' cover keys).
     let mut inner_prefixes: Vec<(u32, u8, u32)> = Vec::new();
     let bucket_mask = u32::MAX << (32 - V4_BUCKET_LEN);
-    // A key per prefix and per descriptor at most: reserved whole (pages
-    // never written cost nothing), the list is never copied to grow.
+    // A key per prefix and per descriptor at most, and the cover keys (a
+    // few per /16 that has them): reserved whole (pages never written cost
+    // nothing), the list is rarely copied to grow.
     let mut keys: Vec<Slot4> = Vec::with_capacity(2 * prefixes.len());
     let mut bits = vec![0u64; BITMAP_WORDS as usize];
     // Sorted by address, the /24 buckets of the prefixes of /24 and longer
