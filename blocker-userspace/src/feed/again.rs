@@ -22,7 +22,7 @@ use std::{
 
 use ipnetwork::IpNetwork;
 
-use super::{Order, distinct, plain_v4, plain_v6};
+use super::{Order, distinct, split::item_target};
 
 /// Where a parsed feed's orders lie in its text, for the next parse.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -191,28 +191,24 @@ fn splice(
         if !line.as_bytes()[..items.indent].iter().all(|&b| b == b' ') {
             return None;
         }
-        // As the hand reader takes an item: trailing spaces dropped, read
-        // as an address or prefix by hand, or not here at all.
-        let target = body.strip_prefix("- ")?.trim_end_matches(' ');
-        if target.ends_with(':') {
-            return None;
-        }
-        let prefix = plain_v4(target).or_else(|| plain_v6(target))?;
+        // As the hand reader takes an item, or not here at all.
+        let (_, prefix) = item_target(body.strip_prefix("- ")?);
+        let prefix = prefix?;
         if prefix.prefix() < order.rung.contract_min_len(prefix.is_ipv6()) {
             return None;
         }
         fresh.push(prefix);
     }
     let kept = [kept.get(..before)?, kept.get(before + gone..)?];
-    if kept[0].len() + kept[1].len() + fresh.len() == 0 || !distinct_with(&fresh, kept) {
-        return None;
-    }
     let targets: Arc<[IpNetwork]> = kept[0]
         .iter()
         .chain(&fresh)
         .chain(kept[1])
         .copied()
         .collect();
+    if targets.is_empty() || !distinct_with(&fresh, kept, &targets) {
+        return None;
+    }
     let items = ItemLines {
         end: items.end - to_old + to_new,
         ..items
@@ -220,19 +216,13 @@ fn splice(
     Some((targets, items))
 }
 
-/// Whether no prefix is listed twice in `fresh` and the two `kept` runs
-/// (which are distinct): each of a few fresh ones looked for, else all
-/// checked afresh.
-fn distinct_with(fresh: &[IpNetwork], kept: [&[IpNetwork]; 2]) -> bool {
+/// Whether no prefix is listed twice in `all`, the two `kept` runs (which
+/// are distinct) with `fresh` between them: each of a few fresh ones
+/// looked for, else all checked afresh.
+fn distinct_with(fresh: &[IpNetwork], kept: [&[IpNetwork]; 2], all: &[IpNetwork]) -> bool {
     const FEW: usize = 4;
     if fresh.len() > FEW {
-        let all: Vec<IpNetwork> = kept[0]
-            .iter()
-            .chain(fresh)
-            .chain(kept[1])
-            .copied()
-            .collect();
-        return distinct(&all);
+        return distinct(all);
     }
     fresh
         .iter()

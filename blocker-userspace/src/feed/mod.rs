@@ -750,7 +750,7 @@ fn valid_id(id: &str) -> bool {
 
 /// An address (a /32 or /128) or a prefix without host bits.
 fn parse_target(text: &str) -> Result<IpNetwork, String> {
-    if let Some(prefix) = plain_v4(text).or_else(|| plain_v6(text)) {
+    if let Some(prefix) = plain_prefix(text) {
         return Ok(prefix);
     }
     let trimmed = text.trim();
@@ -779,6 +779,12 @@ fn parse_target(text: &str) -> Result<IpNetwork, String> {
         ));
     }
     Ok(prefix)
+}
+
+/// A plain IPv4 or IPv6 address or prefix, read by hand ([`plain_v4`],
+/// [`plain_v6`]).
+fn plain_prefix(text: &str) -> Option<IpNetwork> {
+    plain_v4(text).or_else(|| plain_v6(text))
 }
 
 /// A canonical IPv4 address or prefix (`a.b.c.d` or `a.b.c.d/len`, no
@@ -1465,7 +1471,7 @@ orders:
             .map(str::to_owned),
         );
         for text in &texts {
-            if let Some(prefix) = plain_v4(text).or_else(|| plain_v6(text)) {
+            if let Some(prefix) = plain_prefix(text) {
                 assert_eq!(Some(prefix), standard(text), "{text}");
                 assert_eq!(parse_target(text), Ok(prefix), "{text}");
             } else {

@@ -27,7 +27,7 @@ use serde::{
 use super::{
     AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder,
     again::{Base, ItemLines, OrderShape, Shape},
-    header, plain_v4, plain_v6, raw_order,
+    header, plain_prefix, raw_order,
 };
 
 /// Stands in for a target list read by hand.
@@ -432,13 +432,11 @@ fn read_plain_into<'a>(
         match (list, item) {
             (List::Open, Some(item)) if depth >= keys => {
                 list = List::Items(depth);
-                targets.push(item)?;
-                targets.lines(start..at, depth);
+                targets.push(item, start..at, depth)?;
                 continue;
             }
             (List::Items(items), Some(item)) if depth == items => {
-                targets.push(item)?;
-                targets.lines(start..at, depth);
+                targets.push(item, start..at, depth)?;
                 continue;
             }
             // An empty list (a null), or a value over more than one line.
@@ -508,17 +506,6 @@ impl<'a> Targets<'a> {
         self.gapped = false;
     }
 
-    /// Notes an item's line, `line` in the order's text, at `indent`.
-    fn lines(&mut self, line: std::ops::Range<usize>, indent: usize) {
-        self.gapped |= self.gap;
-        let span = self.span.get_or_insert(ItemLines {
-            start: line.start,
-            end: line.end,
-            indent,
-        });
-        span.end = line.end;
-    }
-
     /// The lines of the list, when they are all items, each parsed by
     /// hand.
     fn items(&self) -> Option<ItemLines> {
@@ -526,21 +513,37 @@ impl<'a> Targets<'a> {
             .filter(|_| !self.gapped && self.parsed.len() == self.texts.len())
     }
 
-    /// Reads an item's text after its `- `; `None` unless it is a plain
-    /// target. One that parses by hand as an address or prefix is one
-    /// (digits and dots, three of them; or hex digits and colons, not
-    /// ending in one), so it is not checked byte by byte as well.
-    fn push(&mut self, item: &'a str) -> Option<()> {
-        let target = item.trim_end_matches(' ');
-        match plain_v4(target).or_else(|| plain_v6(target)) {
-            Some(prefix) if !target.ends_with(':') => self.parsed.push(prefix),
-            _ => {
+    /// Reads an item's text after its `- `, on `line` of the order's text
+    /// at `indent`; `None` unless it is a plain target. One that parses by
+    /// hand as an address or prefix is one ([`item_target`]), so it is not
+    /// checked byte by byte as well.
+    fn push(&mut self, item: &'a str, line: std::ops::Range<usize>, indent: usize) -> Option<()> {
+        let (target, prefix) = item_target(item);
+        match prefix {
+            Some(prefix) => self.parsed.push(prefix),
+            None => {
                 plain_target(target)?;
             }
         }
         self.texts.push(target);
+        self.gapped |= self.gap;
+        let span = self.span.get_or_insert(ItemLines {
+            start: line.start,
+            end: line.end,
+            indent,
+        });
+        span.end = line.end;
         Some(())
     }
+}
+
+/// An item's target (its text after `- `, trailing spaces dropped), and
+/// the address or prefix it is when it reads by hand as one (digits and
+/// dots, three of them; or hex digits and colons, not ending in one).
+pub(super) fn item_target(item: &str) -> (&str, Option<IpNetwork>) {
+    let target = item.trim_end_matches(' ');
+    let prefix = plain_prefix(target).filter(|_| !target.ends_with(':'));
+    (target, prefix)
 }
 
 /// The enum variant serde names `value`.
