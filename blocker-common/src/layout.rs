@@ -172,7 +172,7 @@ pub struct Slot6 {
 const V6_LONE_ENTRY_BITS: u32 = 25;
 
 /// The [`Slot6::longer`] of a descriptor whose bucket holds one prefix
-/// longer than the bucket, `hi:lo`/`len` with `entry`: the prefix itself,
+/// longer than the bucket, `net`/`len` with `entry`: the prefix itself,
 /// so that an address there is answered by the descriptor, without a probe
 /// (a prefix alone in its /32 is the common case of a list of servers and
 /// sites). `longer[0]` holds its lower half, `longer[1]` the lower 32 bits
@@ -181,12 +181,15 @@ const V6_LONE_ENTRY_BITS: u32 = 25;
 /// `longer[1]` is never clear, while a length mask's always is. `None`
 /// when it does not fit (an entry of 2^25 or more): the mask serves.
 /// Tables laid out before this was have masks only.
-pub const fn v6_lone(hi: u64, lo: u64, len: u32, entry: u32) -> Option<[u64; 2]> {
+pub const fn v6_lone(net: u128, len: u32, entry: u32) -> Option<[u64; 2]> {
     if entry == NO_ENTRY || entry >= 1 << V6_LONE_ENTRY_BITS || len <= V6_BUCKET_LEN || len > 128 {
         return None;
     }
     let tag = ((len - V6_BUCKET_LEN - 1) << V6_LONE_ENTRY_BITS) | entry;
-    Some([lo, (tag as u64) << 32 | (hi & 0xffff_ffff)])
+    Some([
+        net as u64,
+        (tag as u64) << 32 | ((net >> 64) as u64 & 0xffff_ffff),
+    ])
 }
 
 /// For a descriptor of the bucket of `hi` that holds one prefix

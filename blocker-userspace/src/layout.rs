@@ -309,6 +309,22 @@ pub fn prepare(compiled: &Compiled, geometry: &Geometry) -> Result<Keys, LayoutE
     })
 }
 
+/// The /16 of an IPv4 address.
+fn short_of(net: u32) -> u32 {
+    net >> (32 - V4_SHORT_LEN)
+}
+
+/// The cover key ([`layout::V4_COVER_KEY`]) of the `at`th /20 of the /16
+/// of `net`, holding nothing yet.
+fn cover_key(net: u32, at: u32) -> Slot4 {
+    Slot4 {
+        net: short_of(net) << (32 - V4_SHORT_LEN) | at << (32 - layout::V4_COVER_LEN),
+        len: layout::V4_COVER_KEY,
+        entry: layout::NO_ENTRY,
+        longer: 0,
+    }
+}
+
 /// The cover keys ([`layout::V4_COVER_KEY`]) of one /16 that holds two or
 /// more prefixes of /17../23, from those prefixes (net, len, entry), in
 /// address order: one for each /20 that one of them covers or lies in,
@@ -323,12 +339,7 @@ fn v4_cover_keys(inside: impl IntoIterator<Item = (u32, u8, u32)>) -> [Option<Sl
         let first = (net >> (32 - layout::V4_COVER_LEN)) % PER_16;
         let span = 1 << layout::V4_COVER_LEN.saturating_sub(len);
         for at in first..first + span {
-            let key = keys[at as usize].get_or_insert(Slot4 {
-                net: net & (u32::MAX << (32 - V4_SHORT_LEN)) | at << (32 - layout::V4_COVER_LEN),
-                len: layout::V4_COVER_KEY,
-                entry: layout::NO_ENTRY,
-                longer: 0,
-            });
+            let key = keys[at as usize].get_or_insert(cover_key(net, at));
             if len > layout::V4_COVER_LEN {
                 key.longer |= 1 << (V4_BUCKET_LEN - 1 - len);
                 let (count, last) = &mut longer[at as usize];
@@ -458,9 +469,7 @@ fn prepare_v4(prefixes: &[([u8; 4], u8, u32)]) -> (Vec<Slot4>, Vec<Short4>, Vec<
         }
     }
     flush(&mut current, &mut keys);
-    for group in
-        inner_prefixes.chunk_by(|a, b| a.0 >> (32 - V4_SHORT_LEN) == b.0 >> (32 - V4_SHORT_LEN))
-    {
+    for group in inner_prefixes.chunk_by(|a, b| short_of(a.0) == short_of(b.0)) {
         if group.len() >= 2 {
             keys.extend(v4_cover_keys(group.iter().copied()).into_iter().flatten());
         }
@@ -534,8 +543,7 @@ fn prepare_v6(prefixes: &[([u8; 16], u8, u32)]) -> (Vec<Slot6>, Vec<u64>) {
         let lone = (desc.inside == 1)
             .then(|| {
                 let (net, len, entry) = prefixes[desc.last as usize];
-                let addr = u128::from_be_bytes(net);
-                layout::v6_lone((addr >> 64) as u64, addr as u64, u32::from(len), entry)
+                layout::v6_lone(u128::from_be_bytes(net), u32::from(len), entry)
             })
             .flatten();
         keys.push(Slot6 {

@@ -15,7 +15,7 @@ use blocker_common::{
     layout::{self, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V6_BUCKET_LEN},
 };
 
-use super::{MAX_KICKS, Slot};
+use super::{MAX_KICKS, Slot, cover_key, short_of};
 use crate::{
     compile::{Change, Compiled},
     fasthash::FastMap,
@@ -761,11 +761,6 @@ fn patch_v4<S: Source>(
     })
 }
 
-/// The /16 of an IPv4 address.
-fn short_of(net: u32) -> u32 {
-    net >> (32 - layout::V4_SHORT_LEN)
-}
-
 /// The bits of the /20s of its /16 that `net`/`len` (17..=23) touches.
 fn cover_span(net: u32, len: u8) -> u32 {
     let first = (net >> (32 - layout::V4_COVER_LEN)) & 0xf;
@@ -820,13 +815,7 @@ fn cover_keys_v4(
             [None; 16]
         };
         for at in (0..16u32).filter(|at| touched & (1 << at) != 0) {
-            let key = Slot4 {
-                net: net | at << (32 - layout::V4_COVER_LEN),
-                len: layout::V4_COVER_KEY,
-                entry: 0,
-                longer: 0,
-            };
-            keys.push((key, wanted[at as usize]));
+            keys.push((cover_key(net, at), wanted[at as usize]));
         }
     }
     Ok(keys)
@@ -966,8 +955,7 @@ fn patch_v6(
         }
         if inside == 1 {
             let (net, len, entry) = last;
-            longer = layout::v6_lone((net >> 64) as u64, net as u64, u32::from(len), entry)
-                .unwrap_or(longer);
+            longer = layout::v6_lone(net, u32::from(len), entry).unwrap_or(longer);
         }
         let slot = Slot6 {
             hi: (bits >> 64) as u64,
