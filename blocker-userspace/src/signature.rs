@@ -54,11 +54,48 @@ impl PublicKey {
     }
 }
 
+/// A signature file's content, decoded.
+pub struct Decoded(minisign_verify::Signature);
+
+impl Decoded {
+    pub fn new(signature: &[u8]) -> Result<Self, SignatureError> {
+        let text =
+            std::str::from_utf8(signature).map_err(|_| SignatureError::SignatureMalformed)?;
+        minisign_verify::Signature::decode(text)
+            .map(Self)
+            .map_err(|_| SignatureError::SignatureMalformed)
+    }
+}
+
+/// A check of a prehashed signature (what `minisign -S` makes) fed the
+/// feed a piece at a time as it arrives: the hash of the whole feed, the
+/// check's cost, is taken while a download lasts instead of after it.
+pub struct Streamed<'a>(minisign_verify::StreamVerifier<'a>);
+
+impl PublicKey {
+    /// A check of `signature` to feed piece by piece; `None` when it cannot
+    /// be one (a legacy signature, which signs the feed itself, or another
+    /// key's): [`verify`] then checks the whole feed and names the problem.
+    pub fn streamed<'a>(&'a self, signature: &'a Decoded) -> Option<Streamed<'a>> {
+        self.0.verify_stream(&signature.0).ok().map(Streamed)
+    }
+}
+
+impl Streamed<'_> {
+    /// The feed's next piece.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// Whether the signature verifies over all the pieces, in order.
+    pub fn verifies(mut self) -> bool {
+        self.0.finalize().is_ok()
+    }
+}
+
 /// Verifies `signature` (the content of `FEED.minisig`) over `feed`.
 pub fn verify(public_key: &PublicKey, feed: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
-    let text = std::str::from_utf8(signature).map_err(|_| SignatureError::SignatureMalformed)?;
-    let signature =
-        minisign_verify::Signature::decode(text).map_err(|_| SignatureError::SignatureMalformed)?;
+    let Decoded(signature) = Decoded::new(signature)?;
     public_key
         .0
         .verify(feed, &signature, true)
@@ -97,8 +134,14 @@ mod tests {
         }
 
         fn sign(&self, file: &Path) -> Vec<u8> {
+            self.sign_with(file, &[])
+        }
+
+        /// Signs `file` with `minisign -S` and `flags`.
+        fn sign_with(&self, file: &Path, flags: &[&str]) -> Vec<u8> {
             let out = Command::new("minisign")
                 .arg("-S")
+                .args(flags)
                 .arg("-s")
                 .arg(self.dir.join("k.key"))
                 .arg("-m")
@@ -150,5 +193,42 @@ mod tests {
         ));
         assert!(PublicKey::from_file(&keys.dir.join("missing.pub")).is_err());
         assert!(PublicKey::from_base64("not a key").is_err());
+    }
+
+    /// The check fed in pieces agrees with `verify` on the whole feed.
+    #[test]
+    fn a_signature_checked_piece_by_piece_verifies_as_the_whole_does() {
+        let keys = Keys::new("c");
+        let other = Keys::new("d");
+        let feed = keys.dir.join("feed.yaml");
+        let content: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("      - 192.0.2.{}/32\n", i % 256).into_bytes())
+            .collect();
+        std::fs::write(&feed, &content).expect("write");
+        let sig = keys.sign(&feed);
+        let decoded = Decoded::new(&sig).expect("decodes");
+        let streamed = |key: &PublicKey, bytes: &[u8], piece: usize| {
+            let mut check = key.streamed(&decoded)?;
+            bytes.chunks(piece).for_each(|p| check.update(p));
+            Some(check.verifies())
+        };
+        for piece in [1, 1000, 65_536, content.len()] {
+            assert_eq!(streamed(&keys.public(), &content, piece), Some(true));
+        }
+        let mut altered = content.clone();
+        altered[100_000] ^= 1;
+        assert_eq!(streamed(&keys.public(), &altered, 4096), Some(false));
+        assert_eq!(
+            streamed(&keys.public(), &content[..content.len() - 1], 4096),
+            Some(false)
+        );
+        // Another key's signature is no streamed check: `verify` names it.
+        assert_eq!(streamed(&other.public(), &content, 4096), None);
+        // Nor is a legacy signature (it signs the feed itself, not its
+        // hash): `verify` checks the whole feed.
+        let legacy = keys.sign_with(&feed, &["-l"]);
+        let decoded = Decoded::new(&legacy).expect("decodes");
+        assert!(keys.public().streamed(&decoded).is_none());
+        verify(&keys.public(), &content, &legacy).expect("a good legacy signature");
     }
 }

@@ -192,6 +192,55 @@ impl<'a> Text<'a> {
     }
 }
 
+/// [`Text::scan_here`] done a piece at a time as a feed's bytes arrive:
+/// each piece ends at a line end, so pieces combine as the halves of
+/// [`Text::scan`] do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scanner {
+    /// Bytes scanned.
+    done: usize,
+    plain: bool,
+    not_utf8: Option<usize>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            done: 0,
+            plain: true,
+            not_utf8: None,
+        }
+    }
+}
+
+impl Scanner {
+    /// Scans what `bytes`, the feed so far, hold past the last call, up to
+    /// their last line end.
+    pub fn advance(&mut self, bytes: &[u8]) {
+        if let Some(last) = memchr::memrchr(b'\n', &bytes[self.done..]) {
+            self.scan_to(bytes, self.done + last + 1);
+        }
+    }
+
+    fn scan_to(&mut self, bytes: &[u8], end: usize) {
+        let piece = Text::scan_here(&bytes[self.done..end]);
+        self.plain &= piece.plain;
+        self.not_utf8 = self.not_utf8.or(piece.not_utf8.map(|at| self.done + at));
+        self.done = end;
+    }
+
+    /// `bytes`, the whole feed that [`Scanner::advance`] was given as it
+    /// grew, as text: the rest scanned.
+    pub fn finish(mut self, bytes: &[u8]) -> Text<'_> {
+        self.scan_to(bytes, bytes.len());
+        Text {
+            bytes,
+            plain: self.plain,
+            not_utf8: self.not_utf8,
+        }
+    }
+}
+
 /// The feed as text, once its size, encoding and characters are checked:
 /// nearly every feed is plain text, which passes as scanned; anything else
 /// is checked the long way, which names the problem.
@@ -1138,6 +1187,41 @@ mod tests {
                 err.contains(&format!("invalid byte at offset {at})")),
                 "{at}: {err}"
             );
+        }
+    }
+
+    /// A feed scanned a piece at a time as it grows reads as scanned
+    /// whole: plain or not, and its first byte that is not UTF-8.
+    #[test]
+    fn a_feed_scanned_as_it_arrives_reads_as_scanned_whole() {
+        let lines: String = (0..300)
+            .map(|i| format!("      - 198.51.100.{}/32 # order {i}\n", i % 256))
+            .collect();
+        let mut texts: Vec<Vec<u8>> = vec![lines.clone().into_bytes()];
+        for (at, byte) in [(5, b'&'), (4000, 0xc3), (7000, 0xff), (9100, b'{')] {
+            let mut bytes = lines.clone().into_bytes();
+            bytes[at] = byte;
+            texts.push(bytes);
+        }
+        let mut no_line_end = lines.clone().into_bytes();
+        no_line_end.extend_from_slice(b"      - 192.0.2.1/32");
+        texts.push(no_line_end);
+        for bytes in &texts {
+            let whole = Text::scan_here(bytes);
+            for piece in [1, 7, 100, 4096, bytes.len()] {
+                let mut scanner = Scanner::default();
+                let mut so_far = 0;
+                while so_far < bytes.len() {
+                    so_far = (so_far + piece).min(bytes.len());
+                    scanner.advance(&bytes[..so_far]);
+                }
+                let text = scanner.finish(bytes);
+                assert_eq!(
+                    (text.plain, text.not_utf8),
+                    (whole.plain, whole.not_utf8),
+                    "in pieces of {piece}"
+                );
+            }
         }
     }
 
