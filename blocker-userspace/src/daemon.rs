@@ -7,7 +7,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    hash::BuildHasher as _,
     sync::Arc,
     time::Duration,
 };
@@ -25,7 +24,7 @@ use crate::{
     policy::{self, Evaluation, Guardrails, OrderState},
     signature::{self, PublicKey},
     state::{DaemonLock, SavedFeed, StateDir, StateError, SyncStatus},
-    sync::{FeedSource, Fetch, Fetched, SyncError},
+    sync::{FeedHasher, FeedSource, Fetch, Fetched, Intake, SyncError},
 };
 
 /// How often a `file://` feed is checked for changes (a stat, no read).
@@ -100,10 +99,10 @@ struct Layout {
 
 pub struct Daemon {
     config: Config,
-    /// Keys [`Fingerprint`]s.
-    hasher: std::hash::RandomState,
+    /// Hashes [`Fingerprint`]s.
+    hasher: FeedHasher,
     guardrails: Guardrails,
-    public_key: PublicKey,
+    public_key: Arc<PublicKey>,
     state: StateDir,
     audit: AuditLog,
     datapath: Datapath,
@@ -133,8 +132,9 @@ impl Daemon {
         // does not stop enforcement: every record tries again, and each
         // failure is logged and counted.
         let audit = AuditLog::deferred(&state.audit_log_path());
-        let public_key =
-            PublicKey::from_file(&config.feed.public_key).map_err(DaemonError::PublicKey)?;
+        let public_key = Arc::new(
+            PublicKey::from_file(&config.feed.public_key).map_err(DaemonError::PublicKey)?,
+        );
         let mut datapath = Datapath::open(&config.bpffs_dir, config.guardrails.max_prefixes)?;
         // Before any table is written: a previous daemon's program (an
         // older build's, after an upgrade) must not read this build's.
@@ -154,12 +154,16 @@ impl Daemon {
         ] {
             metrics.declare_failure_reason(reason);
         }
-        let source = FeedSource::new(&config.feed)?;
+        let hasher = FeedHasher::default();
+        let source = FeedSource::new(&config.feed)?.with_intake(Intake {
+            key: Arc::clone(&public_key),
+            hasher: hasher.clone(),
+        });
         let slots = state.load_slots()?;
         let guardrails = config.guardrails.to_policy();
         let mut daemon = Self {
             config,
-            hasher: std::hash::RandomState::new(),
+            hasher,
             guardrails,
             public_key,
             state,
@@ -401,23 +405,29 @@ impl Daemon {
         // before this feed is parsed.
         self.datapath.settle();
         release_free_memory();
-        let fetched = Fetched::from_bytes(
-            std::mem::take(&mut fetched.feed),
-            std::mem::take(&mut fetched.signature),
-        );
-        // The fingerprint's hash (tens of ms for a large feed) and the
-        // bytes' scan (nothing is parsed) are worked out on the second core
-        // while the signature is checked.
-        let (verified, (hash, text)) = crate::parallel::join(
-            fetched.feed.len() / feed::AVERAGE_LINE,
-            || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
-            || {
-                (
-                    self.hasher.hash_one(&fetched.feed),
-                    feed::Text::scan_here(&fetched.feed),
-                )
-            },
-        );
+        let (bytes, signature, arrived) = fetched.take();
+        let fetched = Fetched::from_bytes(bytes, signature);
+        let (verified, (hash, text)) = match arrived {
+            // A download verified as it arrived, its fingerprint and scan
+            // worked out then too.
+            Some(arrived) if arrived.verified => (
+                Ok(()),
+                (arrived.hash, arrived.scanner.finish(&fetched.feed)),
+            ),
+            // The fingerprint's hash and the bytes' scan (nothing is
+            // parsed) worked out on the second core while the signature is
+            // checked (tens of ms each for a large feed).
+            _ => crate::parallel::join(
+                fetched.feed.len() / feed::AVERAGE_LINE,
+                || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
+                || {
+                    (
+                        self.hasher.hash(&fetched.feed),
+                        feed::Text::scan_here(&fetched.feed),
+                    )
+                },
+            ),
+        };
         verified.map_err(|err| Refusal {
             reason: "signature",
             serial: None,
@@ -480,7 +490,7 @@ impl Daemon {
             let known = &current.fingerprint;
             known.len == feed.len()
                 && known.signature == signature
-                && known.hash == self.hasher.hash_one(feed)
+                && known.hash == self.hasher.hash(feed)
         })
     }
 

@@ -8,6 +8,12 @@
 //!   fetched alongside. Downloads are bounded in size and time; redirects are
 //!   followed only within the same scheme.
 //!
+//! - Over HTTP, the feed's bytes are worked on as they arrive ([`Intake`]):
+//!   its signature's hash, its fingerprint and its scan for plain text are
+//!   taken while the download lasts, so that little is left once it ends.
+//!   The signature is fetched first for that: once the feed's response
+//!   headers say it changed, before its body is read.
+//!
 //! The validators of a download are kept only once the caller [`commit`]s
 //! it (it was applied, or equals what is in force), so a refused feed is
 //! fetched whole again on the next poll (its signature may have been fixed).
@@ -15,26 +21,75 @@
 //! [`commit`]: FeedSource::commit
 
 use std::{
-    fs, io,
+    fs,
+    hash::{BuildHasher as _, Hasher as _},
+    io,
     io::Read as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
-use crate::config::FeedConfig;
+use crate::{config::FeedConfig, feed, signature};
 
 /// A signature file is a few hundred bytes; anything bigger is not one.
 const MAX_SIGNATURE_BYTES: u64 = 16 * 1024;
 /// Redirect hops followed at most.
 const MAX_REDIRECTS: usize = 5;
+/// A download is worked on in pieces of this many bytes (or fewer, at
+/// its end): the work on a piece is done before the next is read.
+const PIECE: u64 = 256 * 1024;
+/// Pieces read ahead of the signature check at most.
+const PIECES_AHEAD: usize = 16;
 
-/// A feed and its detached signature, as fetched (not yet verified).
+/// Hashes feeds for their fingerprints (telling a fetched feed is the one
+/// in force without comparing its bytes): keyed at random per process, so
+/// nobody can aim a collision at it. A feed hashed in pieces hashes as
+/// hashed whole.
+#[derive(Clone, Debug, Default)]
+pub struct FeedHasher(std::hash::RandomState);
+
+impl FeedHasher {
+    pub fn hash(&self, feed: &[u8]) -> u64 {
+        let mut hasher = self.0.build_hasher();
+        hasher.write(feed);
+        hasher.finish()
+    }
+}
+
+/// What a download works out from a feed's bytes as they arrive, for the
+/// caller: whether its signature verifies (with `key`), its fingerprint's
+/// hash (with `hasher`) and its scan.
+#[derive(Clone)]
+pub struct Intake {
+    pub key: Arc<signature::PublicKey>,
+    pub hasher: FeedHasher,
+}
+
+/// What was worked out from a downloaded feed as it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrived {
+    /// The signature verifies over the feed. When not, or when it could
+    /// not be checked piece by piece (a legacy signature), the caller
+    /// verifies the whole feed, which names the problem.
+    pub verified: bool,
+    /// [`FeedHasher::hash`] of the feed.
+    pub hash: u64,
+    /// The feed scanned as far as it arrived in whole lines.
+    pub scanner: feed::Scanner,
+}
+
+/// A feed and its detached signature, as fetched (verified as it arrived,
+/// or not yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetched {
     pub feed: Vec<u8>,
     pub signature: Vec<u8>,
     validators: Validators,
+    /// Worked out from `feed` and `signature` as the feed arrived: taken
+    /// with them ([`Fetched::take`]), never apart.
+    arrived: Option<Arrived>,
 }
 
 impl Fetched {
@@ -44,7 +99,18 @@ impl Fetched {
             feed,
             signature,
             validators: Validators::default(),
+            arrived: None,
         }
+    }
+
+    /// Takes the feed, its signature and what was worked out from them as
+    /// the feed arrived (its validators stay, for [`FeedSource::commit`]).
+    pub fn take(&mut self) -> (Vec<u8>, Vec<u8>, Option<Arrived>) {
+        (
+            std::mem::take(&mut self.feed),
+            std::mem::take(&mut self.signature),
+            self.arrived.take(),
+        )
     }
 }
 
@@ -140,6 +206,7 @@ pub struct FeedSource {
     origin: Origin,
     max_bytes: u64,
     committed: Validators,
+    intake: Option<Intake>,
 }
 
 impl FeedSource {
@@ -166,7 +233,15 @@ impl FeedSource {
             origin,
             max_bytes: config.max_bytes,
             committed: Validators::None,
+            intake: None,
         })
+    }
+
+    /// Works on each downloaded feed's bytes as they arrive, for
+    /// [`Fetched::take`] to hand over.
+    pub fn with_intake(mut self, intake: Intake) -> Self {
+        self.intake = Some(intake);
+        self
     }
 
     /// Whether this source is polled over the network (else watched on disk).
@@ -189,6 +264,7 @@ impl FeedSource {
                     feed,
                     signature,
                     validators: stamps,
+                    arrived: None,
                 }))
             }
             Origin::Http { agent, url, https } => {
@@ -203,28 +279,39 @@ impl FeedSource {
                     etag: etag.as_deref(),
                     last_modified: last_modified.as_deref(),
                 };
-                let Some(feed) = get(agent, url, *https, conditional, self.max_bytes)? else {
+                let Some(feed) = get(agent, url, *https, conditional)? else {
                     return Ok(Fetch::Unchanged);
                 };
+                // The signature before the feed's body, which is checked
+                // against it as it arrives.
                 let signature_url = format!("{url}.minisig");
-                let signature = get(
-                    agent,
-                    &signature_url,
-                    *https,
-                    Conditional::default(),
-                    MAX_SIGNATURE_BYTES,
-                )?
-                .ok_or(SyncError::Status {
-                    url: signature_url,
-                    status: 304,
-                })?;
+                let signature = get(agent, &signature_url, *https, Conditional::default())?.ok_or(
+                    SyncError::Status {
+                        url: signature_url,
+                        status: 304,
+                    },
+                )?;
+                let signature =
+                    read_body(signature.body, &signature.url, MAX_SIGNATURE_BYTES, |_| {})?;
+                let (body, arrived) = match &self.intake {
+                    Some(intake) => {
+                        let (body, arrived) =
+                            intake.read(feed.body, &feed.url, self.max_bytes, &signature)?;
+                        (body, Some(arrived))
+                    }
+                    None => (
+                        read_body(feed.body, &feed.url, self.max_bytes, |_| {})?,
+                        None,
+                    ),
+                };
                 Ok(Fetch::New(Fetched {
-                    feed: feed.body,
-                    signature: signature.body,
+                    feed: body,
+                    signature,
                     validators: Validators::Http {
                         etag: feed.etag,
                         last_modified: feed.last_modified,
                     },
+                    arrived,
                 }))
             }
         }
@@ -297,8 +384,11 @@ struct Conditional<'a> {
     last_modified: Option<&'a str>,
 }
 
-struct Download {
-    body: Vec<u8>,
+/// A response whose body is yet to be read.
+struct Response {
+    body: ureq::Body,
+    /// Where it came from (after redirects).
+    url: String,
     etag: Option<String>,
     last_modified: Option<String>,
 }
@@ -309,8 +399,7 @@ fn get(
     url: &str,
     https: bool,
     conditional: Conditional<'_>,
-    max_bytes: u64,
-) -> Result<Option<Download>, SyncError> {
+) -> Result<Option<Response>, SyncError> {
     let mut current = url.to_owned();
     for _ in 0..=MAX_REDIRECTS {
         let mut request = agent.get(&current);
@@ -337,9 +426,9 @@ fn get(
             200 => {
                 let etag = header("etag");
                 let last_modified = header("last-modified");
-                let body = read_body(response.into_body(), &current, max_bytes)?;
-                return Ok(Some(Download {
-                    body,
+                return Ok(Some(Response {
+                    body: response.into_body(),
+                    url: current,
                     etag,
                     last_modified,
                 }));
@@ -392,15 +481,84 @@ fn resolve_redirect(from: &str, location: &str, https: bool) -> Result<String, &
     }
 }
 
-fn read_body(body: ureq::Body, url: &str, max_bytes: u64) -> Result<Vec<u8>, SyncError> {
-    let mut bytes = Vec::new();
-    body.into_reader()
-        .take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| SyncError::Http {
-            url: url.to_owned(),
-            detail: format!("reading the body: {e} (truncated download?)"),
-        })?;
+impl Intake {
+    /// Reads a feed's `body`, worked on as it arrives against `signature`:
+    /// the signature's hash (the most work) on a second thread, handed
+    /// each piece, the rest on this one.
+    fn read(
+        &self,
+        body: ureq::Body,
+        url: &str,
+        max_bytes: u64,
+        signature: &[u8],
+    ) -> Result<(Vec<u8>, Arrived), SyncError> {
+        let decoded = signature::Decoded::new(signature).ok();
+        let check = decoded.as_ref().and_then(|d| self.key.streamed(d));
+        let mut hasher = self.hasher.0.build_hasher();
+        let mut scanner = feed::Scanner::default();
+        std::thread::scope(|scope| {
+            // A few pieces in flight at most: the check keeps up with all
+            // but the fastest downloads.
+            let (pieces, checking) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES_AHEAD);
+            let checked = check.map(|mut check| {
+                scope.spawn(move || {
+                    for piece in checking {
+                        check.update(&piece);
+                    }
+                    check.verifies()
+                })
+            });
+            let mut taken = 0;
+            let body = read_body(body, url, max_bytes, |so_far| {
+                let piece = &so_far[taken..];
+                if checked.is_some() {
+                    // The check ends (unverified) only if its thread did.
+                    let _ = pieces.send(piece.to_vec());
+                }
+                hasher.write(piece);
+                scanner.advance(so_far);
+                taken = so_far.len();
+            });
+            drop(pieces);
+            let verified = checked.is_some_and(|thread| thread.join().unwrap_or(false));
+            let arrived = Arrived {
+                verified,
+                hash: hasher.finish(),
+                scanner,
+            };
+            Ok((body?, arrived))
+        })
+    }
+}
+
+/// Reads `body` whole (at most `max_bytes`), in pieces: `arrived` is
+/// given what has been read so far after each.
+fn read_body(
+    body: ureq::Body,
+    url: &str,
+    max_bytes: u64,
+    mut arrived: impl FnMut(&[u8]),
+) -> Result<Vec<u8>, SyncError> {
+    // Room for the whole body when its length is given (and allowed).
+    let mut bytes = Vec::with_capacity(
+        body.content_length()
+            .filter(|&len| len <= max_bytes)
+            .map_or(0, |len| len as usize),
+    );
+    let mut reader = body.into_reader().take(max_bytes + 1);
+    loop {
+        let read = (&mut reader)
+            .take(PIECE)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SyncError::Http {
+                url: url.to_owned(),
+                detail: format!("reading the body: {e} (truncated download?)"),
+            })?;
+        if read == 0 {
+            break;
+        }
+        arrived(&bytes);
+    }
     if bytes.len() as u64 > max_bytes {
         return Err(SyncError::TooLarge {
             what: url.to_owned(),
@@ -444,6 +602,21 @@ mod tests {
         assert!(resolve_redirect(from, "file:///etc/passwd", true).is_err());
         assert!(resolve_redirect(from, "feed2.yaml", true).is_err());
         assert!(resolve_redirect(from, "", true).is_err());
+    }
+
+    /// A fingerprint taken a piece at a time is the fingerprint of the
+    /// whole: the daemon hashes a feed at hand whole, one downloaded as it
+    /// arrives.
+    #[test]
+    fn a_feed_hashed_in_pieces_hashes_as_hashed_whole() {
+        let hasher = FeedHasher::default();
+        let feed: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for piece in [1, 3, 64, 1000, 65_536] {
+            let mut pieces = hasher.0.build_hasher();
+            feed.chunks(piece).for_each(|p| pieces.write(p));
+            assert_eq!(pieces.finish(), hasher.hash(&feed), "pieces of {piece}");
+        }
+        assert_ne!(hasher.hash(&feed[1..]), hasher.hash(&feed));
     }
 
     #[test]

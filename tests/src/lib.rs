@@ -12,6 +12,7 @@
 //!   HTTP scrape of `/metrics` parsed into a map.
 //! - [`topology`]: the client ⇄ edge two-namespace setup the end-to-end and
 //!   restart tests share.
+//! - [`feed_server`]: a real HTTP server for feeds, on the loopback.
 //!
 //! These tests never skip: without root they panic ([`require_root`]).
 //! Every guard cleans up on drop, also while a test panics.
@@ -19,6 +20,7 @@
 pub mod bench;
 pub mod bpffs;
 pub mod daemon;
+pub mod feed_server;
 pub mod frame;
 pub mod minisign;
 pub mod netns;
