@@ -5,6 +5,7 @@
 use std::{
     fs,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,10 +15,13 @@ use blocker::{
     feed::{self, Order},
     policy, signature,
     state::StateDir,
+    sync::{FeedHasher, Fetch, Intake},
 };
 use time::OffsetDateTime;
 
-use crate::{bpffs::BpffsDir, minisign::KeyPair, orders::feed_yaml, topology::Edge};
+use crate::{
+    bpffs::BpffsDir, feed_server::FeedServer, minisign::KeyPair, orders::feed_yaml, topology::Edge,
+};
 
 /// One prefix in this many changes in the update.
 pub const UPDATE_EVERY: usize = 100;
@@ -64,6 +68,23 @@ pub struct Pipeline {
     pub open: Duration,
     pub scratch: Stages,
     pub update: Stages,
+    /// Another 1% update, downloaded over HTTP.
+    pub download: Download,
+}
+
+/// A 1% update downloaded from a real HTTP server on the loopback, as the
+/// daemon downloads it.
+#[derive(Clone, Debug, Default)]
+pub struct Download {
+    /// From the request to the feed in memory, with nothing done on its
+    /// bytes as they arrive (medians of [`DOWNLOADS`]).
+    pub plain: Duration,
+    /// The same, with its signature checked, its fingerprint hashed and
+    /// its text scanned as its bytes arrive, as the daemon downloads.
+    pub worked: Duration,
+    /// From the end of that download (its signature checked) to the
+    /// tables written.
+    pub after: Stages,
 }
 
 /// The daemon on the same feeds.
@@ -90,16 +111,20 @@ pub struct DaemonRun {
 const SCRAPES: usize = 15;
 
 struct Signed {
+    /// Its file's name (`.minisig` added: its signature's).
+    name: String,
     feed: Vec<u8>,
     signature: Vec<u8>,
 }
 
 fn signed(key: &KeyPair, dir: &std::path::Path, serial: u64, orders: &[Order]) -> Signed {
-    let path = dir.join(format!("feed-{serial}.yaml"));
+    let name = format!("feed-{serial}.yaml");
+    let path = dir.join(&name);
     fs::write(&path, feed_yaml(serial, OffsetDateTime::now_utc(), orders))
         .expect("writing the feed");
     let signature = key.sign(&path);
     Signed {
+        name,
         feed: fs::read(&path).expect("reading the feed"),
         signature: fs::read(signature).expect("reading the signature"),
     }
@@ -111,118 +136,207 @@ struct Applied<'a> {
     parsed: feed::Parsed,
 }
 
-fn stages<'a>(
-    key: &signature::PublicKey,
-    signed: &'a Signed,
-    before: Option<&Applied<'_>>,
-    dp: &mut Datapath,
-    compiler: &mut Compiler,
-    slots: &mut SlotTable,
+/// What feeds are taken into, as in the daemon.
+struct Loader {
+    dp: Datapath,
+    compiler: Compiler,
+    slots: SlotTable,
     max_prefixes: u32,
-) -> (Stages, Applied<'a>) {
-    // As the daemon does before it parses a feed: wait for the background
-    // write the last apply left (a feed every few minutes never waits).
-    dp.settle();
-    let mut stages = Stages::default();
-    // As the daemon does: on a second thread while the signature is
-    // checked, the feed's fingerprint hashed and its bytes scanned.
-    let t = Instant::now();
-    let text = std::thread::scope(|scope| {
-        let beside = scope.spawn(|| {
-            use std::hash::BuildHasher as _;
-            let hasher = std::hash::RandomState::new();
-            std::hint::black_box(hasher.hash_one(&signed.feed));
-            feed::Text::scan_here(&signed.feed)
-        });
-        signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
-        beside.join().expect("the scan")
-    });
-    stages.verify = t.elapsed();
-    let t = Instant::now();
-    let base = before.map(|b| {
-        let shape = b
-            .parsed
-            .shape
-            .as_ref()
-            .expect("the feed before was read order by order");
-        feed::Base::new(&b.signed.feed, &b.parsed.feed.orders, shape).expect("its shape fits")
-    });
-    let parsed = feed::parse_against(&text, base.as_ref()).expect("the feed parses");
-    stages.parse = t.elapsed();
-    stages.taken = parsed.taken;
-    let feed = &parsed.feed;
-    let t = Instant::now();
-    let guardrails = policy::Guardrails {
-        max_prefixes,
-        ..policy::Guardrails::default()
-    };
-    let evaluation =
-        policy::evaluate(feed, &guardrails, OffsetDateTime::now_utc()).expect("guardrails pass");
-    let enforceable: Vec<&Order> = evaluation.enforceable().collect();
-    stages.evaluate = t.elapsed();
-    let t = Instant::now();
-    let step = compiler
-        .compile(&enforceable, Enforcement::Enforce, slots)
-        .expect("compiles");
-    stages.compile = t.elapsed();
-    let fresh = step.compiled.fresh_slots(slots);
-    let t = Instant::now();
-    let applied = dp
-        .apply_step(step.compiled, step.version, step.change.as_ref(), &fresh)
-        .expect("applies");
-    stages.load = t.elapsed();
-    stages.patched = applied.patched;
-    *slots = step.compiled.slots.clone();
-    dp.settle();
-    let t = Instant::now();
-    let whole = feed::parse(&signed.feed).expect("the feed parses");
-    stages.parse_whole = t.elapsed();
-    drop(whole);
-    (stages, Applied { signed, parsed })
 }
 
-/// A from-scratch load of `orders` and a 1% update, stage by stage.
+impl Loader {
+    /// `signed`, its signature checked from its bytes at hand, parsed
+    /// (against the feed `before`), evaluated, compiled and loaded.
+    fn stages<'a>(
+        &mut self,
+        key: &signature::PublicKey,
+        signed: &'a Signed,
+        before: Option<&Applied<'_>>,
+    ) -> (Stages, Applied<'a>) {
+        // As the daemon does before it parses a feed: wait for the
+        // background write the last apply left (a feed every few minutes
+        // never waits).
+        self.dp.settle();
+        let mut stages = Stages::default();
+        // As the daemon does: on a second thread while the signature is
+        // checked, the feed's fingerprint hashed and its bytes scanned.
+        let t = Instant::now();
+        let text = std::thread::scope(|scope| {
+            let beside = scope.spawn(|| {
+                std::hint::black_box(FeedHasher::default().hash(&signed.feed));
+                feed::Text::scan_here(&signed.feed)
+            });
+            signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
+            beside.join().expect("the scan")
+        });
+        stages.verify = t.elapsed();
+        let applied = self.take_text(&text, signed, before, &mut stages);
+        self.dp.settle();
+        let t = Instant::now();
+        let whole = feed::parse(&signed.feed).expect("the feed parses");
+        stages.parse_whole = t.elapsed();
+        drop(whole);
+        (stages, applied)
+    }
+
+    /// `signed` downloaded from `server` as the daemon does (checked,
+    /// hashed and scanned as it arrives), then taken as [`Loader::stages`]
+    /// does, timed from the download's end: `verify` is what is left of the
+    /// check then. Also the same download without that work, for
+    /// comparison.
+    fn downloaded<'a>(
+        &mut self,
+        key: &Arc<signature::PublicKey>,
+        server: &FeedServer,
+        signed: &'a Signed,
+        before: Option<&Applied<'_>>,
+    ) -> (Download, Applied<'a>) {
+        self.dp.settle();
+        let intake = Intake {
+            key: Arc::clone(key),
+            hasher: FeedHasher::default(),
+        };
+        let fetch = |intake: Option<&Intake>| {
+            let mut source = server.source(&signed.name);
+            if let Some(intake) = intake {
+                source = source.with_intake(intake.clone());
+            }
+            let t = Instant::now();
+            let Ok(Fetch::New(fetched)) = source.fetch(true) else {
+                panic!("downloading the feed from {}", server.url(&signed.name));
+            };
+            assert_eq!(fetched.feed, signed.feed, "the download is the feed");
+            (fetched, t.elapsed())
+        };
+        // Each way three times, in turn: the medians.
+        let mut plain = Vec::new();
+        let mut worked = Vec::new();
+        let mut last = None;
+        for _ in 0..DOWNLOADS {
+            plain.push(fetch(None).1);
+            let (fetched, took) = fetch(Some(&intake));
+            worked.push(took);
+            last = Some(fetched);
+        }
+        let mut fetched = last.expect("downloaded");
+        let mut stages = Stages::default();
+        let t = Instant::now();
+        let (bytes, _, arrived) = fetched.take();
+        let arrived = arrived.expect("worked on as it arrived");
+        assert!(arrived.verified, "the signature verified as it arrived");
+        let text = arrived.scanner.finish(&bytes);
+        stages.verify = t.elapsed();
+        let applied = self.take_text(&text, signed, before, &mut stages);
+        (
+            Download {
+                plain: median(plain),
+                worked: median(worked),
+                after: stages,
+            },
+            applied,
+        )
+    }
+
+    /// A feed's text, its signature checked, parsed (against the feed
+    /// `before`), evaluated, compiled and loaded, as the daemon does: each
+    /// stage timed into `stages`.
+    fn take_text<'a>(
+        &mut self,
+        text: &feed::Text<'_>,
+        signed: &'a Signed,
+        before: Option<&Applied<'_>>,
+        stages: &mut Stages,
+    ) -> Applied<'a> {
+        let t = Instant::now();
+        let base = before.map(|b| {
+            let shape = b
+                .parsed
+                .shape
+                .as_ref()
+                .expect("the feed before was read order by order");
+            feed::Base::new(&b.signed.feed, &b.parsed.feed.orders, shape).expect("its shape fits")
+        });
+        let parsed = feed::parse_against(text, base.as_ref()).expect("the feed parses");
+        stages.parse = t.elapsed();
+        stages.taken = parsed.taken;
+        let feed = &parsed.feed;
+        let t = Instant::now();
+        let guardrails = policy::Guardrails {
+            max_prefixes: self.max_prefixes,
+            ..policy::Guardrails::default()
+        };
+        let evaluation = policy::evaluate(feed, &guardrails, OffsetDateTime::now_utc())
+            .expect("guardrails pass");
+        let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+        stages.evaluate = t.elapsed();
+        let t = Instant::now();
+        let step = self
+            .compiler
+            .compile(&enforceable, Enforcement::Enforce, &self.slots)
+            .expect("compiles");
+        stages.compile = t.elapsed();
+        let fresh = step.compiled.fresh_slots(&self.slots);
+        let t = Instant::now();
+        let applied = self
+            .dp
+            .apply_step(step.compiled, step.version, step.change.as_ref(), &fresh)
+            .expect("applies");
+        stages.load = t.elapsed();
+        stages.patched = applied.patched;
+        self.slots = step.compiled.slots.clone();
+        Applied { signed, parsed }
+    }
+}
+
+/// Downloads of the update timed each way in [`Loader::downloaded`].
+const DOWNLOADS: usize = 3;
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
+/// A from-scratch load of `orders` and a 1% update, stage by stage; then
+/// another 1% update downloaded over HTTP.
 pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = KeyPair::generate();
-    let public = signature::PublicKey::from_file(&key.public_key()).expect("public key");
+    let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("public key"));
     let first = signed(&key, dir.path(), 1, orders);
     let changed = super::workload::changed(orders, UPDATE_EVERY, 7);
     let second = signed(&key, dir.path(), 2, &changed);
+    let third = signed(
+        &key,
+        dir.path(),
+        3,
+        &super::workload::changed(&changed, UPDATE_EVERY, 11),
+    );
+    let server = FeedServer::start(dir.path());
     let bpffs = BpffsDir::new();
     let t = Instant::now();
-    let mut dp = Datapath::open(bpffs.path(), max_prefixes).expect("loading blocker");
+    let dp = Datapath::open(bpffs.path(), max_prefixes).expect("loading blocker");
     let open = t.elapsed();
-    let mut slots = SlotTable::new();
-    let mut compiler = Compiler::new();
-    let (scratch, applied) = stages(
-        &public,
-        &first,
-        None,
-        &mut dp,
-        &mut compiler,
-        &mut slots,
+    let mut loader = Loader {
+        dp,
+        compiler: Compiler::new(),
+        slots: SlotTable::new(),
         max_prefixes,
-    );
+    };
+    let (scratch, applied) = loader.stages(&public, &first, None);
     eprintln!("bench: from scratch {:?}: {scratch:?}", scratch.total());
-    let (update, _) = stages(
-        &public,
-        &second,
-        Some(&applied),
-        &mut dp,
-        &mut compiler,
-        &mut slots,
-        max_prefixes,
-    );
-    drop(applied);
+    let (update, applied) = loader.stages(&public, &second, Some(&applied));
     eprintln!("bench: 1% update {:?}: {update:?}", update.total());
-    drop(dp);
+    let (download, applied) = loader.downloaded(&public, &server, &third, Some(&applied));
+    eprintln!("bench: 1% update over HTTP: {download:?}");
+    drop(applied);
+    drop(loader);
     Pipeline {
         prefixes: orders.iter().map(|o| o.targets.len()).sum(),
         feed_bytes: first.feed.len(),
         open,
         scratch,
         update,
+        download,
     }
 }
 
