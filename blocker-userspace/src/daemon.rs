@@ -350,7 +350,7 @@ impl Daemon {
             }
         };
         self.fetch_failures = 0;
-        if self.in_force(&fetched.feed, &fetched.signature) {
+        if self.in_force(&fetched) {
             self.source.commit(&fetched);
             self.sync_ok();
             return;
@@ -483,14 +483,18 @@ impl Daemon {
         )
     }
 
-    /// Whether `feed` and `signature` are the feed in force: its length and
-    /// signature are compared first, so that a new feed is not hashed here.
-    fn in_force(&self, feed: &[u8], signature: &[u8]) -> bool {
+    /// Whether `fetched` is the feed in force: its length and signature are
+    /// compared first, so that a new feed is not hashed here (nor one
+    /// hashed as it downloaded).
+    fn in_force(&self, fetched: &Fetched) -> bool {
         self.current.as_ref().is_some_and(|current| {
             let known = &current.fingerprint;
-            known.len == feed.len()
-                && known.signature == signature
-                && known.hash == self.hasher.hash(feed)
+            known.len == fetched.feed.len()
+                && known.signature == fetched.signature
+                && known.hash
+                    == fetched
+                        .arrived()
+                        .map_or_else(|| self.hasher.hash(&fetched.feed), |a| a.hash)
         })
     }
 

@@ -103,6 +103,11 @@ impl Fetched {
         }
     }
 
+    /// What was worked out from the feed as it arrived, if it was.
+    pub fn arrived(&self) -> Option<&Arrived> {
+        self.arrived.as_ref()
+    }
+
     /// Takes the feed, its signature and what was worked out from them as
     /// the feed arrived (its validators stay, for [`FeedSource::commit`]).
     pub fn take(&mut self) -> (Vec<u8>, Vec<u8>, Option<Arrived>) {
@@ -283,27 +288,32 @@ impl FeedSource {
                     return Ok(Fetch::Unchanged);
                 };
                 // The signature before the feed's body, which is checked
-                // against it as it arrives.
+                // against it as it arrives. Should the signature not come,
+                // the body is still read: a problem with the feed itself
+                // (too large, cut short) is the one reported, as ever.
                 let signature_url = format!("{url}.minisig");
-                let signature = get(agent, &signature_url, *https, Conditional::default())?.ok_or(
-                    SyncError::Status {
-                        url: signature_url,
-                        status: 304,
-                    },
-                )?;
-                let signature =
-                    read_body(signature.body, &signature.url, MAX_SIGNATURE_BYTES, |_| {})?;
-                let (body, arrived) = match &self.intake {
-                    Some(intake) => {
+                let signature = get(agent, &signature_url, *https, Conditional::default())
+                    .and_then(|response| {
+                        response.ok_or(SyncError::Status {
+                            url: signature_url,
+                            status: 304,
+                        })
+                    })
+                    .and_then(|response| {
+                        read_body(response.body, &response.url, MAX_SIGNATURE_BYTES, |_| {})
+                    });
+                let (body, arrived) = match (&self.intake, &signature) {
+                    (Some(intake), Ok(signature)) => {
                         let (body, arrived) =
-                            intake.read(feed.body, &feed.url, self.max_bytes, &signature)?;
+                            intake.read(feed.body, &feed.url, self.max_bytes, signature)?;
                         (body, Some(arrived))
                     }
-                    None => (
+                    _ => (
                         read_body(feed.body, &feed.url, self.max_bytes, |_| {})?,
                         None,
                     ),
                 };
+                let signature = signature?;
                 Ok(Fetch::New(Fetched {
                     feed: body,
                     signature,

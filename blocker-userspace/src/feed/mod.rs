@@ -145,8 +145,8 @@ pub fn parse_general_only(bytes: &[u8]) -> Result<Feed, FeedError> {
 
 /// A feed's bytes scanned for what a parse checks first: whether they are
 /// plain text ([`plain_bytes`]), and UTF-8. Only bytes are looked at, none
-/// is parsed: the daemon scans a feed on its second core while the
-/// signature is checked on the first.
+/// is parsed: the daemon scans a feed as it downloads ([`Scanner`]), or on
+/// its second core while the signature is checked on the first.
 pub struct Text<'a> {
     bytes: &'a [u8],
     plain: bool,
