@@ -7,12 +7,11 @@
 //!   If-None-Match, Last-Modified / If-Modified-Since); `URL.minisig` is
 //!   fetched alongside. Downloads are bounded in size and time; redirects are
 //!   followed only within the same scheme.
-//!
 //! - Over HTTP, the feed's bytes are worked on as they arrive ([`Intake`]):
 //!   its signature's hash, its fingerprint and its scan for plain text are
 //!   taken while the download lasts, so that little is left once it ends.
-//!   The signature is fetched first for that: once the feed's response
-//!   headers say it changed, before its body is read.
+//!   The signature is fetched first for that, then the feed (conditionally:
+//!   an unchanged feed is a 304, its signature a few hundred bytes).
 //!
 //! The validators of a download are kept only once the caller [`commit`]s
 //! it (it was applied, or equals what is in force), so a refused feed is
@@ -284,13 +283,13 @@ impl FeedSource {
                     etag: etag.as_deref(),
                     last_modified: last_modified.as_deref(),
                 };
-                let Some(feed) = get(agent, url, *https, conditional)? else {
-                    return Ok(Fetch::Unchanged);
-                };
-                // The signature before the feed's body, which is checked
-                // against it as it arrives. Should the signature not come,
-                // the body is still read: a problem with the feed itself
-                // (too large, cut short) is the one reported, as ever.
+                // The signature first (a few hundred bytes): the feed's
+                // body is checked against it as it arrives. Should it not
+                // come, the feed is still fetched and read, so that an
+                // unchanged feed stays unchanged and a problem with the
+                // feed itself (too large, cut short) is the one reported,
+                // as ever. Each is read whole before the next request, as
+                // a server that serves one connection at a time needs.
                 let signature_url = format!("{url}.minisig");
                 let signature = get(agent, &signature_url, *https, Conditional::default())
                     .and_then(|response| {
@@ -302,6 +301,9 @@ impl FeedSource {
                     .and_then(|response| {
                         read_body(response.body, &response.url, MAX_SIGNATURE_BYTES, |_| {})
                     });
+                let Some(feed) = get(agent, url, *https, conditional)? else {
+                    return Ok(Fetch::Unchanged);
+                };
                 let (body, arrived) = match (&self.intake, &signature) {
                     (Some(intake), Ok(signature)) => {
                         let (body, arrived) =

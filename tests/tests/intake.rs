@@ -82,3 +82,95 @@ fn a_feed_downloaded_over_http_is_checked_as_it_arrives() {
         assert!(err.to_string().contains(expected), "{name}: {err}");
     }
 }
+
+/// Serves the files of `dir` over HTTP/1.1 one connection at a time, as a
+/// simple embedded server does: the next connection is taken only once the
+/// client has closed the last. `connections` at most, each bounded in time.
+fn one_at_a_time(dir: &Path, connections: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        net::TcpListener,
+        time::Duration,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let dir = dir.to_owned();
+    let server = std::thread::spawn(move || {
+        let mut served = 0;
+        for stream in listener.incoming().take(connections) {
+            let mut stream = stream.expect("a connection");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("a read timeout");
+            let mut reader = BufReader::new(stream.try_clone().expect("the stream"));
+            let mut request = String::new();
+            reader.read_line(&mut request).expect("a request line");
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            match fs::read(dir.join(path.trim_start_matches('/'))) {
+                Ok(body) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                }
+                Err(_) => {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            }
+            served += 1;
+            // Until the client closes (or the timeout).
+            let mut rest = [0u8; 1024];
+            while reader.read(&mut rest).is_ok_and(|n| n > 0) {}
+        }
+        served
+    });
+    (port, server)
+}
+
+/// A server that serves one connection at a time is fetched from as
+/// before: the signature, then the feed, each read whole before the next
+/// request (a feed held open while its signature was requested would wait
+/// for the timeout).
+#[test]
+fn a_feed_is_fetched_from_a_server_of_one_connection_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = KeyPair::generate();
+    let text = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 5));
+    write_signed(dir.path(), "feed.yaml", &text, &key);
+    let (port, server) = one_at_a_time(dir.path(), 2);
+    let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
+    let mut source = blocker::sync::FeedSource::new(&blocker::config::FeedConfig {
+        url: format!("http://127.0.0.1:{port}/feed.yaml"),
+        public_key: std::path::PathBuf::new(),
+        poll_interval: std::time::Duration::from_secs(30),
+        ca_bundle: None,
+        max_bytes: 64 << 20,
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .expect("an HTTP source")
+    .with_intake(Intake {
+        key: public,
+        hasher: FeedHasher::default(),
+    });
+    let started = std::time::Instant::now();
+    let fetched = source.fetch(true);
+    let Ok(Fetch::New(mut fetched)) = fetched else {
+        panic!("fetching from a server of one connection at a time: {fetched:?}");
+    };
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "no request waited for another to end"
+    );
+    let (feed, _, arrived) = fetched.take();
+    assert_eq!(feed, text.as_bytes());
+    assert!(arrived.expect("worked on as it arrived").verified);
+    assert_eq!(server.join().expect("the server"), 2, "two requests");
+}
