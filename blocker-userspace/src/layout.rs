@@ -325,20 +325,28 @@ fn cover_key(net: u32, at: u32) -> Slot4 {
     }
 }
 
+/// /20s in a /16: the cover keys one may have.
+const COVERS_PER_16: u32 = 1 << (layout::V4_COVER_LEN - V4_SHORT_LEN);
+
+/// The places in its /16 (`0..COVERS_PER_16`) of the /20s that `net`/`len`
+/// (17..=23) covers or lies in: the cover keys it is in.
+fn cover_places(net: u32, len: u8) -> std::ops::Range<u32> {
+    let first = (net >> (32 - layout::V4_COVER_LEN)) % COVERS_PER_16;
+    first..first + (1 << layout::V4_COVER_LEN.saturating_sub(u32::from(len)))
+}
+
 /// The cover keys ([`layout::V4_COVER_KEY`]) of one /16 that holds two or
 /// more prefixes of /17../23, from those prefixes (net, len, entry), in
 /// address order: one for each /20 that one of them covers or lies in,
 /// by the /20's place in the /16 (0..16).
 fn v4_cover_keys(inside: impl IntoIterator<Item = (u32, u8, u32)>) -> [Option<Slot4>; 16] {
-    const PER_16: u32 = 1 << (layout::V4_COVER_LEN - V4_SHORT_LEN);
-    let mut keys = [None; PER_16 as usize];
+    let mut keys = [None; COVERS_PER_16 as usize];
     // Per /20: how many prefixes of /21../23 lie in it, and the last.
-    let mut longer = [(0, (0, 0, 0)); PER_16 as usize];
+    let mut longer = [(0, (0, 0, 0)); COVERS_PER_16 as usize];
     for (net, len, entry) in inside {
+        let places = cover_places(net, len);
         let len = u32::from(len);
-        let first = (net >> (32 - layout::V4_COVER_LEN)) % PER_16;
-        let span = 1 << layout::V4_COVER_LEN.saturating_sub(len);
-        for at in first..first + span {
+        for at in places {
             let key = keys[at as usize].get_or_insert(cover_key(net, at));
             if len > layout::V4_COVER_LEN {
                 key.longer |= 1 << (V4_BUCKET_LEN - 1 - len);

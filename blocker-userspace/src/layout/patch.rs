@@ -15,7 +15,7 @@ use blocker_common::{
     layout::{self, Bucket4, Bucket6, SLOTS, Short4, Slot4, Slot6, V4_BUCKET_LEN, V6_BUCKET_LEN},
 };
 
-use super::{MAX_KICKS, Slot, cover_key, short_of};
+use super::{MAX_KICKS, Slot, cover_key, cover_places, short_of};
 use crate::{
     compile::{Change, Compiled},
     fasthash::FastMap,
@@ -761,11 +761,10 @@ fn patch_v4<S: Source>(
     })
 }
 
-/// The bits of the /20s of its /16 that `net`/`len` (17..=23) touches.
-fn cover_span(net: u32, len: u8) -> u32 {
-    let first = (net >> (32 - layout::V4_COVER_LEN)) & 0xf;
-    let span = 1u32 << layout::V4_COVER_LEN.saturating_sub(u32::from(len));
-    ((1 << span) - 1) << first
+/// `touched` with the bits of the /20s of its /16 that `net`/`len`
+/// (17..=23) touches set.
+fn touch_covers(touched: u32, (net, len): (u32, u8)) -> u32 {
+    cover_places(net, len).fold(touched, |t, at| t | 1 << at)
 }
 
 /// The cover keys ([`layout::V4_COVER_KEY`]) to work out in the /16 of
@@ -801,13 +800,12 @@ fn cover_keys_v4(
         if !now && !before {
             continue;
         }
-        let mut touched = group
-            .iter()
-            .fold(0, |t, &(at, len)| t | cover_span(at, len));
+        let mut touched = group.iter().copied().fold(0, touch_covers);
         if now != before {
             touched = inside
                 .iter()
-                .fold(touched, |t, &(at, len, _)| t | cover_span(at, len));
+                .map(|&(at, len, _)| (at, len))
+                .fold(touched, touch_covers);
         }
         let wanted = if now {
             super::v4_cover_keys(inside.iter().copied())
