@@ -405,27 +405,20 @@ impl Daemon {
         // before this feed is parsed.
         self.datapath.settle();
         release_free_memory();
-        let (bytes, signature, arrived) = fetched.take();
-        let fetched = Fetched::from_bytes(bytes, signature);
+        let (bytes, sig, arrived) = fetched.take();
         let (verified, (hash, text)) = match arrived {
             // A download verified as it arrived, its fingerprint and scan
             // worked out then too.
-            Some(arrived) if arrived.verified => (
-                Ok(()),
-                (arrived.hash, arrived.scanner.finish(&fetched.feed)),
-            ),
+            Some(arrived) if arrived.verified => {
+                (Ok(()), (arrived.hash, arrived.scanner.finish(&bytes)))
+            }
             // The fingerprint's hash and the bytes' scan (nothing is
             // parsed) worked out on the second core while the signature is
             // checked (tens of ms each for a large feed).
             _ => crate::parallel::join(
-                fetched.feed.len() / feed::AVERAGE_LINE,
-                || signature::verify(&self.public_key, &fetched.feed, &fetched.signature),
-                || {
-                    (
-                        self.hasher.hash(&fetched.feed),
-                        feed::Text::scan_here(&fetched.feed),
-                    )
-                },
+                bytes.len() / feed::AVERAGE_LINE,
+                || signature::verify(&self.public_key, &bytes, &sig),
+                || (self.hasher.hash(&bytes), feed::Text::scan_here(&bytes)),
             ),
         };
         verified.map_err(|err| Refusal {
@@ -466,8 +459,8 @@ impl Daemon {
         }
         let saved = SavedFeed {
             serial: feed.serial,
-            feed: fetched.feed,
-            signature: fetched.signature,
+            feed: bytes,
+            signature: sig,
         };
         let fingerprint = Fingerprint {
             len: saved.feed.len(),
