@@ -866,12 +866,16 @@ struct Claims<P> {
     /// always stands for the same claimant).
     lone: Lone,
     /// Buffers for the next merge of the rows and rebuild of the prefixes,
-    /// their pages touched already (fresh ones fault in page by page).
+    /// their pages touched already (fresh ones fault in page by page). The
+    /// rows are merged in place, over stale ones.
     spare_rows: Vec<Row>,
     spare_out: Vec<P>,
+    /// The prefixes rebuilt by the upper [`Part`] of an update split in
+    /// two, before they join the lower part's.
+    spare_out_upper: Vec<P>,
 }
 
-impl<P: Copy + Default> Claims<P> {
+impl<P: Prefix + Default> Claims<P> {
     /// The claims of `rows` (sorted), with spare buffers for `prefixes`
     /// prefixes, touched.
     fn new(rows: Vec<Row>, lone: Lone, prefixes: usize) -> Self {
@@ -880,8 +884,7 @@ impl<P: Copy + Default> Claims<P> {
             lengths[usize::from(row.len)] += 1;
         }
         let room = |n: usize| n + n / 16 + 1024;
-        let mut spare_rows = vec![Row::default(); room(rows.len())];
-        spare_rows.clear();
+        let spare_rows = vec![Row::default(); room(rows.len())];
         let mut spare_out = vec![P::default(); room(prefixes)];
         spare_out.clear();
         Self {
@@ -890,9 +893,223 @@ impl<P: Copy + Default> Claims<P> {
             lone,
             spare_rows,
             spare_out,
+            spare_out_upper: Vec::new(),
+        }
+    }
+
+    /// Where to split an update of `[removed, added]` claims (sorted) in
+    /// two [`Part`]s, so that the upper one and `beside` changed claims of
+    /// the other family are about as many as the lower one: an address
+    /// that no prefix straddles, before or after the change. `None` when
+    /// the family's share is not worth a split, or no such address lies
+    /// among the changes.
+    fn split_point(&self, [removed, added]: [&[Row]; 2], beside: usize) -> Option<u128> {
+        let changes = removed.len() + added.len();
+        let upper = changes.saturating_sub(beside * 3 / 4) / 2;
+        if upper < SPLIT_WORTHY {
+            return None;
+        }
+        let shortest = self
+            .lengths
+            .iter()
+            .position(|&n| n > 0)
+            .map_or(u8::MAX, |len| len as u8)
+            .min(added.iter().map(|r| r.len).min().unwrap_or(u8::MAX));
+        let list = if added.len() >= removed.len() {
+            added
+        } else {
+            removed
+        };
+        let at = list[list.len() - list.len() * upper / changes - 1].key();
+        let split = at.bits() & mask(shortest.min(at.len));
+        (shortest > 0 && split > 0).then_some(split)
+    }
+
+    /// Counts `[removed, added]` claims out and in, by length.
+    fn count(&mut self, [removed, added]: [&[Row]; 2]) {
+        for row in removed {
+            self.lengths[usize::from(row.len)] -= 1;
+        }
+        for row in added {
+            self.lengths[usize::from(row.len)] += 1;
+        }
+    }
+
+    /// The family's update (counted already) as one [`Part`], or as two
+    /// split at `split` (the upper with a copy of the lone entries): the
+    /// kept claims, the prefixes `out` and the claims out and in each cut
+    /// there, and each part's share of the spare rows to merge them into
+    /// (stale rows of an earlier merge, so that only the difference in
+    /// length is written before). No part when nothing changed; `None`
+    /// when more claims go than there are.
+    fn parts<'r, 'a>(
+        &'r mut self,
+        out: &'r [P],
+        [removed, added]: [&'r [Row]; 2],
+        split: Option<u128>,
+    ) -> Option<Halves<'r, 'a, P>> {
+        if removed.is_empty() && added.is_empty() {
+            return Some([None, None]);
+        }
+        let upper = split.map(|at| {
+            (
+                at,
+                std::mem::take(&mut self.spare_out_upper),
+                Resolver::knowing(self.lone.clone()),
+            )
+        });
+        let rebuilt = std::mem::take(&mut self.spare_out);
+        let resolver = Resolver::knowing(std::mem::take(&mut self.lone));
+        let Claims {
+            rows,
+            lengths,
+            spare_rows,
+            ..
+        } = self;
+        let total = (rows.len() + added.len()).checked_sub(removed.len())?;
+        spare_rows.resize(total, Row::default());
+        let whole = |rows: &'r [Row],
+                     out,
+                     removed: &'r [Row],
+                     added: &'r [Row],
+                     merged,
+                     rebuilt,
+                     resolver| Part {
+            rows,
+            out,
+            removed,
+            added,
+            lengths,
+            merged,
+            rebuilt,
+            resolver,
+        };
+        let Some((at, upper_rebuilt, upper_resolver)) = upper else {
+            return Some([
+                Some(whole(
+                    rows, out, removed, added, spare_rows, rebuilt, resolver,
+                )),
+                None,
+            ]);
+        };
+        let (rows, out) = (cut(rows, at, Row::key), cut(out, at, P::key));
+        let (removed, added) = (cut(removed, at, Row::key), cut(added, at, Row::key));
+        let lower = (rows.0.len() + added.0.len()).checked_sub(removed.0.len())?;
+        let (merged_lower, merged_upper) = spare_rows.split_at_mut(lower.min(total));
+        Some([
+            Some(whole(
+                rows.0,
+                out.0,
+                removed.0,
+                added.0,
+                merged_lower,
+                rebuilt,
+                resolver,
+            )),
+            Some(whole(
+                rows.1,
+                out.1,
+                removed.1,
+                added.1,
+                merged_upper,
+                upper_rebuilt,
+                upper_resolver,
+            )),
+        ])
+    }
+}
+
+impl<P: Prefix> Claims<P> {
+    /// Takes in what the parts of an update made, lower first, each with
+    /// where its interner's added entries were placed: the claims and
+    /// prefixes joined, the entries renumbered, the lone entries learnt.
+    /// Returns the keys whose entry changed, appeared or went (sorted).
+    fn finish(&mut self, out: &mut Vec<P>, made: Vec<Placed<P>>) -> Vec<Key> {
+        let mut made = made.into_iter();
+        let Some((lower, placed)) = made.next() else {
+            return Vec::new();
+        };
+        let Made {
+            mut rebuilt,
+            updated,
+            mut lone,
+            ..
+        } = lower;
+        for range in &updated.fresh {
+            rebuilt[range.clone()]
+                .iter_mut()
+                .for_each(|p| renumber(p.entry_mut(), &placed));
+        }
+        for key in &updated.learnt {
+            if let Some(entry) = lone.get_mut(key) {
+                renumber(entry, &placed);
+            }
+        }
+        let mut changed = updated.changed;
+        for (upper, placed) in made {
+            let from = rebuilt.len();
+            rebuilt.extend_from_slice(&upper.rebuilt);
+            for range in &upper.updated.fresh {
+                rebuilt[from + range.start..from + range.end]
+                    .iter_mut()
+                    .for_each(|p| renumber(p.entry_mut(), &placed));
+            }
+            for key in &upper.updated.learnt {
+                if let Some(&entry) = upper.lone.get(key) {
+                    let mut entry = entry;
+                    renumber(&mut entry, &placed);
+                    lone.entry(*key).or_insert(entry);
+                }
+            }
+            changed.extend_from_slice(&upper.updated.changed);
+            self.spare_out_upper = upper.rebuilt;
+        }
+        self.lone = lone;
+        // The parts merged the claims into the spare rows.
+        std::mem::swap(&mut self.rows, &mut self.spare_rows);
+        self.spare_out = std::mem::replace(out, rebuilt);
+        changed
+    }
+}
+
+/// What a [`Part`] made, with where the entries its interner added are.
+type Placed<P> = (Made<P>, Vec<u32>);
+
+/// What a part made (`None`: there was no part; `Some(None)`: it failed),
+/// with where the entries its interner added are in `entries`, which takes
+/// them in. `None` when it failed.
+fn placed<P>(made: Option<Option<Made<P>>>, entries: &mut Entries) -> Option<Vec<Placed<P>>> {
+    match made {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(mut made)) => {
+            let at = Interner::merge(std::mem::take(&mut made.added), entries);
+            Some(vec![(made, at)])
         }
     }
 }
+
+/// An entry an [`Interner`] added (`ADDED | i`) given its place in the
+/// entries, by `placed[i]`.
+fn renumber(entry: &mut u32, placed: &[u32]) {
+    if *entry & ADDED != 0 {
+        *entry = placed[(*entry & !ADDED) as usize];
+    }
+}
+
+/// A family's update as [`Claims::parts`] gives it: the lower part (or the
+/// whole) and the upper part.
+type Halves<'r, 'a, P> = [Option<Part<'r, 'a, P>>; 2];
+
+/// `list` (sorted) cut before its first key at `at` or above.
+fn cut<T>(list: &[T], at: u128, key: impl Fn(&T) -> Key) -> (&[T], &[T]) {
+    list.split_at(list.partition_point(|t| key(t).bits() < at))
+}
+
+/// An update splits a family in two [`Part`]s only when the upper one gets
+/// at least this many changed claims (or its copies cost more than they
+/// save). One in unit tests, so that their small updates split too.
+const SPLIT_WORTHY: usize = if cfg!(test) { 1 } else { 2048 };
 
 /// What the next compile starts from.
 struct Kept {
@@ -1024,75 +1241,53 @@ impl Kept {
         let entries_from = entries.list.len();
         let (claims4, claims6) = (&mut self.v4, &mut self.v6);
         let (out4, out6) = (&mut self.compiled.v4, &mut self.compiled.v6);
-        // The families side by side, each adding entries of its own.
+        let diff4 = [&removed[0][..], &added[0][..]];
+        let diff6 = [&removed[1][..], &added[1][..]];
+        // IPv4's update, the larger (two thirds of the benchmark's feed),
+        // is split by address when that evens out the two threads' work:
+        // its upper part is resolved after IPv6's, on the second thread.
+        let split = claims4.split_point(diff4, diff6[0].len() + diff6[1].len());
+        claims4.count(diff4);
+        claims6.count(diff6);
+        let [lower4, upper4] = claims4.parts(out4, diff4, split)?;
+        let [whole6, _] = claims6.parts(out6, diff6, None)?;
+        // Each part adds entries of its own.
         let kept = &entries;
-        let ((v4, added4), (v6, added6)) = crate::parallel::join(
+        let claimants = &claimants;
+        let (lower4, (whole6, upper4)) = crate::parallel::join(
             (removed[0].len() + added[0].len() + removed[1].len() + added[1].len()) * 10,
+            || lower4.map(|p| p.update(claimants, kept, v4_prefix)),
             || {
-                let mut interner = Interner::new(kept);
-                let diff = [&removed[0][..], &added[0][..]];
-                let changed =
-                    update_family(claims4, out4, diff, &claimants, &mut interner, v4_prefix);
-                (changed, interner.added.list)
-            },
-            || {
-                let mut interner = Interner::new(kept);
-                let diff = [&removed[1][..], &added[1][..]];
-                let changed =
-                    update_family(claims6, out6, diff, &claimants, &mut interner, v6_prefix);
-                (changed, interner.added.list)
+                (
+                    whole6.map(|p| p.update(claimants, kept, v6_prefix)),
+                    upper4.map(|p| p.update(claimants, kept, v4_prefix)),
+                )
             },
         );
-        let (v4, v6) = (v4?, v6?);
         // Their added entries listed, and numbered so.
-        let placed4 = Interner::merge(added4, &mut entries);
-        let placed6 = Interner::merge(added6, &mut entries);
-        let renumber = |entry: &mut u32, placed: &[u32]| {
-            if *entry & ADDED != 0 {
-                *entry = placed[(*entry & !ADDED) as usize];
-            }
-        };
-        if !placed4.is_empty() {
-            for range in &v4.fresh {
-                self.compiled.v4[range.clone()]
-                    .iter_mut()
-                    .for_each(|p| renumber(&mut p.2, &placed4));
-            }
-        }
-        if !placed6.is_empty() {
-            for range in &v6.fresh {
-                self.compiled.v6[range.clone()]
-                    .iter_mut()
-                    .for_each(|p| renumber(&mut p.2, &placed6));
-            }
-        }
-        // What the resolvers learnt of lone prefixes, numbered so too.
-        for key in &v4.learnt {
-            if let Some(entry) = self.v4.lone.get_mut(key) {
-                renumber(entry, &placed4);
-            }
-        }
-        for key in &v6.learnt {
-            if let Some(entry) = self.v6.lone.get_mut(key) {
-                renumber(entry, &placed6);
-            }
-        }
-        let (v4, v6) = (v4.changed, v6.changed);
+        let mut made4 = placed(lower4, &mut entries)?;
+        made4.extend(placed(upper4, &mut entries)?);
+        let made6 = placed(whole6, &mut entries)?;
+        let v4 = self.v4.finish(&mut self.compiled.v4, made4);
+        let v6 = self.v6.finish(&mut self.compiled.v6, made6);
         self.compiled.entries = entries.list;
         self.index = entries.index;
         self.compiled.slots = std::mem::take(&mut inputs.slots);
         self.compiled.orders = std::mem::take(&mut inputs.orders);
-        for (id, input) in &inputs.inputs {
-            match self.inputs.get_mut(*id) {
-                Some(kept) => *kept = input.clone(),
+        // The orders as compiled now, moved in: they are not needed after.
+        let count = inputs.inputs.len();
+        let mut ids = Vec::with_capacity(count);
+        for (id, input) in std::mem::take(&mut inputs.inputs) {
+            ids.push(id);
+            match self.inputs.get_mut(id) {
+                Some(kept) => *kept = input,
                 None => {
-                    self.inputs.insert((*id).to_owned(), input.clone());
+                    self.inputs.insert(id.to_owned(), input);
                 }
             }
         }
-        if self.inputs.len() > inputs.inputs.len() {
-            let ids: std::collections::HashSet<&str> =
-                inputs.inputs.iter().map(|(id, _)| *id).collect();
+        if self.inputs.len() > count {
+            let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
             self.inputs.retain(|id, _| ids.contains(id.as_str()));
         }
         self.changes += 1;
@@ -1201,10 +1396,10 @@ struct Diffed {
     same_orders: bool,
 }
 
-/// What [`update_family`] did: the keys whose entry changed, appeared or
-/// went (sorted), the lone prefixes it learnt the entries of, and where
-/// the prefixes it resolved again now are (only they can hold entries an
-/// [`Interner`] added).
+/// What a [`Part`] did: the keys whose entry changed, appeared or went
+/// (sorted), the lone prefixes it learnt the entries of, and where the
+/// prefixes it resolved again now are in its `rebuilt` (only they can hold
+/// entries its [`Interner`] added).
 #[derive(Default)]
 struct Updated {
     changed: Vec<Key>,
@@ -1216,6 +1411,7 @@ struct Updated {
 trait Prefix: Copy {
     fn key(&self) -> Key;
     fn entry(&self) -> u32;
+    fn entry_mut(&mut self) -> &mut u32;
 }
 
 impl Prefix for ([u8; 4], u8, u32) {
@@ -1225,6 +1421,9 @@ impl Prefix for ([u8; 4], u8, u32) {
     fn entry(&self) -> u32 {
         self.2
     }
+    fn entry_mut(&mut self) -> &mut u32 {
+        &mut self.2
+    }
 }
 
 impl Prefix for ([u8; 16], u8, u32) {
@@ -1233,6 +1432,9 @@ impl Prefix for ([u8; 16], u8, u32) {
     }
     fn entry(&self) -> u32 {
         self.2
+    }
+    fn entry_mut(&mut self) -> &mut u32 {
+        &mut self.2
     }
 }
 
@@ -1252,184 +1454,235 @@ impl Span {
     }
 }
 
-/// Takes `[removed, added]` claims (sorted) out of and into one family's
-/// `rows`, re-resolves every prefix under a changed claim (from its
-/// outermost ancestor down) into `out`, and returns the keys whose entry
-/// changed, appeared or went. `None` when the rows do not hold a removed
-/// claim or candidates would be cut (both: compile from scratch).
-fn update_family<'a, P: Prefix + Default>(
-    family: &mut Claims<P>,
-    out: &mut Vec<P>,
-    [removed, added]: [&[Row]; 2],
-    claimants: &[Claimant<'a>],
-    entries: &mut Interner<'_>,
-    prefix: impl Fn(Key, u32) -> P,
-) -> Option<Updated> {
-    if removed.is_empty() && added.is_empty() {
-        return Some(Updated::default());
+/// Rows written in order into a slice that holds exactly as many.
+struct Fill<'s> {
+    rows: &'s mut [Row],
+    at: usize,
+}
+
+impl<'s> Fill<'s> {
+    /// `None` when they do not fit.
+    fn extend(&mut self, rows: &[Row]) -> Option<()> {
+        let end = self.at + rows.len();
+        self.rows.get_mut(self.at..end)?.copy_from_slice(rows);
+        self.at = end;
+        Some(())
     }
-    let mut resolver = Resolver::knowing(std::mem::take(&mut family.lone));
-    let rows = &family.rows;
-    let lengths = &mut family.lengths;
-    // The claims, merged.
-    let mut merged = std::mem::take(&mut family.spare_rows);
-    merged.clear();
-    merged.reserve((rows.len() + added.len()).saturating_sub(removed.len()));
-    // Run by run: the kept rows up to the next claim out or in copied
-    // whole (a claim out before one in at the same row).
-    let (mut gone, mut new) = (removed.iter().peekable(), added.iter().peekable());
-    let mut rest: &[Row] = rows;
-    loop {
-        let (next, out) = match (gone.peek(), new.peek()) {
-            (None, None) => break,
-            (Some(&g), Some(&a)) if g <= a => (g, true),
-            (Some(&g), None) => (g, true),
-            (_, Some(&a)) => (a, false),
+
+    /// The rows, when every one was written.
+    fn full(self) -> Option<&'s [Row]> {
+        (self.at == self.rows.len()).then_some(self.rows)
+    }
+}
+
+/// One family's update, or the part of it on one side of an address that
+/// no prefix of the family (before or after) straddles: its sorted claims
+/// and prefixes as kept, its claims out and in (sorted), and buffers for
+/// its merged claims and rebuilt prefixes. Two parts are independent: each
+/// resolves with a resolver and an interner of its own.
+struct Part<'r, 'a, P> {
+    rows: &'r [Row],
+    out: &'r [P],
+    removed: &'r [Row],
+    added: &'r [Row],
+    /// Claims per prefix length of the whole family, after the change.
+    lengths: &'r [u32; 129],
+    /// Exactly as many rows as the merge makes.
+    merged: &'r mut [Row],
+    rebuilt: Vec<P>,
+    resolver: Resolver<'a>,
+}
+
+/// What [`Part::update`] made (besides its claims, merged in place): its
+/// prefixes rebuilt, what changed, and what its resolver and interner
+/// learnt.
+struct Made<P> {
+    rebuilt: Vec<P>,
+    updated: Updated,
+    lone: Lone,
+    added: Vec<PrefixEntry>,
+}
+
+impl<'a, P: Prefix> Part<'_, 'a, P> {
+    /// Takes the claims out and in out of and into the rows, re-resolves
+    /// every prefix under a changed claim (from its outermost ancestor
+    /// down), and lists the keys whose entry changed, appeared or went.
+    /// `None` when the rows do not hold a removed claim or candidates
+    /// would be cut (both: compile from scratch).
+    fn update(
+        self,
+        claimants: &[Claimant<'a>],
+        kept: &Entries,
+        prefix: impl Fn(Key, u32) -> P,
+    ) -> Option<Made<P>> {
+        let Part {
+            rows,
+            out,
+            removed,
+            added,
+            lengths,
+            merged,
+            mut rebuilt,
+            mut resolver,
+        } = self;
+        let entries = &mut Interner::new(kept);
+        // The claims, merged.
+        let mut fill = Fill {
+            rows: merged,
+            at: 0,
         };
-        let run = gallop::forward(rest.len(), |i| rest[i] < *next);
-        merged.extend_from_slice(&rest[..run]);
-        rest = &rest[run..];
-        if out {
-            if rest.first() != Some(next) {
+        // Run by run: the kept rows up to the next claim out or in copied
+        // whole (a claim out before one in at the same row).
+        let (mut gone, mut new) = (removed.iter().peekable(), added.iter().peekable());
+        let mut rest: &[Row] = rows;
+        loop {
+            let (next, out) = match (gone.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(&g), Some(&a)) if g <= a => (g, true),
+                (Some(&g), None) => (g, true),
+                (_, Some(&a)) => (a, false),
+            };
+            let run = gallop::forward(rest.len(), |i| rest[i] < *next);
+            fill.extend(&rest[..run])?;
+            rest = &rest[run..];
+            if out {
+                if rest.first() != Some(next) {
+                    return None;
+                }
+                rest = &rest[1..];
+                gone.next();
+            } else {
+                fill.extend(std::slice::from_ref(next))?;
+                new.next();
+            }
+        }
+        fill.extend(rest)?;
+        let merged = fill.full()?;
+        // Each changed prefix's span: from its outermost ancestor (or itself)
+        // over everything inside; overlapping spans joined.
+        let mut touched: Vec<Key> = removed.iter().chain(added).map(Row::key).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let shortest = lengths.iter().position(|&n| n > 0).unwrap_or(0) as u8;
+        // Touched keys in order: each search gallops on from the last. A
+        // touched prefix's entry, and those of the prefixes inside it, change;
+        // its ancestors' do not, but it inherits their candidates.
+        let mut spans: Vec<Span> = Vec::with_capacity(touched.len());
+        let mut ancestry: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut cursor = 0;
+        for t in &touched {
+            cursor += gallop::forward(merged.len() - cursor, |i| merged[cursor + i].key() < *t);
+            let before = cursor;
+            let floor = t.masked(shortest);
+            let from = gallop::backward(before, |i| merged[i].key() < floor);
+            let first = ancestry.len();
+            let block = &merged[from..before];
+            if block.len() <= ANCESTOR_SCAN {
+                // Few claims share the block: test each (ancestors come in
+                // order, outermost first).
+                let mut i = 0;
+                while i < block.len() {
+                    let k = block[i].key();
+                    let claims = block[i..].iter().take_while(|r| r.key() == k).count();
+                    if k.len < t.len && k.contains(t) {
+                        ancestry.push(from + i..from + i + claims);
+                    }
+                    i += claims;
+                }
+            } else {
+                for len in (shortest..t.len).filter(|&len| lengths[usize::from(len)] > 0) {
+                    let a = t.masked(len);
+                    let at = block.partition_point(|r| r.key() < a);
+                    let claims = block[at..].iter().take_while(|r| r.key() == a).count();
+                    if claims > 0 {
+                        ancestry.push(from + at..from + at + claims);
+                    }
+                }
+            }
+            spans.push(Span {
+                start: *t,
+                end: t.last(),
+                ancestors: first..ancestry.len(),
+            });
+        }
+        // Spans nest or are apart: the outer of two nested holds the inner.
+        spans.sort_unstable_by_key(|s| s.start);
+        let mut joined: Vec<Span> = Vec::with_capacity(spans.len());
+        for span in spans {
+            match joined.last_mut() {
+                Some(last) if span.start.bits() <= last.end => last.end = last.end.max(span.end),
+                _ => joined.push(span),
+            }
+        }
+        let mut groups: Vec<&[Row]> = Vec::new();
+        // The prefixes rebuilt: outside the spans as they were, inside them
+        // resolved again.
+        let mut resolved: Vec<(Key, u32)> = Vec::new();
+        rebuilt.clear();
+        rebuilt.reserve(out.len() + added.len());
+        let mut changed = Vec::new();
+        let mut fresh = Vec::with_capacity(joined.len());
+        let mut rest: &[P] = out;
+        let mut claims: &[Row] = merged;
+        for span in &joined {
+            let start = gallop::forward(rest.len(), |i| rest[i].key() < span.start);
+            rebuilt.extend_from_slice(&rest[..start]);
+            let end =
+                start + gallop::forward(rest.len() - start, |i| span.holds(&rest[start + i].key()));
+            let old = &rest[start..end];
+            rest = &rest[end..];
+            let first = gallop::forward(claims.len(), |i| claims[i].key() < span.start);
+            let last = first
+                + gallop::forward(claims.len() - first, |i| {
+                    span.holds(&claims[first + i].key())
+                });
+            resolved.clear();
+            groups.clear();
+            groups.extend(
+                ancestry[span.ancestors.clone()]
+                    .iter()
+                    .map(|r| &merged[r.clone()]),
+            );
+            let cut = resolver.resolve_under(
+                &groups,
+                &claims[first..last],
+                claimants,
+                entries,
+                &mut resolved,
+                |k, e| (k, e),
+            );
+            claims = &claims[last..];
+            if cut > 0 {
                 return None;
             }
-            rest = &rest[1..];
-            gone.next();
-        } else {
-            merged.push(*next);
-            new.next();
-        }
-    }
-    merged.extend_from_slice(rest);
-    for row in removed {
-        lengths[usize::from(row.len)] -= 1;
-    }
-    for row in added {
-        lengths[usize::from(row.len)] += 1;
-    }
-    // Each changed prefix's span: from its outermost ancestor (or itself)
-    // over everything inside; overlapping spans joined.
-    let mut touched: Vec<Key> = removed.iter().chain(added).map(Row::key).collect();
-    touched.sort_unstable();
-    touched.dedup();
-    let shortest = lengths.iter().position(|&n| n > 0).unwrap_or(0) as u8;
-    // Touched keys in order: each search gallops on from the last. A
-    // touched prefix's entry, and those of the prefixes inside it, change;
-    // its ancestors' do not, but it inherits their candidates.
-    let mut spans: Vec<Span> = Vec::with_capacity(touched.len());
-    let mut ancestry: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut cursor = 0;
-    for t in &touched {
-        cursor += gallop::forward(merged.len() - cursor, |i| merged[cursor + i].key() < *t);
-        let before = cursor;
-        let floor = t.masked(shortest);
-        let from = gallop::backward(before, |i| merged[i].key() < floor);
-        let first = ancestry.len();
-        let block = &merged[from..before];
-        if block.len() <= ANCESTOR_SCAN {
-            // Few claims share the block: test each (ancestors come in
-            // order, outermost first).
-            let mut i = 0;
-            while i < block.len() {
-                let k = block[i].key();
-                let claims = block[i..].iter().take_while(|r| r.key() == k).count();
-                if k.len < t.len && k.contains(t) {
-                    ancestry.push(from + i..from + i + claims);
+            // Old and new side by side, both sorted.
+            let mut old = old.iter().peekable();
+            fresh.push(rebuilt.len()..rebuilt.len() + resolved.len());
+            for &(key, entry) in &resolved {
+                while let Some(gone) = old.next_if(|p| p.key() < key) {
+                    changed.push(gone.key());
                 }
-                i += claims;
-            }
-        } else {
-            for len in (shortest..t.len).filter(|&len| lengths[usize::from(len)] > 0) {
-                let a = t.masked(len);
-                let at = block.partition_point(|r| r.key() < a);
-                let claims = block[at..].iter().take_while(|r| r.key() == a).count();
-                if claims > 0 {
-                    ancestry.push(from + at..from + at + claims);
+                match old.next_if(|p| p.key() == key) {
+                    Some(was) if entries.get(was.entry()) == entries.get(entry) => {}
+                    _ => changed.push(key),
                 }
+                rebuilt.push(prefix(key, entry));
             }
+            changed.extend(old.map(Prefix::key));
         }
-        spans.push(Span {
-            start: *t,
-            end: t.last(),
-            ancestors: first..ancestry.len(),
-        });
+        rebuilt.extend_from_slice(rest);
+        changed.sort_unstable();
+        Some(Made {
+            rebuilt,
+            updated: Updated {
+                changed,
+                learnt: resolver.learnt,
+                fresh,
+            },
+            lone: resolver.lone,
+            added: std::mem::take(&mut entries.added.list),
+        })
     }
-    // Spans nest or are apart: the outer of two nested holds the inner.
-    spans.sort_unstable_by_key(|s| s.start);
-    let mut joined: Vec<Span> = Vec::with_capacity(spans.len());
-    for span in spans {
-        match joined.last_mut() {
-            Some(last) if span.start.bits() <= last.end => last.end = last.end.max(span.end),
-            _ => joined.push(span),
-        }
-    }
-    let mut groups: Vec<&[Row]> = Vec::new();
-    // The prefixes rebuilt: outside the spans as they were, inside them
-    // resolved again.
-    let mut resolved: Vec<(Key, u32)> = Vec::new();
-    let mut rebuilt = std::mem::take(&mut family.spare_out);
-    rebuilt.clear();
-    rebuilt.reserve(out.len() + added.len());
-    let mut changed = Vec::new();
-    let mut fresh = Vec::with_capacity(joined.len());
-    let mut rest: &[P] = out;
-    let mut claims: &[Row] = &merged;
-    for span in &joined {
-        let start = gallop::forward(rest.len(), |i| rest[i].key() < span.start);
-        rebuilt.extend_from_slice(&rest[..start]);
-        let end =
-            start + gallop::forward(rest.len() - start, |i| span.holds(&rest[start + i].key()));
-        let old = &rest[start..end];
-        rest = &rest[end..];
-        let first = gallop::forward(claims.len(), |i| claims[i].key() < span.start);
-        let last = first
-            + gallop::forward(claims.len() - first, |i| {
-                span.holds(&claims[first + i].key())
-            });
-        resolved.clear();
-        groups.clear();
-        groups.extend(
-            ancestry[span.ancestors.clone()]
-                .iter()
-                .map(|r| &merged[r.clone()]),
-        );
-        let cut = resolver.resolve_under(
-            &groups,
-            &claims[first..last],
-            claimants,
-            entries,
-            &mut resolved,
-            |k, e| (k, e),
-        );
-        claims = &claims[last..];
-        if cut > 0 {
-            return None;
-        }
-        // Old and new side by side, both sorted.
-        let mut old = old.iter().peekable();
-        fresh.push(rebuilt.len()..rebuilt.len() + resolved.len());
-        for &(key, entry) in &resolved {
-            while let Some(gone) = old.next_if(|p| p.key() < key) {
-                changed.push(gone.key());
-            }
-            match old.next_if(|p| p.key() == key) {
-                Some(was) if entries.get(was.entry()) == entries.get(entry) => {}
-                _ => changed.push(key),
-            }
-            rebuilt.push(prefix(key, entry));
-        }
-        changed.extend(old.map(Prefix::key));
-    }
-    rebuilt.extend_from_slice(rest);
-    family.spare_rows = std::mem::replace(&mut family.rows, merged);
-    family.spare_out = std::mem::replace(out, rebuilt);
-    family.lone = resolver.lone;
-    changed.sort_unstable();
-    Some(Updated {
-        changed,
-        learnt: resolver.learnt,
-        fresh,
-    })
 }
 
 /// What the XDP program does with a compiled table, in plain Rust: the
@@ -1890,6 +2143,103 @@ mod tests {
                 before = Some((now, whole.overflow, step.compiled.entries.clone()));
             }
         }
+    }
+
+    /// IPv4 prefixes of many lengths in the three documentation /24s and
+    /// around them: updates there split where no prefix straddles.
+    fn wide_v4() -> impl Strategy<Value = IpNetwork> {
+        (
+            prop::sample::select(vec![[192, 0, 2], [198, 51, 100], [203, 0, 113]]),
+            any::<u8>(),
+            prop::sample::select(vec![16u8, 20, 23, 24, 24, 26, 28, 31, 32, 32, 32]),
+        )
+            .prop_map(|([a, b, c], d, len)| {
+                let net = ipnetwork::Ipv4Network::new([a, b, c, d].into(), len).expect("net");
+                IpNetwork::V4(ipnetwork::Ipv4Network::new(net.network(), len).expect("net"))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn an_update_split_by_address_equals_one_from_scratch(
+            targets in prop::collection::vec(prop::collection::vec(wide_v4(), 1..12), 1..8),
+            actions in prop::collection::vec(any::<bool>(), 8),
+            edits in prop::collection::vec((0usize..8, 0usize..12, wide_v4()), 1..24),
+            v6 in prop::collection::vec(universe_v6(), 0..6),
+        ) {
+            // Orders on prefixes of many lengths, then many of their
+            // targets replaced at once: the IPv4 update splits in two
+            // parts (unit tests split from one changed claim up) wherever
+            // its changes allow.
+            let make = |targets: &[Vec<IpNetwork>]| -> Vec<Order> {
+                targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let action = if actions[i] { Action::Drop } else { Action::Monitor };
+                        let mut o = order(&format!("O{i}"), action, Direction::Both, &[]);
+                        let mut unique = t.clone();
+                        if i == 0 {
+                            unique.extend(v6.iter().map(|p| p.parse::<IpNetwork>().expect("prefix")));
+                        }
+                        unique.sort();
+                        unique.dedup();
+                        o.targets = unique.into();
+                        o
+                    })
+                    .collect()
+            };
+            let before = make(&targets);
+            let mut edited = targets.clone();
+            for (which, at, target) in edits {
+                let list = &mut edited[which % targets.len()];
+                let at = at % list.len();
+                list[at] = target;
+            }
+            let after = make(&edited);
+            let mut compiler = Compiler::new();
+            let mut slots = SlotTable::new();
+            for set in [&before, &after] {
+                let refs: Vec<&Order> = set.iter().collect();
+                let whole = compile(&refs, Enforcement::Enforce, &slots).expect("compile");
+                let step = compiler.compile(&refs, Enforcement::Enforce, &slots).expect("compile");
+                prop_assert_eq!(view(step.compiled), view(&whole));
+                slots = whole.slots.clone();
+            }
+        }
+    }
+
+    #[test]
+    fn an_update_splits_where_no_prefix_straddles() {
+        let row = |net: [u8; 4], len: u8| {
+            Row::new(
+                key_of(&IpNetwork::V4(
+                    ipnetwork::Ipv4Network::new(net.into(), len).expect("net"),
+                )),
+                4,
+            )
+        };
+        let mut rows: Vec<Row> = (0u8..=255)
+            .flat_map(|i| [row([192, 0, 2, i], 32), row([203, 0, 113, i], 32)])
+            .collect();
+        rows.push(row([198, 51, 100, 0], 24));
+        rows.sort_unstable();
+        let claims: Claims<V4Prefix> = Claims::new(rows, Lone::default(), 0);
+        let out: Vec<Row> = (0u8..200).map(|i| row([192, 0, 2, i], 32)).collect();
+        let mut added: Vec<Row> = (0u8..200).map(|i| row([203, 0, 113, i], 31)).collect();
+        added.sort_unstable();
+        // Four hundred changes, none beside: the upper part gets half of
+        // them, cut at a /24 (the shortest length there is), which no
+        // claim straddles.
+        let at = claims.split_point([&out, &added], 0).expect("split");
+        assert_eq!(at, u128::from(u32::from_be_bytes([203, 0, 113, 0])) << 96);
+        // As many changes beside as in the family: not worth a split.
+        assert_eq!(claims.split_point([&out, &added], 800), None);
+        // A /0 added straddles every address.
+        let mut with_all = added.clone();
+        with_all.insert(0, row([0, 0, 0, 0], 0));
+        assert_eq!(claims.split_point([&out, &with_all], 0), None);
     }
 
     proptest! {
