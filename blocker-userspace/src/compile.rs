@@ -885,7 +885,10 @@ impl<P: Prefix + Default> Claims<P> {
         }
         let room = |n: usize| n + n / 16 + 1024;
         let spare_rows = vec![Row::default(); room(rows.len())];
-        let mut spare_out = vec![P::default(); room(prefixes)];
+        // Written, not `vec![P::default(); n]`: a vector of zeros comes
+        // from `calloc` and its pages would fault in at the first update.
+        let mut spare_out = Vec::with_capacity(room(prefixes));
+        spare_out.resize(room(prefixes), P::default());
         spare_out.clear();
         Self {
             rows,
