@@ -770,7 +770,9 @@ fn resolve_family<P>(
 ) -> (Vec<Row>, Vec<P>, Vec<PrefixEntry>, usize, Lone) {
     rows.sort_unstable();
     let mut entries = Entries::new();
-    let mut prefixes = Vec::with_capacity(rows.len());
+    // Room for the updates after: the prefixes are rebuilt into spare
+    // buffers, and this one becomes the first of them.
+    let mut prefixes = Vec::with_capacity(room(rows.len()));
     let mut resolver = Resolver::new();
     let cut = resolver.resolve_under(&[], &rows, claimants, &mut entries, &mut prefixes, prefix);
     (rows, prefixes, entries.list, cut, resolver.lone)
@@ -883,7 +885,6 @@ impl<P: Prefix + Default> Claims<P> {
         for row in &rows {
             lengths[usize::from(row.len)] += 1;
         }
-        let room = |n: usize| n + n / 16 + 1024;
         let spare_rows = vec![Row::default(); room(rows.len())];
         // Written, not `vec![P::default(); n]`: a vector of zeros comes
         // from `calloc` and its pages would fault in at the first update.
@@ -1113,6 +1114,13 @@ fn cut<T>(list: &[T], at: u128, key: impl Fn(&T) -> Key) -> (&[T], &[T]) {
 /// at least this many changed claims (or its copies cost more than they
 /// save). One in unit tests, so that their small updates split too.
 const SPLIT_WORTHY: usize = if cfg!(test) { 1 } else { 2048 };
+
+/// Room for `n` values and the changes of an update or more, in the
+/// buffers an update writes (so that they are not grown, and copied, in
+/// an update).
+fn room(n: usize) -> usize {
+    n + n / 16 + 1024
+}
 
 /// What the next compile starts from.
 struct Kept {
