@@ -902,14 +902,15 @@ impl<P: Prefix + Default> Claims<P> {
     }
 
     /// Where to split an update of `[removed, added]` claims (sorted) in
-    /// two [`Part`]s, so that the upper one and `beside` changed claims of
-    /// the other family are about as many as the lower one: an address
+    /// two [`Part`]s, so that the upper one and half the `beside` changed
+    /// claims of the other family are about as many as the lower one (the
+    /// lower part's thread also keeps the orders as compiled): an address
     /// that no prefix straddles, before or after the change. `None` when
     /// the family's share is not worth a split, or no such address lies
     /// among the changes.
     fn split_point(&self, [removed, added]: [&[Row]; 2], beside: usize) -> Option<u128> {
         let changes = removed.len() + added.len();
-        let upper = changes.saturating_sub(beside * 3 / 4) / 2;
+        let upper = changes.saturating_sub(beside / 2) / 2;
         if upper < SPLIT_WORTHY {
             return None;
         }
@@ -1073,6 +1074,26 @@ impl<P: Prefix> Claims<P> {
         std::mem::swap(&mut self.rows, &mut self.spare_rows);
         self.spare_out = std::mem::replace(out, rebuilt);
         changed
+    }
+}
+
+/// Keeps the orders `now` compiled (moved in: they are not needed after)
+/// in place of those `kept`.
+fn take_inputs(kept: &mut FastMap<String, Input>, now: Vec<(&str, Input)>) {
+    let count = now.len();
+    let mut ids = Vec::with_capacity(count);
+    for (id, input) in now {
+        ids.push(id);
+        match kept.get_mut(id) {
+            Some(old) => *old = input,
+            None => {
+                kept.insert(id.to_owned(), input);
+            }
+        }
+    }
+    if kept.len() > count {
+        let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
+        kept.retain(|id, _| ids.contains(id.as_str()));
     }
 }
 
@@ -1265,9 +1286,18 @@ impl Kept {
         // Each part adds entries of its own.
         let kept = &entries;
         let claimants = &claimants;
+        let kept_inputs = &mut self.inputs;
+        let now = std::mem::take(&mut inputs.inputs);
         let (lower4, (whole6, upper4)) = crate::parallel::join(
             (removed[0].len() + added[0].len() + removed[1].len() + added[1].len()) * 10,
-            || lower4.map(|p| p.update(claimants, kept, v4_prefix)),
+            || {
+                let lower4 = lower4.map(|p| p.update(claimants, kept, v4_prefix));
+                // The orders as compiled now, for the next compile, while
+                // the second thread finishes (should this compile fail,
+                // everything kept is replaced anyway).
+                take_inputs(kept_inputs, now);
+                lower4
+            },
             || {
                 (
                     whole6.map(|p| p.update(claimants, kept, v6_prefix)),
@@ -1285,22 +1315,6 @@ impl Kept {
         self.index = entries.index;
         self.compiled.slots = std::mem::take(&mut inputs.slots);
         self.compiled.orders = std::mem::take(&mut inputs.orders);
-        // The orders as compiled now, moved in: they are not needed after.
-        let count = inputs.inputs.len();
-        let mut ids = Vec::with_capacity(count);
-        for (id, input) in std::mem::take(&mut inputs.inputs) {
-            ids.push(id);
-            match self.inputs.get_mut(id) {
-                Some(kept) => *kept = input,
-                None => {
-                    self.inputs.insert(id.to_owned(), input);
-                }
-            }
-        }
-        if self.inputs.len() > count {
-            let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
-            self.inputs.retain(|id, _| ids.contains(id.as_str()));
-        }
         self.changes += 1;
         let from = std::mem::replace(&mut self.version, version);
         Some(Change {
@@ -2245,7 +2259,7 @@ mod tests {
         // claim straddles.
         let at = claims.split_point([&out, &added], 0).expect("split");
         assert_eq!(at, u128::from(u32::from_be_bytes([203, 0, 113, 0])) << 96);
-        // As many changes beside as in the family: not worth a split.
+        // Twice as many changes beside as in the family: not worth a split.
         assert_eq!(claims.split_point([&out, &added], 800), None);
         // A /0 added straddles every address.
         let mut with_all = added.clone();
