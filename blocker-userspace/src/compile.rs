@@ -701,11 +701,27 @@ impl<'o> Inputs<'o> {
         enforcement: Enforcement,
         previous: &SlotTable,
     ) -> Result<Self, CompileError> {
-        let slots = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
+        let ids = || orders.iter().map(|o| o.id.as_str());
+        // The same orders in the table's order (a feed sorted by id, as
+        // it changes from one serial to the next): their slots in turn,
+        // without a search for each.
+        let same =
+            orders.len() == previous.len() && ids().eq(previous.slots.keys().map(String::as_str));
+        let slots = if same {
+            previous.clone()
+        } else {
+            previous.reassign(ids())?
+        };
+        let mut in_turn = slots.slots.values();
         let mut inputs = Vec::with_capacity(orders.len());
         let mut compiled_orders = Vec::with_capacity(orders.len());
         for order in orders {
-            let Some(slot) = slots.get(&order.id) else {
+            let slot = if same {
+                in_turn.next().copied()
+            } else {
+                slots.get(&order.id)
+            };
+            let Some(slot) = slot else {
                 continue;
             };
             let action = enforcement.effective(order.action);
@@ -2008,6 +2024,14 @@ mod tests {
         assert_eq!(c2.slots.get("B"), Some(1));
         assert_eq!(c2.slots.get("N"), Some(2), "A's slot 0 rests one apply");
         assert_eq!(c2.slots.get("A"), None);
+        // The same orders keep their slots, listed in the table's order
+        // (taken in turn) or in any other (looked up).
+        for listed in [[&b, &n], [&n, &b]] {
+            let c3 = compile(&listed, Enforcement::Enforce, &c2.slots).expect("c3");
+            assert_eq!(c3.slots, c2.slots);
+            let slot_of = |id: &str| c3.orders.iter().find(|o| o.id == id).map(|o| o.slot);
+            assert_eq!((slot_of("B"), slot_of("N")), (Some(1), Some(2)));
+        }
     }
 
     fn universe_v4() -> impl Strategy<Value = String> {
