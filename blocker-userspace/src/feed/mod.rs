@@ -120,8 +120,9 @@ pub struct Parsed {
 /// in target lines, are taken from it (see [`again`]). The result is the
 /// same either way.
 pub fn parse_against(text: &Text<'_>, base: Option<&Base<'_>>) -> Result<Parsed, FeedError> {
+    let lone_cr = text.lone_cr;
     let text = checked_text(text)?;
-    if let Some(fast) = fast_path(text, base) {
+    if let Some(fast) = fast_path(text, lone_cr, base) {
         let feed = finish(fast.header, fast.orders.into_iter())?;
         return Ok(Parsed {
             feed,
@@ -152,6 +153,8 @@ pub struct Text<'a> {
     plain: bool,
     /// Where the first byte that is not UTF-8 is, if one is.
     not_utf8: Option<usize>,
+    /// Whether a carriage return has no line feed after it.
+    lone_cr: bool,
 }
 
 impl<'a> Text<'a> {
@@ -173,6 +176,7 @@ impl<'a> Text<'a> {
             bytes,
             plain: first.plain && second.plain,
             not_utf8: first.not_utf8.or(second.not_utf8.map(|at| cut + at)),
+            lone_cr: first.lone_cr || second.lone_cr,
         }
     }
 
@@ -188,6 +192,9 @@ impl<'a> Text<'a> {
             bytes,
             plain,
             not_utf8,
+            // Parts end at a line end (or the feed's): a carriage return
+            // at a part's end has none after it in the feed either.
+            lone_cr: lone_carriage_return(bytes),
         }
     }
 }
@@ -201,6 +208,7 @@ pub struct Scanner {
     done: usize,
     plain: bool,
     not_utf8: Option<usize>,
+    lone_cr: bool,
 }
 
 impl Default for Scanner {
@@ -209,6 +217,7 @@ impl Default for Scanner {
             done: 0,
             plain: true,
             not_utf8: None,
+            lone_cr: false,
         }
     }
 }
@@ -226,6 +235,7 @@ impl Scanner {
         let piece = Text::scan_here(&bytes[self.done..end]);
         self.plain &= piece.plain;
         self.not_utf8 = self.not_utf8.or(piece.not_utf8.map(|at| self.done + at));
+        self.lone_cr |= piece.lone_cr;
         self.done = end;
     }
 
@@ -237,6 +247,7 @@ impl Scanner {
             bytes,
             plain: self.plain,
             not_utf8: self.not_utf8,
+            lone_cr: self.lone_cr,
         }
     }
 }
@@ -271,9 +282,8 @@ fn checked_text<'a>(text: &Text<'a>) -> Result<&'a str, FeedError> {
     Ok(checked)
 }
 
-/// Whether `text` holds a carriage return not followed by a line feed.
-fn lone_carriage_return(text: &str) -> bool {
-    let bytes = text.as_bytes();
+/// Whether `bytes` hold a carriage return not followed by a line feed.
+fn lone_carriage_return(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\r', bytes).any(|at| bytes.get(at + 1) != Some(&b'\n'))
 }
 
@@ -534,11 +544,11 @@ fn header(feed: FastFeed) -> Option<(Header, Vec<FastOrder>)> {
     ))
 }
 
-fn fast_path(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
-    // A carriage return with no line feed after it is a line break to YAML
-    // (a value spanning it is folded), which the hand reader does not take
-    // as one: such a feed goes the general way.
-    if lone_carriage_return(text) {
+fn fast_path(text: &str, lone_cr: bool, base: Option<&Base<'_>>) -> Option<Fast> {
+    // A carriage return with no line feed after it (the scan looked) is a
+    // line break to YAML (a value spanning it is folded), which the hand
+    // reader does not take as one: such a feed goes the general way.
+    if lone_cr {
         return None;
     }
     if let Some(fast) = split::fast_split(text, base) {
@@ -1206,6 +1216,16 @@ mod tests {
         let mut no_line_end = lines.clone().into_bytes();
         no_line_end.extend_from_slice(b"      - 192.0.2.1/32");
         texts.push(no_line_end);
+        // Carriage returns: before every line feed, alone inside a line,
+        // and alone at the very end.
+        texts.push(lines.replace('\n', "\r\n").into_bytes());
+        texts.push(lines.replace("order 150", "order\r150").into_bytes());
+        let mut last = lines.clone().into_bytes();
+        last.extend_from_slice(b"      - 192.0.2.1/32\r");
+        texts.push(last);
+        let lone: Vec<bool> = texts.iter().map(|t| Text::scan_here(t).lone_cr).collect();
+        assert_eq!(lone[lone.len() - 3..], [false, true, true]);
+        assert!(!lone[..lone.len() - 3].contains(&true));
         for bytes in &texts {
             let whole = Text::scan_here(bytes);
             for piece in [1, 7, 100, 4096, bytes.len()] {
@@ -1217,8 +1237,8 @@ mod tests {
                 }
                 let text = scanner.finish(bytes);
                 assert_eq!(
-                    (text.plain, text.not_utf8),
-                    (whole.plain, whole.not_utf8),
+                    (text.plain, text.not_utf8, text.lone_cr),
+                    (whole.plain, whole.not_utf8, whole.lone_cr),
                     "in pieces of {piece}"
                 );
             }
