@@ -408,6 +408,19 @@ impl Pending {
     }
 }
 
+/// The places of the orders whose id an earlier order has, in order.
+fn repeated_ids(orders: &[Order]) -> Vec<usize> {
+    // A feed sorted by id (as it comes from one serial to the next) has
+    // none when each id is greater than the one before: one pass, no set.
+    if orders.windows(2).all(|pair| pair[0].id < pair[1].id) {
+        return Vec::new();
+    }
+    let mut seen = std::collections::HashSet::with_capacity(orders.len());
+    (0..orders.len())
+        .filter(|&i| !seen.insert(orders[i].id.as_str()))
+        .collect()
+}
+
 /// Validates the header and every order.
 fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, FeedError> {
     let mut problems = Vec::new();
@@ -426,7 +439,9 @@ fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, Fe
         problems.push(problem(None, Some("issuer"), "must not be empty"));
     }
     let mut parsed = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // Where each order's problems end among all: a repeated id is named
+    // there.
+    let mut ends = Vec::new();
     for (index, order) in orders.enumerate() {
         let order = match order {
             Pending::Checked(order, found) => {
@@ -436,15 +451,26 @@ fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, Fe
             Pending::Value(value) => parse_order(index, value, &mut problems),
         };
         if let Some(order) = order {
-            if !seen.insert(order.id.clone()) {
-                problems.push(problem(
-                    Some(&order.id),
-                    Some("id"),
-                    "duplicate order id; every order needs its own id",
-                ));
-            }
+            ends.push(problems.len());
             parsed.push(order);
         }
+    }
+    let repeated = repeated_ids(&parsed);
+    if !repeated.is_empty() {
+        let mut named = Vec::with_capacity(problems.len() + repeated.len());
+        let mut rest = problems.into_iter();
+        let mut taken = 0;
+        for i in repeated {
+            named.extend(rest.by_ref().take(ends[i] - taken));
+            taken = ends[i];
+            named.push(problem(
+                Some(&parsed[i].id),
+                Some("id"),
+                "duplicate order id; every order needs its own id",
+            ));
+        }
+        named.extend(rest);
+        problems = named;
     }
     if problems.is_empty() {
         Ok(Feed {
@@ -1354,6 +1380,45 @@ orders:
         assert!(err.contains("order ATKM-2026-0001: targets[0]: 203.0.113.7/24 has host bits set; did you mean 203.0.113.0/24?"), "{err}");
         assert!(err.contains("expires_at"), "{err}");
         assert_eq!(err.lines().count(), 2, "{err}");
+    }
+
+    #[test]
+    fn repeated_ids_are_named_in_their_place_among_the_problems() {
+        let at = EXAMPLE.find("  - id").expect("order");
+        let (head, order) = EXAMPLE.split_at(at);
+        let with = |id: &str, target: &str| {
+            order
+                .replace("ATKM-2026-0001", id)
+                .replace("203.0.113.7/32", target)
+        };
+        let lines =
+            |text: String| -> Vec<String> { errors(&text).lines().map(str::to_owned).collect() };
+        // Ids out of order: B, C (a bad target), B again, A, A again.
+        let unsorted = lines(format!(
+            "{head}{}{}{}{}{}",
+            with("B", "203.0.113.1/32"),
+            with("C", "203.0.113.2/24"),
+            with("B", "203.0.113.3/32"),
+            with("A", "203.0.113.4/32"),
+            with("A", "203.0.113.5/32"),
+        ));
+        assert_eq!(unsorted.len(), 3, "{unsorted:?}");
+        assert!(unsorted[0].contains("order C: targets[0]"), "{unsorted:?}");
+        for (line, id) in unsorted[1..].iter().zip(["B", "A"]) {
+            assert!(
+                line.contains(&format!("order {id}: id: duplicate")),
+                "{line}"
+            );
+        }
+        // Ids in order, one repeated.
+        let sorted = lines(format!(
+            "{head}{}{}{}",
+            with("A", "203.0.113.1/32"),
+            with("B", "203.0.113.2/32"),
+            with("B", "203.0.113.3/32"),
+        ));
+        assert_eq!(sorted.len(), 1, "{sorted:?}");
+        assert!(sorted[0].contains("order B: id: duplicate"), "{sorted:?}");
     }
 
     #[test]
