@@ -1093,22 +1093,18 @@ impl<P: Prefix> Claims<P> {
     }
 }
 
-/// Keeps the orders `now` compiled (moved in: they are not needed after)
-/// in place of those `kept`.
-fn take_inputs(kept: &mut FastMap<String, Input>, now: Vec<(&str, Input)>) {
-    let count = now.len();
-    let mut ids = Vec::with_capacity(count);
+/// Keeps the orders `now` compiled in place of those `kept`.
+fn keep_inputs(kept: &mut FastMap<String, Input>, now: &[(&str, Input)]) {
     for (id, input) in now {
-        ids.push(id);
-        match kept.get_mut(id) {
-            Some(old) => *old = input,
+        match kept.get_mut(*id) {
+            Some(old) => *old = input.clone(),
             None => {
-                kept.insert(id.to_owned(), input);
+                kept.insert((*id).to_owned(), input.clone());
             }
         }
     }
-    if kept.len() > count {
-        let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
+    if kept.len() > now.len() {
+        let ids: std::collections::HashSet<&str> = now.iter().map(|(id, _)| *id).collect();
         kept.retain(|id, _| ids.contains(id.as_str()));
     }
 }
@@ -1303,7 +1299,9 @@ impl Kept {
         let kept = &entries;
         let claimants = &claimants;
         let kept_inputs = &mut self.inputs;
-        let now = std::mem::take(&mut inputs.inputs);
+        // Read, not taken: should a part fail, the compile from scratch
+        // that follows needs them.
+        let now = &inputs.inputs;
         let (lower4, (whole6, upper4)) = crate::parallel::join(
             (removed[0].len() + added[0].len() + removed[1].len() + added[1].len()) * 10,
             || {
@@ -1311,7 +1309,7 @@ impl Kept {
                 // The orders as compiled now, for the next compile, while
                 // the second thread finishes (should this compile fail,
                 // everything kept is replaced anyway).
-                take_inputs(kept_inputs, now);
+                keep_inputs(kept_inputs, now);
                 lower4
             },
             || {
@@ -2257,6 +2255,45 @@ mod tests {
                 slots = whole.slots.clone();
             }
         }
+    }
+
+    #[test]
+    fn an_update_that_would_cut_candidates_is_compiled_from_scratch_whole() {
+        // Four orders on one prefix, each in force for an hour of its own,
+        // fill its candidates (each is first at some instant); a fifth
+        // makes the incremental compile give up, and the compile from
+        // scratch must still see every order.
+        let on = |i: i64| {
+            let mut o = order(
+                &format!("O{i}"),
+                Action::Drop,
+                Direction::Dst,
+                &["203.0.113.0/24", "198.51.100.7/32"],
+            );
+            o.effective_from = Some(base() + time::Duration::hours(i));
+            o.expires_at = Some(base() + time::Duration::hours(i + 1));
+            o
+        };
+        let four: Vec<Order> = (1..=4).map(on).collect();
+        let mut five = four.clone();
+        five.push(on(5));
+        let mut compiler = Compiler::new();
+        let mut slots = SlotTable::new();
+        for set in [&four, &five] {
+            let refs: Vec<&Order> = set.iter().collect();
+            let whole = compile(&refs, Enforcement::Enforce, &slots).expect("compile");
+            let step = compiler
+                .compile(&refs, Enforcement::Enforce, &slots)
+                .expect("compile");
+            assert_eq!(view(step.compiled), view(&whole));
+            assert_eq!(step.compiled.overflow, whole.overflow);
+            assert_eq!(step.compiled.orders, whole.orders);
+            slots = whole.slots.clone();
+        }
+        assert!(
+            compiler.compiled().expect("compiled").overflow > 0,
+            "the fifth is cut"
+        );
     }
 
     #[test]
