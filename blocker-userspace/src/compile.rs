@@ -987,55 +987,29 @@ impl<P: Prefix + Default> Claims<P> {
             spare_rows,
             ..
         } = self;
-        let total = (rows.len() + added.len()).checked_sub(removed.len())?;
-        spare_rows.resize(total, Row::default());
-        let whole = |rows: &'r [Row],
-                     out,
-                     removed: &'r [Row],
-                     added: &'r [Row],
-                     merged,
-                     rebuilt,
-                     resolver| Part {
+        let whole = Side {
             rows,
             out,
             removed,
             added,
+        };
+        let total = whole.merged()?;
+        spare_rows.resize(total, Row::default());
+        let part = |side, merged, rebuilt, resolver| Part {
+            side,
             lengths,
             merged,
             rebuilt,
             resolver,
         };
         let Some((at, upper_rebuilt, upper_resolver)) = upper else {
-            return Some([
-                Some(whole(
-                    rows, out, removed, added, spare_rows, rebuilt, resolver,
-                )),
-                None,
-            ]);
+            return Some([Some(part(whole, spare_rows, rebuilt, resolver)), None]);
         };
-        let (rows, out) = (cut(rows, at, Row::key), cut(out, at, P::key));
-        let (removed, added) = (cut(removed, at, Row::key), cut(added, at, Row::key));
-        let lower = (rows.0.len() + added.0.len()).checked_sub(removed.0.len())?;
-        let (merged_lower, merged_upper) = spare_rows.split_at_mut(lower.min(total));
+        let (lower, higher) = whole.cut(at);
+        let (merged_lower, merged_upper) = spare_rows.split_at_mut(lower.merged()?.min(total));
         Some([
-            Some(whole(
-                rows.0,
-                out.0,
-                removed.0,
-                added.0,
-                merged_lower,
-                rebuilt,
-                resolver,
-            )),
-            Some(whole(
-                rows.1,
-                out.1,
-                removed.1,
-                added.1,
-                merged_upper,
-                upper_rebuilt,
-                upper_resolver,
-            )),
+            Some(part(lower, merged_lower, rebuilt, resolver)),
+            Some(part(higher, merged_upper, upper_rebuilt, upper_resolver)),
         ])
     }
 }
@@ -1047,7 +1021,7 @@ impl<P: Prefix> Claims<P> {
     /// Returns the keys whose entry changed, appeared or went (sorted).
     fn finish(&mut self, out: &mut Vec<P>, made: Vec<Placed<P>>) -> Vec<Key> {
         let mut made = made.into_iter();
-        let Some((lower, placed)) = made.next() else {
+        let Some((lower, at)) = made.next() else {
             return Vec::new();
         };
         let Made {
@@ -1056,29 +1030,20 @@ impl<P: Prefix> Claims<P> {
             mut lone,
             ..
         } = lower;
-        for range in &updated.fresh {
-            rebuilt[range.clone()]
-                .iter_mut()
-                .for_each(|p| renumber(p.entry_mut(), &placed));
-        }
+        renumber_fresh(&mut rebuilt, &updated.fresh, &at);
         for key in &updated.learnt {
             if let Some(entry) = lone.get_mut(key) {
-                renumber(entry, &placed);
+                renumber(entry, &at);
             }
         }
         let mut changed = updated.changed;
-        for (upper, placed) in made {
+        for (upper, at) in made {
             let from = rebuilt.len();
             rebuilt.extend_from_slice(&upper.rebuilt);
-            for range in &upper.updated.fresh {
-                rebuilt[from + range.start..from + range.end]
-                    .iter_mut()
-                    .for_each(|p| renumber(p.entry_mut(), &placed));
-            }
+            renumber_fresh(&mut rebuilt[from..], &upper.updated.fresh, &at);
             for key in &upper.updated.learnt {
-                if let Some(&entry) = upper.lone.get(key) {
-                    let mut entry = entry;
-                    renumber(&mut entry, &placed);
+                if let Some(mut entry) = upper.lone.get(key).copied() {
+                    renumber(&mut entry, &at);
                     lone.entry(*key).or_insert(entry);
                 }
             }
@@ -1112,17 +1077,30 @@ fn keep_inputs(kept: &mut FastMap<String, Input>, now: &[(&str, Input)]) {
 /// What a [`Part`] made, with where the entries its interner added are.
 type Placed<P> = (Made<P>, Vec<u32>);
 
-/// What a part made (`None`: there was no part; `Some(None)`: it failed),
-/// with where the entries its interner added are in `entries`, which takes
-/// them in. `None` when it failed.
-fn placed<P>(made: Option<Option<Made<P>>>, entries: &mut Entries) -> Option<Vec<Placed<P>>> {
-    match made {
-        None => Some(Vec::new()),
-        Some(None) => None,
-        Some(Some(mut made)) => {
+/// What the parts of a family's update made, each with where the entries
+/// its interner added are in `entries`, which takes them in. `None` when a
+/// part gave up (`None` in `parts`).
+fn placed<P>(
+    parts: impl IntoIterator<Item = Option<Made<P>>>,
+    entries: &mut Entries,
+) -> Option<Vec<Placed<P>>> {
+    parts
+        .into_iter()
+        .map(|made| {
+            let mut made = made?;
             let at = Interner::merge(std::mem::take(&mut made.added), entries);
-            Some(vec![(made, at)])
-        }
+            Some((made, at))
+        })
+        .collect()
+}
+
+/// The prefixes a part resolved again (`fresh`, in its `rebuilt`), their
+/// entries numbered by [`renumber`].
+fn renumber_fresh<P: Prefix>(rebuilt: &mut [P], fresh: &[std::ops::Range<usize>], placed: &[u32]) {
+    for range in fresh {
+        rebuilt[range.clone()]
+            .iter_mut()
+            .for_each(|p| renumber(p.entry_mut(), placed));
     }
 }
 
@@ -1138,9 +1116,47 @@ fn renumber(entry: &mut u32, placed: &[u32]) {
 /// whole) and the upper part.
 type Halves<'r, 'a, P> = [Option<Part<'r, 'a, P>>; 2];
 
-/// `list` (sorted) cut before its first key at `at` or above.
-fn cut<T>(list: &[T], at: u128, key: impl Fn(&T) -> Key) -> (&[T], &[T]) {
-    list.split_at(list.partition_point(|t| key(t).bits() < at))
+/// A family's claims and prefixes as kept, and its claims out and in, all
+/// sorted: the whole of them, or those on one side of an address.
+#[derive(Clone, Copy)]
+struct Side<'r, P> {
+    rows: &'r [Row],
+    out: &'r [P],
+    removed: &'r [Row],
+    added: &'r [Row],
+}
+
+impl<'r, P: Prefix> Side<'r, P> {
+    /// How many claims the merge makes; `None` when more go than there are.
+    fn merged(&self) -> Option<usize> {
+        (self.rows.len() + self.added.len()).checked_sub(self.removed.len())
+    }
+
+    /// These below `at` and these from `at` up.
+    fn cut(self, at: u128) -> (Self, Self) {
+        fn cut<T>(list: &[T], at: u128, key: impl Fn(&T) -> Key) -> (&[T], &[T]) {
+            list.split_at(list.partition_point(|t| key(t).bits() < at))
+        }
+        let (rows, out) = (cut(self.rows, at, Row::key), cut(self.out, at, P::key));
+        let (removed, added) = (
+            cut(self.removed, at, Row::key),
+            cut(self.added, at, Row::key),
+        );
+        (
+            Side {
+                rows: rows.0,
+                out: out.0,
+                removed: removed.0,
+                added: added.0,
+            },
+            Side {
+                rows: rows.1,
+                out: out.1,
+                removed: removed.1,
+                added: added.1,
+            },
+        )
+    }
 }
 
 /// An update splits a family in two [`Part`]s only when the upper one gets
@@ -1320,8 +1336,7 @@ impl Kept {
             },
         );
         // Their added entries listed, and numbered so.
-        let mut made4 = placed(lower4, &mut entries)?;
-        made4.extend(placed(upper4, &mut entries)?);
+        let made4 = placed([lower4, upper4].into_iter().flatten(), &mut entries)?;
         let made6 = placed(whole6, &mut entries)?;
         let v4 = self.v4.finish(&mut self.compiled.v4, made4);
         let v6 = self.v6.finish(&mut self.compiled.v6, made6);
@@ -1520,10 +1535,7 @@ impl<'s> Fill<'s> {
 /// its merged claims and rebuilt prefixes. Two parts are independent: each
 /// resolves with a resolver and an interner of its own.
 struct Part<'r, 'a, P> {
-    rows: &'r [Row],
-    out: &'r [P],
-    removed: &'r [Row],
-    added: &'r [Row],
+    side: Side<'r, P>,
     /// Claims per prefix length of the whole family, after the change.
     lengths: &'r [u32; 129],
     /// Exactly as many rows as the merge makes.
@@ -1555,10 +1567,13 @@ impl<'a, P: Prefix> Part<'_, 'a, P> {
         prefix: impl Fn(Key, u32) -> P,
     ) -> Option<Made<P>> {
         let Part {
-            rows,
-            out,
-            removed,
-            added,
+            side:
+                Side {
+                    rows,
+                    out,
+                    removed,
+                    added,
+                },
             lengths,
             merged,
             mut rebuilt,
