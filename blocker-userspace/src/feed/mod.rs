@@ -145,7 +145,7 @@ pub fn parse_general_only(bytes: &[u8]) -> Result<Feed, FeedError> {
 }
 
 /// A feed's bytes scanned for what a parse checks first: whether they are
-/// plain text ([`plain_bytes`]), and UTF-8. Only bytes are looked at, none
+/// plain text ([`Scanned::plain`]), and UTF-8. Only bytes are looked at, none
 /// is parsed: the daemon scans a feed as it downloads ([`Scanner`]), or on
 /// its second core while the signature is checked on the first.
 pub struct Text<'a> {
@@ -182,7 +182,7 @@ impl<'a> Text<'a> {
 
     /// Scans `bytes` on the calling thread.
     pub fn scan_here(bytes: &'a [u8]) -> Self {
-        let plain = plain_bytes(bytes);
+        let Scanned { plain, any_cr } = Scanned::of(bytes);
         // Plain text is ASCII.
         let not_utf8 = match plain {
             true => None,
@@ -194,7 +194,7 @@ impl<'a> Text<'a> {
             not_utf8,
             // Parts end at a line end (or the feed's): a carriage return
             // at a part's end has none after it in the feed either.
-            lone_cr: lone_carriage_return(bytes),
+            lone_cr: any_cr && lone_carriage_return(bytes),
         }
     }
 }
@@ -290,12 +290,59 @@ fn lone_carriage_return(bytes: &[u8]) -> bool {
 /// Bytes in a line of a feed, about: to count a feed's work by its size.
 pub(crate) const AVERAGE_LINE: usize = 24;
 
-/// Whether `bytes` are printable ASCII, tabs and line ends, without a
-/// character YAML gives a special meaning that a feed never needs (see
-/// [`check_no_anchors`]) and without a run of blanks long enough to indent
-/// a line too deep: text both checks pass.
-fn plain_bytes(bytes: &[u8]) -> bool {
-    printable(bytes) && !special(bytes) && !blank_chunk(bytes)
+/// What one pass over a feed's bytes tells.
+#[derive(Debug, PartialEq, Eq)]
+struct Scanned {
+    /// The bytes are printable ASCII, tabs and line ends, without a
+    /// character YAML gives a special meaning that a feed never needs (see
+    /// [`check_no_anchors`]) and without a run of blanks long enough to
+    /// indent a line too deep: text both checks pass. As [`printable`],
+    /// not [`special`] and not [`blank_chunk`] tell, in one pass instead of
+    /// three (the pass is most of a large feed's scan).
+    plain: bool,
+    /// They hold a carriage return.
+    any_cr: bool,
+}
+
+impl Scanned {
+    fn of(bytes: &[u8]) -> Self {
+        // Each chunk folded into one flag a test, which the compiler
+        // vectorises.
+        let fold = |bytes: &[u8]| {
+            let (mut other, mut special, mut cr) = (0u8, 0u8, 0u8);
+            for &b in bytes {
+                other |= u8::from(
+                    !((b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\n') | (b == b'\r')),
+                );
+                special |= u8::from(
+                    (b == b'&')
+                        | (b == b'*')
+                        | (b == b'!')
+                        | ((b | 0x20) == b'{')
+                        | ((b | 0x20) == b'}'),
+                );
+                cr |= u8::from(b == b'\r');
+            }
+            (other | special, cr)
+        };
+        let blank = |half: &[u8]| u8::from(!nonblank(half));
+        let (mut refused, mut cr) = (0u8, 0u8);
+        let chunks = bytes.chunks_exact(64);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            let (r, c) = fold(chunk);
+            let (low, high) = chunk.split_at(32);
+            refused |= r | blank(low) | blank(high);
+            cr |= c;
+        }
+        let (r, c) = fold(rest);
+        refused |= r | rest.get(..32).map_or(0, blank);
+        cr |= c;
+        Self {
+            plain: refused == 0,
+            any_cr: cr != 0,
+        }
+    }
 }
 
 // The scans below take a whole chunk at a time, folding bytes (a `bool`
@@ -338,11 +385,14 @@ fn special(bytes: &[u8]) -> bool {
 /// 64 columns starts with a run of more than 64, and any run of 63 or more
 /// covers a whole chunk: without one, no line can be.
 fn blank_chunk(bytes: &[u8]) -> bool {
-    bytes.chunks_exact(32).any(|chunk| {
-        chunk.iter().fold(0u8, |other, &b| {
-            other | u8::from((b != b' ') & (b != b'\t'))
-        }) == 0
-    })
+    bytes.chunks_exact(32).any(|chunk| !nonblank(chunk))
+}
+
+/// Whether `chunk` holds a byte other than a space or a tab.
+fn nonblank(chunk: &[u8]) -> bool {
+    chunk.iter().fold(0u8, |other, &b| {
+        other | u8::from((b != b' ') & (b != b'\t'))
+    }) != 0
 }
 
 /// The general path: the whole document as a YAML value tree, each order
@@ -1197,6 +1247,34 @@ mod tests {
             general.as_ref().map_err(ToString::to_string),
             "{text}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The one-pass scan tells what the three checks and the search for
+        /// a carriage return tell, whatever the bytes, chunk boundaries and
+        /// length (runs of blanks, each special byte, controls, CRs, bytes
+        /// past ASCII).
+        #[test]
+        fn one_pass_tells_what_the_checks_tell(
+            runs in proptest::collection::vec(
+                (proptest::sample::select(b" \t\r\n-a:&*![]{}\x7f\x00\x80\xff~".to_vec()), 1usize..70),
+                0..24,
+            ),
+        ) {
+            let bytes: Vec<u8> = runs.iter().flat_map(|&(b, n)| std::iter::repeat_n(b, n)).collect();
+            for end in [bytes.len(), bytes.len().saturating_sub(1), bytes.len() / 2] {
+                let bytes = &bytes[..end];
+                let cr = memchr::memchr(b'\r', bytes).is_some();
+                proptest::prop_assert_eq!(
+                    Scanned::of(bytes),
+                    Scanned {
+                        plain: printable(bytes) && !special(bytes) && !blank_chunk(bytes),
+                        any_cr: cr,
+                    }
+                );
+            }
+        }
     }
 
     /// A byte that is not UTF-8 is named by its offset, whichever half of
