@@ -152,6 +152,22 @@ fn generated_cases(target: &str) -> Vec<Case> {
             "signature",
             "signature",
         ),
+        // Signature first: these are refused for their signature, not for
+        // what a parse would find in them.
+        case(
+            "nested-and-signature-flipped",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+            Signed::Flipped,
+            "signature",
+            "signature",
+        ),
+        case(
+            "serial-older-and-signature-of-another-feed",
+            valid(GOOD_SERIAL - 100),
+            Signed::OtherFile,
+            "signature",
+            "signature",
+        ),
         case(
             "serial-older",
             valid(GOOD_SERIAL - 100),
