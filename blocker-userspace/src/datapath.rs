@@ -1593,9 +1593,13 @@ impl Datapath {
         let writes = behind.then(&patch);
         let tables = &self.maps.tables[idle];
         let names = map_names::TABLES[idle];
+        let union = &self.union;
         // Two threads, the tables shared out so that each writes about as
-        // many values (the kernel copies each value in on the calling
-        // thread; IPv4's buckets are usually the most).
+        // much (the kernel copies each value in on the calling thread;
+        // IPv4's buckets are usually the most). The program's step-1
+        // bitmap gains the patch's bits on the other thread, after its
+        // tables: it is read out and written back whole, a few ms whatever
+        // the patch. Both are done before the flip.
         let (one, other) = crate::parallel::join(
             writes.len() * 4,
             || -> Result<()> {
@@ -1606,15 +1610,15 @@ impl Datapath {
             || -> Result<()> {
                 update_batch(&tables[0], names[0], &writes.v4_bits)?;
                 update_batch(&tables[3], names[3], &writes.v6)?;
-                update_batch(&tables[4], names[4], &writes.entries)
+                update_batch(&tables[4], names[4], &writes.entries)?;
+                union
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add(&writes.v4_bits, &writes.v6_bits)
             },
         );
         one?;
         other?;
-        self.union
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(&writes.v4_bits, &writes.v6_bits)?;
         self.flip(&mut control, idle, [shape.v4_seed, shape.v6_seed], compiled)?;
         self.keys = (
             self.keys.0.saturating_add_signed(patch.keys.0),
