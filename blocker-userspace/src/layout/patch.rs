@@ -111,17 +111,31 @@ fn read_family<S: FamilyTables>(
     buckets: Vec<u32>,
     words: Vec<u32>,
 ) -> ((Vec<u32>, Vec<[S; SLOTS]>), Words) {
+    (
+        read_buckets::<S>(source, buckets),
+        read_words(source, S::BITS, words),
+    )
+}
+
+/// Reads ahead the buckets at `buckets` of one family, as [`read_family`].
+fn read_buckets<S: FamilyTables>(
+    source: &mut impl Source,
+    buckets: Vec<u32>,
+) -> (Vec<u32>, Vec<[S; SLOTS]>) {
     let (indices, values) = read_many(source, S::BUCKETS, buckets);
-    let buckets = match values.and_then(S::buckets) {
+    match values.and_then(S::buckets) {
         Some(buckets) => (indices, buckets),
         None => Default::default(),
-    };
-    let (indices, values) = read_many(source, S::BITS, words);
-    let words = match values {
-        Some(Values::Words(values)) => Words::preloaded(&indices, &values),
+    }
+}
+
+/// Reads ahead the words at `words` of the bitmap `table`, as
+/// [`read_family`].
+fn read_words(source: &mut impl Source, table: Table, words: Vec<u32>) -> Words {
+    match read_many(source, table, words) {
+        (indices, Some(Values::Words(values))) => Words::preloaded(&indices, &values),
         _ => Words::default(),
-    };
-    (buckets, words)
+    }
 }
 
 /// New values for some indices of each table of a generation, each list
@@ -565,21 +579,31 @@ pub fn patch<S: Source + Send>(
     if compiled.entries.len() > entries_capacity {
         return Err(Unpatchable::Entries);
     }
+    if change
+        .v4
+        .iter()
+        .any(|&(_, len)| u32::from(len) < layout::V4_SHORT_LEN)
+    {
+        return Err(Unpatchable::Wide);
+    }
     // Each changed prefix costs microseconds of lookups: a few thousand
-    // are worth a second thread. IPv4 holds most of them: its /16s are
-    // worked out after IPv6, on that thread (each thread with its own
-    // search hint into the IPv4 prefixes).
+    // are worth a second thread. IPv4 holds most of them: its hash table
+    // is patched on one thread, and its /16s and its bitmap after IPv6,
+    // on the other (each thread with its own search hints into the IPv4
+    // prefixes).
     let v4_table = Prefixes::new(&compiled.v4);
-    let shorts_table = v4_table.clone();
-    let (v4, (v6, v4_short)) = crate::parallel::join(
+    let (shorts_table, bits_table) = (v4_table.clone(), v4_table.clone());
+    let (v4, (v6, v4_short, v4_bits)) = crate::parallel::join(
         (change.v4.len() + change.v6.len()) * 10,
         move || patch_v4(&v4_table, change, shape, v4_source),
         move || {
-            let v6 = patch_v6(compiled, change, shape, v6_source);
-            (v6, shorts_v4(&shorts_table, change))
+            let v6 = patch_v6(compiled, change, shape, &mut *v6_source);
+            let v4_short = shorts_v4(&shorts_table, change);
+            (v6, v4_short, bits_v4(&bits_table, change, v6_source))
         },
     );
     let (mut patch, v6) = (v4?, v6?);
+    patch.v4_bits = v4_bits?;
     patch.v4_short = v4_short;
     patch.v6_bits = v6.v6_bits;
     patch.v6 = v6.v6;
@@ -598,14 +622,9 @@ fn patch_v4<S: Source>(
 ) -> Result<Patch, Unpatchable> {
     let mut keys: Vec<(u32, u8)> = Vec::new();
     let mut descriptors: Vec<u32> = Vec::new();
-    let mut bits: Vec<u32> = Vec::new();
     for &(net, len) in &change.v4 {
         let net = u32::from_be_bytes(net);
         let bucket = net >> (32 - V4_BUCKET_LEN);
-        if u32::from(len) < layout::V4_SHORT_LEN {
-            return Err(Unpatchable::Wide);
-        }
-        bits.extend(bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))));
         if u32::from(len) >= V4_BUCKET_LEN {
             descriptors.push(bucket);
         } else if u32::from(len) > layout::V4_SHORT_LEN {
@@ -620,10 +639,8 @@ fn patch_v4<S: Source>(
             keys.push((net, len));
         }
     }
-    for list in [&mut descriptors, &mut bits] {
-        list.sort_unstable();
-        list.dedup();
-    }
+    descriptors.sort_unstable();
+    descriptors.dedup();
     let choices = |net: u32, len: u32| {
         layout::choices(layout::hash4(net, len, shape.v4_seed), shape.v4_buckets)
     };
@@ -639,8 +656,7 @@ fn patch_v4<S: Source>(
         .chain(covers.iter().map(|(key, _)| (key.net, key.len)))
         .flat_map(|(net, len)| choices(net, len))
         .collect();
-    let (buckets, mut words) =
-        read_family::<Slot4>(source, ahead, bits.iter().map(|b| b >> 6).collect());
+    let buckets = read_buckets::<Slot4>(source, ahead);
     let mut hash = Overlay::new(
         |b| source.v4_bucket(b).map(|b| b.slots),
         shape.v4_seed,
@@ -719,10 +735,38 @@ fn patch_v4<S: Source>(
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
     let (v4, keys_gained) = hash.changed();
+    Ok(Patch {
+        v4: v4
+            .into_iter()
+            .map(|(i, slots)| (i, Bucket4 { slots }))
+            .collect(),
+        keys: (keys_gained, 0),
+        ..Patch::default()
+    })
+}
+
+/// The IPv4 bitmap words a change sets or clears (of /16 or longer: see
+/// [`patch`]), worked out against `source`'s.
+fn bits_v4<S: Source>(
+    table: &Prefixes<'_, 4>,
+    change: &Change,
+    source: &mut S,
+) -> Result<Vec<(u32, u64)>, Unpatchable> {
+    let mut bits: Vec<u32> = change
+        .v4
+        .iter()
+        .flat_map(|&(net, len)| {
+            let bucket = u32::from_be_bytes(net) >> (32 - V4_BUCKET_LEN);
+            bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len)))
+        })
+        .map(|b| b >> 6)
+        .collect();
+    bits.dedup();
+    let mut words = read_words(source, Table::V4Bits, bits);
+    let bits_of = |net: u32| u128::from(net) << 96;
     // A /24's bit: some prefix covers it or lies inside it. A changed
     // prefix of /24 or shorter decides all its /24s at once: set when
     // something covers it, else as the prefixes inside it touch them.
-    let read = |source: &mut S, w| source.v4_bits(w);
     for &(net, len) in &change.v4 {
         let (net, len) = (u32::from_be_bytes(net), u32::from(len));
         let bucket = net >> (32 - V4_BUCKET_LEN);
@@ -730,7 +774,7 @@ fn patch_v4<S: Source>(
             let at = bucket << (32 - V4_BUCKET_LEN);
             let set = table.cover(bits_of(at), 24).is_some()
                 || table.inside(bits_of(at), 24, 25).next().is_some();
-            words.set(bucket, set, |w| read(source, w))?;
+            words.set(bucket, set, |w| source.v4_bits(w))?;
             continue;
         }
         let span = 1u32 << (V4_BUCKET_LEN - len);
@@ -746,19 +790,10 @@ fn patch_v4<S: Source>(
             }
         }
         for (b, set) in (bucket..).zip(touched) {
-            words.set(b, set, |w| read(source, w))?;
+            words.set(b, set, |w| source.v4_bits(w))?;
         }
     }
-    let v4_bits = words.changed();
-    Ok(Patch {
-        v4_bits,
-        v4: v4
-            .into_iter()
-            .map(|(i, slots)| (i, Bucket4 { slots }))
-            .collect(),
-        keys: (keys_gained, 0),
-        ..Patch::default()
-    })
+    Ok(words.changed())
 }
 
 /// `touched` with the bits of the /20s of its /16 that `net`/`len`
