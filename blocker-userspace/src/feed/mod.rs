@@ -306,8 +306,9 @@ struct Scanned {
 
 impl Scanned {
     fn of(bytes: &[u8]) -> Self {
-        // Each chunk folded into one flag a test, which the compiler
-        // vectorises.
+        // Each test folded into a flag of its own over a chunk: the
+        // compiler vectorises that loop (the tests folded into one flag,
+        // it does not).
         let fold = |bytes: &[u8]| {
             let (mut other, mut special, mut cr) = (0u8, 0u8, 0u8);
             for &b in bytes {
