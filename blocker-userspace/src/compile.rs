@@ -81,12 +81,22 @@ impl SlotTable {
     /// The table for exactly `ids`: known ids keep their slot; new ids get
     /// the lowest slot nobody held before (so a slot just released is not
     /// handed on while the live table may still count into it), else the
-    /// lowest free one.
-    fn reassign<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<Self, CompileError> {
-        let ids: BTreeSet<&str> = ids.into_iter().collect();
+    /// lowest free one. And whether `ids` are the table's own in its order,
+    /// so that each takes the next slot in turn.
+    fn reassign<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<(Self, bool), CompileError> {
+        // The same orders in the table's order (a feed sorted by id, as it
+        // changes from one serial to the next): one pass of comparisons,
+        // and no search for each slot after.
+        if ids.clone().eq(self.slots.keys().map(String::as_str)) {
+            return Ok((self.clone(), true));
+        }
+        let ids: BTreeSet<&str> = ids.collect();
         if ids.len() == self.slots.len() && ids.iter().all(|id| self.slots.contains_key(*id)) {
             // The same orders (the usual feed): the same slots.
-            return Ok(self.clone());
+            return Ok((self.clone(), false));
         }
         let mut slots: BTreeMap<String, u32> = ids
             .iter()
@@ -114,7 +124,7 @@ impl SlotTable {
             taken.insert(slot);
             slots.insert(id.to_owned(), slot);
         }
-        Ok(Self { slots })
+        Ok((Self { slots }, false))
     }
 }
 
@@ -701,23 +711,13 @@ impl<'o> Inputs<'o> {
         enforcement: Enforcement,
         previous: &SlotTable,
     ) -> Result<Self, CompileError> {
-        let ids = || orders.iter().map(|o| o.id.as_str());
-        // The same orders in the table's order (a feed sorted by id, as
-        // it changes from one serial to the next): their slots in turn,
-        // without a search for each.
-        let same =
-            orders.len() == previous.len() && ids().eq(previous.slots.keys().map(String::as_str));
-        let slots = if same {
-            previous.clone()
-        } else {
-            previous.reassign(ids())?
-        };
-        let mut in_turn = slots.slots.values();
+        let (slots, in_turn) = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
+        let mut turn = slots.slots.values();
         let mut inputs = Vec::with_capacity(orders.len());
         let mut compiled_orders = Vec::with_capacity(orders.len());
         for order in orders {
-            let slot = if same {
-                in_turn.next().copied()
+            let slot = if in_turn {
+                turn.next().copied()
             } else {
                 slots.get(&order.id)
             };
