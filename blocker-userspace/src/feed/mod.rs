@@ -120,7 +120,7 @@ pub struct Parsed {
 /// in target lines, are taken from it (see [`again`]). The result is the
 /// same either way.
 pub fn parse_against(text: &Text<'_>, base: Option<&Base<'_>>) -> Result<Parsed, FeedError> {
-    let lone_cr = text.lone_cr;
+    let lone_cr = text.found.lone_cr;
     let text = checked_text(text)?;
     if let Some(fast) = fast_path(text, lone_cr, base) {
         let feed = finish(fast.header, fast.orders.into_iter())?;
@@ -150,11 +150,36 @@ pub fn parse_general_only(bytes: &[u8]) -> Result<Feed, FeedError> {
 /// its second core while the signature is checked on the first.
 pub struct Text<'a> {
     bytes: &'a [u8],
+    found: Found,
+}
+
+/// What a scan found in some bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Found {
     plain: bool,
     /// Where the first byte that is not UTF-8 is, if one is.
     not_utf8: Option<usize>,
     /// Whether a carriage return has no line feed after it.
     lone_cr: bool,
+}
+
+impl Found {
+    /// Nothing scanned yet.
+    const NOTHING: Self = Self {
+        plain: true,
+        not_utf8: None,
+        lone_cr: false,
+    };
+
+    /// What the scans of some bytes and of those `at` bytes on (`later`,
+    /// which start after a line end) found together.
+    fn then(self, later: Self, at: usize) -> Self {
+        Self {
+            plain: self.plain && later.plain,
+            not_utf8: self.not_utf8.or(later.not_utf8.map(|offset| at + offset)),
+            lone_cr: self.lone_cr || later.lone_cr,
+        }
+    }
 }
 
 impl<'a> Text<'a> {
@@ -174,9 +199,7 @@ impl<'a> Text<'a> {
         );
         Self {
             bytes,
-            plain: first.plain && second.plain,
-            not_utf8: first.not_utf8.or(second.not_utf8.map(|at| cut + at)),
-            lone_cr: first.lone_cr || second.lone_cr,
+            found: first.found.then(second.found, cut),
         }
     }
 
@@ -190,11 +213,14 @@ impl<'a> Text<'a> {
         };
         Self {
             bytes,
-            plain,
-            not_utf8,
-            // Parts end at a line end (or the feed's): a carriage return
-            // at a part's end has none after it in the feed either.
-            lone_cr: any_cr && lone_carriage_return(bytes),
+            found: Found {
+                plain,
+                not_utf8,
+                // Parts end at a line end (or the feed's): a carriage
+                // return at a part's end has none after it in the feed
+                // either.
+                lone_cr: any_cr && lone_carriage_return(bytes),
+            },
         }
     }
 }
@@ -206,18 +232,14 @@ impl<'a> Text<'a> {
 pub struct Scanner {
     /// Bytes scanned.
     done: usize,
-    plain: bool,
-    not_utf8: Option<usize>,
-    lone_cr: bool,
+    found: Found,
 }
 
 impl Default for Scanner {
     fn default() -> Self {
         Self {
             done: 0,
-            plain: true,
-            not_utf8: None,
-            lone_cr: false,
+            found: Found::NOTHING,
         }
     }
 }
@@ -233,9 +255,7 @@ impl Scanner {
 
     fn scan_to(&mut self, bytes: &[u8], end: usize) {
         let piece = Text::scan_here(&bytes[self.done..end]);
-        self.plain &= piece.plain;
-        self.not_utf8 = self.not_utf8.or(piece.not_utf8.map(|at| self.done + at));
-        self.lone_cr |= piece.lone_cr;
+        self.found = self.found.then(piece.found, self.done);
         self.done = end;
     }
 
@@ -245,9 +265,7 @@ impl Scanner {
         self.scan_to(bytes, bytes.len());
         Text {
             bytes,
-            plain: self.plain,
-            not_utf8: self.not_utf8,
-            lone_cr: self.lone_cr,
+            found: self.found,
         }
     }
 }
@@ -266,7 +284,7 @@ fn checked_text<'a>(text: &Text<'a>) -> Result<&'a str, FeedError> {
             bytes.len()
         )));
     }
-    if let Some(at) = text.not_utf8 {
+    if let Some(at) = text.found.not_utf8 {
         return Err(whole(format!(
             "not UTF-8 (invalid byte at offset {at}); the feed must be UTF-8 text"
         )));
@@ -275,7 +293,7 @@ fn checked_text<'a>(text: &Text<'a>) -> Result<&'a str, FeedError> {
     // any other part was checked whole (parts are cut after a line feed,
     // never inside a character).
     let checked = unsafe { std::str::from_utf8_unchecked(bytes) };
-    if !text.plain {
+    if !text.found.plain {
         check_characters(checked).map_err(whole)?;
         check_no_anchors(checked).map_err(whole)?;
     }
@@ -459,19 +477,6 @@ impl Pending {
     }
 }
 
-/// The places of the orders whose id an earlier order has, in order.
-fn repeated_ids(orders: &[Order]) -> Vec<usize> {
-    // A feed sorted by id (as it comes from one serial to the next) has
-    // none when each id is greater than the one before: one pass, no set.
-    if orders.windows(2).all(|pair| pair[0].id < pair[1].id) {
-        return Vec::new();
-    }
-    let mut seen = std::collections::HashSet::with_capacity(orders.len());
-    (0..orders.len())
-        .filter(|&i| !seen.insert(orders[i].id.as_str()))
-        .collect()
-}
-
 /// Validates the header and every order.
 fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, FeedError> {
     let mut problems = Vec::new();
@@ -489,10 +494,11 @@ fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, Fe
     if raw.issuer.trim().is_empty() {
         problems.push(problem(None, Some("issuer"), "must not be empty"));
     }
-    let mut parsed = Vec::new();
-    // Where each order's problems end among all: a repeated id is named
-    // there.
-    let mut ends = Vec::new();
+    let mut parsed: Vec<Order> = Vec::new();
+    // Ids each greater than the one before cannot repeat: the set of ids
+    // is made only once one is not (a feed sorted by id, as it comes from
+    // one serial to the next, needs none).
+    let mut seen: Option<std::collections::HashSet<String>> = None;
     for (index, order) in orders.enumerate() {
         let order = match order {
             Pending::Checked(order, found) => {
@@ -502,26 +508,21 @@ fn finish(raw: Header, orders: impl Iterator<Item = Pending>) -> Result<Feed, Fe
             Pending::Value(value) => parse_order(index, value, &mut problems),
         };
         if let Some(order) = order {
-            ends.push(problems.len());
+            if seen.is_none() && parsed.last().is_some_and(|last| last.id >= order.id) {
+                seen = Some(parsed.iter().map(|o| o.id.clone()).collect());
+            }
+            if seen
+                .as_mut()
+                .is_some_and(|seen| !seen.insert(order.id.clone()))
+            {
+                problems.push(problem(
+                    Some(&order.id),
+                    Some("id"),
+                    "duplicate order id; every order needs its own id",
+                ));
+            }
             parsed.push(order);
         }
-    }
-    let repeated = repeated_ids(&parsed);
-    if !repeated.is_empty() {
-        let mut named = Vec::with_capacity(problems.len() + repeated.len());
-        let mut rest = problems.into_iter();
-        let mut taken = 0;
-        for i in repeated {
-            named.extend(rest.by_ref().take(ends[i] - taken));
-            taken = ends[i];
-            named.push(problem(
-                Some(&parsed[i].id),
-                Some("id"),
-                "duplicate order id; every order needs its own id",
-            ));
-        }
-        named.extend(rest);
-        problems = named;
     }
     if problems.is_empty() {
         Ok(Feed {
@@ -1328,7 +1329,10 @@ mod tests {
         let mut last = lines.clone().into_bytes();
         last.extend_from_slice(b"      - 192.0.2.1/32\r");
         texts.push(last);
-        let lone: Vec<bool> = texts.iter().map(|t| Text::scan_here(t).lone_cr).collect();
+        let lone: Vec<bool> = texts
+            .iter()
+            .map(|t| Text::scan_here(t).found.lone_cr)
+            .collect();
         assert_eq!(lone[lone.len() - 3..], [false, true, true]);
         assert!(!lone[..lone.len() - 3].contains(&true));
         for bytes in &texts {
@@ -1342,8 +1346,8 @@ mod tests {
                 }
                 let text = scanner.finish(bytes);
                 assert_eq!(
-                    (text.plain, text.not_utf8, text.lone_cr),
-                    (whole.plain, whole.not_utf8, whole.lone_cr),
+                    (text.found.plain, text.found.not_utf8, text.found.lone_cr),
+                    (whole.found.plain, whole.found.not_utf8, whole.found.lone_cr),
                     "in pieces of {piece}"
                 );
             }
