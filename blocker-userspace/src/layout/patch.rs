@@ -103,21 +103,9 @@ impl FamilyTables for Slot6 {
     }
 }
 
-/// Reads ahead the buckets at `buckets` and the bitmap words at `words` of
-/// one family: the buckets read (sorted indices, and their buckets), and
-/// the words (what could not be read is read one by one later).
-fn read_family<S: FamilyTables>(
-    source: &mut impl Source,
-    buckets: Vec<u32>,
-    words: Vec<u32>,
-) -> ((Vec<u32>, Vec<[S; SLOTS]>), Words) {
-    (
-        read_buckets::<S>(source, buckets),
-        read_words(source, S::BITS, words),
-    )
-}
-
-/// Reads ahead the buckets at `buckets` of one family, as [`read_family`].
+/// Reads ahead the buckets at `buckets` of one family: the buckets read
+/// (sorted indices, and their buckets; what could not be read is read one
+/// by one later).
 fn read_buckets<S: FamilyTables>(
     source: &mut impl Source,
     buckets: Vec<u32>,
@@ -129,8 +117,8 @@ fn read_buckets<S: FamilyTables>(
     }
 }
 
-/// Reads ahead the words at `words` of the bitmap `table`, as
-/// [`read_family`].
+/// Reads ahead the words at `words` of the bitmap `table` (what could not
+/// be read is read one by one later).
 fn read_words(source: &mut impl Source, table: Table, words: Vec<u32>) -> Words {
     match read_many(source, table, words) {
         (indices, Some(Values::Words(values))) => Words::preloaded(&indices, &values),
@@ -762,7 +750,7 @@ fn bits_v4<S: Source>(
         .map(|b| b >> 6)
         .collect();
     bits.dedup();
-    let mut words = read_words(source, Table::V4Bits, bits);
+    let mut words = read_words(source, Slot4::BITS, bits);
     let bits_of = |net: u32| u128::from(net) << 96;
     // A /24's bit: some prefix covers it or lies inside it. A changed
     // prefix of /24 or shorter decides all its /24s at once: set when
@@ -949,7 +937,8 @@ fn patch_v6(
         .iter()
         .map(|&top| layout::v6_bit(u64::from(top) << 32) >> 6)
         .collect();
-    let (buckets, mut words) = read_family::<Slot6>(source, ahead, words);
+    let buckets = read_buckets::<Slot6>(source, ahead);
+    let mut words = read_words(source, Slot6::BITS, words);
     let mut hash = Overlay::new(
         |b| source.v6_bucket(b).map(|b| b.slots),
         shape.v6_seed,
