@@ -574,6 +574,23 @@ impl<T: Copy> Mapped<T> {
     }
 }
 
+impl Mapped<u64> {
+    /// The values as atomics: for values that frames read while they are
+    /// written.
+    fn atomics(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `AtomicU64` has the size and alignment of `u64`; `len`
+        // values are mapped for as long as `self` lives, and atomics assume
+        // nothing about who else reads or writes them. (A store needs a
+        // window mapped writable.)
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                self.len,
+            )
+        }
+    }
+}
+
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `window` mapped.
@@ -1038,9 +1055,11 @@ impl Datapath {
             loader.map_max_entries(map_names::ENTRIES[g], geometry.entries);
         }
         loader.map_max_entries(map_names::ORDER_COUNTERS, MAX_ORDERS);
-        let mut ebpf = loader
-            .load(PROGRAM)
-            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let union_pin = program_data::UnionPin::new(PROGRAM, bpffs_dir)?;
+        loader.map_pin_path(program_data::UNION, union_pin.path());
+        let loaded = loader.load(PROGRAM);
+        drop(union_pin);
+        let mut ebpf = loaded.map_err(|e| DatapathError::Load(Box::new(e)))?;
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(DatapathError::Program)?;
         let prog_pin = bpffs_dir.join("prog");

@@ -1448,6 +1448,48 @@ fn kernel_verdicts_match_the_reference() {
     );
 }
 
+/// The program's step-1 bitmap is a map of its own program: made by the
+/// datapath (to be mappable) and pinned only while the program loads. What
+/// an open leaves under `bpffs_dir` is the maps, the links and the
+/// program, also when a second program is loaded over the same pins (as at
+/// a restart), and the new program's bitmap starts with the live bits.
+#[test]
+fn opening_pins_only_maps_links_and_program() {
+    let kept = drop_order("KEPT", Direction::Dst, &["198.51.100.7"]);
+    let rig = Rig::with(std::slice::from_ref(&kept), Enforcement::Enforce);
+    let dir = rig.dp.bpffs_dir().to_owned();
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+            .map(|entry| {
+                entry
+                    .expect("a bpffs entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), ["links", "maps", "prog"], "after the first open");
+    let mut again = blocker::datapath::Datapath::open(&dir, rig.dp.capacity())
+        .unwrap_or_else(|err| panic!("loading the program again: {err}"));
+    assert_eq!(names(), ["links", "maps", "prog"], "after the second open");
+    assert!(
+        again
+            .step1_marked(ip("198.51.100.7"))
+            .expect("reading the new program's step-1 bit"),
+        "the new program's bitmap lacks the live prefix's bit"
+    );
+    assert!(
+        !again
+            .step1_marked(ip("203.0.113.9"))
+            .expect("reading the new program's step-1 bit"),
+        "the new program's bitmap has a bit no generation has"
+    );
+}
+
 /// The program's step-1 bitmap holds a bucket's bit while either table
 /// generation has the bucket: a patch adding a prefix in a new bucket sets
 /// it before that generation goes live (the first frame is dropped), and

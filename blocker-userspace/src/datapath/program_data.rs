@@ -16,11 +16,16 @@
 //!   is written once no packet can be reading it), set to their OR anew.
 //!
 //! A set bit the live generation lacks costs a frame step 2, nothing more.
+//!
+//! The union's map is made here, before the program is loaded
+//! ([`UnionPin`]), so that its words can be read and written in place.
 
 use std::{
+    fs,
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::{
@@ -32,10 +37,7 @@ use blocker_common::{
     layout::{self, BITMAP_WORDS},
 };
 
-use super::{
-    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, DatapathError, Mapped, Result, Target, array_elem,
-    map_err,
-};
+use super::{BPF_MAP_UPDATE_ELEM, DatapathError, Mapped, Result, Target, array_elem, map_err};
 
 /// The maps' names, as aya names a data section's map.
 pub(super) const UNION: &str = ".bss";
@@ -108,9 +110,77 @@ impl LiveControl {
     }
 }
 
-/// The program's step-1 bitmap. It keeps no copy: each change reads the
-/// map, or works it out anew, and writes it whole (4 MiB for a moment,
-/// not for as long as the daemon runs).
+/// The map of the program's step-1 bitmap, made by us rather than by the
+/// loader: the array of one value the loader would make for `.bss`, but
+/// BPF_F_MMAPABLE, so that a change reads and writes only the words it
+/// changes, in place. (Read or written by syscall, the 4 MiB value goes
+/// through a 4 MiB buffer the kernel allocates for each copy. On a virtual
+/// machine that hands free memory back to its host, as this one does, a
+/// copy after a few idle seconds took up to 50 ms, each way, in an update
+/// that otherwise takes 60.)
+///
+/// It is pinned for the loader to find (`EbpfLoader::map_pin_path`, which
+/// takes a map pinned at the path given instead of making one) until this
+/// is dropped, once the program is loaded: the map is the program's alone,
+/// as before.
+pub(super) struct UnionPin {
+    path: PathBuf,
+}
+
+impl UnionPin {
+    /// Makes the map for the `.bss` of the program object `program` and
+    /// pins it in `dir` (a bpf filesystem).
+    pub(super) fn new(program: &[u8], dir: &Path) -> Result<Self> {
+        let mut object = aya_obj::Object::parse(program)
+            .map_err(|e| DatapathError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
+        let Some(aya_obj::Map::Legacy(mut map)) = object.maps.remove(UNION) else {
+            return Err(DatapathError::Missing {
+                what: "data section",
+                name: UNION.to_owned(),
+            });
+        };
+        let size = 2 * WORDS * size_of::<u64>();
+        if map.def.value_size as usize != size || map.def.max_entries != 1 {
+            return Err(DatapathError::Layout {
+                path: PathBuf::from(UNION),
+                detail: format!(
+                    "the program's {UNION} is {} bytes, this build writes {size}",
+                    map.def.value_size
+                ),
+            });
+        }
+        map.def.map_flags |= aya_obj::generated::BPF_F_MMAPABLE;
+        let data =
+            MapData::create(aya_obj::Map::Legacy(map), UNION, None).map_err(map_err(UNION))?;
+        let path = dir.join(format!("union-loading-{}", std::process::id()));
+        // Left by a process of the same id that died loading: not ours.
+        if path.exists() {
+            fs::remove_file(&path).map_err(super::io_err(&path))?;
+        }
+        data.pin(&path).map_err(|source| DatapathError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnionPin {
+    fn drop(&mut self) {
+        // The loaded program holds the map; a pin left behind (this
+        // failing) holds only a map no program uses, taken by no later load
+        // (each pins its own under its process id).
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The program's step-1 bitmap. It keeps no copy: each change maps the
+/// map's value (made by [`UnionPin`]) and reads and writes it in place, a
+/// word at a time, while frames read it.
 pub(super) struct Union {
     fd: OwnedFd,
 }
@@ -123,24 +193,37 @@ impl Union {
         })
     }
 
+    /// The map's words (the IPv4 words, then the IPv6 words), mapped for
+    /// the moment.
+    fn mapped(&self, writable: bool) -> Result<Mapped<u64>> {
+        Mapped::window_fd(self.fd.as_raw_fd(), UNION, 0, 2 * WORDS, writable)
+    }
+
     /// Sets every bit to the OR of the two generations' bitmaps as the
     /// maps hold them now (`generations`: each one's tables, as
     /// `Maps::targets` gives them).
     pub(super) fn level(&self, generations: [&[Target; 6]; 2]) -> Result<()> {
-        let mut words = vec![0; 2 * WORDS];
+        let union = self.mapped(true)?;
         // The bitmaps are tables 0 (IPv4) and 2 (IPv6).
         for (family, table) in [(0, 0), (1, 2)] {
-            let union = &mut words[family * WORDS..][..WORDS];
-            for tables in generations {
+            let [a, b] = generations.map(|tables| {
                 let bits = tables[table];
-                let map =
-                    Mapped::<u64>::window_fd(bits.fd, bits.name, 0, bits.values.min(WORDS), false)?;
-                for (to, from) in union.iter_mut().zip(map.as_slice()) {
-                    *to |= from;
+                Mapped::<u64>::window_fd(bits.fd, bits.name, 0, bits.values.min(WORDS), false)
+            });
+            let (a, b) = (a?, b?);
+            let (a, b) = (a.as_slice(), b.as_slice());
+            for (i, to) in union.atomics()[family * WORDS..][..WORDS]
+                .iter()
+                .enumerate()
+            {
+                let word = a.get(i).copied().unwrap_or(0) | b.get(i).copied().unwrap_or(0);
+                if to.load(Ordering::Relaxed) != word {
+                    to.store(word, Ordering::Relaxed);
                 }
             }
         }
-        self.store(&words)
+        Self::written();
+        Ok(())
     }
 
     /// Adds the set bits of the bitmap words `v4` and `v6` (index, word),
@@ -149,57 +232,55 @@ impl Union {
         if v4.is_empty() && v6.is_empty() {
             return Ok(());
         }
-        let mut words = self.load()?;
+        let union = self.mapped(true)?;
         for (family, writes) in [(0, v4), (1, v6)] {
+            let words = &union.atomics()[family * WORDS..][..WORDS];
             for &(index, word) in writes {
-                if let Some(to) = words[family * WORDS..][..WORDS].get_mut(index as usize) {
-                    *to |= word;
+                if let Some(to) = words.get(index as usize) {
+                    let old = to.load(Ordering::Relaxed);
+                    if old | word != old {
+                        to.store(old | word, Ordering::Relaxed);
+                    }
                 }
             }
         }
-        self.store(&words)
+        Self::written();
+        Ok(())
+    }
+
+    /// The words stored are seen before whatever the caller writes next
+    /// (the flip that makes a generation live). A frame reading a word
+    /// meanwhile reads it old or new, whole: both hold every bit of the live
+    /// generation.
+    fn written() {
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Whether the map has the bit of `addr`'s bucket set (step 1, as the
     /// program takes it).
     pub(super) fn marked(&self, addr: IpAddr) -> Result<bool> {
-        let words = Words(self.load()?);
+        let union = self.mapped(false)?;
+        let words = Words(union.atomics());
         Ok(match addr {
             IpAddr::V4(a) => layout::v4_marked(&words, u32::from(a)),
             IpAddr::V6(a) => layout::v6_marked(&words, (u128::from(a) >> 64) as u64),
         })
     }
-
-    /// What the map holds: the IPv4 words, then the IPv6 words.
-    fn load(&self) -> Result<Vec<u64>> {
-        let mut words = vec![0u64; 2 * WORDS];
-        let value = words.as_mut_ptr() as u64;
-        array_elem(BPF_MAP_LOOKUP_ELEM, self.fd.as_raw_fd(), 0, value).map_err(|source| {
-            DatapathError::Io {
-                path: PathBuf::from(format!("lookup of the program's {UNION}")),
-                source,
-            }
-        })?;
-        Ok(words)
-    }
-
-    /// Writes `words` over the map. A frame reading a word meanwhile reads
-    /// it old or new, byte by byte: both hold every bit of the live
-    /// generation.
-    fn store(&self, words: &[u64]) -> Result<()> {
-        store(&self.fd, UNION, words.as_ptr())
-    }
 }
 
-/// The union's words as [`Union::load`] gives them (the IPv4 words, then the
-/// IPv6 words), read as step 1 reads a bitmap.
-struct Words(Vec<u64>);
+/// The union's words as [`Union::mapped`] gives them (the IPv4 words, then
+/// the IPv6 words), read as step 1 reads a bitmap.
+struct Words<'a>(&'a [AtomicU64]);
 
-impl layout::Bitmaps for Words {
+impl layout::Bitmaps for Words<'_> {
     fn v4_bits(&self, index: u32) -> u64 {
-        self.0[..WORDS].get(index as usize).copied().unwrap_or(0)
+        self.0[..WORDS]
+            .get(index as usize)
+            .map_or(0, |w| w.load(Ordering::Relaxed))
     }
     fn v6_bits(&self, index: u32) -> u64 {
-        self.0[WORDS..].get(index as usize).copied().unwrap_or(0)
+        self.0[WORDS..]
+            .get(index as usize)
+            .map_or(0, |w| w.load(Ordering::Relaxed))
     }
 }
