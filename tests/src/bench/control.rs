@@ -98,8 +98,10 @@ pub struct DaemonRun {
     pub update_apply: f64,
     /// From SIGHUP to the update's serial reported.
     pub update_seen: Duration,
-    /// The update's parse (against the feed in force), and the orders it
+    /// The update's signature check (with the bytes' scan and hash beside
+    /// it) and its parse (against the feed in force), and the orders it
     /// took from that feed: from the daemon's `feed parsed` log line.
+    pub update_verify: Duration,
     pub update_parse: Duration,
     pub update_taken: usize,
     pub rss_kib: u64,
@@ -107,6 +109,15 @@ pub struct DaemonRun {
     /// Median time of a whole `/metrics` scrape with the 1M feed's orders
     /// in force (curl's own time, [`SCRAPES`] scrapes).
     pub scrape: Duration,
+}
+
+impl DaemonRun {
+    /// The daemon's whole update, from the feed's bytes at hand to the
+    /// tables written: its signature check and parse (its log) and its
+    /// apply (its metric).
+    pub fn update_whole(&self) -> f64 {
+        (self.update_verify + self.update_parse).as_secs_f64() + self.update_apply
+    }
 }
 
 /// Scrapes timed for [`DaemonRun::scrape`].
@@ -392,6 +403,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in the update's `feed parsed` line:\n{log}"))
     };
+    let update_verify = Duration::from_secs_f64(field("verified_ms") / 1e3);
     let update_parse = Duration::from_secs_f64(field("parsed_ms") / 1e3);
     let update_taken = field("taken_from_in_force") as usize;
     let scrape = daemon.scrape();
@@ -406,6 +418,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
             .get("blocker_feed_last_apply_duration_seconds", &[])
             .unwrap_or(f64::NAN),
         update_seen,
+        update_verify,
         update_parse,
         update_taken,
         rss_kib: status_kib(daemon.pid(), "VmRSS:"),
