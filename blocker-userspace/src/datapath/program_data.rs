@@ -131,27 +131,43 @@ impl UnionPin {
     /// Makes the map for the `.bss` of the program object `program` and
     /// pins it in `dir` (a bpf filesystem).
     pub(super) fn new(program: &[u8], dir: &Path) -> Result<Self> {
-        let mut object = aya_obj::Object::parse(program)
-            .map_err(|e| DatapathError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
-        let Some(aya_obj::Map::Legacy(mut map)) = object.maps.remove(UNION) else {
+        use object::{Object as _, ObjectSection as _};
+        // The section's size from its header (aya-obj's whole parse would
+        // also make the section's 4 MiB of zeros, only to drop them).
+        let bss = object::File::parse(program)
+            .ok()
+            .and_then(|file| Some(file.section_by_name(UNION)?.size()));
+        let Some(bss) = bss else {
             return Err(DatapathError::Missing {
                 what: "data section",
                 name: UNION.to_owned(),
             });
         };
         let size = 2 * WORDS * size_of::<u64>();
-        if map.def.value_size as usize != size || map.def.max_entries != 1 {
+        if bss != size as u64 {
             return Err(DatapathError::Layout {
                 path: PathBuf::from(UNION),
-                detail: format!(
-                    "the program's {UNION} is {} bytes, this build writes {size}",
-                    map.def.value_size
-                ),
+                detail: format!("the program's {UNION} is {bss} bytes, this build writes {size}"),
             });
         }
-        map.def.map_flags |= aya_obj::generated::BPF_F_MMAPABLE;
-        let data =
-            MapData::create(aya_obj::Map::Legacy(map), UNION, None).map_err(map_err(UNION))?;
+        // The map aya-obj describes for a `.bss` (an array of one value),
+        // mappable.
+        let map = aya_obj::Map::Legacy(aya_obj::maps::LegacyMap {
+            def: aya_obj::maps::bpf_map_def {
+                map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                key_size: size_of::<u32>() as u32,
+                value_size: size as u32,
+                max_entries: 1,
+                map_flags: aya_obj::generated::BPF_F_MMAPABLE,
+                ..Default::default()
+            },
+            inner_def: None,
+            section_index: 0,
+            section_kind: aya_obj::EbpfSectionKind::Bss,
+            symbol_index: None,
+            data: Vec::new(),
+        });
+        let data = MapData::create(map, UNION, None).map_err(map_err(UNION))?;
         let path = dir.join(format!("union-loading-{}", std::process::id()));
         // Left by a process of the same id that died loading: not ours.
         if path.exists() {
@@ -179,8 +195,8 @@ impl Drop for UnionPin {
 }
 
 /// The program's step-1 bitmap. It keeps no copy: each change maps the
-/// map's value (made by [`UnionPin`]) and reads and writes it in place, a
-/// word at a time, while frames read it.
+/// map's value (made by [`UnionPin`]) a window at a time and reads and
+/// writes it in place, a word at a time, while frames read it.
 pub(super) struct Union {
     fd: OwnedFd,
 }
@@ -193,30 +209,29 @@ impl Union {
         })
     }
 
-    /// The map's words (the IPv4 words, then the IPv6 words), mapped for
-    /// the moment.
-    fn mapped(&self, writable: bool) -> Result<Mapped<u64>> {
-        Mapped::window_fd(self.fd.as_raw_fd(), UNION, 0, 2 * WORDS, writable)
+    /// Words `start..start + len` of the map (the IPv4 words, then the
+    /// IPv6 words), mapped for the moment.
+    fn window(&self, start: usize, len: usize, writable: bool) -> Result<Mapped<u64>> {
+        Mapped::window_fd(self.fd.as_raw_fd(), UNION, start, len, writable)
     }
 
     /// Sets every bit to the OR of the two generations' bitmaps as the
     /// maps hold them now (`generations`: each one's tables, as
     /// `Maps::targets` gives them).
     pub(super) fn level(&self, generations: [&[Target; 6]; 2]) -> Result<()> {
-        let union = self.mapped(true)?;
-        // The bitmaps are tables 0 (IPv4) and 2 (IPv6).
-        for (family, table) in [(0, 0), (1, 2)] {
-            let [a, b] = generations.map(|tables| {
-                let bits = tables[table];
-                Mapped::<u64>::window_fd(bits.fd, bits.name, 0, bits.values.min(WORDS), false)
-            });
+        for start in (0..2 * WORDS).step_by(WINDOW) {
+            let union = self.window(start, WINDOW, true)?;
+            // The bitmaps are tables 0 (IPv4) and 2 (IPv6).
+            let (table, at) = (start / WORDS * 2, start % WORDS);
+            let [a, b] = generations.map(|tables| bitmap_window(tables[table], at));
             let (a, b) = (a?, b?);
-            let (a, b) = (a.as_slice(), b.as_slice());
-            for (i, to) in union.atomics()[family * WORDS..][..WORDS]
-                .iter()
-                .enumerate()
-            {
-                let word = a.get(i).copied().unwrap_or(0) | b.get(i).copied().unwrap_or(0);
+            let word = |bits: &Option<Mapped<u64>>, i: usize| {
+                bits.as_ref()
+                    .and_then(|bits| bits.as_slice().get(i).copied())
+                    .unwrap_or(0)
+            };
+            for (i, to) in union.atomics().iter().enumerate() {
+                let word = word(&a, i) | word(&b, i);
                 if to.load(Ordering::Relaxed) != word {
                     to.store(word, Ordering::Relaxed);
                 }
@@ -229,20 +244,30 @@ impl Union {
     /// Adds the set bits of the bitmap words `v4` and `v6` (index, word),
     /// as about to be written to the idle generation.
     pub(super) fn add(&self, v4: &[(u32, u64)], v6: &[(u32, u64)]) -> Result<()> {
-        if v4.is_empty() && v6.is_empty() {
-            return Ok(());
-        }
-        let union = self.mapped(true)?;
-        for (family, writes) in [(0, v4), (1, v6)] {
-            let words = &union.atomics()[family * WORDS..][..WORDS];
-            for &(index, word) in writes {
-                if let Some(to) = words.get(index as usize) {
-                    let old = to.load(Ordering::Relaxed);
-                    if old | word != old {
-                        to.store(old | word, Ordering::Relaxed);
-                    }
+        let mut writes: Vec<(usize, u64)> = [(0, v4), (WORDS, v6)]
+            .into_iter()
+            .flat_map(|(first, words)| {
+                words
+                    .iter()
+                    .filter(|&&(index, _)| (index as usize) < WORDS)
+                    .map(move |&(index, word)| (first + index as usize, word))
+            })
+            .collect();
+        writes.sort_unstable_by_key(|&(at, _)| at);
+        let mut rest = &writes[..];
+        while let Some(&(first, _)) = rest.first() {
+            let start = first / WINDOW * WINDOW;
+            let inside = rest.partition_point(|&(at, _)| at < start + WINDOW);
+            let union = self.window(start, WINDOW, true)?;
+            let words = union.atomics();
+            for &(at, word) in &rest[..inside] {
+                let to = &words[at - start];
+                let old = to.load(Ordering::Relaxed);
+                if old | word != old {
+                    to.store(old | word, Ordering::Relaxed);
                 }
             }
+            rest = &rest[inside..];
         }
         Self::written();
         Ok(())
@@ -259,7 +284,7 @@ impl Union {
     /// Whether the map has the bit of `addr`'s bucket set (step 1, as the
     /// program takes it).
     pub(super) fn marked(&self, addr: IpAddr) -> Result<bool> {
-        let union = self.mapped(false)?;
+        let union = self.window(0, 2 * WORDS, false)?;
         let words = Words(union.atomics());
         Ok(match addr {
             IpAddr::V4(a) => layout::v4_marked(&words, u32::from(a)),
@@ -268,7 +293,23 @@ impl Union {
     }
 }
 
-/// The union's words as [`Union::mapped`] gives them (the IPv4 words, then
+/// Union words a change maps at a time (256 KiB), and as many of each
+/// generation's bitmap when levelling: what it holds mapped at once, and
+/// counted as the daemon's memory meanwhile, whatever the bitmap's size.
+const WINDOW: usize = 1 << 15;
+
+const _: () = assert!(WORDS.is_multiple_of(WINDOW));
+
+/// Words `at..at + WINDOW` of the bitmap `bits` (fewer at its end; `None`
+/// past it), mapped read-only.
+fn bitmap_window(bits: Target, at: usize) -> Result<Option<Mapped<u64>>> {
+    if at >= bits.values {
+        return Ok(None);
+    }
+    Mapped::window_fd(bits.fd, bits.name, at, WINDOW.min(bits.values - at), false).map(Some)
+}
+
+/// The union's words as [`Union::window`] gives them (the IPv4 words, then
 /// the IPv6 words), read as step 1 reads a bitmap.
 struct Words<'a>(&'a [AtomicU64]);
 
