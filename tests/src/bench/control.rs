@@ -406,6 +406,9 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
     let update_verify = Duration::from_secs_f64(field("verified_ms") / 1e3);
     let update_parse = Duration::from_secs_f64(field("parsed_ms") / 1e3);
     let update_taken = field("taken_from_in_force") as usize;
+    // The daemon hands the apply's freed memory back after it writes its
+    // status: RSS at rest is read once that is surely done.
+    std::thread::sleep(Duration::from_millis(500));
     let scrape = daemon.scrape();
     assert_eq!(
         scrape.get("blocker_feed_serial", &[]),
