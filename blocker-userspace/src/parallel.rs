@@ -40,9 +40,9 @@ where
 /// scheduler moves one of them, a few ms later: on this machine kind (a
 /// virtual machine whose kernel packs work onto few vCPUs) that was the rule
 /// after a few idle seconds, as a feed update usually comes. The daemon's
-/// signature check then took 40-46 ms of wall time for 36 of CPU, and its
-/// parse 26 ms for 20. A thread of `join` lives for one step, so the
-/// restriction ends with it.
+/// signature check then took 40-46 ms of wall time for 33-36 of CPU, and its
+/// parse 26 ms where it otherwise takes 20. A thread of `join` lives for one
+/// step, so the restriction ends with it.
 fn elsewhere(cpu: i32) {
     let Ok(cpu) = usize::try_from(cpu) else {
         return;
