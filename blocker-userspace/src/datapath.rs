@@ -1913,6 +1913,17 @@ pub fn detach(bpffs_dir: &Path) -> Result<Vec<String>> {
             Err(err) => return Err(io_err(&path)(err)),
         }
     }
+    // A union map pinned for a program that never finished loading (its
+    // process died in between: `program_data::UnionPin`).
+    for entry in fs::read_dir(bpffs_dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(program_data::UNION_PIN_PREFIX)
+        {
+            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        }
+    }
     match fs::remove_dir(bpffs_dir) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}

@@ -13,6 +13,7 @@ use std::{
 };
 
 use blocker::feed::{Direction, Order, Rung};
+use blocker_common::map_names;
 use blocker_tests::{
     daemon::{Daemon, Scrape},
     orders::drop_order,
@@ -404,6 +405,14 @@ fn detach_while_the_daemon_runs_stops_it_and_lifts_enforcement() {
     edge.publish(1, &[blocks("LIFTED", target)]);
     let daemon = edge.start_daemon(1);
     assert_eq!(delivered(&edge, target, 20), 0, "blocked before");
+    // The pin of a program's step-1 bitmap that a daemon left when it died
+    // while its program loaded (here: another pin of a pinned map, under
+    // such a pin's name; no process id reaches 2^22).
+    let stale = edge.bpffs.path().join("union-loading-4194304");
+    aya::maps::MapData::from_pin(edge.bpffs.path().join("maps").join(map_names::CONTROL))
+        .expect("a pinned map")
+        .pin(&stale)
+        .expect("pinning it again");
     let out = edge.blocker(&[
         "detach",
         "--config",
@@ -425,6 +434,10 @@ fn detach_while_the_daemon_runs_stops_it_and_lifts_enforcement() {
         !edge.bpffs.path().join("maps").exists()
             && link_pin(edge.bpffs.path(), &edge.edge_if).is_none(),
         "the pins are gone"
+    );
+    assert!(
+        !edge.bpffs.path().exists(),
+        "bpffs_dir is gone, the stale pin with it"
     );
     assert!(delivered(&edge, target, 20) > 0, "enforcement is lifted");
     let audit = fs::read_to_string(edge.dir.path().join("state/audit.jsonl")).expect("audit");

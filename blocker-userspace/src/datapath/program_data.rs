@@ -42,6 +42,8 @@ use super::{BPF_MAP_UPDATE_ELEM, DatapathError, Mapped, Result, Target, array_el
 /// The maps' names, as aya names a data section's map.
 pub(super) const UNION: &str = ".bss";
 pub(super) const LIVE_CONTROL: &str = ".bss.control";
+/// How [`UnionPin`] names its pin in `bpffs_dir`, the process id after it.
+pub(super) const UNION_PIN_PREFIX: &str = "union-loading-";
 const WORDS: usize = BITMAP_WORDS as usize;
 
 /// The data map `name` of the program `ebpf` loaded.
@@ -168,7 +170,7 @@ impl UnionPin {
             data: Vec::new(),
         });
         let data = MapData::create(map, UNION, None).map_err(map_err(UNION))?;
-        let path = dir.join(format!("union-loading-{}", std::process::id()));
+        let path = dir.join(format!("{UNION_PIN_PREFIX}{}", std::process::id()));
         // Left by a process of the same id that died loading: not ours.
         if path.exists() {
             fs::remove_file(&path).map_err(super::io_err(&path))?;
@@ -188,8 +190,9 @@ impl UnionPin {
 impl Drop for UnionPin {
     fn drop(&mut self) {
         // The loaded program holds the map; a pin left behind (this
-        // failing) holds only a map no program uses, taken by no later load
-        // (each pins its own under its process id).
+        // failing, or the process dying while its program loads) holds
+        // only a map no program uses, taken by no later load (each pins its
+        // own under its process id), and `blocker detach` removes it.
         let _ = fs::remove_file(&self.path);
     }
 }
