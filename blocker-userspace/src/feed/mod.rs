@@ -330,16 +330,8 @@ impl Scanned {
         let fold = |bytes: &[u8]| {
             let (mut other, mut special, mut cr) = (0u8, 0u8, 0u8);
             for &b in bytes {
-                other |= u8::from(
-                    !((b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\n') | (b == b'\r')),
-                );
-                special |= u8::from(
-                    (b == b'&')
-                        | (b == b'*')
-                        | (b == b'!')
-                        | ((b | 0x20) == b'{')
-                        | ((b | 0x20) == b'}'),
-                );
+                other |= unprintable(b);
+                special |= special_byte(b);
                 cr |= u8::from(b == b'\r');
             }
             (other | special, cr)
@@ -367,37 +359,40 @@ impl Scanned {
 // The scans below take a whole chunk at a time, folding bytes (a `bool`
 // fold the compiler does not vectorise), without a branch per byte.
 
+/// 1 when `b` is not printable ASCII, a tab or a line end, else 0.
+fn unprintable(b: u8) -> u8 {
+    u8::from(!((b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\n') | (b == b'\r')))
+}
+
+/// 1 when `b` is one of `& * ! [ ] { }`, else 0: the only characters that
+/// can be refused by [`check_no_anchors`] or change the flow depth. (`[`
+/// and `{`, `]` and `}` differ in one bit: five compares.)
+fn special_byte(b: u8) -> u8 {
+    u8::from(b == b'&')
+        | u8::from(b == b'*')
+        | u8::from(b == b'!')
+        | u8::from((b | 0x20) == b'{')
+        | u8::from((b | 0x20) == b'}')
+}
+
 /// Whether every byte is printable ASCII, a tab or a line end.
 fn printable(bytes: &[u8]) -> bool {
-    let other =
-        |b: u8| u8::from(!((b' '..=b'~').contains(&b) | matches!(b, b'\t' | b'\n' | b'\r')));
     let chunks = bytes.chunks_exact(64);
     let rest = chunks.remainder();
     chunks
         .into_iter()
-        .all(|chunk| chunk.iter().fold(0u8, |any, &b| any | other(b)) == 0)
-        && rest.iter().all(|&b| other(b) == 0)
+        .all(|chunk| chunk.iter().fold(0u8, |any, &b| any | unprintable(b)) == 0)
+        && rest.iter().all(|&b| unprintable(b) == 0)
 }
 
-/// Whether any byte is one of `& * ! [ ] { }`: the only characters that
-/// can be refused by [`check_no_anchors`] or change the flow depth.
+/// Whether any byte is one of `& * ! [ ] { }` ([`special_byte`]).
 fn special(bytes: &[u8]) -> bool {
     let chunks = bytes.chunks_exact(64);
     let rest = chunks.remainder();
-    // `[` and `{`, `]` and `}` differ in one bit: five compares.
-    let any = |chunk: &[u8]| {
-        chunk.iter().fold(0u8, |any, &b| {
-            any | u8::from(b == b'&')
-                | u8::from(b == b'*')
-                | u8::from(b == b'!')
-                | u8::from((b | 0x20) == b'{')
-                | u8::from((b | 0x20) == b'}')
-        }) != 0
-    };
-    chunks.into_iter().any(any)
-        || rest
-            .iter()
-            .any(|b| matches!(b, b'&' | b'*' | b'!' | b'[' | b']' | b'{' | b'}'))
+    chunks
+        .into_iter()
+        .any(|chunk| chunk.iter().fold(0u8, |any, &b| any | special_byte(b)) != 0)
+        || rest.iter().any(|&b| special_byte(b) != 0)
 }
 
 /// Whether a whole 32-byte chunk is spaces and tabs. A line indented past
