@@ -1617,8 +1617,7 @@ impl Datapath {
         // much (the kernel copies each value in on the calling thread;
         // IPv4's buckets are usually the most). The program's step-1
         // bitmap gains the patch's bits on the other thread, after its
-        // tables: it is read out and written back whole, a few ms whatever
-        // the patch. Both are done before the flip.
+        // tables. Both are done before the flip.
         let (one, other) = crate::parallel::join(
             writes.len() * 4,
             || -> Result<()> {

@@ -45,6 +45,8 @@ pub(super) const LIVE_CONTROL: &str = ".bss.control";
 /// How [`UnionPin`] names its pin in `bpffs_dir`, the process id after it.
 pub(super) const UNION_PIN_PREFIX: &str = "union-loading-";
 const WORDS: usize = BITMAP_WORDS as usize;
+/// The union's bytes: the IPv4 words, then the IPv6 words.
+const UNION_BYTES: usize = 2 * WORDS * size_of::<u64>();
 
 /// The data map `name` of the program `ebpf` loaded.
 pub(super) fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
@@ -80,17 +82,6 @@ fn checked_fd(ebpf: &Ebpf, name: &'static str, size: usize) -> Result<OwnedFd> {
         })
 }
 
-/// Copies `value` over the one value of the map `fd` (BPF_MAP_UPDATE_ELEM):
-/// the kernel copies it in place while frames read it.
-fn store<T>(fd: &OwnedFd, name: &'static str, value: *const T) -> Result<()> {
-    array_elem(BPF_MAP_UPDATE_ELEM, fd.as_raw_fd(), 0, value as u64).map_err(|source| {
-        DatapathError::Io {
-            path: PathBuf::from(format!("update of the program's {name}")),
-            source,
-        }
-    })
-}
-
 /// The program's copy of the control value.
 pub(super) struct LiveControl {
     fd: OwnedFd,
@@ -103,12 +94,23 @@ impl LiveControl {
         })
     }
 
-    /// Writes `control` over the program's copy. A frame reading it
-    /// meanwhile reads each field old or new, byte by byte: the controller
-    /// changes the idle generation's fields in one write and the
-    /// generation alone in the next, as it does the pinned value.
+    /// Writes `control` over the program's copy (BPF_MAP_UPDATE_ELEM: the
+    /// kernel copies it in place). A frame reading it meanwhile reads each
+    /// field old or new, byte by byte: the controller changes the idle
+    /// generation's fields in one write and the generation alone in the
+    /// next, as it does the pinned value.
     pub(super) fn set(&self, control: &Control) -> Result<()> {
-        store(&self.fd, LIVE_CONTROL, &ProgramControl::new(*control))
+        let value = ProgramControl::new(*control);
+        array_elem(
+            BPF_MAP_UPDATE_ELEM,
+            self.fd.as_raw_fd(),
+            0,
+            (&raw const value) as u64,
+        )
+        .map_err(|source| DatapathError::Io {
+            path: PathBuf::from(format!("update of the program's {LIVE_CONTROL}")),
+            source,
+        })
     }
 }
 
@@ -145,11 +147,12 @@ impl UnionPin {
                 name: UNION.to_owned(),
             });
         };
-        let size = 2 * WORDS * size_of::<u64>();
-        if bss != size as u64 {
+        if bss != UNION_BYTES as u64 {
             return Err(DatapathError::Layout {
                 path: PathBuf::from(UNION),
-                detail: format!("the program's {UNION} is {bss} bytes, this build writes {size}"),
+                detail: format!(
+                    "the program's {UNION} is {bss} bytes, this build writes {UNION_BYTES}"
+                ),
             });
         }
         // The map aya-obj describes for a `.bss` (an array of one value),
@@ -158,7 +161,7 @@ impl UnionPin {
             def: aya_obj::maps::bpf_map_def {
                 map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
                 key_size: size_of::<u32>() as u32,
-                value_size: size as u32,
+                value_size: UNION_BYTES as u32,
                 max_entries: 1,
                 map_flags: aya_obj::generated::BPF_F_MMAPABLE,
                 ..Default::default()
@@ -208,7 +211,7 @@ impl Union {
     /// Takes the map of the program `ebpf` loaded.
     pub(super) fn new(ebpf: &Ebpf) -> Result<Self> {
         Ok(Self {
-            fd: checked_fd(ebpf, UNION, 2 * WORDS * size_of::<u64>())?,
+            fd: checked_fd(ebpf, UNION, UNION_BYTES)?,
         })
     }
 
