@@ -740,7 +740,7 @@ fn bits_v4<S: Source>(
     change: &Change,
     source: &mut S,
 ) -> Result<Vec<(u32, u64)>, Unpatchable> {
-    let mut bits: Vec<u32> = change
+    let ahead = change
         .v4
         .iter()
         .flat_map(|&(net, len)| {
@@ -749,8 +749,7 @@ fn bits_v4<S: Source>(
         })
         .map(|b| b >> 6)
         .collect();
-    bits.dedup();
-    let mut words = read_words(source, Slot4::BITS, bits);
+    let mut words = read_words(source, Slot4::BITS, ahead);
     let bits_of = |net: u32| u128::from(net) << 96;
     // A /24's bit: some prefix covers it or lies inside it. A changed
     // prefix of /24 or shorter decides all its /24s at once: set when
