@@ -163,14 +163,22 @@ fn splice(
 ) -> Option<(Arc<[IpNetwork]>, ItemLines)> {
     let bytes = new.as_bytes();
     let head = common_prefix(bytes, old);
-    let room = bytes.len().min(old.len()) - head;
-    let tail = common_suffix(&bytes[bytes.len() - room..], &old[old.len() - room..]);
     // Whole lines: from the start of the line the first difference is in,
-    // to the start of the first line wholly in the common end.
+    // to the start of the first line wholly in the common end (which may
+    // run back to that start: a line put in or taken out just before a
+    // line like the one after it).
     let from = memchr::memrchr(b'\n', &bytes[..head]).map_or(0, |i| i + 1);
-    let (to_new, to_old) = match memchr::memchr(b'\n', &bytes[bytes.len() - tail..]) {
-        Some(i) => (bytes.len() - tail + i + 1, old.len() - tail + i + 1),
-        None => (bytes.len(), old.len()),
+    let room = bytes.len().min(old.len()) - from;
+    let tail = common_suffix(&bytes[bytes.len() - room..], &old[old.len() - room..]);
+    let (end_new, end_old) = (bytes.len() - tail, old.len() - tail);
+    let line_start = |text: &[u8], at: usize| at == 0 || text[at - 1] == b'\n';
+    let (to_new, to_old) = if line_start(bytes, end_new) && line_start(old, end_old) {
+        (end_new, end_old)
+    } else {
+        match memchr::memchr(b'\n', &bytes[end_new..]) {
+            Some(i) => (end_new + i + 1, end_old + i + 1),
+            None => (bytes.len(), old.len()),
+        }
     };
     if from < items.start || to_old > items.end {
         return None;
@@ -353,6 +361,8 @@ mod tests {
                 1,
             );
         let again = parse_against(&Text::scan(new.as_bytes()), Some(&against)).expect("parses");
+        // All three taken: the third with its new last line read.
+        assert_eq!(again.taken, 3);
         let orders = &again.feed.orders;
         assert!(Arc::ptr_eq(
             &orders[0].targets,
