@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 
 use crate::{
     fasthash::{FastHasher, FastMap},
-    feed::{Action, Order},
+    feed::{Action, Edits, Order},
     gallop,
 };
 
@@ -1235,11 +1235,26 @@ impl Compiler {
         enforcement: Enforcement,
         previous: &SlotTable,
     ) -> Result<Step<'_>, CompileError> {
+        self.compile_edited(orders, enforcement, previous, &Edits::default())
+    }
+
+    /// [`Compiler::compile`], told by `edits` how the parse of `orders`
+    /// made some orders' targets from those of the orders compiled last:
+    /// their claims out and in are taken from the runs that changed.
+    pub fn compile_edited(
+        &mut self,
+        orders: &[&Order],
+        enforcement: Enforcement,
+        previous: &SlotTable,
+        edits: &Edits,
+    ) -> Result<Step<'_>, CompileError> {
         let mut inputs = Inputs::new(orders, enforcement, previous)?;
         self.versions += 1;
         let version = self.versions;
         let change = match &mut self.kept {
-            Some(kept) if kept.enforcement == enforcement => kept.change(&mut inputs, version),
+            Some(kept) if kept.enforcement == enforcement => {
+                kept.change(&mut inputs, version, edits)
+            }
             _ => None,
         };
         if change.is_none() {
@@ -1281,14 +1296,14 @@ impl Kept {
     /// Compiles `inputs` against what is kept, in place; `None` when they
     /// are better (or must be) compiled from scratch. Whatever it leaves
     /// kept then is replaced.
-    fn change(&mut self, inputs: &mut Inputs<'_>, version: u64) -> Option<Change> {
+    fn change(&mut self, inputs: &mut Inputs<'_>, version: u64, edits: &Edits) -> Option<Change> {
         if self.compiled.overflow > 0
             || self.compiled.entries.len() > 2 * self.entries_whole + 1024
             || self.changes >= CHANGES_BETWEEN_WHOLE
         {
             return None;
         }
-        let ([removed, added], same_orders) = self.diff(inputs)?;
+        let ([removed, added], same_orders) = self.diff(inputs, edits)?;
         if !same_orders {
             self.v4.lone = Lone::default();
             self.v6.lone = Lone::default();
@@ -1362,12 +1377,15 @@ impl Kept {
     /// the orders are the same ones with the same claims (only targets
     /// changed); `None` when so many change that a compile from scratch is
     /// cheaper.
-    fn diff(&self, inputs: &Inputs<'_>) -> Option<([[Vec<Row>; 2]; 2], bool)> {
+    fn diff(&self, inputs: &Inputs<'_>, edits: &Edits) -> Option<([[Vec<Row>; 2]; 2], bool)> {
         // Two halves of the orders side by side.
         let (first, second) = inputs.inputs.split_at(inputs.inputs.len() / 2);
         let targets = self.v4.rows.len() + self.v6.rows.len();
-        let (a, b) =
-            crate::parallel::join(targets, || self.diff_some(first), || self.diff_some(second));
+        let (a, b) = crate::parallel::join(
+            targets,
+            || self.diff_some(first, edits),
+            || self.diff_some(second, edits),
+        );
         let [mut removed, mut added] = a.rows;
         for (into, from) in removed.iter_mut().zip(b.rows[0].iter()) {
             into.extend_from_slice(from);
@@ -1404,7 +1422,7 @@ impl Kept {
     }
 
     /// [`Kept::diff`] of some of the orders (those gone aside).
-    fn diff_some(&self, inputs: &[(&str, Input)]) -> Diffed {
+    fn diff_some(&self, inputs: &[(&str, Input)], edits: &Edits) -> Diffed {
         let mut diffed = Diffed {
             rows: Default::default(),
             matched: 0,
@@ -1429,7 +1447,12 @@ impl Kept {
                 // Position by position: a target replaced in place (the
                 // usual edit) is one claim out and one in. Anything else
                 // (a reordered list) still gives a right, larger diff.
-                let (o, n) = (&old.targets, &new.targets);
+                // Where the parse made the new list from the old by
+                // replacing a run of it, the rest is the same: the two
+                // runs alone are compared.
+                let (o, n) = edits
+                    .between(&old.targets, &new.targets)
+                    .unwrap_or((&old.targets[..], &new.targets[..]));
                 for i in 0..o.len().max(n.len()) {
                     if o.get(i) != n.get(i) {
                         o.get(i).inspect(|t| push(removed, t, old.tag()));
@@ -2125,6 +2148,111 @@ mod tests {
             v4: family(&a.0, &b.0),
             v6: family(&a.1, &b.1),
             ..Change::default()
+        }
+    }
+
+    /// Prefixes the feeds of `a_compile_told_the_edits_equals_one_from_scratch`
+    /// list: nested, so that a change re-resolves its neighbours.
+    const NESTED: [&str; 12] = [
+        "203.0.113.0/24",
+        "203.0.113.0/25",
+        "203.0.113.0/26",
+        "203.0.113.64/26",
+        "203.0.113.7/32",
+        "203.0.113.70/32",
+        "198.51.100.0/24",
+        "198.51.100.9/32",
+        "2001:db8::/48",
+        "2001:db8::/64",
+        "2001:db8::7/128",
+        "2001:db8:1::/64",
+    ];
+
+    /// A feed's text, its orders' target lists given as indices into
+    /// [`NESTED`], each order's action alternating.
+    fn feed_text(lists: &[Vec<usize>]) -> String {
+        let mut text = String::from(
+            "format: blocker-feed/v1\nserial: 1\nissued_at: 2026-11-24T10:00:00Z\nissuer: ATKM\norders:\n",
+        );
+        for (i, list) in lists.iter().enumerate() {
+            let action = if i % 2 == 0 { "drop" } else { "monitor" };
+            text.push_str(&format!(
+                "  - id: E-{i}\n    rung: datacenter\n    action: {action}\n    direction: both\n    targets:\n"
+            ));
+            for &t in list {
+                text.push_str(&format!("      - {}\n", NESTED[t]));
+            }
+            text.push_str("    status: active\n");
+        }
+        text
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Feeds whose target lists change a line or a few at a time, each
+        /// parsed against the one before: the compile told the parse's
+        /// edits equals one from scratch, and the edits name the lists the
+        /// compiler kept.
+        #[test]
+        fn a_compile_told_the_edits_equals_one_from_scratch(
+            first in prop::collection::vec(prop::collection::btree_set(0usize..NESTED.len(), 1..6), 1..5),
+            steps in prop::collection::vec(
+                prop::collection::vec((0usize..5, 0usize..8, 0usize..NESTED.len(), 0u8..3), 1..4),
+                1..6,
+            ),
+        ) {
+            let mut lists: Vec<Vec<usize>> = first.into_iter().map(|l| l.into_iter().collect()).collect();
+            let mut text = feed_text(&lists);
+            let mut parsed = crate::feed::parse_against(&crate::feed::Text::scan(text.as_bytes()), None)
+                .expect("the first feed parses");
+            let mut compiler = Compiler::new();
+            let mut slots = SlotTable::new();
+            {
+                let refs: Vec<&Order> = parsed.feed.orders.iter().collect();
+                slots = compiler.compile(&refs, Enforcement::Enforce, &slots).expect("compile").compiled.slots.clone();
+            }
+            for step in steps {
+                // A target replaced, put in or taken out, in place.
+                let before = lists.clone();
+                for (which, at, target, kind) in step {
+                    let o = which % lists.len();
+                    let list = &mut lists[o];
+                    let at = at % (list.len() + 1);
+                    let fresh = !list.contains(&target);
+                    match kind {
+                        0 if fresh && at < list.len() => list[at] = target,
+                        1 if fresh => list.insert(at, target),
+                        2 if list.len() > 1 && at < list.len() => {
+                            list.remove(at);
+                        }
+                        _ => {}
+                    }
+                }
+                let edited: Vec<usize> = (0..lists.len()).filter(|&o| lists[o] != before[o]).collect();
+                let next = feed_text(&lists);
+                let shape = parsed.shape.as_ref().expect("read order by order");
+                let base = crate::feed::Base::new(text.as_bytes(), &parsed.feed.orders, shape).expect("fits");
+                let mut again = crate::feed::parse_against(&crate::feed::Text::scan(next.as_bytes()), Some(&base))
+                    .expect("the edited feed parses");
+                drop(base);
+                let edits = std::mem::take(&mut again.edits);
+                for &o in &edited {
+                    let (old, new) = (&parsed.feed.orders[o].targets, &again.feed.orders[o].targets);
+                    prop_assert!(edits.between(old, new).is_some(), "order {} was spliced", o);
+                }
+                prop_assert_eq!(edits.len(), edited.len());
+                let refs: Vec<&Order> = again.feed.orders.iter().collect();
+                let whole = compile(&refs, Enforcement::Enforce, &slots).expect("compile");
+                let step = compiler
+                    .compile_edited(&refs, Enforcement::Enforce, &slots, &edits)
+                    .expect("compile");
+                prop_assert!(step.change.is_some() || edited.is_empty(), "compiled as a change");
+                prop_assert_eq!(view(step.compiled), view(&whole));
+                prop_assert_eq!(&step.compiled.slots, &whole.slots);
+                prop_assert_eq!(&step.compiled.orders, &whole.orders);
+                slots = whole.slots.clone();
+                (text, parsed) = (next, again);
+            }
         }
     }
 

@@ -439,6 +439,7 @@ impl Daemon {
         })?;
         drop((base, text));
         let feed = parsed.feed;
+        let edits = parsed.edits;
         tracing::info!(
             serial = feed.serial,
             orders = feed.orders.len(),
@@ -474,6 +475,7 @@ impl Daemon {
             fingerprint,
             Some((saved, parsed.shape)),
             feed,
+            &edits,
             OffsetDateTime::now_utc(),
         )
     }
@@ -502,19 +504,21 @@ impl Daemon {
         let (fingerprint, feed) = (current.fingerprint.clone(), current.feed.clone());
         // Put it back first: a failed apply leaves the current state as is.
         self.current = Some(current);
-        if let Err(refusal) = self.apply(fingerprint, None, feed, now) {
+        if let Err(refusal) = self.apply(fingerprint, None, feed, &feed::Edits::default(), now) {
             self.refused(refusal);
         }
     }
 
     /// Applies `feed` (whose bytes `fingerprint` tells) as evaluated at
-    /// `now`: a new feed (`saved`, kept in `state_dir` once applied), or the
-    /// one in force re-evaluated (`None`).
+    /// `now`: a new feed (`saved`, kept in `state_dir` once applied; `edits`
+    /// tell how its parse changed orders of the feed in force), or the one
+    /// in force re-evaluated (`None`).
     fn apply(
         &mut self,
         mut fingerprint: Fingerprint,
         saved: Option<(SavedFeed, Option<feed::Shape>)>,
         feed: Feed,
+        edits: &feed::Edits,
         now: OffsetDateTime,
     ) -> Result<(), Refusal> {
         let new_feed = saved.is_some();
@@ -542,7 +546,7 @@ impl Daemon {
         let loaded = if tables_unchanged {
             None
         } else {
-            Some(self.load(&enforceable, serial, started)?)
+            Some(self.load(&enforceable, edits, serial, started)?)
         };
         if let Some((saved, shape)) = saved {
             if let Err(err) = self.state.save_feed(&saved) {
@@ -649,10 +653,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Compiles `enforceable` and writes it to the datapath.
+    /// Compiles `enforceable` (told how the parse changed orders by
+    /// `edits`) and writes it to the datapath.
     fn load(
         &mut self,
         enforceable: &[&Order],
+        edits: &feed::Edits,
         serial: u64,
         started: std::time::Instant,
     ) -> Result<Loaded, Refusal> {
@@ -668,7 +674,7 @@ impl Daemon {
         loop {
             let step = self
                 .compiler
-                .compile(enforceable, self.config.enforcement, &self.slots)
+                .compile_edited(enforceable, self.config.enforcement, &self.slots, edits)
                 .map_err(|err| apply_error(err.to_string()))?;
             let compiled = step.compiled;
             let fresh = compiled.fresh_slots(&self.slots);

@@ -58,6 +58,78 @@ pub(super) struct ItemLines {
 /// they are looked up by their first line.
 const LOOK_AHEAD: usize = 16;
 
+/// An order [`Base::reuse`] took from the feed in force.
+pub(super) struct Reused {
+    pub(super) order: Order,
+    /// Its target list, when every line of it is a plain item.
+    pub(super) items: Option<ItemLines>,
+    /// How its targets changed, when they did.
+    pub(super) edit: Option<Edit>,
+}
+
+/// How a parse against the feed in force made an order's targets from the
+/// old order's: one run of the old list replaced by one of the new.
+#[derive(Clone, Debug)]
+pub(super) struct Edit {
+    old: Arc<[IpNetwork]>,
+    new: Arc<[IpNetwork]>,
+    /// The new list is `old[..at]`, `new[at..at + put]`, `old[at + gone..]`.
+    run: Run,
+}
+
+/// Where one list differs from another of which it is an edit: from `at`
+/// on, `gone` of the old list's targets, `put` of the new list's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    at: usize,
+    gone: usize,
+    put: usize,
+}
+
+/// The orders whose targets a parse against the feed in force changed, and
+/// how ([`Edits::between`]): the compiler takes the claims that went and
+/// came from the runs that changed, instead of comparing two lists whole.
+/// Holds both lists of each changed order; dropped once compiled.
+#[derive(Debug, Default)]
+pub struct Edits {
+    /// By the new list's address.
+    by_new: HashMap<usize, Edit>,
+}
+
+impl Edits {
+    pub(super) fn new(edits: impl Iterator<Item = Edit>) -> Self {
+        Self {
+            by_new: edits
+                .map(|edit| (edit.new.as_ptr() as usize, edit))
+                .collect(),
+        }
+    }
+
+    /// The run of `old`'s targets that `new` replaced, and the run that
+    /// replaced it, when this parse made `new` from `old` so: outside them
+    /// the two lists are the same. `None` for any other pair of lists.
+    pub fn between<'a>(
+        &self,
+        old: &'a Arc<[IpNetwork]>,
+        new: &'a Arc<[IpNetwork]>,
+    ) -> Option<(&'a [IpNetwork], &'a [IpNetwork])> {
+        let edit = self.by_new.get(&(new.as_ptr() as usize))?;
+        if !Arc::ptr_eq(&edit.new, new) || !Arc::ptr_eq(&edit.old, old) {
+            return None;
+        }
+        let Run { at, gone, put } = edit.run;
+        Some((old.get(at..at + gone)?, new.get(at..at + put)?))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_new.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_new.is_empty()
+    }
+}
+
 /// The feed in force, as a new feed is parsed against it.
 pub struct Base<'a> {
     bytes: &'a [u8],
@@ -98,28 +170,34 @@ impl<'a> Base<'a> {
     }
 
     /// The order whose text is `text`, or a copy of one with some of its
-    /// target lines changed; `None` when it must be read. `next` is where
-    /// the last order was found, plus one.
-    pub(super) fn reuse(
-        &self,
-        text: &str,
-        next: &mut Option<usize>,
-    ) -> Option<(Order, Option<ItemLines>)> {
+    /// target lines changed (and how they changed); `None` when it must be
+    /// read. `next` is where the last order was found, plus one.
+    pub(super) fn reuse(&self, text: &str, next: &mut Option<usize>) -> Option<Reused> {
         let index = self.find(text.as_bytes(), *next)?;
         *next = Some(index + 1);
         let (old, order) = (self.text(index), &self.orders[index]);
         let items = self.shape.orders[index].items;
         if old == text.as_bytes() {
-            return Some((order.clone(), items));
+            return Some(Reused {
+                order: order.clone(),
+                items,
+                edit: None,
+            });
         }
-        let (targets, items) = splice(text, old, order, items?)?;
-        Some((
-            Order {
+        let (targets, items, run) = splice(text, old, order, items?)?;
+        let edit = Edit {
+            old: Arc::clone(&order.targets),
+            new: Arc::clone(&targets),
+            run,
+        };
+        Some(Reused {
+            order: Order {
                 targets,
                 ..order.clone()
             },
-            Some(items),
-        ))
+            items: Some(items),
+            edit: Some(edit),
+        })
     }
 
     /// The order of the feed in force with `text`'s first line: looked for
@@ -152,15 +230,16 @@ fn first_line(text: &[u8]) -> &[u8] {
 }
 
 /// The targets of `order` (whose text was `old`, its list at `items`) with
-/// the lines `new` has in place of some of its item lines read, and where
-/// the list lies in `new`; `None` unless everything else is the same, the
-/// lines are plain items, and the targets are sound.
+/// the lines `new` has in place of some of its item lines read, where the
+/// list lies in `new`, and the run of targets replaced; `None` unless
+/// everything else is the same, the lines are plain items, and the targets
+/// are sound.
 fn splice(
     new: &str,
     old: &[u8],
     order: &Order,
     items: ItemLines,
-) -> Option<(Arc<[IpNetwork]>, ItemLines)> {
+) -> Option<(Arc<[IpNetwork]>, ItemLines, Run)> {
     let bytes = new.as_bytes();
     let head = common_prefix(bytes, old);
     // Whole lines: from the start of the line the first difference is in,
@@ -221,7 +300,12 @@ fn splice(
         end: items.end - to_old + to_new,
         ..items
     };
-    Some((targets, items))
+    let run = Run {
+        at: before,
+        gone,
+        put: fresh.len(),
+    };
+    Some((targets, items, run))
 }
 
 /// Whether no prefix is listed twice in `all`, the two `kept` runs (which
@@ -341,8 +425,51 @@ mod tests {
             whole.as_ref().ok().map(|p| &p.shape),
             "{new}"
         );
+        if let Ok(again) = &again {
+            edits_tell_the_truth(&first.feed.orders, again);
+        }
         assert_paths_agree(new);
         again.ok()
+    }
+
+    /// Each of `again`'s edits names an order of `before` and the order of
+    /// `again` made from it, and says truly how: the two lists are the same
+    /// outside its runs.
+    fn edits_tell_the_truth(before: &[Order], again: &Parsed) {
+        for edit in again.edits.by_new.values() {
+            let old = before
+                .iter()
+                .find(|o| Arc::ptr_eq(&o.targets, &edit.old))
+                .expect("an edit's old list is an order's of the feed before");
+            let new = again
+                .feed
+                .orders
+                .iter()
+                .find(|o| Arc::ptr_eq(&o.targets, &edit.new))
+                .expect("an edit's new list is an order's of the new feed");
+            assert_eq!(old.id, new.id);
+            let Run { at, gone, put } = edit.run;
+            let rebuilt: Vec<IpNetwork> = old.targets[..at]
+                .iter()
+                .chain(&new.targets[at..at + put])
+                .chain(&old.targets[at + gone..])
+                .copied()
+                .collect();
+            assert_eq!(rebuilt[..], new.targets[..], "{edit:?}");
+            let (gone_run, put_run) = again
+                .edits
+                .between(&old.targets, &new.targets)
+                .expect("found by its lists");
+            assert_eq!(gone_run, &old.targets[at..at + gone]);
+            assert_eq!(put_run, &new.targets[at..at + put]);
+            assert!(again.edits.between(&new.targets, &old.targets).is_none());
+        }
+        let changed = again.feed.orders.iter().filter(|o| {
+            before
+                .iter()
+                .any(|b| b.id == o.id && b.targets != o.targets)
+        });
+        assert!(again.edits.len() <= changed.count());
     }
 
     #[test]
@@ -379,6 +506,20 @@ mod tests {
             text(&orders[2]),
             ["2001:db8:1::/48", "2001:db8:2::/64", "2001:db8:3::/64"]
         );
+        // Both changes told to the compiler: a target out and one in, and
+        // one in after the first two.
+        let edited = |i: usize| {
+            again
+                .edits
+                .between(&first.feed.orders[i].targets, &orders[i].targets)
+        };
+        assert_eq!(again.edits.len(), 2);
+        assert!(edited(0).is_none());
+        assert_eq!(
+            edited(1),
+            Some((&first.feed.orders[1].targets[..1], &orders[1].targets[..1]))
+        );
+        assert_eq!(edited(2), Some((&[][..], &orders[2].targets[2..])));
         agree(&base, &new);
         // The splice itself: the changed line read, the rest kept.
         let (old, new) = (order(2, &[1, 3]), order(2, &[7, 3]));
@@ -387,8 +528,16 @@ mod tests {
             end: old.find("    status").expect("status"),
             indent: 6,
         };
-        let (targets, spliced) =
+        let (targets, spliced, run) =
             splice(&new, old.as_bytes(), &first.feed.orders[1], items).expect("spliced");
+        assert_eq!(
+            run,
+            Run {
+                at: 0,
+                gone: 1,
+                put: 1
+            }
+        );
         let want: [IpNetwork; 2] = [
             TARGETS[7].parse().expect("ip"),
             TARGETS[3].parse().expect("net"),

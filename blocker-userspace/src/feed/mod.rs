@@ -11,7 +11,7 @@ mod split;
 
 use std::{fmt, net::IpAddr, sync::Arc};
 
-pub use again::{Base, Shape};
+pub use again::{Base, Edits, Shape};
 use ipnetwork::IpNetwork;
 pub use model::*;
 use serde::Deserialize;
@@ -113,6 +113,9 @@ pub struct Parsed {
     /// Orders taken from the feed parsed against, whole or with target
     /// lines changed.
     pub taken: usize,
+    /// How the targets of those taken with target lines changed changed,
+    /// for the compiler.
+    pub edits: Edits,
 }
 
 /// Parses and validates a feed as [`parse`] does, against the feed in
@@ -128,12 +131,14 @@ pub fn parse_against(text: &Text<'_>, base: Option<&Base<'_>>) -> Result<Parsed,
             feed,
             shape: fast.shape,
             taken: fast.taken,
+            edits: fast.edits,
         });
     }
     parse_general(text).map(|feed| Parsed {
         feed,
         shape: None,
         taken: 0,
+        edits: Edits::default(),
     })
 }
 
@@ -543,6 +548,8 @@ struct Fast {
     shape: Option<Shape>,
     /// Orders taken from the feed in force.
     taken: usize,
+    /// How the targets of those taken with target lines changed changed.
+    edits: Edits,
 }
 
 #[derive(Deserialize)]
@@ -642,6 +649,7 @@ fn fast_path(text: &str, lone_cr: bool, base: Option<&Base<'_>>) -> Option<Fast>
         orders,
         shape: None,
         taken: 0,
+        edits: Edits::default(),
     })
 }
 

@@ -26,7 +26,7 @@ use serde::{
 
 use super::{
     AVERAGE_LINE, Fast, FastOrder, Pending, RawOrder,
-    again::{Base, ItemLines, OrderShape, Shape},
+    again::{Base, Edit, Edits, ItemLines, OrderShape, Shape},
     header, plain_prefix, raw_order,
 };
 
@@ -76,8 +76,10 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
     };
     let mut orders = Vec::with_capacity(a.len() + b.len());
     let mut taken = 0;
+    let mut edits = Vec::new();
     for (i, read) in a.into_iter().chain(b).enumerate() {
         taken += usize::from(read.taken);
+        edits.extend(read.edit);
         shape.orders.push(OrderShape {
             start: read.text.as_ptr() as usize - text.as_ptr() as usize,
             len: read.text.len(),
@@ -95,6 +97,7 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
         orders,
         shape: Some(shape),
         taken,
+        edits: Edits::new(edits.into_iter()),
     })
 }
 
@@ -113,6 +116,8 @@ struct Read<'a> {
     items: Option<ItemLines>,
     /// Taken from the feed in force, whole or with target lines changed.
     taken: bool,
+    /// How its targets changed, when taken with target lines changed.
+    edit: Option<Edit>,
 }
 
 /// The orders of `text` (which starts with an item at indentation `dash`),
@@ -132,12 +137,13 @@ fn orders_in<'a>(text: &'a str, dash: usize, base: Option<&Base<'_>>) -> Option<
             let len = next_item
                 .find(&rest.as_bytes()[1..])
                 .map_or(rest.len(), |i| i + 2);
-            if let Some((order, items)) = base.reuse(&rest[..len], &mut next) {
+            if let Some(reused) = base.reuse(&rest[..len], &mut next) {
                 orders.push(Read {
-                    pending: Pending::Checked(Some(order), Vec::new()),
+                    pending: Pending::Checked(Some(reused.order), Vec::new()),
                     text: &rest[..len],
-                    items,
+                    items: reused.items,
                     taken: true,
+                    edit: reused.edit,
                 });
                 at += len;
                 continue;
@@ -149,6 +155,7 @@ fn orders_in<'a>(text: &'a str, dash: usize, base: Option<&Base<'_>>) -> Option<
                 text: &rest[..len],
                 items: targets.items(),
                 taken: false,
+                edit: None,
             },
             None => {
                 let len = order_len(rest, dash);
@@ -157,6 +164,7 @@ fn orders_in<'a>(text: &'a str, dash: usize, base: Option<&Base<'_>>) -> Option<
                     text: &rest[..len],
                     items: None,
                     taken: false,
+                    edit: None,
                 }
             }
         };

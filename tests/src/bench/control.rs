@@ -272,8 +272,11 @@ impl Loader {
                 .expect("the feed before was read order by order");
             feed::Base::new(&b.signed.feed, &b.parsed.feed.orders, shape).expect("its shape fits")
         });
-        let parsed = feed::parse_against(text, base.as_ref()).expect("the feed parses");
+        let mut parsed = feed::parse_against(text, base.as_ref()).expect("the feed parses");
         stages.parse = t.elapsed();
+        // As the daemon: the edits go to the compile, then (with the old
+        // orders' targets they hold) away.
+        let edits = std::mem::take(&mut parsed.edits);
         stages.taken = parsed.taken;
         let feed = &parsed.feed;
         let t = Instant::now();
@@ -288,9 +291,10 @@ impl Loader {
         let t = Instant::now();
         let step = self
             .compiler
-            .compile(&enforceable, Enforcement::Enforce, &self.slots)
+            .compile_edited(&enforceable, Enforcement::Enforce, &self.slots, &edits)
             .expect("compiles");
         stages.compile = t.elapsed();
+        drop(edits);
         let fresh = step.compiled.fresh_slots(&self.slots);
         let t = Instant::now();
         let applied = self
