@@ -475,7 +475,7 @@ impl Daemon {
             fingerprint,
             Some((saved, parsed.shape)),
             feed,
-            &edits,
+            edits,
             OffsetDateTime::now_utc(),
         )
     }
@@ -504,7 +504,7 @@ impl Daemon {
         let (fingerprint, feed) = (current.fingerprint.clone(), current.feed.clone());
         // Put it back first: a failed apply leaves the current state as is.
         self.current = Some(current);
-        if let Err(refusal) = self.apply(fingerprint, None, feed, &feed::Edits::default(), now) {
+        if let Err(refusal) = self.apply(fingerprint, None, feed, feed::Edits::default(), now) {
             self.refused(refusal);
         }
     }
@@ -518,7 +518,7 @@ impl Daemon {
         mut fingerprint: Fingerprint,
         saved: Option<(SavedFeed, Option<feed::Shape>)>,
         feed: Feed,
-        edits: &feed::Edits,
+        edits: feed::Edits,
         now: OffsetDateTime,
     ) -> Result<(), Refusal> {
         let new_feed = saved.is_some();
@@ -546,8 +546,11 @@ impl Daemon {
         let loaded = if tables_unchanged {
             None
         } else {
-            Some(self.load(&enforceable, edits, serial, started)?)
+            Some(self.load(&enforceable, &edits, serial, started)?)
         };
+        // The old orders' targets it holds go before the memory is handed
+        // back.
+        drop(edits);
         if let Some((saved, shape)) = saved {
             if let Err(err) = self.state.save_feed(&saved) {
                 // Enforcement is right; only the restart copy is stale.
