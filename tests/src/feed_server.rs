@@ -27,8 +27,17 @@ server.serve_forever()
 
 impl FeedServer {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(std::process::Command::new("python3"), dir)
+    }
+
+    /// The server inside `ns` (on its loopback), for a daemon there.
+    pub fn start_in(ns: &crate::netns::NetNs, dir: &Path) -> Self {
+        Self::start_with(ns.command("python3"), dir)
+    }
+
+    fn start_with(mut python: std::process::Command, dir: &Path) -> Self {
         use std::io::BufRead as _;
-        let mut child = std::process::Command::new("python3")
+        let mut child = python
             .args(["-c", SERVER])
             .arg(dir)
             .stdout(std::process::Stdio::piped())

@@ -112,8 +112,9 @@ pub struct DaemonRun {
 }
 
 impl DaemonRun {
-    /// The daemon's whole update, from the feed's bytes at hand to the
-    /// tables written: its signature check and parse (its log) and its
+    /// The daemon's whole update, from the feed's bytes at hand (over HTTP:
+    /// the download's end) to the tables written: its signature check (over
+    /// HTTP: what is left of the bytes' scan) and parse (its log) and its
     /// apply (its metric).
     pub fn update_whole(&self) -> f64 {
         (self.update_verify + self.update_parse).as_secs_f64() + self.update_apply
@@ -371,11 +372,23 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// `blocker run` (the binary `BLOCKER_BIN` names) on `orders`, then on the
 /// 1% update.
-pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
+pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRun {
     let edge = Edge::new(&[]);
     let mut config = edge.config();
     config.max_prefixes = max_prefixes;
     config.protected.clear();
+    // Over HTTP: a real server on the edge namespace's loopback, serving
+    // the directory the feed is published to.
+    let server = (from == DaemonFeed::Http).then(|| {
+        let server = FeedServer::start_in(&edge.edge, edge.dir.path());
+        let name = edge.feed_path();
+        let name = name
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("the feed's file name");
+        config.feed_url = server.url(name);
+        server
+    });
     config.write(&edge.config_path());
     edge.publish(1, orders);
     let started = Instant::now();
@@ -432,9 +445,19 @@ pub fn daemon(orders: &[Order], max_prefixes: u32) -> DaemonRun {
         peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
         scrape: scrape_median,
     };
-    eprintln!("bench: daemon {run:?}");
+    eprintln!("bench: daemon ({from:?} feed) {run:?}");
     daemon.terminate();
+    drop(server);
     run
+}
+
+/// Where [`daemon`]'s daemon takes its feed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaemonFeed {
+    /// A `file://` URL: the bytes are at hand, checked whole.
+    File,
+    /// A real HTTP server: the signature is checked as the feed arrives.
+    Http,
 }
 
 /// Waits (bounded) until the daemon's status file in `state_dir` names

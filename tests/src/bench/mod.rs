@@ -151,7 +151,8 @@ fn hits_by_length(
 pub fn control_only() {
     let orders = workload::orders(1_000_000, 1);
     control::pipeline(&orders, MAX_PREFIXES);
-    control::daemon(&orders, MAX_PREFIXES);
+    control::daemon(&orders, MAX_PREFIXES, control::DaemonFeed::File);
+    control::daemon(&orders, MAX_PREFIXES, control::DaemonFeed::Http);
 }
 
 /// Only the end-to-end runs, with 1k prefixes against nftables and the
@@ -276,7 +277,16 @@ pub fn run(options: &Options) -> Report {
     drop(kernel);
 
     report.control = Some(control::pipeline(&orders, MAX_PREFIXES));
-    report.daemon = Some(control::daemon(&orders, MAX_PREFIXES));
+    report.daemon = Some(control::daemon(
+        &orders,
+        MAX_PREFIXES,
+        control::DaemonFeed::File,
+    ));
+    report.daemon_http = Some(control::daemon(
+        &orders,
+        MAX_PREFIXES,
+        control::DaemonFeed::Http,
+    ));
     report.seconds = started.elapsed().as_secs_f64();
     report
 }

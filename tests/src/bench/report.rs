@@ -53,7 +53,9 @@ pub struct Report {
     pub exact_hits: Option<ExactHits>,
     /// Hot drop hits by target length at the largest size.
     pub hits_by_length: Vec<LengthHit>,
+    /// The daemon on a `file://` feed, and on the same feeds over HTTP.
     pub daemon: Option<DaemonRun>,
+    pub daemon_http: Option<DaemonRun>,
     pub seconds: f64,
 }
 
@@ -259,9 +261,24 @@ impl Report {
                 bound: "<=",
                 target: 0.1,
             });
+        }
+        if let Some(daemon) = &self.daemon_http {
             goals.push(Goal {
-                goal: "daemon peak RSS, MB".to_owned(),
-                value: daemon.peak_rss_kib as f64 * 1024.0 / 1e6,
+                goal: "1% update in the daemon over HTTP, from the download's end (its log's rest of the scan and parse, its apply metric), seconds".to_owned(),
+                value: daemon.update_whole(),
+                bound: "<=",
+                target: 0.1,
+            });
+        }
+        let peak = [&self.daemon, &self.daemon_http]
+            .into_iter()
+            .flatten()
+            .map(|d| d.peak_rss_kib)
+            .max();
+        if let Some(peak) = peak {
+            goals.push(Goal {
+                goal: "daemon peak RSS (the larger of its two runs), MB".to_owned(),
+                value: peak as f64 * 1024.0 / 1e6,
                 bound: "<=",
                 target: 300.0,
             });
@@ -444,18 +461,8 @@ impl Report {
                     "after_the_download": stages(&c.download.after),
                 }),
             })),
-            "daemon": self.daemon.as_ref().map(|d| json!({
-                "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
-                "update_apply_s": d.update_apply,
-                "update_seen_s": d.update_seen.as_secs_f64(),
-                "update_verify_s": d.update_verify.as_secs_f64(),
-                "update_parse_s": d.update_parse.as_secs_f64(),
-                "update_whole_s": d.update_whole(),
-                "update_orders_taken_from_in_force": d.update_taken,
-                "rss_kib": d.rss_kib,
-                "peak_rss_kib": d.peak_rss_kib,
-                "scrape_s": d.scrape.as_secs_f64(),
-            })),
+            "daemon": self.daemon.as_ref().map(daemon_json),
+            "daemon_over_http": self.daemon_http.as_ref().map(daemon_json),
             "hits_by_length": self.hits_by_length.iter().map(|h| json!({
                 "family": h.family,
                 "length": h.length,
@@ -510,4 +517,20 @@ fn machine() -> Value {
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({"cpus": cpus, "cpu": model, "kernel": kernel.trim()})
+}
+
+/// A daemon run, for the JSON report.
+fn daemon_json(d: &DaemonRun) -> Value {
+    json!({
+        "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
+        "update_apply_s": d.update_apply,
+        "update_seen_s": d.update_seen.as_secs_f64(),
+        "update_verify_s": d.update_verify.as_secs_f64(),
+        "update_parse_s": d.update_parse.as_secs_f64(),
+        "update_whole_s": d.update_whole(),
+        "update_orders_taken_from_in_force": d.update_taken,
+        "rss_kib": d.rss_kib,
+        "peak_rss_kib": d.peak_rss_kib,
+        "scrape_s": d.scrape.as_secs_f64(),
+    })
 }
