@@ -574,6 +574,26 @@ impl<T: Copy> Mapped<T> {
     }
 }
 
+impl<T: Copy> Mapped<T> {
+    /// Stores each `(index, value)`, the indices within the window. Only on
+    /// a window mapped writable.
+    fn store_at(&mut self, name: &'static str, values: &[(u32, T)]) -> Result<()> {
+        // SAFETY: as in `as_slice`; `window` mapped it writable, and
+        // `&mut self` is the only access to it.
+        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
+        for &(index, value) in values {
+            let slot = target
+                .get_mut(index as usize)
+                .ok_or_else(|| DatapathError::Layout {
+                    path: PathBuf::from(name),
+                    detail: format!("{name} has {} values, not {}", self.len, index + 1),
+                })?;
+            *slot = value;
+        }
+        Ok(())
+    }
+}
+
 impl Mapped<u64> {
     /// The values as atomics: for values that frames read while they are
     /// written.
@@ -908,21 +928,9 @@ fn array_elem(
     bpf(command, &mut attr)
 }
 
-/// Writes `(index, value)` pairs to the array map `data` in one call
-/// (BPF_MAP_UPDATE_BATCH; aya 0.14 has no batch operations).
-fn update_batch<T: Copy>(data: &MapData, name: &'static str, values: &[(u32, T)]) -> Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    if values.is_empty() {
-        return Ok(());
-    }
-    values_of::<T>(data, name)?;
-    update_batch_fd(data.fd().as_fd().as_raw_fd(), values).map_err(|source| DatapathError::Io {
-        path: PathBuf::from(format!("batch update of map {name}")),
-        source,
-    })
-}
-
-/// [`update_batch`] through a bare descriptor, the value size unchecked.
+/// Writes `(index, value)` pairs to the array map `fd` in one call
+/// (BPF_MAP_UPDATE_BATCH; aya 0.14 has no batch operations), the value
+/// size unchecked.
 fn update_batch_fd<T: Copy>(fd: std::os::fd::RawFd, values: &[(u32, T)]) -> io::Result<()> {
     if values.is_empty() {
         return Ok(());
@@ -1610,25 +1618,24 @@ impl Datapath {
         // patch's.
         let behind = self.behind.take().unwrap_or_default();
         let writes = behind.then(&patch);
-        let tables = &self.maps.tables[idle];
-        let names = map_names::TABLES[idle];
+        let targets = self.maps.targets(idle)?;
         let union = &self.union;
         // Two threads, the tables shared out so that each writes about as
-        // much (the kernel copies each value in on the calling thread;
-        // IPv4's buckets are usually the most). The program's step-1
-        // bitmap gains the patch's bits on the other thread, after its
-        // tables. Both are done before the flip.
+        // much (the kernel copies each value of a hash table or the
+        // entries in on the calling thread; IPv4's buckets are usually the
+        // most). The program's step-1 bitmap gains the patch's bits on the
+        // other thread, after its tables. Both are done before the flip.
         let (one, other) = crate::parallel::join(
             writes.len() * 4,
             || -> Result<()> {
-                update_batch(&tables[1], names[1], &writes.v4)?;
-                update_batch(&tables[5], names[5], &writes.v4_short)?;
-                update_batch(&tables[2], names[2], &writes.v6_bits)
+                write_values(targets[1], &writes.v4)?;
+                write_values(targets[5], &writes.v4_short)?;
+                write_values(targets[2], &writes.v6_bits)
             },
             || -> Result<()> {
-                update_batch(&tables[0], names[0], &writes.v4_bits)?;
-                update_batch(&tables[3], names[3], &writes.v6)?;
-                update_batch(&tables[4], names[4], &writes.entries)?;
+                write_values(targets[0], &writes.v4_bits)?;
+                write_values(targets[3], &writes.v6)?;
+                write_values(targets[4], &writes.entries)?;
                 union
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -1646,15 +1653,12 @@ impl Datapath {
         // background once no packet can be reading it, so the next apply
         // has only its own change to write.
         self.behind = None;
-        let fds = self.maps.tables[live].each_ref().map(|data| {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            data.fd().as_fd().as_raw_fd()
-        });
+        let left = self.maps.targets(live)?;
         let stats = self.stats(compiled, idle, started.elapsed(), true);
         let leveller = self.leveller();
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
-            let written = write_patch(fds, &patch);
+            let written = write_patch(left, &patch);
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
             }
@@ -1692,15 +1696,34 @@ impl Leveller {
     }
 }
 
-/// Writes `patch` into the tables whose descriptors are `fds` (in
-/// `map_names::TABLES` order, their value sizes checked).
-fn write_patch(fds: [std::os::fd::RawFd; 6], patch: &Patch) -> io::Result<()> {
-    update_batch_fd(fds[0], &patch.v4_bits)?;
-    update_batch_fd(fds[1], &patch.v4)?;
-    update_batch_fd(fds[2], &patch.v6_bits)?;
-    update_batch_fd(fds[3], &patch.v6)?;
-    update_batch_fd(fds[4], &patch.entries)?;
-    update_batch_fd(fds[5], &patch.v4_short)
+/// Writes `patch` into one generation's tables (`targets`, in
+/// `map_names::TABLES` order).
+fn write_patch(targets: [Target; 6], patch: &Patch) -> Result<()> {
+    write_values(targets[0], &patch.v4_bits)?;
+    write_values(targets[1], &patch.v4)?;
+    write_values(targets[2], &patch.v6_bits)?;
+    write_values(targets[3], &patch.v6)?;
+    write_values(targets[4], &patch.entries)?;
+    write_values(targets[5], &patch.v4_short)
+}
+
+/// Writes `(index, value)` pairs to `target` (whose values are `T`s): a
+/// table that fits a window (the bitmaps, the /16s) through one writable
+/// mapping, a store a value, instead of the kernel copying each value in
+/// by syscall (a page mapped costs about what one value copied in does);
+/// the hash tables and the entries, whose changed values lie a page or
+/// more apart, by batch.
+fn write_values<T: Copy>(target: Target, values: &[(u32, T)]) -> Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    if target.values * size_of::<T>() > WRITE_WINDOW {
+        return update_batch_fd(target.fd, values).map_err(|source| DatapathError::Io {
+            path: PathBuf::from(format!("batch update of map {}", target.name)),
+            source,
+        });
+    }
+    Mapped::window_fd(target.fd, target.name, 0, target.values, true)?.store_at(target.name, values)
 }
 
 impl Drop for Datapath {
