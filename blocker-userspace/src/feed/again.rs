@@ -23,6 +23,7 @@ use std::{
 use ipnetwork::IpNetwork;
 
 use super::{Order, distinct, split::item_target};
+use crate::fasthash::FastMap;
 
 /// Where a parsed feed's orders lie in its text, for the next parse.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,17 +93,19 @@ struct Run {
 /// Holds both lists of each changed order; dropped once compiled.
 #[derive(Debug, Default)]
 pub struct Edits {
-    /// By the new list's address.
-    by_new: HashMap<usize, Edit>,
+    /// By the new list's address (ours, not a feed's: hashed fast).
+    by_new: FastMap<usize, Edit>,
 }
 
 impl Edits {
-    pub(super) fn new(edits: impl Iterator<Item = Edit>) -> Self {
-        Self {
-            by_new: edits
-                .map(|edit| (edit.new.as_ptr() as usize, edit))
-                .collect(),
-        }
+    pub(super) fn new(edits: Vec<Edit>) -> Self {
+        let mut by_new = FastMap::with_capacity_and_hasher(edits.len(), Default::default());
+        by_new.extend(
+            edits
+                .into_iter()
+                .map(|edit| (edit.new.as_ptr() as usize, edit)),
+        );
+        Self { by_new }
     }
 
     /// The run of `old`'s targets that `new` replaced, and the run that

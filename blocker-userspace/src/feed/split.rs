@@ -97,7 +97,7 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
         orders,
         shape: Some(shape),
         taken,
-        edits: Edits::new(edits.into_iter()),
+        edits: Edits::new(edits),
     })
 }
 
