@@ -113,8 +113,8 @@ pub struct Parsed {
     /// Orders taken from the feed parsed against, whole or with target
     /// lines changed.
     pub taken: usize,
-    /// How the targets of those taken with target lines changed changed,
-    /// for the compiler.
+    /// How the parse made the targets of those it took with target lines
+    /// changed, for the compiler.
     pub edits: Edits,
 }
 
@@ -548,7 +548,7 @@ struct Fast {
     shape: Option<Shape>,
     /// Orders taken from the feed in force.
     taken: usize,
-    /// How the targets of those taken with target lines changed changed.
+    /// How the targets of those taken with target lines changed were made.
     edits: Edits,
 }
 
