@@ -575,22 +575,24 @@ impl<T: Copy> Mapped<T> {
 }
 
 impl<T: Copy> Mapped<T> {
-    /// Stores each `(index, value)`, the indices within the window. Only on
+    /// Stores each `(index, value)`, for a window whose first value is the
+    /// table's value `start` (indices outside the window are left). Only on
     /// a window mapped writable.
-    fn store_at(&mut self, name: &'static str, values: &[(u32, T)]) -> Result<()> {
+    fn store_at<'a>(&mut self, start: usize, values: impl Iterator<Item = &'a (u32, T)>)
+    where
+        T: 'a,
+    {
         // SAFETY: as in `as_slice`; `window` mapped it writable, and
         // `&mut self` is the only access to it.
         let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
         for &(index, value) in values {
-            let slot = target
-                .get_mut(index as usize)
-                .ok_or_else(|| DatapathError::Layout {
-                    path: PathBuf::from(name),
-                    detail: format!("{name} has {} values, not {}", self.len, index + 1),
-                })?;
-            *slot = value;
+            if let Some(slot) = (index as usize)
+                .checked_sub(start)
+                .and_then(|at| target.get_mut(at))
+            {
+                *slot = value;
+            }
         }
-        Ok(())
     }
 }
 
@@ -1707,12 +1709,13 @@ fn write_patch(targets: [Target; 6], patch: &Patch) -> Result<()> {
     write_values(targets[5], &patch.v4_short)
 }
 
-/// Writes `(index, value)` pairs to `target` (whose values are `T`s): a
-/// table that fits a window (the bitmaps, the /16s) through one writable
-/// mapping, a store a value, instead of the kernel copying each value in
-/// by syscall (a page mapped costs about what one value copied in does);
-/// the hash tables and the entries, whose changed values lie a page or
-/// more apart, by batch.
+/// Writes `(index, value)` pairs to `target` (whose values are `T`s). A
+/// table that fits a window (the bitmaps, the /16s) is mapped, 256 KiB at
+/// a time, and written a store a value, instead of the kernel copying each
+/// value in by syscall: mapping a page costs about what copying one or two
+/// values in does, and a patch writes many values a page there. The hash
+/// tables and the entries, whose changed values lie a page or more apart,
+/// are written by batch.
 fn write_values<T: Copy>(target: Target, values: &[(u32, T)]) -> Result<()> {
     if values.is_empty() {
         return Ok(());
@@ -1723,8 +1726,37 @@ fn write_values<T: Copy>(target: Target, values: &[(u32, T)]) -> Result<()> {
             source,
         });
     }
-    Mapped::window_fd(target.fd, target.name, 0, target.values, true)?.store_at(target.name, values)
+    if let Some(&(index, _)) = values.iter().find(|&&(i, _)| i as usize >= target.values) {
+        return Err(DatapathError::Layout {
+            path: PathBuf::from(target.name),
+            detail: format!(
+                "{} has {} values, not {}",
+                target.name,
+                target.values,
+                index + 1
+            ),
+        });
+    }
+    // A window at a time, so that the writes add little to what the
+    // daemon holds mapped (a window with nothing to write is not mapped).
+    let per_window = (SMALL_WINDOW / size_of::<T>()).max(1);
+    for start in (0..target.values).step_by(per_window) {
+        let window = start..target.values.min(start + per_window);
+        let inside = || {
+            values
+                .iter()
+                .filter(|&&(i, _)| window.contains(&(i as usize)))
+        };
+        if inside().next().is_some() {
+            Mapped::window_fd(target.fd, target.name, start, window.len(), true)?
+                .store_at(start, inside());
+        }
+    }
+    Ok(())
 }
+
+/// Bytes of a table [`write_values`] maps at once.
+const SMALL_WINDOW: usize = 256 << 10;
 
 impl Drop for Datapath {
     fn drop(&mut self) {
