@@ -572,9 +572,7 @@ impl<T: Copy> Mapped<T> {
             }
         }
     }
-}
 
-impl<T: Copy> Mapped<T> {
     /// Stores each `(index, value)`, for a window whose first value is the
     /// table's value `start` (indices outside the window are left). Only on
     /// a window mapped writable.
@@ -1620,7 +1618,9 @@ impl Datapath {
         // patch's.
         let behind = self.behind.take().unwrap_or_default();
         let writes = behind.then(&patch);
-        let targets = self.maps.targets(idle)?;
+        // Both generations' tables, before anything is written: the one
+        // left behind is caught up after the flip.
+        let (targets, left) = (self.maps.targets(idle)?, self.maps.targets(live)?);
         let union = &self.union;
         // Two threads, the tables shared out so that each writes about as
         // much (the kernel copies each value of a hash table or the
@@ -1655,7 +1655,6 @@ impl Datapath {
         // background once no packet can be reading it, so the next apply
         // has only its own change to write.
         self.behind = None;
-        let left = self.maps.targets(live)?;
         let stats = self.stats(compiled, idle, started.elapsed(), true);
         let leveller = self.leveller();
         self.catching_up = Some(thread::spawn(move || {
