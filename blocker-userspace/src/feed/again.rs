@@ -98,11 +98,14 @@ pub struct Edits {
 }
 
 impl Edits {
-    pub(super) fn new(edits: Vec<Edit>) -> Self {
-        let mut by_new = FastMap::with_capacity_and_hasher(edits.len(), Default::default());
+    /// The edits of a parse's two halves.
+    pub(super) fn new(first: Vec<Edit>, second: Vec<Edit>) -> Self {
+        let mut by_new =
+            FastMap::with_capacity_and_hasher(first.len() + second.len(), Default::default());
         by_new.extend(
-            edits
+            first
                 .into_iter()
+                .chain(second)
                 .map(|edit| (edit.new.as_ptr() as usize, edit)),
         );
         Self { by_new }

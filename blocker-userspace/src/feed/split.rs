@@ -95,7 +95,7 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
         orders,
         shape: Some(shape),
         taken,
-        edits: Edits::new([edits_a, edits_b].concat()),
+        edits: Edits::new(edits_a, edits_b),
     })
 }
 
