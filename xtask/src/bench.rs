@@ -13,8 +13,9 @@ pub struct Options {
     /// Up to 100k prefixes, smaller pools, fewer repeats (about a minute).
     #[arg(long)]
     quick: bool,
-    /// Only the control plane and the daemon at 1M prefixes, printed (no
-    /// report): for work on the control plane.
+    /// Only the control plane and the daemons (a `file://` feed, then over
+    /// HTTP) at 1M prefixes, printed (no report): for work on the control
+    /// plane.
     #[arg(long)]
     control: bool,
     /// Only the end-to-end runs on a veth pair, small, printed (no report):

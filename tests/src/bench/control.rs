@@ -1,8 +1,8 @@
 //! The control plane on the benchmark's feed: each stage of a from-scratch
 //! load and of a 1% update, in process, and of another 1% update downloaded
 //! from a real HTTP server as the daemon downloads it; then the real daemon
-//! on the same feeds, for its apply time, its peak memory and the time of a
-//! scrape.
+//! on the same feeds, from a `file://` URL and over HTTP, for its update's
+//! time, its peak memory and the time of a scrape.
 
 use std::{
     fs,

@@ -146,8 +146,8 @@ fn hits_by_length(
     hits
 }
 
-/// Only the control plane and the daemon at 1M prefixes (their figures are
-/// printed as they are taken): for work on the control plane.
+/// Only the control plane and the daemons at 1M prefixes (their figures
+/// are printed as they are taken): for work on the control plane.
 pub fn control_only() {
     let orders = workload::orders(1_000_000, 1);
     control::pipeline(&orders, MAX_PREFIXES);
