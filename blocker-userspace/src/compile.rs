@@ -2211,10 +2211,10 @@ mod tests {
                 let refs: Vec<&Order> = parsed.feed.orders.iter().collect();
                 slots = compiler.compile(&refs, Enforcement::Enforce, &slots).expect("compile").compiled.slots.clone();
             }
-            for step in steps {
+            for round in steps {
                 // A target replaced, put in or taken out, in place.
                 let before = lists.clone();
-                for (which, at, target, kind) in step {
+                for (which, at, target, kind) in round {
                     let o = which % lists.len();
                     let list = &mut lists[o];
                     let at = at % (list.len() + 1);
