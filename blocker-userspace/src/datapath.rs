@@ -1618,9 +1618,11 @@ impl Datapath {
         // patch's.
         let behind = self.behind.take().unwrap_or_default();
         let writes = behind.then(&patch);
-        // Both generations' tables, before anything is written: the one
-        // left behind is caught up after the flip.
-        let (targets, left) = (self.maps.targets(idle)?, self.maps.targets(live)?);
+        // Both generations' tables, named once before anything is written:
+        // the idle one's written now, the one left behind caught up after
+        // the flip, and the step-1 bitmap levelled from both.
+        let leveller = self.leveller()?;
+        let (targets, left) = (leveller.generations[idle], leveller.generations[live]);
         let union = &self.union;
         // Two threads, the tables shared out so that each writes about as
         // much (the kernel copies each value of a hash table or the
@@ -1656,14 +1658,13 @@ impl Datapath {
         // has only its own change to write.
         self.behind = None;
         let stats = self.stats(compiled, idle, started.elapsed(), true);
-        let leveller = self.leveller();
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
             let written = write_patch(left, &patch);
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
             }
-            Leveller::level_in_background(leveller);
+            Leveller::level_in_background(Ok(leveller));
             written.is_ok()
         }));
         Ok(Some(stats))
