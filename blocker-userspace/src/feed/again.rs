@@ -70,7 +70,7 @@ pub(super) struct Reused {
 
 /// How a parse against the feed in force made an order's targets from the
 /// old order's: one run of the old list replaced by one of the new.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Edit {
     old: Arc<[IpNetwork]>,
     new: Arc<[IpNetwork]>,
