@@ -371,7 +371,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// `blocker run` (the binary `BLOCKER_BIN` names) on `orders`, then on the
-/// 1% update.
+/// 1% update, taking its feed `from` a file or an HTTP server.
 pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRun {
     let edge = Edge::new(&[]);
     let mut config = edge.config();
