@@ -1017,9 +1017,9 @@ pub struct Datapath {
     /// The compile ([`Step::version`]) whose tables are live, when it was
     /// applied by [`Datapath::apply_step`].
     applied: Option<u64>,
-    /// How the idle generation differs from the live one: at the indices of
-    /// this patch, which holds the live values there. `None`: unknown.
-    behind: Option<Patch>,
+    /// The idle generation holds what the live one does (the thread
+    /// catching it up wrote the last patch); else it is not known to.
+    idle_level: bool,
     /// A thread writing the last patch into the generation it left idle
     /// (once no packet can be reading it): it returns whether it did.
     catching_up: Option<thread::JoinHandle<bool>>,
@@ -1108,7 +1108,7 @@ impl Datapath {
             bpffs_dir: bpffs_dir.to_owned(),
             last_flip: None,
             applied: None,
-            behind: None,
+            idle_level: false,
             catching_up: None,
             live_control,
             union: Arc::new(Mutex::new(union)),
@@ -1354,17 +1354,18 @@ impl Datapath {
         self.settle();
         let (stats, _) = self.apply_whole(compiled, fresh_slots)?;
         self.applied = None;
-        self.behind = None;
+        self.idle_level = false;
         Ok(stats)
     }
 
     /// As [`Datapath::apply`], for compile `version` of a
     /// [`Compiler`](crate::compile::Compiler), which changed `change` since
     /// the compile before. When that compile is the one live, only what
-    /// changed is written (a [`Patch`] of the idle generation, which is
-    /// brought level with the live one on the way). Otherwise the tables are
-    /// laid out from scratch, and the other generation is then written the
-    /// same, so that the next change can be a patch.
+    /// changed is written (a [`Patch`] of the idle generation, once the
+    /// thread catching it up has made it level with the live one).
+    /// Otherwise the tables are laid out from scratch, and the other
+    /// generation is then written the same, so that the next change can be
+    /// a patch.
     pub fn apply_step(
         &mut self,
         compiled: &Compiled,
@@ -1375,7 +1376,7 @@ impl Datapath {
         self.settle();
         if let Some(change) = change
             && self.applied == Some(change.from)
-            && self.behind.is_some()
+            && self.idle_level
         {
             match self.apply_patch(compiled, change, fresh_slots) {
                 Ok(Some(stats)) => {
@@ -1387,12 +1388,12 @@ impl Datapath {
                     // The idle generation may be half written: lay out
                     // from scratch, which writes it whole.
                     tracing::warn!(error = %err, "patching the tables failed; laying them out whole");
-                    self.behind = None;
+                    self.idle_level = false;
                 }
             }
         }
         self.applied = None;
-        self.behind = None;
+        self.idle_level = false;
         let (stats, (keys, v4, v6)) = self.apply_whole(compiled, fresh_slots)?;
         // The generation just left: the same tables, written in the
         // background once no packet can be reading it. The feed is enforced
@@ -1423,10 +1424,7 @@ impl Datapath {
     /// apply does so first anyway).
     pub fn settle(&mut self) {
         if let Some(thread) = self.catching_up.take() {
-            self.behind = match thread.join() {
-                Ok(true) => Some(Patch::default()),
-                _ => None,
-            };
+            self.idle_level = matches!(thread.join(), Ok(true));
         }
     }
 
@@ -1614,10 +1612,8 @@ impl Datapath {
         self.maps.set_windows(compiled, &mut self.windows)?;
         self.wait_for_grace();
         let idle = 1 - live;
-        // The values where the idle generation lags the live one, then the
-        // patch's.
-        let behind = self.behind.take().unwrap_or_default();
-        let writes = behind.then(&patch);
+        // Written from here on: level again once caught up (below).
+        self.idle_level = false;
         // Both generations' tables, named once before anything is written:
         // the idle one's written now, the one left behind caught up after
         // the flip, and the step-1 bitmap levelled from both.
@@ -1630,20 +1626,20 @@ impl Datapath {
         // most). The program's step-1 bitmap gains the patch's bits on the
         // other thread, after its tables. Both are done before the flip.
         let (one, other) = crate::parallel::join(
-            writes.len() * 4,
+            patch.len() * 4,
             || -> Result<()> {
-                write_values(targets[1], &writes.v4)?;
-                write_values(targets[5], &writes.v4_short)?;
-                write_values(targets[2], &writes.v6_bits)
+                write_values(targets[1], &patch.v4)?;
+                write_values(targets[5], &patch.v4_short)?;
+                write_values(targets[2], &patch.v6_bits)
             },
             || -> Result<()> {
-                write_values(targets[0], &writes.v4_bits)?;
-                write_values(targets[3], &writes.v6)?;
-                write_values(targets[4], &writes.entries)?;
+                write_values(targets[0], &patch.v4_bits)?;
+                write_values(targets[3], &patch.v6)?;
+                write_values(targets[4], &patch.entries)?;
                 union
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .add(&writes.v4_bits, &writes.v6_bits)
+                    .add(&patch.v4_bits, &patch.v6_bits)
             },
         );
         one?;
@@ -1656,7 +1652,6 @@ impl Datapath {
         // The generation just left lags by this patch: written in the
         // background once no packet can be reading it, so the next apply
         // has only its own change to write.
-        self.behind = None;
         let stats = self.stats(compiled, idle, started.elapsed(), true);
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);

@@ -156,20 +156,6 @@ fn over<T: Copy>(older: &[(u32, T)], newer: &[(u32, T)]) -> Vec<(u32, T)> {
 }
 
 impl Patch {
-    /// This patch followed by `newer`: every index either writes, with
-    /// `newer`'s value where both do.
-    pub fn then(&self, newer: &Patch) -> Patch {
-        Patch {
-            v4_bits: over(&self.v4_bits, &newer.v4_bits),
-            v4: over(&self.v4, &newer.v4),
-            v6_bits: over(&self.v6_bits, &newer.v6_bits),
-            v6: over(&self.v6, &newer.v6),
-            entries: over(&self.entries, &newer.entries),
-            v4_short: over(&self.v4_short, &newer.v4_short),
-            keys: (self.keys.0 + newer.keys.0, self.keys.1 + newer.keys.1),
-        }
-    }
-
     /// Values written in all.
     pub fn len(&self) -> usize {
         self.v4_bits.len()
