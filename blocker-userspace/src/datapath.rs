@@ -39,7 +39,7 @@ use crate::{
     compile::{Change, Compiled},
     config::AttachMode,
     fasthash::FastMap,
-    layout::{Geometry, LayoutError, Patch, Placed, Table, Values},
+    layout::{Geometry, LayoutError, Part, Patch, Placed, Table, Values},
 };
 
 mod program_data;
@@ -1595,12 +1595,56 @@ impl Datapath {
             names: map_names::TABLES[live],
         };
         let (mut v4_source, mut v6_source) = (source(), source());
+        let idle = 1 - live;
+        // Both generations' tables, named once before anything is written:
+        // the idle one's written now, the one left behind caught up after
+        // the flip, and the step-1 bitmap levelled from both.
+        let leveller = self.leveller()?;
+        let (targets, left) = (leveller.generations[idle], leveller.generations[live]);
+        self.wait_for_grace();
+        // Written from here on: level again once caught up (below).
+        self.idle_level = false;
+        let union = &self.union;
+        let failed = Mutex::new(None);
+        // Each table is written as soon as the patch has worked it out, on
+        // the thread that did (the kernel copies each value of a hash table
+        // in on the calling thread): IPv6's tables and the IPv4 /16s while
+        // the other thread still works out IPv4's buckets. The program's
+        // step-1 bitmap gains each bitmap's bits once that is written. All
+        // before the flip; should the patch fail, `apply_step` lays the
+        // idle generation out whole.
+        let sink = |part: Part<'_>| {
+            let add = |v4: &[(u32, u64)], v6: &[(u32, u64)]| {
+                union
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add(v4, v6)
+            };
+            let written = match part {
+                Part::V4Bits(words) => {
+                    write_values(targets[0], words).and_then(|()| add(words, &[]))
+                }
+                Part::V4(buckets) => write_values(targets[1], buckets),
+                Part::V6Bits(words) => {
+                    write_values(targets[2], words).and_then(|()| add(&[], words))
+                }
+                Part::V6(buckets) => write_values(targets[3], buckets),
+                Part::V4Short(shorts) => write_values(targets[5], shorts),
+            };
+            if let Err(err) = written {
+                failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(err);
+            }
+        };
         let patch = match crate::layout::patch(
             compiled,
             change,
             &shape,
             self.maps.geometry.entries as usize,
             [&mut v4_source, &mut v6_source],
+            &sink,
         ) {
             Ok(patch) => patch,
             Err(reason) => {
@@ -1608,42 +1652,12 @@ impl Datapath {
                 return Ok(None);
             }
         };
+        if let Some(err) = failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            return Err(err);
+        }
+        write_values(targets[4], &patch.entries)?;
         self.maps.zero_counters(fresh_slots)?;
         self.maps.set_windows(compiled, &mut self.windows)?;
-        self.wait_for_grace();
-        let idle = 1 - live;
-        // Written from here on: level again once caught up (below).
-        self.idle_level = false;
-        // Both generations' tables, named once before anything is written:
-        // the idle one's written now, the one left behind caught up after
-        // the flip, and the step-1 bitmap levelled from both.
-        let leveller = self.leveller()?;
-        let (targets, left) = (leveller.generations[idle], leveller.generations[live]);
-        let union = &self.union;
-        // Two threads, the tables shared out so that each writes about as
-        // much (the kernel copies each value of a hash table or the
-        // entries in on the calling thread; IPv4's buckets are usually the
-        // most). The program's step-1 bitmap gains the patch's bits on the
-        // other thread, after its tables. Both are done before the flip.
-        let (one, other) = crate::parallel::join(
-            patch.len() * 4,
-            || -> Result<()> {
-                write_values(targets[1], &patch.v4)?;
-                write_values(targets[5], &patch.v4_short)?;
-                write_values(targets[2], &patch.v6_bits)
-            },
-            || -> Result<()> {
-                write_values(targets[0], &patch.v4_bits)?;
-                write_values(targets[3], &patch.v6)?;
-                write_values(targets[4], &patch.entries)?;
-                union
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .add(&patch.v4_bits, &patch.v6_bits)
-            },
-        );
-        one?;
-        other?;
         self.flip(&mut control, idle, [shape.v4_seed, shape.v6_seed], compiled)?;
         self.keys = (
             self.keys.0.saturating_add_signed(patch.keys.0),

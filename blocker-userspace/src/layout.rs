@@ -14,7 +14,7 @@ use blocker_common::layout::{
 use crate::compile::Compiled;
 
 mod patch;
-pub use patch::{Patch, Source, Table, Unpatchable, Values, patch};
+pub use patch::{Part, Patch, Source, Table, Unpatchable, Values, patch};
 
 /// Sizes of one generation's tables, fixed when the maps are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -794,16 +794,7 @@ mod tests {
                 v6: differing(&from.v6, &to.v6),
                 entries_from: to.entries.len(),
             };
-            let shape = self.shape;
-            let (mut v4, mut v6) = (self.clone(), self.clone());
-            let patch = patch(
-                to,
-                &change,
-                &shape,
-                geometry.entries as usize,
-                [&mut v4, &mut v6],
-            )
-            .unwrap();
+            let patch = patch_in_parts(to, &change, self, geometry).unwrap();
             self.apply(&patch);
         }
     }
@@ -867,6 +858,60 @@ mod tests {
         }
     }
 
+    /// [`patch`] of the `before` tables to `after`, each table handed to
+    /// its sink checked: every table once, as the patch returned has it.
+    fn patch_in_parts(
+        after: &Compiled,
+        change: &Change,
+        before: &Tables,
+        geometry: &Geometry,
+    ) -> Result<Patch, Unpatchable> {
+        let handed = std::sync::Mutex::new((Patch::default(), 0u8));
+        let sink = |part: Part<'_>| {
+            let mut handed = handed.lock().unwrap();
+            let table = match part {
+                Part::V4Bits(words) => {
+                    handed.0.v4_bits = words.to_vec();
+                    0
+                }
+                Part::V4(buckets) => {
+                    handed.0.v4 = buckets.to_vec();
+                    1
+                }
+                Part::V6Bits(words) => {
+                    handed.0.v6_bits = words.to_vec();
+                    2
+                }
+                Part::V6(buckets) => {
+                    handed.0.v6 = buckets.to_vec();
+                    3
+                }
+                Part::V4Short(shorts) => {
+                    handed.0.v4_short = shorts.to_vec();
+                    4
+                }
+            };
+            assert_eq!(handed.1 & 1 << table, 0, "table {table} handed twice");
+            handed.1 |= 1 << table;
+        };
+        let shape = before.shape;
+        let (mut v4, mut v6) = (before.clone(), before.clone());
+        let patch = patch(
+            after,
+            change,
+            &shape,
+            geometry.entries as usize,
+            [&mut v4, &mut v6],
+            &sink,
+        )?;
+        let (mut handed, tables) = handed.into_inner().unwrap();
+        assert_eq!(tables, 0b11111, "every table but the entries handed over");
+        handed.entries.clone_from(&patch.entries);
+        handed.keys = patch.keys;
+        assert_eq!(handed, patch, "the tables handed over are the patch's");
+        Ok(patch)
+    }
+
     /// The prefixes whose entry differs between `a` and `b`, or that one
     /// of them lacks.
     fn differing<const N: usize>(
@@ -915,9 +960,7 @@ mod tests {
                 v6: differing(&before.v6, &after.v6),
                 entries_from: after.entries.len(),
             };
-            let shape = tables.shape;
-            let (mut v4, mut v6) = (tables.clone(), tables.clone());
-            let patch = patch(&after, &change, &shape, geometry.entries as usize, [&mut v4, &mut v6])
+            let patch = patch_in_parts(&after, &change, &tables, &geometry)
                 .map_err(|err| TestCaseError::fail(err.to_string()))?;
             tables.apply(&patch);
             let whole = build(&after, &geometry).unwrap();

@@ -539,16 +539,31 @@ pub enum Unpatchable {
 /// to the /16 level, IPv6 down to /24 (256 buckets).
 const V6_WIDEST: u8 = 24;
 
+/// One table's values in a [`Patch`], handed to [`patch`]'s sink as soon
+/// as that table is worked out.
+#[derive(Clone, Copy, Debug)]
+pub enum Part<'a> {
+    V4Bits(&'a [(u32, u64)]),
+    V4(&'a [(u32, Bucket4)]),
+    V6Bits(&'a [(u32, u64)]),
+    V6(&'a [(u32, Bucket6)]),
+    V4Short(&'a [(u32, Short4)]),
+}
+
 /// The patch taking the tables of `source` (laid out for the compile that
 /// `change` starts from, hashed as `shape`) to those of `compiled`.
 /// Each family is patched from its own source, side by side when the
-/// change is large.
+/// change is large. Each table but the entries is handed to `sink` once,
+/// as soon as it is worked out, on the thread that worked it out, so that
+/// it can be written while the other thread works on. A table found
+/// unpatchable is not handed over (and the patch is refused).
 pub fn patch<S: Source + Send>(
     compiled: &Compiled,
     change: &Change,
     shape: &layout::Shape,
     entries_capacity: usize,
     [v4_source, v6_source]: [&mut S; 2],
+    sink: &(impl Fn(Part<'_>) + Sync),
 ) -> Result<Patch, Unpatchable> {
     if compiled.entries.len() > entries_capacity {
         return Err(Unpatchable::Entries);
@@ -569,11 +584,26 @@ pub fn patch<S: Source + Send>(
     let (shorts_table, bits_table) = (v4_table.clone(), v4_table.clone());
     let (v4, (v6, v4_short, v4_bits)) = crate::parallel::join(
         (change.v4.len() + change.v6.len()) * 10,
-        move || patch_v4(&v4_table, change, shape, v4_source),
+        move || {
+            let v4 = patch_v4(&v4_table, change, shape, v4_source);
+            if let Ok(v4) = &v4 {
+                sink(Part::V4(&v4.v4));
+            }
+            v4
+        },
         move || {
             let v6 = patch_v6(compiled, change, shape, &mut *v6_source);
+            if let Ok(v6) = &v6 {
+                sink(Part::V6(&v6.v6));
+                sink(Part::V6Bits(&v6.v6_bits));
+            }
             let v4_short = shorts_v4(&shorts_table, change);
-            (v6, v4_short, bits_v4(&bits_table, change, v6_source))
+            sink(Part::V4Short(&v4_short));
+            let v4_bits = bits_v4(&bits_table, change, v6_source);
+            if let Ok(words) = &v4_bits {
+                sink(Part::V4Bits(words));
+            }
+            (v6, v4_short, v4_bits)
         },
     );
     let (mut patch, v6) = (v4?, v6?);
