@@ -236,13 +236,17 @@ impl Report {
                 target: 2.0,
             });
             goals.push(Goal {
-                goal: "1% update, whole (verify..load), seconds".to_owned(),
+                goal: format!(
+                    "1% update, whole (verify..load), median of {}, seconds",
+                    control.updates.len()
+                ),
                 value: control.update.total().as_secs_f64(),
                 bound: "<=",
                 target: 0.1,
             });
             goals.push(Goal {
-                goal: "1% update, apply (evaluate, compile, load), seconds".to_owned(),
+                goal: "1% update, apply (evaluate, compile, load) of that median one, seconds"
+                    .to_owned(),
                 value: control.update.apply().as_secs_f64(),
                 bound: "<=",
                 target: 0.1,
@@ -455,6 +459,7 @@ impl Report {
                 "program_load_s": c.open.as_secs_f64(),
                 "from_scratch": stages(&c.scratch),
                 "update_1_percent": stages(&c.update),
+                "update_1_percent_runs_s": c.updates.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 "update_1_percent_over_http": json!({
                     "download_s": c.download.worked.as_secs_f64(),
                     "download_nothing_done_as_it_arrives_s": c.download.plain.as_secs_f64(),
