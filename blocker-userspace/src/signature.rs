@@ -55,55 +55,114 @@ impl PublicKey {
 }
 
 /// A signature file's content, decoded.
-pub struct Decoded(minisign_verify::Signature);
+pub struct Decoded {
+    signature: minisign_verify::Signature,
+    /// For a prehashed signature (what `minisign -S` makes: Ed25519 over
+    /// the feed's BLAKE2b-512), the same signature marked legacy (Ed25519
+    /// over the message given), to be given that hash: the feed is hashed
+    /// here ([`blake2b_512`]) rather than by minisign-verify, whose BLAKE2b
+    /// takes 40 ms over a 30 MB feed where `blake2b_simd` takes 26. The key id,
+    /// the signature and the trusted comment with its global signature are
+    /// checked by minisign-verify as ever.
+    over_hash: Option<minisign_verify::Signature>,
+}
 
 impl Decoded {
     pub fn new(signature: &[u8]) -> Result<Self, SignatureError> {
         let text =
             std::str::from_utf8(signature).map_err(|_| SignatureError::SignatureMalformed)?;
-        minisign_verify::Signature::decode(text)
-            .map(Self)
-            .map_err(|_| SignatureError::SignatureMalformed)
+        let signature = minisign_verify::Signature::decode(text)
+            .map_err(|_| SignatureError::SignatureMalformed)?;
+        Ok(Self {
+            signature,
+            over_hash: over_hash(text),
+        })
     }
+}
+
+/// The algorithm bytes minisign writes first in a signature's second line:
+/// Ed25519 over the BLAKE2b-512 of the file, or over the file itself.
+const PREHASHED: &[u8; 2] = b"ED";
+const LEGACY: &[u8; 2] = b"Ed";
+
+/// `text` (a signature minisign-verify decoded) with its algorithm changed
+/// from prehashed to legacy, when it is prehashed; `None` otherwise (or
+/// should it not re-encode: the feed is then hashed by minisign-verify).
+fn over_hash(text: &str) -> Option<minisign_verify::Signature> {
+    use base64::Engine as _;
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mut bytes = base64::engine::general_purpose::STANDARD
+        .decode(lines.get(1)?.trim())
+        .ok()?;
+    if bytes.get(..2)? != PREHASHED {
+        return None;
+    }
+    bytes[..2].copy_from_slice(LEGACY);
+    let line = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    lines[1] = &line;
+    minisign_verify::Signature::decode(&lines.join("\n")).ok()
+}
+
+/// The BLAKE2b-512 a prehashed minisign signature signs.
+fn blake2b_512() -> blake2b_simd::State {
+    blake2b_simd::Params::new().hash_length(64).to_state()
 }
 
 /// A check of a prehashed signature (what `minisign -S` makes) fed the
 /// feed a piece at a time as it arrives: the hash of the whole feed, the
 /// check's cost, is taken while a download lasts instead of after it.
-pub struct Streamed<'a>(minisign_verify::StreamVerifier<'a>);
+pub struct Streamed<'a> {
+    key: &'a PublicKey,
+    over_hash: &'a minisign_verify::Signature,
+    hash: blake2b_simd::State,
+}
 
 impl PublicKey {
     /// A check of `signature` to feed piece by piece; `None` when it cannot
     /// be one (a legacy signature, which signs the feed itself, or another
     /// key's): [`verify`] then checks the whole feed and names the problem.
     pub fn streamed<'a>(&'a self, signature: &'a Decoded) -> Option<Streamed<'a>> {
-        self.0.verify_stream(&signature.0).ok().map(Streamed)
+        // minisign-verify's own stream check says whether it can be one.
+        self.0.verify_stream(&signature.signature).ok()?;
+        Some(Streamed {
+            key: self,
+            over_hash: signature.over_hash.as_ref()?,
+            hash: blake2b_512(),
+        })
     }
 }
 
 impl Streamed<'_> {
     /// The feed's next piece.
     pub fn update(&mut self, piece: &[u8]) {
-        self.0.update(piece);
+        self.hash.update(piece);
     }
 
     /// Whether the signature verifies over all the pieces, in order.
-    pub fn verifies(mut self) -> bool {
-        self.0.finalize().is_ok()
+    pub fn verifies(self) -> bool {
+        let hash = self.hash.finalize();
+        self.key
+            .0
+            .verify(hash.as_bytes(), self.over_hash, true)
+            .is_ok()
     }
 }
 
 /// Verifies `signature` (the content of `FEED.minisig`) over `feed`.
 pub fn verify(public_key: &PublicKey, feed: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
-    let Decoded(signature) = Decoded::new(signature)?;
-    public_key
-        .0
-        .verify(feed, &signature, true)
-        .map_err(|err| match err {
-            minisign_verify::Error::UnexpectedKeyId => SignatureError::KeyMismatch,
-            minisign_verify::Error::InvalidEncoding => SignatureError::SignatureMalformed,
-            _ => SignatureError::Invalid,
-        })
+    let decoded = Decoded::new(signature)?;
+    match &decoded.over_hash {
+        Some(over_hash) => {
+            let hash = blake2b_512().update(feed).finalize();
+            public_key.0.verify(hash.as_bytes(), over_hash, true)
+        }
+        None => public_key.0.verify(feed, &decoded.signature, true),
+    }
+    .map_err(|err| match err {
+        minisign_verify::Error::UnexpectedKeyId => SignatureError::KeyMismatch,
+        minisign_verify::Error::InvalidEncoding => SignatureError::SignatureMalformed,
+        _ => SignatureError::Invalid,
+    })
 }
 
 #[cfg(test)]
@@ -193,6 +252,57 @@ mod tests {
         ));
         assert!(PublicKey::from_file(&keys.dir.join("missing.pub")).is_err());
         assert!(PublicKey::from_base64("not a key").is_err());
+    }
+
+    /// A prehashed signature is checked over the hash taken here, a legacy
+    /// one over the feed: both verify, and neither verifies once its
+    /// trusted comment (which the global signature covers), its algorithm
+    /// or the feed is altered.
+    #[test]
+    fn prehashed_and_legacy_signatures_are_checked_whole_or_over_the_hash() {
+        let keys = Keys::new("e");
+        let feed = keys.dir.join("feed.yaml");
+        let content = b"format: blocker-feed/v1\nserial: 7\n".to_vec();
+        std::fs::write(&feed, &content).expect("write");
+        let prehashed = keys.sign(&feed);
+        let legacy = keys.sign_with(&feed, &["-l"]);
+        let decoded = |sig: &[u8]| Decoded::new(sig).expect("decodes");
+        assert!(decoded(&prehashed).over_hash.is_some());
+        assert!(decoded(&legacy).over_hash.is_none());
+        for sig in [&prehashed, &legacy] {
+            verify(&keys.public(), &content, sig).expect("a good signature");
+            let text = String::from_utf8(sig.clone()).expect("text");
+            let comment = text.replace("trusted comment: ", "trusted comment: x");
+            assert!(matches!(
+                verify(&keys.public(), &content, comment.as_bytes()),
+                Err(SignatureError::Invalid)
+            ));
+            let mut altered = content.clone();
+            altered[0] ^= 1;
+            assert!(matches!(
+                verify(&keys.public(), &altered, sig),
+                Err(SignatureError::Invalid)
+            ));
+        }
+        // Either signature with the other's algorithm: a prehashed one read
+        // as legacy checks the feed itself, a legacy one read as prehashed
+        // checks its hash; neither verifies.
+        let swapped = |sig: &[u8]| {
+            use base64::Engine as _;
+            let text = String::from_utf8(sig.to_vec()).expect("text");
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            let engine = base64::engine::general_purpose::STANDARD;
+            let mut bytes = engine.decode(&lines[1]).expect("base64");
+            bytes[1] = if bytes[1] == b'D' { b'd' } else { b'D' };
+            lines[1] = engine.encode(&bytes);
+            lines.join("\n").into_bytes()
+        };
+        for sig in [&prehashed, &legacy] {
+            assert!(matches!(
+                verify(&keys.public(), &content, &swapped(sig)),
+                Err(SignatureError::Invalid)
+            ));
+        }
     }
 
     /// The check fed in pieces agrees with `verify` on the whole feed.
