@@ -155,22 +155,6 @@ fn over<T: Copy>(older: &[(u32, T)], newer: &[(u32, T)]) -> Vec<(u32, T)> {
     merged
 }
 
-impl Patch {
-    /// Values written in all.
-    pub fn len(&self) -> usize {
-        self.v4_bits.len()
-            + self.v4.len()
-            + self.v6_bits.len()
-            + self.v6.len()
-            + self.entries.len()
-            + self.v4_short.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 trait Keyed: Slot {
     fn same_key(&self, other: &Self) -> bool;
     fn is_free(&self) -> bool;
