@@ -130,6 +130,16 @@ impl PublicKey {
             hash: blake2b_512(),
         })
     }
+
+    /// Checks a prehashed signature, given as [`Decoded::over_hash`] has
+    /// it, over the feed's `hash`.
+    fn verify_hash(
+        &self,
+        hash: &blake2b_simd::Hash,
+        over_hash: &minisign_verify::Signature,
+    ) -> Result<(), minisign_verify::Error> {
+        self.0.verify(hash.as_bytes(), over_hash, true)
+    }
 }
 
 impl Streamed<'_> {
@@ -140,10 +150,8 @@ impl Streamed<'_> {
 
     /// Whether the signature verifies over all the pieces, in order.
     pub fn verifies(self) -> bool {
-        let hash = self.hash.finalize();
         self.key
-            .0
-            .verify(hash.as_bytes(), self.over_hash, true)
+            .verify_hash(&self.hash.finalize(), self.over_hash)
             .is_ok()
     }
 }
@@ -153,8 +161,7 @@ pub fn verify(public_key: &PublicKey, feed: &[u8], signature: &[u8]) -> Result<(
     let decoded = Decoded::new(signature)?;
     match &decoded.over_hash {
         Some(over_hash) => {
-            let hash = blake2b_512().update(feed).finalize();
-            public_key.0.verify(hash.as_bytes(), over_hash, true)
+            public_key.verify_hash(&blake2b_512().update(feed).finalize(), over_hash)
         }
         None => public_key.0.verify(feed, &decoded.signature, true),
     }
