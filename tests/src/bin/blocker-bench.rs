@@ -1,9 +1,9 @@
 //! `blocker-bench [--quick] [--control] [--wire] [--out FILE]`: runs the
 //! benchmark (see `blocker_tests::bench`), prints the table and writes the
 //! JSON report. `--control`: only the control plane and the daemons (a
-//! `file://` feed, then over HTTP) at 1M prefixes, printed, no report. `--wire`: only the end-to-end runs, small,
-//! printed. Needs root; `cargo xtask bench` builds and
-//! runs it.
+//! `file://` feed, then over HTTP) at 1M prefixes, printed, no report.
+//! `--wire`: only the end-to-end runs, small, printed. Needs root; `cargo
+//! xtask bench` builds and runs it.
 
 use std::path::PathBuf;
 
