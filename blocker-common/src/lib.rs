@@ -399,3 +399,52 @@ mod pod {
 }
 
 pub mod layout;
+
+/// Name of the controller's copy program (`blocker-ebpf/src/copy.rs`):
+/// never attached, only run by BPF_PROG_TEST_RUN.
+pub const COPY_PROGRAM_NAME: &str = "blk_copy";
+
+/// Buckets one run of the copy program moves at most: the size of its
+/// staging maps.
+pub const COPY_CHUNK: u32 = 4096;
+
+/// What the copy program does, as the controller hands it over in the
+/// bytes of its test frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyJob {
+    /// A [`CopyOp`].
+    pub op: u32,
+    /// The table generation: 0 (the `_A` maps) or 1 (`_B`).
+    pub generation: u32,
+    /// Buckets to move, from the staging maps' start (at most
+    /// [`COPY_CHUNK`]).
+    pub count: u32,
+    pub reserved: u32,
+}
+
+impl CopyJob {
+    /// The job as the test frame's bytes, which the program reads as a
+    /// `CopyJob` (an Ethernet header's worth: a test run wants one).
+    pub fn to_frame(self) -> [u8; 16] {
+        let mut frame = [0u8; 16];
+        let words = [self.op, self.generation, self.count, self.reserved];
+        for (bytes, word) in frame.chunks_exact_mut(4).zip(words) {
+            bytes.copy_from_slice(&word.to_ne_bytes());
+        }
+        frame
+    }
+}
+
+const _: () = assert!(size_of::<CopyJob>() == 16);
+
+/// The copy program's moves: a family's buckets at the staged indices,
+/// read into the staged values (gather) or written from them (scatter).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyOp {
+    Gather4 = 1,
+    Scatter4 = 2,
+    Gather6 = 3,
+    Scatter6 = 4,
+}

@@ -4,10 +4,12 @@
 //! prefixes) in two generations, and the control value that picks one.
 //! The program reads its own global data first: one bitmap of both
 //! generations' bits ([`BLK_UNION`]), then, for a frame past it, its copy
-//! of the control value ([`BLK_LIVE`]).
+//! of the control value ([`BLK_LIVE`]). The object also holds the
+//! controller's [`copy`] program, which it runs to move a patch's buckets.
 #![no_std]
 #![no_main]
 
+mod copy;
 mod shared;
 
 use aya_ebpf::{

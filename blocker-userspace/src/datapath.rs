@@ -42,6 +42,7 @@ use crate::{
     layout::{Geometry, LayoutError, Part, Patch, Placed, Table, Values},
 };
 
+mod copier;
 mod program_data;
 
 /// The XDP object built by `build.rs` from the `blocker-ebpf` crate.
@@ -172,6 +173,9 @@ pub struct ApplyStats {
     /// The idle generation was patched (only what changed written), not
     /// laid out from scratch.
     pub patched: bool,
+    /// Hash-table buckets a patch wrote: (IPv4, IPv6); every bucket for a
+    /// layout from scratch.
+    pub buckets: (usize, usize),
 }
 
 /// The pinned map set.
@@ -386,13 +390,24 @@ impl Maps {
     /// The entry the program finds for `addr` in the live generation: that
     /// of the longest table prefix containing it.
     pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixEntry>> {
+        Ok(self.lookup_all(&[addr])?.pop().flatten())
+    }
+
+    /// [`Maps::lookup`] for each of `addrs`, the tables mapped once.
+    pub fn lookup_all(&self, addrs: &[IpAddr]) -> Result<Vec<Option<PrefixEntry>>> {
         let control = self.control()?;
         let g = control.live();
         let tables = MappedTables::map(&self.tables[g], g)?;
-        let index = layout::lookup(&tables, &control.shape(g), addr);
-        Ok((index != layout::NO_ENTRY)
-            .then(|| tables.entries.as_slice().get(index as usize).copied())
-            .flatten())
+        let shape = control.shape(g);
+        Ok(addrs
+            .iter()
+            .map(|&addr| {
+                let index = layout::lookup(&tables, &shape, addr);
+                (index != layout::NO_ENTRY)
+                    .then(|| tables.entries.as_slice().get(index as usize).copied())
+                    .flatten()
+            })
+            .collect())
     }
 
     /// Number of prefixes in the live generation: (IPv4, IPv6).
@@ -553,6 +568,12 @@ impl<T: Copy> Mapped<T> {
         // SAFETY: `len` values of `T` (plain integers, any bit pattern
         // valid) lie at `ptr`, mapped for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The values, to change. Only on a window mapped writable.
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`; `&mut self` is the only access to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Stores `value(i)` as value `i` of the window where they differ
@@ -756,12 +777,15 @@ impl layout::Tables for MappedTables {
 }
 
 /// One generation's tables as a patch reads them: a value at a time
-/// (BPF_MAP_LOOKUP_ELEM), or many gathered window by window (a patch reads
-/// thousands of scattered values; mapping whole tables to read them would
-/// map, and count as ours, hundreds of megabytes).
+/// (BPF_MAP_LOOKUP_ELEM), or many at once: hash-table buckets gathered by
+/// the copy program ([`copier`]), bitmap words window by window (a patch
+/// reads thousands of scattered values; mapping whole tables to read them
+/// would map, and count as ours, hundreds of megabytes).
 struct LiveTables<'a> {
     maps: &'a [MapData; 6],
     names: [&'static str; 6],
+    copier: &'a copier::Copier,
+    generation: usize,
 }
 
 impl crate::layout::Source for LiveTables<'_> {
@@ -784,9 +808,9 @@ impl crate::layout::Source for LiveTables<'_> {
         let (m, n) = (&self.maps, &self.names);
         match table {
             Table::V4Bits => read_mapped(&m[0], n[0], indices).map(Values::Words),
-            Table::V4 => read_mapped(&m[1], n[1], indices).map(Values::V4),
+            Table::V4 => self.copier.gather(self.generation, indices).map(Values::V4),
             Table::V6Bits => read_mapped(&m[2], n[2], indices).map(Values::Words),
-            Table::V6 => read_mapped(&m[3], n[3], indices).map(Values::V6),
+            Table::V6 => self.copier.gather(self.generation, indices).map(Values::V6),
         }
         .ok()
     }
@@ -1023,6 +1047,8 @@ pub struct Datapath {
     /// A thread writing the last patch into the generation it left idle
     /// (once no packet can be reading it): it returns whether it did.
     catching_up: Option<thread::JoinHandle<bool>>,
+    /// Moves a patch's hash-table buckets.
+    copier: Arc<copier::Copier>,
     /// The program's copy of the control value.
     live_control: program_data::LiveControl,
     /// The program's step-1 bitmap: both generations' bits.
@@ -1080,6 +1106,7 @@ impl Datapath {
                 path: prog_pin.clone(),
                 source,
             })?;
+        let copier = Arc::new(copier::Copier::new(&mut ebpf)?);
         let mut maps = Maps::from_ebpf(&mut ebpf)?;
         let mut control = maps.control()?;
         if control.v4_buckets == 0 {
@@ -1110,6 +1137,7 @@ impl Datapath {
             applied: None,
             idle_level: false,
             catching_up: None,
+            copier,
             live_control,
             union: Arc::new(Mutex::new(union)),
             keys: (0, 0),
@@ -1532,7 +1560,7 @@ impl Datapath {
         let written = laid_out + writing.elapsed();
         self.flip(&mut control, idle, [v4.seed, v6.seed], compiled)?;
         self.keys = (keys.v4.len(), keys.v6.len());
-        let stats = self.stats(compiled, idle, written, false);
+        let stats = self.stats(compiled, idle, written, None);
         Ok((stats, (keys, v4, v6)))
     }
 
@@ -1542,8 +1570,9 @@ impl Datapath {
         compiled: &Compiled,
         generation: usize,
         written: Duration,
-        patched: bool,
+        buckets: Option<(usize, usize)>,
     ) -> ApplyStats {
+        let geometry = self.maps.geometry;
         ApplyStats {
             ipv4: compiled.v4.len(),
             ipv6: compiled.v6.len(),
@@ -1551,7 +1580,9 @@ impl Datapath {
             keys: self.keys,
             entries: compiled.entries.len() - 1,
             written,
-            patched,
+            patched: buckets.is_some(),
+            buckets: buckets
+                .unwrap_or((geometry.v4_buckets as usize, geometry.v6_buckets as usize)),
         }
     }
 
@@ -1593,6 +1624,8 @@ impl Datapath {
         let source = || LiveTables {
             maps: &self.maps.tables[live],
             names: map_names::TABLES[live],
+            copier: &self.copier,
+            generation: live,
         };
         let (mut v4_source, mut v6_source) = (source(), source());
         let idle = 1 - live;
@@ -1624,11 +1657,11 @@ impl Datapath {
                 Part::V4Bits(words) => {
                     write_values(targets[0], words).and_then(|()| add(words, &[]))
                 }
-                Part::V4(buckets) => write_values(targets[1], buckets),
+                Part::V4(buckets) => self.copier.scatter(idle, buckets),
                 Part::V6Bits(words) => {
                     write_values(targets[2], words).and_then(|()| add(&[], words))
                 }
-                Part::V6(buckets) => write_values(targets[3], buckets),
+                Part::V6(buckets) => self.copier.scatter(idle, buckets),
                 Part::V4Short(shorts) => write_values(targets[5], shorts),
             };
             if let Err(err) = written {
@@ -1666,10 +1699,12 @@ impl Datapath {
         // The generation just left lags by this patch: written in the
         // background once no packet can be reading it, so the next apply
         // has only its own change to write.
-        let stats = self.stats(compiled, idle, started.elapsed(), true);
+        let buckets = (patch.v4.len(), patch.v6.len());
+        let stats = self.stats(compiled, idle, started.elapsed(), Some(buckets));
+        let copier = Arc::clone(&self.copier);
         self.catching_up = Some(thread::spawn(move || {
             thread::sleep(GENERATION_GRACE);
-            let written = write_patch(left, &patch);
+            let written = write_patch(left, &patch, &copier, live);
             if let Err(err) = &written {
                 tracing::warn!(error = %err, "catching the idle tables up; the next apply lays them out whole");
             }
@@ -1707,13 +1742,18 @@ impl Leveller {
     }
 }
 
-/// Writes `patch` into one generation's tables (`targets`, in
-/// `map_names::TABLES` order).
-fn write_patch(targets: [Target; 6], patch: &Patch) -> Result<()> {
+/// Writes `patch` into generation `generation`'s tables (`targets`, in
+/// `map_names::TABLES` order; the hash tables by `copier`).
+fn write_patch(
+    targets: [Target; 6],
+    patch: &Patch,
+    copier: &copier::Copier,
+    generation: usize,
+) -> Result<()> {
     write_values(targets[0], &patch.v4_bits)?;
-    write_values(targets[1], &patch.v4)?;
+    copier.scatter(generation, &patch.v4)?;
     write_values(targets[2], &patch.v6_bits)?;
-    write_values(targets[3], &patch.v6)?;
+    copier.scatter(generation, &patch.v6)?;
     write_values(targets[4], &patch.entries)?;
     write_values(targets[5], &patch.v4_short)
 }
@@ -1722,9 +1762,9 @@ fn write_patch(targets: [Target; 6], patch: &Patch) -> Result<()> {
 /// table that fits a window (the bitmaps, the /16s) is mapped, 256 KiB at
 /// a time, and written a store a value, instead of the kernel copying each
 /// value in by syscall: mapping a page costs about what copying one or two
-/// values in does, and a patch writes many values a page there. The hash
-/// tables and the entries, whose changed values lie a page or more apart,
-/// are written by batch.
+/// values in does, and a patch writes many values a page there. The
+/// entries, whose table is larger, are written by batch. (A patch's
+/// hash-table buckets go by the copy program: [`copier`].)
 fn write_values<T: Copy>(target: Target, values: &[(u32, T)]) -> Result<()> {
     if values.is_empty() {
         return Ok(());

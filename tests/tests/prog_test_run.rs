@@ -11,7 +11,7 @@ use blocker::{
     feed::{self, Action, Direction, Order, Status},
     policy, reference,
 };
-use blocker_common::{OrderCounters, STAT_COUNT, Stat};
+use blocker_common::{COPY_CHUNK, OrderCounters, STAT_COUNT, Stat};
 use blocker_tests::{
     frame::{self, ETH_HDR_LEN, ETH_P_8021Q, Frame, FrameSpec},
     orders::{drop_order, monitor_order, order},
@@ -1552,4 +1552,92 @@ fn step_one_bits_follow_patches_in_and_out() {
         &udp("192.0.2.1", "198.51.100.7").build().bytes,
         "KEPT",
     );
+}
+
+/// A patch reads and writes thousands of hash-table buckets in each family,
+/// more than the copy program moves in one run (`COPY_CHUNK`): read from
+/// the live generation and written to the idle one a chunk at a time, then
+/// written again into the generation left behind, which the next patch
+/// starts from. After each of two patches in a row, every old and new
+/// prefix's first and last address finds the entry a layout from scratch
+/// gives it, in userspace, and the kernel's verdicts agree on a sample.
+#[test]
+fn patches_of_many_buckets_move_them_in_chunks() {
+    use blocker_tests::bench::workload;
+
+    const PREFIXES: usize = 80_000;
+    let feeds = {
+        let first = workload::orders(PREFIXES, 31);
+        // One target in eighteen replaced: a ninth of the claims, below the
+        // share past which the compiler lays out whole.
+        let second = workload::changed(&first, 18, 32);
+        let third = workload::changed(&second, 18, 33);
+        [first, second, third]
+    };
+    let mut rig = Rig::sized(PREFIXES as u32);
+    rig.apply(&feeds[0], Enforcement::Enforce);
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for (round, orders) in feeds.iter().enumerate().skip(1) {
+        rig.apply(orders, Enforcement::Enforce);
+        let applied = rig.applied.expect("applied");
+        assert!(
+            applied.patched,
+            "update {round} was laid out whole, not patched"
+        );
+        let (v4, v6) = applied.buckets;
+        assert!(
+            v4.min(v6) > COPY_CHUNK as usize,
+            "update {round} wrote ({v4}, {v6}) buckets: not more than a chunk in each family"
+        );
+        // This round's prefixes and those it took out.
+        for prefix in feeds[round - 1]
+            .iter()
+            .chain(orders)
+            .flat_map(|o| o.targets.iter())
+        {
+            probes.push(prefix.network());
+            probes.push(prefix.broadcast());
+        }
+        probes.sort_unstable();
+        probes.dedup();
+        let mut whole = Rig::sized(PREFIXES as u32);
+        whole.apply(orders, Enforcement::Enforce);
+        for order in orders {
+            assert_eq!(
+                rig.slot(&order.id),
+                whole.slot(&order.id),
+                "slot of {}",
+                order.id
+            );
+        }
+        let lookups = |rig: &Rig| {
+            rig.dp
+                .maps()
+                .lookup_all(&probes)
+                .unwrap_or_else(|err| panic!("looking up {} addresses: {err}", probes.len()))
+        };
+        let (patched, expected) = (lookups(&rig), lookups(&whole));
+        let found = expected.iter().filter(|e| e.is_some()).count();
+        assert!(
+            found > PREFIXES,
+            "update {round}: only {found} of {} addresses are in a prefix",
+            probes.len()
+        );
+        for ((addr, got), want) in probes.iter().zip(&patched).zip(&expected) {
+            assert_eq!(got, want, "update {round}: the entry of {addr}");
+        }
+        for addr in probes.iter().step_by(probes.len() / 2000) {
+            let frame = match addr {
+                IpAddr::V4(_) => udp("192.0.2.1", &addr.to_string()),
+                IpAddr::V6(_) => udp("2001:db8:1::1", &addr.to_string()),
+            }
+            .build()
+            .bytes;
+            assert_eq!(
+                name(rig.run(&frame)),
+                name(whole.run(&frame)),
+                "update {round}: the verdict for a frame to {addr}"
+            );
+        }
+    }
 }
