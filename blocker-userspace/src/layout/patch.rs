@@ -181,10 +181,11 @@ impl Keyed for Slot6 {
 /// One family's hash table as patched so far: the buckets changed, over
 /// the source's.
 struct Overlay<S, R> {
-    /// Buckets read (those read ahead first, by index), and whether they
-    /// were changed.
+    /// Buckets read (those read ahead first, by index), and whether each
+    /// was changed.
     indices: Vec<u32>,
-    buckets: Vec<([S; SLOTS], bool)>,
+    buckets: Vec<[S; SLOTS]>,
+    changed: Vec<bool>,
     /// How many were read ahead.
     ahead: usize,
     /// Where each bucket read is in `buckets` (a compact index: the
@@ -217,7 +218,8 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
         Self {
             ahead: indices.len(),
             indices,
-            buckets: buckets.into_iter().map(|b| (b, false)).collect(),
+            changed: vec![false; buckets.len()],
+            buckets,
             at,
             read,
             seed,
@@ -228,29 +230,30 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     }
 
     fn bucket(&mut self, index: u32) -> Option<&[S; SLOTS]> {
-        self.entry(index).map(|(bucket, _)| &*bucket)
+        let i = self.entry(index)?;
+        Some(&self.buckets[i])
     }
 
     /// The bucket at `index`, to change.
     fn bucket_mut(&mut self, index: u32) -> Option<&mut [S; SLOTS]> {
-        self.entry(index).map(|(bucket, changed)| {
-            *changed = true;
-            bucket
-        })
+        let i = self.entry(index)?;
+        self.changed[i] = true;
+        Some(&mut self.buckets[i])
     }
 
-    fn entry(&mut self, index: u32) -> Option<&mut ([S; SLOTS], bool)> {
+    /// Where the bucket at `index` is kept, read first if need be.
+    fn entry(&mut self, index: u32) -> Option<usize> {
         use std::collections::hash_map::Entry;
-        let i = match self.at.entry(index) {
+        Some(match self.at.entry(index) {
             Entry::Occupied(at) => *at.get() as usize,
             Entry::Vacant(at) => {
-                self.buckets.push(((self.read)(index)?, false));
+                self.buckets.push((self.read)(index)?);
+                self.changed.push(false);
                 self.indices.push(index);
                 at.insert(self.indices.len() as u32 - 1);
                 self.indices.len() - 1
             }
-        };
-        Some(&mut self.buckets[i])
+        })
     }
 
     /// The slot holding `key`'s key: (bucket, slot).
@@ -277,10 +280,10 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     /// fit.
     fn upsert(&mut self, slot: S) -> Option<()> {
         if let Some((b, s)) = self.find(&slot)? {
-            let (bucket, changed) = self.entry(b)?;
-            if bucket[s] != slot {
-                bucket[s] = slot;
-                *changed = true;
+            let i = self.entry(b)?;
+            if self.buckets[i][s] != slot {
+                self.buckets[i][s] = slot;
+                self.changed[i] = true;
             }
             return Some(());
         }
@@ -288,10 +291,10 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
         for _ in 0..MAX_KICKS {
             let choices = layout::choices(key.hash(self.seed), self.count);
             for b in choices {
-                let (bucket, changed) = self.entry(b)?;
-                if let Some(free) = bucket.iter().position(|s| s.is_free()) {
-                    bucket[free] = key;
-                    *changed = true;
+                let i = self.entry(b)?;
+                if let Some(free) = self.buckets[i].iter().position(|s| s.is_free()) {
+                    self.buckets[i][free] = key;
+                    self.changed[i] = true;
                     self.keys += 1;
                     return Some(());
                 }
@@ -311,8 +314,8 @@ impl<S: Keyed + PartialEq, R: FnMut(u32) -> Option<[S; SLOTS]>> Overlay<S, R> {
     fn changed(self) -> (Vec<(u32, [S; SLOTS])>, isize) {
         let changed = |from: usize, to: usize| -> Vec<(u32, [S; SLOTS])> {
             (from..to)
-                .filter(|&i| self.buckets[i].1)
-                .map(|i| (self.indices[i], self.buckets[i].0))
+                .filter(|&i| self.changed[i])
+                .map(|i| (self.indices[i], self.buckets[i]))
                 .collect()
         };
         let ahead = changed(0, self.ahead);
