@@ -8,7 +8,10 @@
 //! every /32 hashed to it, so a patch only sets them: a bit left set costs a
 //! descriptor probe that finds nothing, until the next layout from scratch.
 
-use std::cell::Cell;
+use std::{
+    cell::Cell,
+    sync::{Mutex, PoisonError},
+};
 
 use blocker_common::{
     PrefixEntry,
@@ -564,38 +567,52 @@ pub fn patch<S: Source + Send>(
     }
     // Each changed prefix costs microseconds of lookups: a few thousand
     // are worth a second thread. IPv4 holds most of them: its hash table
-    // is patched on one thread, and its /16s and its bitmap after IPv6,
-    // on the other (each thread with its own search hints into the IPv4
-    // prefixes).
+    // is patched on one thread and IPv6's tables on the other; then IPv4's
+    // bitmap words and its /16s are each taken by whichever thread is free
+    // first, the words (the longer) first, each with search hints of its
+    // own into the IPv4 prefixes.
     let v4_table = Prefixes::new(&compiled.v4);
-    let (shorts_table, bits_table) = (v4_table.clone(), v4_table.clone());
-    let (v4, (v6, v4_short, v4_bits)) = crate::parallel::join(
+    let words_task = Mutex::new(Some(v4_table.clone()));
+    let shorts_task = Mutex::new(Some(v4_table.clone()));
+    let rest = |source: &mut S| {
+        let words = take(&words_task).map(|table| {
+            let words = bits_v4(&table, change, source);
+            if let Ok(words) = &words {
+                sink(Part::V4Bits(words));
+            }
+            words
+        });
+        let shorts = take(&shorts_task).map(|table| {
+            let shorts = shorts_v4(&table, change);
+            sink(Part::V4Short(&shorts));
+            shorts
+        });
+        (words, shorts)
+    };
+    let ((v4, rest_one), (v6, rest_other)) = crate::parallel::join(
         (change.v4.len() + change.v6.len()) * 10,
-        move || {
-            let v4 = patch_v4(&v4_table, change, shape, v4_source);
+        || {
+            let v4 = patch_v4(&v4_table, change, shape, &mut *v4_source);
             if let Ok(v4) = &v4 {
                 sink(Part::V4(&v4.v4));
             }
-            v4
+            (v4, rest(v4_source))
         },
-        move || {
+        || {
             let v6 = patch_v6(compiled, change, shape, &mut *v6_source);
             if let Ok(v6) = &v6 {
                 sink(Part::V6(&v6.v6));
                 sink(Part::V6Bits(&v6.v6_bits));
             }
-            let v4_short = shorts_v4(&shorts_table, change);
-            sink(Part::V4Short(&v4_short));
-            let v4_bits = bits_v4(&bits_table, change, v6_source);
-            if let Ok(words) = &v4_bits {
-                sink(Part::V4Bits(words));
-            }
-            (v6, v4_short, v4_bits)
+            (v6, rest(v6_source))
         },
     );
+    // Each task was taken by one thread or the other.
+    let v4_bits = rest_one.0.or(rest_other.0);
+    let v4_short = rest_one.1.or(rest_other.1);
     let (mut patch, v6) = (v4?, v6?);
-    patch.v4_bits = v4_bits?;
-    patch.v4_short = v4_short;
+    patch.v4_bits = v4_bits.unwrap_or(Err(Unpatchable::Mismatch))?;
+    patch.v4_short = v4_short.unwrap_or_default();
     patch.v6_bits = v6.v6_bits;
     patch.v6 = v6.v6;
     patch.keys.1 = v6.keys.1;
@@ -603,6 +620,11 @@ pub fn patch<S: Source + Send>(
         .map(|i| (i as u32, compiled.entries[i]))
         .collect();
     Ok(patch)
+}
+
+/// The task in `task`, unless another thread took it.
+fn take<T>(task: &Mutex<Option<T>>) -> Option<T> {
+    task.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 fn patch_v4<S: Source>(
