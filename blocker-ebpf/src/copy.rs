@@ -92,8 +92,8 @@ fn move_one<S: Staged>(i: u64, failed: *mut c_void, gather: bool) -> i64 {
     } else {
         (staging.cast_const(), table)
     };
-    // A word at a time, volatile: a plain copy of the bucket is a call to
-    // `memmove`, which BPF has not.
+    // A word at a time, volatile: LLVM makes a plain copy of the bucket a
+    // call to a `memmove` subprogram that copies a byte a step.
     for word in 0..size_of::<S::Bucket>() / 8 {
         // SAFETY: both point to a whole bucket in an array map's values,
         // 8-byte aligned, a multiple of 8 bytes long.

@@ -3,8 +3,10 @@
 //! [`Datapath`] loads the XDP program against the maps pinned under
 //! `bpffs_dir` (creating them on first start), attaches it to interfaces
 //! through pinned bpf_links, and writes compiled tables into the idle
-//! generation before flipping the live one. [`Maps`] is the map set alone,
-//! which `status` and `check` open from the pins without loading anything.
+//! generation before flipping the live one (a patch's hash-table buckets
+//! moved by the object's copy program, [`copier`]). [`Maps`] is the map set
+//! alone, which `status` and `check` open from the pins without loading
+//! anything.
 //!
 //! Layout under `bpffs_dir`: `maps/<NAME>`, `prog`, `links/<mode>/<interface>`.
 
