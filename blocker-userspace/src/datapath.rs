@@ -1566,7 +1566,8 @@ impl Datapath {
         Ok((stats, (keys, v4, v6)))
     }
 
-    /// The totals of an apply of `compiled` that made `generation` live.
+    /// The totals of an apply of `compiled` that made `generation` live:
+    /// a patch that wrote `buckets`, or (`None`) a layout from scratch.
     fn stats(
         &self,
         compiled: &Compiled,

@@ -1589,7 +1589,8 @@ fn patches_of_many_buckets_move_them_in_chunks() {
             v4.min(v6) > COPY_CHUNK as usize,
             "update {round} wrote ({v4}, {v6}) buckets: not more than a chunk in each family"
         );
-        // This round's prefixes and those it took out.
+        // This round's prefixes and those it took out, beside the last
+        // round's.
         for prefix in feeds[round - 1]
             .iter()
             .chain(orders)

@@ -40,8 +40,8 @@ pub(super) struct Copier {
 }
 
 /// One family's staging: [`COPY_CHUNK`] indices (each a u64, as the map
-/// lays them out) and buckets, mapped
-/// writable for as long as the copier lives.
+/// lays them out) and buckets, mapped writable for as long as the copier
+/// lives (the mappings keep the maps).
 pub(super) struct Stage<T> {
     at: Mapped<u64>,
     values: Mapped<T>,
