@@ -1656,17 +1656,12 @@ impl Datapath {
                     .unwrap_or_else(PoisonError::into_inner)
                     .add(v4, v6)
             };
-            let written = match part {
-                Part::V4Bits(words) => {
-                    write_values(targets[0], words).and_then(|()| add(words, &[]))
-                }
-                Part::V4(buckets) => self.copier.scatter(idle, buckets),
-                Part::V6Bits(words) => {
-                    write_values(targets[2], words).and_then(|()| add(&[], words))
-                }
-                Part::V6(buckets) => self.copier.scatter(idle, buckets),
-                Part::V4Short(shorts) => write_values(targets[5], shorts),
-            };
+            let written =
+                write_part(&targets, &self.copier, idle, part).and_then(|()| match part {
+                    Part::V4Bits(words) => add(words, &[]),
+                    Part::V6Bits(words) => add(&[], words),
+                    _ => Ok(()),
+                });
             if let Err(err) = written {
                 failed
                     .lock()
@@ -1746,19 +1741,35 @@ impl Leveller {
 }
 
 /// Writes `patch` into generation `generation`'s tables (`targets`, in
-/// `map_names::TABLES` order; the hash tables by `copier`).
+/// `map_names::TABLES` order).
 fn write_patch(
     targets: [Target; 6],
     patch: &Patch,
     copier: &copier::Copier,
     generation: usize,
 ) -> Result<()> {
-    write_values(targets[0], &patch.v4_bits)?;
-    copier.scatter(generation, &patch.v4)?;
-    write_values(targets[2], &patch.v6_bits)?;
-    copier.scatter(generation, &patch.v6)?;
-    write_values(targets[4], &patch.entries)?;
-    write_values(targets[5], &patch.v4_short)
+    for part in patch.parts() {
+        write_part(&targets, copier, generation, part)?;
+    }
+    write_values(targets[4], &patch.entries)
+}
+
+/// Writes one table of a patch into generation `generation`'s tables
+/// (`targets`, in `map_names::TABLES` order): the hash tables' buckets by
+/// `copier`, the rest by [`write_values`].
+fn write_part(
+    targets: &[Target; 6],
+    copier: &copier::Copier,
+    generation: usize,
+    part: Part<'_>,
+) -> Result<()> {
+    match part {
+        Part::V4Bits(words) => write_values(targets[0], words),
+        Part::V4(buckets) => copier.scatter(generation, buckets),
+        Part::V6Bits(words) => write_values(targets[2], words),
+        Part::V6(buckets) => copier.scatter(generation, buckets),
+        Part::V4Short(shorts) => write_values(targets[5], shorts),
+    }
 }
 
 /// Writes `(index, value)` pairs to `target` (whose values are `T`s). A

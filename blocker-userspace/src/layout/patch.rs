@@ -143,6 +143,19 @@ pub struct Patch {
     pub keys: (isize, isize),
 }
 
+impl Patch {
+    /// Its tables but the entries, as [`patch`] hands them to its sink.
+    pub fn parts(&self) -> [Part<'_>; 5] {
+        [
+            Part::V4Bits(&self.v4_bits),
+            Part::V4(&self.v4),
+            Part::V6Bits(&self.v6_bits),
+            Part::V6(&self.v6),
+            Part::V4Short(&self.v4_short),
+        ]
+    }
+}
+
 /// `older` with `newer` over it, sorted by index.
 fn over<T: Copy>(older: &[(u32, T)], newer: &[(u32, T)]) -> Vec<(u32, T)> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
