@@ -585,10 +585,7 @@ impl<T: Copy> Mapped<T> {
     where
         T: PartialEq,
     {
-        // SAFETY: as in `as_slice`; `window` mapped it writable, and
-        // `&mut self` is the only access to it.
-        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
-        for (i, to) in target.iter_mut().enumerate() {
+        for (i, to) in self.as_mut_slice().iter_mut().enumerate() {
             let from = value(i);
             if *to != from {
                 *to = from;
@@ -603,9 +600,7 @@ impl<T: Copy> Mapped<T> {
     where
         T: 'a,
     {
-        // SAFETY: as in `as_slice`; `window` mapped it writable, and
-        // `&mut self` is the only access to it.
-        let target = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
+        let target = self.as_mut_slice();
         for &(index, value) in values {
             if let Some(slot) = (index as usize)
                 .checked_sub(start)
