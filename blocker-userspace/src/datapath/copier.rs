@@ -17,7 +17,6 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData},
     programs::{ProgramFd, Xdp},
 };
 use blocker_common::{
@@ -25,7 +24,7 @@ use blocker_common::{
     layout::{Bucket4, Bucket6},
 };
 
-use super::{DatapathError, Mapped, Result, bpf};
+use super::{DatapathError, Mapped, Result, bpf, program_data};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// The program's answers: every bucket moved, or an index out of range.
@@ -49,21 +48,11 @@ pub(super) struct Stage<T> {
 
 impl<T: Copy> Stage<T> {
     /// The staging maps `at` and `values` of `ebpf`, mapped.
-    fn take(ebpf: &mut Ebpf, at: &'static str, values: &'static str) -> Result<Self> {
-        let mut array = |name: &'static str| -> Result<MapData> {
-            match ebpf.take_map(name) {
-                Some(Map::Array(data)) => Ok(data),
-                _ => Err(DatapathError::Missing {
-                    what: "array map",
-                    name: name.to_owned(),
-                }),
-            }
-        };
-        let (at_map, values_map) = (array(at)?, array(values)?);
+    fn map(ebpf: &Ebpf, at: &'static str, values: &'static str) -> Result<Self> {
         let chunk = COPY_CHUNK as usize;
         Ok(Self {
-            at: Mapped::window(&at_map, at, 0, chunk, true)?,
-            values: Mapped::window(&values_map, values, 0, chunk, true)?,
+            at: Mapped::window(program_data::map(ebpf, at)?, at, 0, chunk, true)?,
+            values: Mapped::window(program_data::map(ebpf, values)?, values, 0, chunk, true)?,
         })
     }
 }
@@ -138,8 +127,8 @@ impl Copier {
                 path: PathBuf::from(COPY_PROGRAM_NAME),
                 source,
             })?;
-        let v4 = Stage::take(ebpf, "BLK_COPY4_AT", "BLK_COPY4")?;
-        let v6 = Stage::take(ebpf, "BLK_COPY6_AT", "BLK_COPY6")?;
+        let v4 = Stage::map(ebpf, "BLK_COPY4_AT", "BLK_COPY4")?;
+        let v6 = Stage::map(ebpf, "BLK_COPY6_AT", "BLK_COPY6")?;
         Ok(Self {
             program,
             v4: Mutex::new(v4),

@@ -48,7 +48,8 @@ const WORDS: usize = BITMAP_WORDS as usize;
 /// The union's bytes: the IPv4 words, then the IPv6 words.
 const UNION_BYTES: usize = 2 * WORDS * size_of::<u64>();
 
-/// The data map `name` of the program `ebpf` loaded.
+/// The array map `name` of the object `ebpf` loaded (a data section's,
+/// or the copy program's staging).
 pub(super) fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData> {
     match ebpf.map(name) {
         Some(Map::Array(data)) => Ok(data),
