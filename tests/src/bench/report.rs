@@ -6,7 +6,7 @@ use std::{fmt::Write as _, time::Duration};
 use serde_json::{Value, json};
 
 use super::{
-    control::{DaemonRun, Pipeline},
+    control::{DaemonRun, DaemonUpdate, Pipeline},
     kernel::Program,
     wire::{ExactHits, WireRun},
 };
@@ -260,16 +260,16 @@ impl Report {
         }
         if let Some(daemon) = &self.daemon {
             goals.push(Goal {
-                goal: "1% update in the daemon, whole (a file feed: its log's check and parse, its apply metric), seconds".to_owned(),
-                value: daemon.update_whole(),
+                goal: format!("1% update in the daemon, whole (a file feed: its log's check and parse, its apply metric), median of {}, seconds", daemon.updates.len()),
+                value: daemon.update().whole(),
                 bound: "<=",
                 target: 0.1,
             });
         }
         if let Some(daemon) = &self.daemon_http {
             goals.push(Goal {
-                goal: "1% update in the daemon over HTTP, from the download's end (its log's rest of the scan and parse, its apply metric), seconds".to_owned(),
-                value: daemon.update_whole(),
+                goal: format!("1% update in the daemon over HTTP, from the download's end (its log's rest of the scan and parse, its apply metric), median of {}, seconds", daemon.updates.len()),
+                value: daemon.update().whole(),
                 bound: "<=",
                 target: 0.1,
             });
@@ -524,16 +524,20 @@ fn machine() -> Value {
     json!({"cpus": cpus, "cpu": model, "kernel": kernel.trim()})
 }
 
-/// A daemon run, for the JSON report.
+/// A daemon run, for the JSON report: the median update's figures, and
+/// every update's whole.
 fn daemon_json(d: &DaemonRun) -> Value {
+    let u = d.update();
     json!({
         "start_to_enforced_s": d.start_to_enforced.as_secs_f64(),
-        "update_apply_s": d.update_apply,
-        "update_seen_s": d.update_seen.as_secs_f64(),
-        "update_verify_s": d.update_verify.as_secs_f64(),
-        "update_parse_s": d.update_parse.as_secs_f64(),
-        "update_whole_s": d.update_whole(),
-        "update_orders_taken_from_in_force": d.update_taken,
+        "update_apply_s": u.apply,
+        "update_seen_s": u.seen.as_secs_f64(),
+        "update_verify_s": u.verify.as_secs_f64(),
+        "update_parse_s": u.parse.as_secs_f64(),
+        "update_whole_s": u.whole(),
+        "update_orders_taken_from_in_force": u.taken,
+        "updates_whole_s": d.updates.iter().map(DaemonUpdate::whole).collect::<Vec<_>>(),
+        "updates_apply_s": d.updates.iter().map(|u| u.apply).collect::<Vec<_>>(),
         "rss_kib": d.rss_kib,
         "peak_rss_kib": d.peak_rss_kib,
         "scrape_s": d.scrape.as_secs_f64(),
