@@ -4,8 +4,10 @@
 //!   the feed or its `.minisig` changed on disk (size, mtime or inode), or the
 //!   caller forces a read.
 //! - `http://` and `https://` feeds are polled with conditional GET (ETag /
-//!   If-None-Match, Last-Modified / If-Modified-Since); `URL.minisig` is
-//!   fetched alongside. Downloads are bounded in size and time; redirects are
+//!   If-None-Match, Last-Modified / If-Modified-Since), but for a response
+//!   made in the second its feed was last modified, whose validators cannot
+//!   tell a second write within that second; `URL.minisig` is fetched
+//!   alongside. Downloads are bounded in size and time; redirects are
 //!   followed only within the same scheme.
 //! - Over HTTP, the feed's bytes are worked on as they arrive ([`Intake`]):
 //!   its signature's hash, its fingerprint and its scan for plain text are
@@ -405,6 +407,22 @@ struct Response {
     last_modified: Option<String>,
 }
 
+/// The validators of a 200 response (its `ETag` and `Last-Modified`, by
+/// `header`) to send with the next request, or none: a `Last-Modified` in
+/// the very second of the response's `Date` cannot tell a rewrite later in
+/// that second (RFC 9110, 8.8.2), nor can an `ETag` made from the same
+/// time, as common servers make theirs; so a feed published twice within
+/// one second, polled between, would be answered 304 until the next
+/// publish. Without validators the next poll downloads the feed whole, and
+/// the daemon finds it is the one in force.
+fn validators(header: &impl Fn(&str) -> Option<String>) -> (Option<String>, Option<String>) {
+    let last_modified = header("last-modified");
+    if last_modified.is_some() && header("date") == last_modified {
+        return (None, None);
+    }
+    (header("etag"), last_modified)
+}
+
 /// GETs `url` (following same-scheme redirects); `None` on 304.
 fn get(
     agent: &ureq::Agent,
@@ -436,8 +454,7 @@ fn get(
         };
         match status {
             200 => {
-                let etag = header("etag");
-                let last_modified = header("last-modified");
+                let (etag, last_modified) = validators(&header);
                 return Ok(Some(Response {
                     body: response.into_body(),
                     url: current,
