@@ -443,15 +443,9 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     let scrape_median = scrape_time(edge.edge.name(), edge.listen());
     let mut before = orders.to_vec();
     let mut updates = Vec::new();
-    let mut published = started;
     for (serial, seed) in (2..).zip([7, 11, 13, 17, 19].into_iter().take(DAEMON_UPDATES)) {
         let changed = super::workload::changed(&before, UPDATE_EVERY, seed);
-        // Each feed in a later second than the last: an HTTP server that
-        // tells changes by a Last-Modified of whole seconds (Python's)
-        // answers 304 to a feed rewritten within the second.
-        std::thread::sleep(Duration::from_millis(1100).saturating_sub(published.elapsed()));
         edge.publish(serial, &changed);
-        published = Instant::now();
         before = changed;
         let hup = Instant::now();
         daemon.hangup();
