@@ -147,6 +147,10 @@ impl DaemonUpdate {
 /// 1% updates timed in each daemon run (odd, so that the median is one).
 const DAEMON_UPDATES: usize = 5;
 
+/// The seeds of the daemon's updates, each changing the feed before: the
+/// first two make the loader's second and third feeds.
+const DAEMON_SEEDS: [u64; DAEMON_UPDATES] = [7, 11, 13, 17, 19];
+
 /// Scrapes timed for [`DaemonRun::scrape`].
 const SCRAPES: usize = 15;
 
@@ -443,7 +447,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     let scrape_median = scrape_time(edge.edge.name(), edge.listen());
     let mut before = orders.to_vec();
     let mut updates = Vec::new();
-    for (serial, seed) in (2..).zip([7, 11, 13, 17, 19].into_iter().take(DAEMON_UPDATES)) {
+    for (serial, seed) in (2..).zip(DAEMON_SEEDS) {
         let changed = super::workload::changed(&before, UPDATE_EVERY, seed);
         edge.publish(serial, &changed);
         before = changed;
