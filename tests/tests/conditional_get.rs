@@ -10,7 +10,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use blocker::sync::{FeedSource, Fetch};
+use blocker::{
+    feed,
+    sync::{FeedSource, Fetch},
+};
 use blocker_tests::{feed_server::FeedServer, minisign::KeyPair, orders::feed_yaml};
 use time::OffsetDateTime;
 
@@ -34,13 +37,7 @@ fn poll(source: &mut FeedSource) -> Option<u64> {
         Fetch::Unchanged => None,
         Fetch::New(fetched) => {
             source.commit(&fetched);
-            let text = String::from_utf8(fetched.feed.clone()).expect("text");
-            let serial = text
-                .lines()
-                .find_map(|l| l.strip_prefix("serial: "))
-                .and_then(|s| s.trim().parse().ok())
-                .expect("a serial line");
-            Some(serial)
+            Some(feed::parse(&fetched.feed).expect("the feed parses").serial)
         }
     }
 }
