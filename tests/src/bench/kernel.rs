@@ -36,6 +36,9 @@ pub enum Program {
     Empty,
     Lpm,
     Blocker,
+    /// The second blocker ([`Kernel::load_beside`]), holding a smaller
+    /// workload than the first.
+    BlockerBeside,
 }
 
 impl Program {
@@ -44,6 +47,7 @@ impl Program {
             Program::Empty => "empty",
             Program::Lpm => "lpm_reference",
             Program::Blocker => "blocker",
+            Program::BlockerBeside => "blocker_beside",
         }
     }
 }
@@ -54,7 +58,18 @@ pub struct Kernel {
     slots: SlotTable,
     bench: Ebpf,
     bpffs: BpffsDir,
+    beside: Option<Beside>,
     /// Declared last: dropped after the programs it holds attached.
+    _resident: Resident,
+}
+
+/// A second blocker with tables of its own, loaded beside the first: it
+/// holds a small workload while the first holds the largest, so that the
+/// two sizes are timed in turn, in the same spells of the shared machine,
+/// instead of minutes apart.
+struct Beside {
+    dp: Datapath,
+    _bpffs: BpffsDir,
     _resident: Resident,
 }
 
@@ -159,8 +174,30 @@ impl Kernel {
             slots: SlotTable::new(),
             bench,
             bpffs,
+            beside: None,
             _resident: resident,
         }
+    }
+
+    /// Loads a second blocker beside the first, with tables of the same
+    /// capacity, and applies `orders` (all in force) to it; it stays
+    /// attached to an idle interface of its own, as the others do.
+    pub fn load_beside(&mut self, orders: &[Order], max_prefixes: u32) {
+        let bpffs = BpffsDir::new();
+        let mut dp = Datapath::open(bpffs.path(), max_prefixes)
+            .unwrap_or_else(|err| panic!("loading a second blocker: {err}"));
+        let in_force: Vec<&Order> = orders.iter().collect();
+        let compiled = compile::compile(&in_force, Enforcement::Enforce, &SlotTable::new())
+            .unwrap_or_else(|err| panic!("compiling the small workload: {err}"));
+        dp.apply(&compiled, &compiled.fresh_slots(&SlotTable::new()))
+            .unwrap_or_else(|err| panic!("applying the small workload: {err}"));
+        dp.settle();
+        let resident = Resident::new(&mut [dp.program().expect("the second blocker's program")]);
+        self.beside = Some(Beside {
+            dp,
+            _bpffs: bpffs,
+            _resident: resident,
+        });
     }
 
     /// Compiles `orders` (all in force) and applies them to blocker; returns
@@ -198,6 +235,13 @@ impl Kernel {
             Program::Empty => xdp(&mut self.bench, "bench_empty"),
             Program::Lpm => xdp(&mut self.bench, "bench_lpm"),
             Program::Blocker => self.dp.program().expect("blocker's program"),
+            Program::BlockerBeside => self
+                .beside
+                .as_mut()
+                .expect("a second blocker loaded (Kernel::load_beside)")
+                .dp
+                .program()
+                .expect("the second blocker's program"),
         }
     }
 
@@ -257,12 +301,45 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> (f64, u32) {
-        let fd: ProgramFd = {
-            let target = self.program(program);
-            let fd = target.fd().expect("loaded program");
-            fd.try_clone().expect("duplicating a program fd")
-        };
+        let fd = self.program_fd(program);
         self.varied_fd(&fd, program.as_str(), frame, repeat, rounds)
+    }
+
+    /// For each of `programs`, the median of `rounds` timings of the
+    /// driver in front of it with the addresses of the loaded pool, the
+    /// programs taking their rounds in turn (as [`Kernel::hot_in_turn`]),
+    /// each timed round after an untimed eighth of one, so that it does not
+    /// start with the caches the program before it left; and the verdicts.
+    pub fn varied_in_turn(
+        &mut self,
+        programs: &[Program],
+        frame: &[u8],
+        repeat: u32,
+        rounds: usize,
+    ) -> Vec<(f64, u32)> {
+        let mut times = vec![Vec::with_capacity(rounds); programs.len()];
+        let mut verdicts = vec![0; programs.len()];
+        for _ in 0..rounds {
+            for (i, &program) in programs.iter().enumerate() {
+                let fd = self.program_fd(program);
+                self.varied_fd(&fd, program.as_str(), frame, repeat / 8, 1);
+                let (ns, verdict) = self.varied_fd(&fd, program.as_str(), frame, repeat, 1);
+                times[i].push(ns);
+                verdicts[i] = verdict;
+            }
+        }
+        times
+            .iter_mut()
+            .zip(verdicts)
+            .map(|(times, verdict)| (median(times), verdict))
+            .collect()
+    }
+
+    /// A descriptor of `program` of its own.
+    fn program_fd(&mut self, program: Program) -> ProgramFd {
+        let target = self.program(program);
+        let fd = target.fd().expect("loaded program");
+        fd.try_clone().expect("duplicating a program fd")
     }
 
     /// [`Kernel::varied`] in front of any XDP program.

@@ -146,6 +146,61 @@ fn hits_by_length(
     hits
 }
 
+/// The size the largest is compared with.
+const SMALL: usize = 1_000;
+
+/// Rounds of each program's varied run in [`sizes_in_turn`] (a round is
+/// two passes over the pool).
+const VARIED_ROUNDS_IN_TURN: usize = 5;
+
+/// The hot and varied miss of each family, the empty program, blocker with
+/// the `largest` workload and the second blocker with [`SMALL`]'s taking
+/// their rounds in turn.
+fn sizes_in_turn(
+    kernel: &mut Kernel,
+    pools: &[Vec<[u8; 32]>; 2],
+    scale: &Scale,
+    largest: usize,
+) -> Vec<report::InTurn> {
+    let programs = [Program::Empty, Program::Blocker, Program::BlockerBeside];
+    let mut timed = Vec::new();
+    for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
+        let pool = &pools[usize::from(ipv6)];
+        let (src, dst) = first_pair(pool, ipv6);
+        let miss = frame(src, dst);
+        let runs: Vec<(Program, &[u8])> = programs.iter().map(|&p| (p, miss.as_slice())).collect();
+        let hot = kernel.hot_in_turn(&runs, scale.hot_repeat, scale.rounds);
+        kernel.load_pool(pool, ipv6);
+        let repeat = u32::try_from(pool.len() * 2).expect("repeat");
+        let varied = kernel.varied_in_turn(
+            &programs,
+            &miss,
+            repeat,
+            scale.rounds.min(VARIED_ROUNDS_IN_TURN),
+        );
+        for (mode, times) in [("hot", hot), ("varied", varied)] {
+            for (program, (_, verdict)) in programs.iter().zip(&times) {
+                assert_eq!(
+                    *verdict,
+                    2,
+                    "{} on a {mode} {family} miss",
+                    program.as_str()
+                );
+            }
+            timed.push(report::InTurn {
+                family,
+                mode,
+                large: largest,
+                small: SMALL,
+                empty_ns: times[0].0,
+                large_ns: times[1].0,
+                small_ns: times[2].0,
+            });
+        }
+    }
+    timed
+}
+
 /// Only the control plane and the daemons at 1M prefixes (their figures
 /// are printed as they are taken): for work on the control plane.
 pub fn control_only() {
@@ -257,6 +312,13 @@ pub fn run(options: &Options) -> Report {
             kernel.blocker_map_bytes(),
             kernel.reference_map_bytes(),
         ));
+    }
+    // The goals that compare blocker at the largest size with itself at
+    // 1k: both timed in turn, in the same spells, by a second blocker
+    // holding the 1k workload beside the first.
+    if largest > SMALL && scale.sizes.contains(&SMALL) {
+        kernel.load_beside(&orders[..SMALL.div_ceil(PER_ORDER)], MAX_PREFIXES);
+        report.sizes_in_turn = sizes_in_turn(&mut kernel, &pools, &scale, largest);
     }
     report.hits_by_length = hits_by_length(
         &mut kernel,

@@ -40,6 +40,21 @@ impl LengthHit {
     }
 }
 
+/// Misses of one family and mode timed with blocker at two sizes at once,
+/// in turn with the empty program (`bench::sizes_in_turn`).
+#[derive(Clone, Debug)]
+pub struct InTurn {
+    pub family: &'static str,
+    /// `hot` or `varied`.
+    pub mode: &'static str,
+    /// The two workloads' sizes, in prefixes.
+    pub large: usize,
+    pub small: usize,
+    pub empty_ns: f64,
+    pub large_ns: f64,
+    pub small_ns: f64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub quick: bool,
@@ -53,6 +68,8 @@ pub struct Report {
     pub exact_hits: Option<ExactHits>,
     /// Hot drop hits by target length at the largest size.
     pub hits_by_length: Vec<LengthHit>,
+    /// Misses at the largest size and at 1k, timed in turn.
+    pub sizes_in_turn: Vec<InTurn>,
     /// The daemon on a `file://` feed, and on the same feeds over HTTP.
     pub daemon: Option<DaemonRun>,
     pub daemon_http: Option<DaemonRun>,
@@ -132,6 +149,31 @@ impl Report {
             .map(WireRun::mpps)
     }
 
+    /// Blocker's miss of `family` in `mode` at `big` prefixes and at 1k:
+    /// as timed in turn when they were, else from the sizes' own runs.
+    fn sizes_compared(&self, family: &str, mode: &str, big: usize) -> (Option<f64>, Option<f64>) {
+        match self
+            .sizes_in_turn
+            .iter()
+            .find(|t| t.family == family && t.mode == mode && t.large == big && t.small == 1000)
+        {
+            Some(t) => (Some(t.large_ns), Some(t.small_ns)),
+            None => (
+                self.ns(Program::Blocker, family, mode, "miss", big),
+                self.ns(Program::Blocker, family, mode, "miss", 1000),
+            ),
+        }
+    }
+
+    /// How the goals comparing two sizes were timed, for their lines.
+    fn how_compared(&self) -> &'static str {
+        if self.sizes_in_turn.is_empty() {
+            ""
+        } else {
+            ", timed in turn"
+        }
+    }
+
     /// The goals, at the largest size measured (1M; 100k in quick
     /// mode).
     pub fn goals(&self) -> Vec<Goal> {
@@ -156,10 +198,14 @@ impl Report {
                 "<=",
                 hot_bound,
             );
+            let (hot_large, hot_small) = self.sizes_compared(family, "hot", big);
             ratio(
-                format!("{family} hot miss: blocker at {big} / at 1000"),
-                self.ns(Blocker, family, "hot", "miss", big),
-                self.ns(Blocker, family, "hot", "miss", 1000),
+                format!(
+                    "{family} hot miss: blocker at {big} / at 1000{}",
+                    self.how_compared()
+                ),
+                hot_large,
+                hot_small,
                 "<=",
                 1.1,
             );
@@ -196,10 +242,14 @@ impl Report {
                 ">=",
                 5.0,
             );
+            let (varied_large, varied_small) = self.sizes_compared(family, "varied", big);
             ratio(
-                format!("{family} varied miss: blocker at {big} / at 1000"),
-                self.ns(Blocker, family, "varied", "miss", big),
-                self.ns(Blocker, family, "varied", "miss", 1000),
+                format!(
+                    "{family} varied miss: blocker at {big} / at 1000{}",
+                    self.how_compared()
+                ),
+                varied_large,
+                varied_small,
                 "<=",
                 1.5,
             );
@@ -391,6 +441,29 @@ impl Report {
             &wired,
             "; ",
         );
+        let in_turn: Vec<String> = self
+            .sizes_in_turn
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}: empty {:.1} ns, blocker at {} {:.1} ns, at {} {:.1} ns ({:.2}x)",
+                    t.family,
+                    t.mode,
+                    t.empty_ns,
+                    human(t.large),
+                    t.large_ns,
+                    human(t.small),
+                    t.small_ns,
+                    t.large_ns / t.small_ns
+                )
+            })
+            .collect();
+        listed(
+            &mut out,
+            "Misses with blocker at two sizes timed in turn (a second blocker holds the smaller)",
+            &in_turn,
+            "; ",
+        );
         if let Some(hits) = &self.exact_hits {
             let _ = writeln!(
                 out,
@@ -468,6 +541,19 @@ impl Report {
             })),
             "daemon": self.daemon.as_ref().map(daemon_json),
             "daemon_over_http": self.daemon_http.as_ref().map(daemon_json),
+            "sizes_in_turn": self.sizes_in_turn.iter().map(|t| json!({
+                "family": t.family,
+                "mode": t.mode,
+                "match": "miss",
+                "large_prefixes": t.large,
+                "small_prefixes": t.small,
+                "empty_ns_per_packet": t.empty_ns,
+                "blocker_large_ns_per_packet": t.large_ns,
+                "blocker_small_ns_per_packet": t.small_ns,
+                "apart_ratio": self.ns(Program::Blocker, t.family, t.mode, "miss", t.large)
+                    .zip(self.ns(Program::Blocker, t.family, t.mode, "miss", t.small))
+                    .map(|(large, small)| large / small),
+            })).collect::<Vec<_>>(),
             "hits_by_length": self.hits_by_length.iter().map(|h| json!({
                 "family": h.family,
                 "length": h.length,
