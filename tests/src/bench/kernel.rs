@@ -63,12 +63,13 @@ pub struct Kernel {
     _resident: Resident,
 }
 
-/// A second blocker with tables of its own, loaded beside the first: it
-/// holds a small workload while the first holds the largest, so that the
-/// two sizes are timed in turn, in the same spells of the shared machine,
-/// instead of minutes apart.
+/// A second blocker with tables of its own, loaded beside the first: the
+/// two hold two sizes of workload at once, so that the sizes are timed in
+/// turn, in the same spells of the shared machine, instead of minutes
+/// apart.
 struct Beside {
     dp: Datapath,
+    slots: SlotTable,
     _bpffs: BpffsDir,
     _resident: Resident,
 }
@@ -180,24 +181,41 @@ impl Kernel {
     }
 
     /// Loads a second blocker beside the first, with tables of the same
-    /// capacity, and applies `orders` (all in force) to it; it stays
-    /// attached to an idle interface of its own, as the others do.
-    pub fn load_beside(&mut self, orders: &[Order], max_prefixes: u32) {
+    /// capacity and nothing in them yet ([`Kernel::apply_beside`]); it
+    /// stays attached to an idle interface of its own, as the others do.
+    pub fn load_beside(&mut self, max_prefixes: u32) {
         let bpffs = BpffsDir::new();
         let mut dp = Datapath::open(bpffs.path(), max_prefixes)
             .unwrap_or_else(|err| panic!("loading a second blocker: {err}"));
-        let in_force: Vec<&Order> = orders.iter().collect();
-        let compiled = compile::compile(&in_force, Enforcement::Enforce, &SlotTable::new())
-            .unwrap_or_else(|err| panic!("compiling the small workload: {err}"));
-        dp.apply(&compiled, &compiled.fresh_slots(&SlotTable::new()))
-            .unwrap_or_else(|err| panic!("applying the small workload: {err}"));
-        dp.settle();
         let resident = Resident::new(&mut [dp.program().expect("the second blocker's program")]);
         self.beside = Some(Beside {
             dp,
+            slots: SlotTable::new(),
             _bpffs: bpffs,
             _resident: resident,
         });
+    }
+
+    /// [`Kernel::apply`] for the second blocker.
+    pub fn apply_beside(&mut self, orders: &[Order]) {
+        let beside = self
+            .beside
+            .as_mut()
+            .expect("a second blocker loaded (Kernel::load_beside)");
+        let in_force: Vec<&Order> = orders.iter().collect();
+        let compiled = compile::compile(&in_force, Enforcement::Enforce, &beside.slots)
+            .unwrap_or_else(|err| panic!("compiling a workload for the second blocker: {err}"));
+        beside
+            .dp
+            .apply(&compiled, &compiled.fresh_slots(&beside.slots))
+            .unwrap_or_else(|err| panic!("applying a workload to the second blocker: {err}"));
+        beside.slots = compiled.slots;
+        beside.dp.settle();
+    }
+
+    /// Unloads the second blocker, its tables and its interface.
+    pub fn unload_beside(&mut self) {
+        self.beside = None;
     }
 
     /// Compiles `orders` (all in force) and applies them to blocker; returns
@@ -256,21 +274,25 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> Vec<(f64, u32)> {
-        let mut times = vec![Vec::with_capacity(rounds); runs.len()];
-        let mut verdicts = vec![0; runs.len()];
+        medians(self.hot_rounds_in_turn(runs, repeat, rounds))
+    }
+
+    /// [`Kernel::hot_in_turn`], every round's timing kept.
+    pub fn hot_rounds_in_turn(
+        &mut self,
+        runs: &[(Program, &[u8])],
+        repeat: u32,
+        rounds: usize,
+    ) -> Vec<(Vec<f64>, u32)> {
+        let mut timed = vec![(Vec::with_capacity(rounds), 0); runs.len()];
         for _ in 0..rounds {
-            for (i, &(program, frame)) in runs.iter().enumerate() {
-                let (ns, verdict) =
-                    time_run(self.program(program), program.as_str(), frame, repeat);
-                times[i].push(ns);
-                verdicts[i] = verdict;
+            for (&(program, frame), (times, verdict)) in runs.iter().zip(&mut timed) {
+                let (ns, seen) = time_run(self.program(program), program.as_str(), frame, repeat);
+                times.push(ns);
+                *verdict = seen;
             }
         }
-        times
-            .iter_mut()
-            .zip(verdicts)
-            .map(|(times, verdict)| (median(times), verdict))
-            .collect()
+        timed
     }
 
     /// Loads an address pool into the driver.
@@ -305,34 +327,29 @@ impl Kernel {
         self.varied_fd(&fd, program.as_str(), frame, repeat, rounds)
     }
 
-    /// For each of `programs`, the median of `rounds` timings of the
-    /// driver in front of it with the addresses of the loaded pool, the
-    /// programs taking their rounds in turn (as [`Kernel::hot_in_turn`]),
-    /// each timed round after an untimed eighth of one, so that it does not
-    /// start with the caches the program before it left; and the verdicts.
-    pub fn varied_in_turn(
+    /// For each of `programs`, `rounds` timings of the driver in front of
+    /// it with the addresses of the loaded pool, the programs taking their
+    /// rounds in turn (as [`Kernel::hot_in_turn`]), each timed round after
+    /// an untimed eighth of one, so that it does not start with the caches
+    /// the program before it left; and the verdicts.
+    pub fn varied_rounds_in_turn(
         &mut self,
         programs: &[Program],
         frame: &[u8],
         repeat: u32,
         rounds: usize,
-    ) -> Vec<(f64, u32)> {
-        let mut times = vec![Vec::with_capacity(rounds); programs.len()];
-        let mut verdicts = vec![0; programs.len()];
+    ) -> Vec<(Vec<f64>, u32)> {
+        let mut timed = vec![(Vec::with_capacity(rounds), 0); programs.len()];
         for _ in 0..rounds {
-            for (i, &program) in programs.iter().enumerate() {
+            for (&program, (times, verdict)) in programs.iter().zip(&mut timed) {
                 let fd = self.program_fd(program);
                 self.varied_fd(&fd, program.as_str(), frame, repeat / 8, 1);
-                let (ns, verdict) = self.varied_fd(&fd, program.as_str(), frame, repeat, 1);
-                times[i].push(ns);
-                verdicts[i] = verdict;
+                let (ns, seen) = self.varied_fd(&fd, program.as_str(), frame, repeat, 1);
+                times.push(ns);
+                *verdict = seen;
             }
         }
-        times
-            .iter_mut()
-            .zip(verdicts)
-            .map(|(times, verdict)| (median(times), verdict))
-            .collect()
+        timed
     }
 
     /// A descriptor of `program` of its own.
@@ -473,6 +490,14 @@ fn time_run(xdp: &mut Xdp, what: &str, frame: &[u8], repeat: u32) -> (f64, u32) 
         .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {what}: {err}"));
     let ns = started.elapsed().as_nanos() as f64 / f64::from(repeat);
     (ns, result.return_value)
+}
+
+/// Each run's median time, and its verdict.
+pub fn medians(mut timed: Vec<(Vec<f64>, u32)>) -> Vec<(f64, u32)> {
+    timed
+        .iter_mut()
+        .map(|(times, verdict)| (median(times), *verdict))
+        .collect()
 }
 
 /// The median time of `rounds` timings, and the last verdict.

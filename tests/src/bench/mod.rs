@@ -149,52 +149,75 @@ fn hits_by_length(
 /// The size the largest is compared with.
 const SMALL: usize = 1_000;
 
-/// Rounds of each program's varied run in [`sizes_in_turn`] (a round is
-/// two passes over the pool).
+/// Rounds of each program's varied run in each pass of [`sizes_in_turn`]
+/// (a round is two passes over the pool).
 const VARIED_ROUNDS_IN_TURN: usize = 5;
 
-/// The hot and varied miss of each family, the empty program, blocker with
-/// the `largest` workload and the second blocker with [`SMALL`]'s taking
-/// their rounds in turn.
+/// The hot and varied miss of each family with blocker holding the
+/// `largest` workload and [`SMALL`]'s at once (a second blocker beside the
+/// first), the empty program and the two taking their rounds in turn.
+/// Each of the two blockers holds each size in one of two passes, and both
+/// passes' rounds are pooled, so that whatever differs between the two
+/// programs loaded (where their code lies, say) weighs on both sizes
+/// alike. The first blocker holds the largest workload again after.
 fn sizes_in_turn(
     kernel: &mut Kernel,
+    orders: &[blocker::feed::Order],
     pools: &[Vec<[u8; 32]>; 2],
     scale: &Scale,
     largest: usize,
 ) -> Vec<report::InTurn> {
-    let programs = [Program::Empty, Program::Blocker, Program::BlockerBeside];
-    let mut timed = Vec::new();
-    for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
-        let pool = &pools[usize::from(ipv6)];
-        let (src, dst) = first_pair(pool, ipv6);
-        let miss = frame(src, dst);
-        let runs: Vec<(Program, &[u8])> = programs.iter().map(|&p| (p, miss.as_slice())).collect();
-        let hot = kernel.hot_in_turn(&runs, scale.hot_repeat, scale.rounds);
-        kernel.load_pool(pool, ipv6);
-        let repeat = u32::try_from(pool.len() * 2).expect("repeat");
-        let varied = kernel.varied_in_turn(
-            &programs,
-            &miss,
-            repeat,
-            scale.rounds.min(VARIED_ROUNDS_IN_TURN),
-        );
-        for (mode, times) in [("hot", hot), ("varied", varied)] {
-            for (program, (_, verdict)) in programs.iter().zip(&times) {
-                assert_eq!(
-                    *verdict,
-                    2,
-                    "{} on a {mode} {family} miss",
-                    program.as_str()
-                );
+    let large = &orders[..largest.div_ceil(PER_ORDER)];
+    let small = &orders[..SMALL.div_ceil(PER_ORDER)];
+    kernel.load_beside(MAX_PREFIXES);
+    kernel.apply_beside(small);
+    // By family, then mode (hot, varied): the empty program's, the large
+    // workload's and the small one's timings.
+    let mut pooled: [[[Vec<f64>; 3]; 2]; 2] = Default::default();
+    for pass in 0..2 {
+        let holding = if pass == 0 {
+            [Program::Empty, Program::Blocker, Program::BlockerBeside]
+        } else {
+            kernel.apply(small);
+            kernel.apply_beside(large);
+            [Program::Empty, Program::BlockerBeside, Program::Blocker]
+        };
+        for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
+            let pool = &pools[usize::from(ipv6)];
+            let (src, dst) = first_pair(pool, ipv6);
+            let miss = frame(src, dst);
+            let runs: Vec<(Program, &[u8])> =
+                holding.iter().map(|&p| (p, miss.as_slice())).collect();
+            let hot = kernel.hot_rounds_in_turn(&runs, scale.hot_repeat, scale.rounds);
+            kernel.load_pool(pool, ipv6);
+            let repeat = u32::try_from(pool.len() * 2).expect("repeat");
+            let varied = kernel.varied_rounds_in_turn(
+                &holding,
+                &miss,
+                repeat,
+                scale.rounds.min(VARIED_ROUNDS_IN_TURN),
+            );
+            for (m, (mode, timed)) in [("hot", hot), ("varied", varied)].into_iter().enumerate() {
+                for (i, (program, (times, verdict))) in holding.iter().zip(timed).enumerate() {
+                    assert_eq!(verdict, 2, "{} on a {mode} {family} miss", program.as_str());
+                    pooled[usize::from(ipv6)][m][i].extend(times);
+                }
             }
+        }
+    }
+    kernel.unload_beside();
+    kernel.apply(large);
+    let mut timed = Vec::new();
+    for (family, by_mode) in ["ipv4", "ipv6"].into_iter().zip(&mut pooled) {
+        for (mode, [empty, at_large, at_small]) in ["hot", "varied"].into_iter().zip(by_mode) {
             timed.push(report::InTurn {
                 family,
                 mode,
                 large: largest,
                 small: SMALL,
-                empty_ns: times[0].0,
-                large_ns: times[1].0,
-                small_ns: times[2].0,
+                empty_ns: kernel::median(empty),
+                large_ns: kernel::median(at_large),
+                small_ns: kernel::median(at_small),
             });
         }
     }
@@ -314,11 +337,10 @@ pub fn run(options: &Options) -> Report {
         ));
     }
     // The goals that compare blocker at the largest size with itself at
-    // 1k: both timed in turn, in the same spells, by a second blocker
-    // holding the 1k workload beside the first.
+    // 1k: both sizes held at once (a second blocker beside the first) and
+    // timed in turn, in the same spells.
     if largest > SMALL && scale.sizes.contains(&SMALL) {
-        kernel.load_beside(&orders[..SMALL.div_ceil(PER_ORDER)], MAX_PREFIXES);
-        report.sizes_in_turn = sizes_in_turn(&mut kernel, &pools, &scale, largest);
+        report.sizes_in_turn = sizes_in_turn(&mut kernel, &orders, &pools, &scale, largest);
     }
     report.hits_by_length = hits_by_length(
         &mut kernel,

@@ -460,7 +460,7 @@ impl Report {
             .collect();
         listed(
             &mut out,
-            "Misses with blocker at two sizes timed in turn (a second blocker holds the smaller)",
+            "Misses with blocker at two sizes at once, timed in turn (two blockers loaded, each holding each size in one of two passes)",
             &in_turn,
             "; ",
         );
