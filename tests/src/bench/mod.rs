@@ -149,16 +149,20 @@ fn hits_by_length(
 /// The size the largest is compared with.
 const SMALL: usize = 1_000;
 
+/// Passes of [`sizes_in_turn`], the two blockers swapping workloads
+/// between passes.
+const PASSES_IN_TURN: usize = 4;
+
 /// Rounds of each program's varied run in each pass of [`sizes_in_turn`]
 /// (a round is two passes over the pool).
-const VARIED_ROUNDS_IN_TURN: usize = 5;
+const VARIED_ROUNDS_IN_TURN: usize = 3;
 
 /// The hot and varied miss of each family with blocker holding the
 /// `largest` workload and [`SMALL`]'s at once (a second blocker beside the
 /// first), the empty program and the two taking their rounds in turn.
-/// Each of the two blockers holds each size in one of two passes, and both
-/// passes' rounds are pooled, so that whatever differs between the two
-/// programs loaded (where their code lies, say) weighs on both sizes
+/// The two blockers swap workloads between passes, and each size's median
+/// is taken over every pass's rounds, so that whatever differs between the
+/// two programs loaded, or from one pass to the next, weighs on both sizes
 /// alike. The first blocker holds the largest workload again after.
 fn sizes_in_turn(
     kernel: &mut Kernel,
@@ -174,12 +178,21 @@ fn sizes_in_turn(
     // By family, then mode (hot, varied): the empty program's, the large
     // workload's and the small one's timings.
     let mut pooled: [[[Vec<f64>; 3]; 2]; 2] = Default::default();
-    for pass in 0..2 {
-        let holding = if pass == 0 {
+    let mut first_holds_large = true;
+    for pass in 0..PASSES_IN_TURN {
+        if pass > 0 {
+            first_holds_large = !first_holds_large;
+            let (first, second) = if first_holds_large {
+                (large, small)
+            } else {
+                (small, large)
+            };
+            kernel.apply(first);
+            kernel.apply_beside(second);
+        }
+        let holding = if first_holds_large {
             [Program::Empty, Program::Blocker, Program::BlockerBeside]
         } else {
-            kernel.apply(small);
-            kernel.apply_beside(large);
             [Program::Empty, Program::BlockerBeside, Program::Blocker]
         };
         for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
@@ -206,7 +219,9 @@ fn sizes_in_turn(
         }
     }
     kernel.unload_beside();
-    kernel.apply(large);
+    if !first_holds_large {
+        kernel.apply(large);
+    }
     let mut timed = Vec::new();
     for (family, by_mode) in ["ipv4", "ipv6"].into_iter().zip(&mut pooled) {
         for (mode, [empty, at_large, at_small]) in ["hot", "varied"].into_iter().zip(by_mode) {

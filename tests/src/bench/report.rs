@@ -460,7 +460,7 @@ impl Report {
             .collect();
         listed(
             &mut out,
-            "Misses with blocker at two sizes at once, timed in turn (two blockers loaded, each holding each size in one of two passes)",
+            "Misses with blocker at two sizes at once, timed in turn (two blockers loaded, swapping workloads between passes)",
             &in_turn,
             "; ",
         );
