@@ -36,8 +36,8 @@ pub enum Program {
     Empty,
     Lpm,
     Blocker,
-    /// The second blocker ([`Kernel::load_beside`]), holding a smaller
-    /// workload than the first.
+    /// The second blocker ([`Kernel::load_beside`]), loaded beside the
+    /// first with tables of its own.
     BlockerBeside,
 }
 
@@ -493,7 +493,7 @@ fn time_run(xdp: &mut Xdp, what: &str, frame: &[u8], repeat: u32) -> (f64, u32) 
 }
 
 /// Each run's median time, and its verdict.
-pub fn medians(mut timed: Vec<(Vec<f64>, u32)>) -> Vec<(f64, u32)> {
+fn medians(mut timed: Vec<(Vec<f64>, u32)>) -> Vec<(f64, u32)> {
     timed
         .iter_mut()
         .map(|(times, verdict)| (median(times), *verdict))
