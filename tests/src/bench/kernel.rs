@@ -198,19 +198,14 @@ impl Kernel {
 
     /// [`Kernel::apply`] for the second blocker.
     pub fn apply_beside(&mut self, orders: &[Order]) {
-        let beside = self
-            .beside
+        let beside = self.beside();
+        apply_to(&mut beside.dp, &mut beside.slots, orders);
+    }
+
+    fn beside(&mut self) -> &mut Beside {
+        self.beside
             .as_mut()
-            .expect("a second blocker loaded (Kernel::load_beside)");
-        let in_force: Vec<&Order> = orders.iter().collect();
-        let compiled = compile::compile(&in_force, Enforcement::Enforce, &beside.slots)
-            .unwrap_or_else(|err| panic!("compiling a workload for the second blocker: {err}"));
-        beside
-            .dp
-            .apply(&compiled, &compiled.fresh_slots(&beside.slots))
-            .unwrap_or_else(|err| panic!("applying a workload to the second blocker: {err}"));
-        beside.slots = compiled.slots;
-        beside.dp.settle();
+            .expect("a second blocker loaded (Kernel::load_beside)")
     }
 
     /// Unloads the second blocker, its tables and its interface.
@@ -221,24 +216,7 @@ impl Kernel {
     /// Compiles `orders` (all in force) and applies them to blocker; returns
     /// the compiled tables and how long compile and apply took.
     pub fn apply(&mut self, orders: &[Order]) -> (Compiled, Duration, Duration) {
-        let in_force: Vec<&Order> = orders.iter().collect();
-        let started = Instant::now();
-        let compiled = compile::compile(&in_force, Enforcement::Enforce, &self.slots)
-            .unwrap_or_else(|err| panic!("compiling the workload: {err}"));
-        let compiled_in = started.elapsed();
-        let fresh = compiled.fresh_slots(&self.slots);
-        let started = Instant::now();
-        self.dp
-            .apply(&compiled, &fresh)
-            .unwrap_or_else(|err| panic!("applying the workload: {err}"));
-        let applied_in = started.elapsed();
-        self.slots = compiled.slots.clone();
-        // What follows is timed in the steady state: not while the daemon's
-        // background thread writes the generation the apply left behind
-        // and levels the program's bitmap (a big change keeps a core busy
-        // for a few hundred milliseconds after it).
-        self.dp.settle();
-        (compiled, compiled_in, applied_in)
+        apply_to(&mut self.dp, &mut self.slots, orders)
     }
 
     /// Puts the same entries in the LPM reference (the workloads are
@@ -254,9 +232,7 @@ impl Kernel {
             Program::Lpm => xdp(&mut self.bench, "bench_lpm"),
             Program::Blocker => self.dp.program().expect("blocker's program"),
             Program::BlockerBeside => self
-                .beside
-                .as_mut()
-                .expect("a second blocker loaded (Kernel::load_beside)")
+                .beside()
                 .dp
                 .program()
                 .expect("the second blocker's program"),
@@ -284,15 +260,10 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> Vec<(Vec<f64>, u32)> {
-        let mut timed = vec![(Vec::with_capacity(rounds), 0); runs.len()];
-        for _ in 0..rounds {
-            for (&(program, frame), (times, verdict)) in runs.iter().zip(&mut timed) {
-                let (ns, seen) = time_run(self.program(program), program.as_str(), frame, repeat);
-                times.push(ns);
-                *verdict = seen;
-            }
-        }
-        timed
+        rounds_in_turn(runs.len(), rounds, |i| {
+            let (program, frame) = runs[i];
+            time_run(self.program(program), program.as_str(), frame, repeat)
+        })
     }
 
     /// Loads an address pool into the driver.
@@ -339,17 +310,12 @@ impl Kernel {
         repeat: u32,
         rounds: usize,
     ) -> Vec<(Vec<f64>, u32)> {
-        let mut timed = vec![(Vec::with_capacity(rounds), 0); programs.len()];
-        for _ in 0..rounds {
-            for (&program, (times, verdict)) in programs.iter().zip(&mut timed) {
-                let fd = self.program_fd(program);
-                self.varied_fd(&fd, program.as_str(), frame, repeat / 8, 1);
-                let (ns, seen) = self.varied_fd(&fd, program.as_str(), frame, repeat, 1);
-                times.push(ns);
-                *verdict = seen;
-            }
-        }
-        timed
+        rounds_in_turn(programs.len(), rounds, |i| {
+            let program = programs[i];
+            let fd = self.program_fd(program);
+            self.varied_fd(&fd, program.as_str(), frame, repeat / 8, 1);
+            self.varied_fd(&fd, program.as_str(), frame, repeat, 1)
+        })
     }
 
     /// A descriptor of `program` of its own.
@@ -476,6 +442,33 @@ fn fill_trie<const N: usize>(
     }
 }
 
+/// Compiles `orders` (all in force) against `slots` and applies them to
+/// `dp`, whose slot table `slots` then becomes; returns the compiled tables
+/// and how long compile and apply took.
+fn apply_to(
+    dp: &mut Datapath,
+    slots: &mut SlotTable,
+    orders: &[Order],
+) -> (Compiled, Duration, Duration) {
+    let in_force: Vec<&Order> = orders.iter().collect();
+    let started = Instant::now();
+    let compiled = compile::compile(&in_force, Enforcement::Enforce, slots)
+        .unwrap_or_else(|err| panic!("compiling the workload: {err}"));
+    let compiled_in = started.elapsed();
+    let fresh = compiled.fresh_slots(slots);
+    let started = Instant::now();
+    dp.apply(&compiled, &fresh)
+        .unwrap_or_else(|err| panic!("applying the workload: {err}"));
+    let applied_in = started.elapsed();
+    *slots = compiled.slots.clone();
+    // What follows is timed in the steady state: not while the daemon's
+    // background thread writes the generation the apply left behind and
+    // levels the program's bitmap (a big change keeps a core busy for a
+    // few hundred milliseconds after it).
+    dp.settle();
+    (compiled, compiled_in, applied_in)
+}
+
 /// Mean wall-clock nanoseconds per run of `xdp` on `frame` over `repeat`
 /// runs, and the verdict.
 fn time_run(xdp: &mut Xdp, what: &str, frame: &[u8], repeat: u32) -> (f64, u32) {
@@ -490,6 +483,25 @@ fn time_run(xdp: &mut Xdp, what: &str, frame: &[u8], repeat: u32) -> (f64, u32) 
         .unwrap_or_else(|err| panic!("BPF_PROG_TEST_RUN of {what}: {err}"));
     let ns = started.elapsed().as_nanos() as f64 / f64::from(repeat);
     (ns, result.return_value)
+}
+
+/// `rounds` timings of each of `runs` runs (`time` times the one it is
+/// given), the runs taking their rounds in turn; with each run's last
+/// verdict.
+fn rounds_in_turn(
+    runs: usize,
+    rounds: usize,
+    mut time: impl FnMut(usize) -> (f64, u32),
+) -> Vec<(Vec<f64>, u32)> {
+    let mut timed = vec![(Vec::with_capacity(rounds), 0); runs];
+    for _ in 0..rounds {
+        for (i, (times, verdict)) in timed.iter_mut().enumerate() {
+            let (ns, seen) = time(i);
+            times.push(ns);
+            *verdict = seen;
+        }
+    }
+    timed
 }
 
 /// Each run's median time, and its verdict.
