@@ -77,6 +77,82 @@ pub struct Pipeline {
     pub updates: Vec<Duration>,
     /// Another 1% update, downloaded over HTTP.
     pub download: Download,
+    /// The guardrails' evaluation of the feed, with and without protected
+    /// prefixes.
+    pub guarded: Guarded,
+}
+
+/// Protected prefixes in [`Guarded`]'s evaluation: an operator's own
+/// infrastructure, resolvers, peers' networks, generously counted.
+pub const PROTECTED: usize = 1_000;
+
+/// Evaluations of the guardrails on the benchmark's orders: with nothing
+/// protected (as in [`Stages`]), and with [`PROTECTED`] protected prefixes
+/// (every target checked against them), in turn, medians of
+/// [`GUARDED_ROUNDS`].
+#[derive(Clone, Debug, Default)]
+pub struct Guarded {
+    pub protected: usize,
+    /// Orders those refused (targets that overlap one).
+    pub refused: usize,
+    pub none: Duration,
+    pub many: Duration,
+}
+
+const GUARDED_ROUNDS: usize = 3;
+
+/// [`Guarded`] on `orders`.
+pub fn guarded(orders: &[Order], max_prefixes: u32) -> Guarded {
+    let feed = feed::Feed {
+        serial: 1,
+        issued_at: OffsetDateTime::now_utc(),
+        issuer: "bench".into(),
+        orders: orders.to_vec(),
+    };
+    let none = policy::Guardrails {
+        max_prefixes,
+        ..policy::Guardrails::default()
+    };
+    let many = policy::Guardrails {
+        protected: protected_prefixes(PROTECTED),
+        ..none.clone()
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut refused = 0;
+    let (mut none_times, mut many_times) = (Vec::new(), Vec::new());
+    for _ in 0..GUARDED_ROUNDS {
+        for (guardrails, times) in [(&none, &mut none_times), (&many, &mut many_times)] {
+            let t = Instant::now();
+            let evaluation = policy::evaluate(&feed, guardrails, now).expect("guardrails pass");
+            times.push(t.elapsed());
+            refused = evaluation.count(policy::OrderState::Refused);
+        }
+    }
+    let guarded = Guarded {
+        protected: PROTECTED,
+        refused,
+        none: median(none_times),
+        many: median(many_times),
+    };
+    eprintln!("bench: guardrails: {guarded:?}");
+    guarded
+}
+
+/// `count` protected prefixes in documentation space: IPv4 hosts of its
+/// three /24s, then IPv6 /64s of 2001:db8::/32.
+fn protected_prefixes(count: usize) -> Vec<ipnetwork::IpNetwork> {
+    let v4 = [0xc000_0200u32, 0xc633_6400, 0xcb00_7100]
+        .into_iter()
+        .flat_map(|net| (0..256).map(move |host| net | host))
+        .map(|a| ipnetwork::IpNetwork::new(std::net::Ipv4Addr::from(a).into(), 32));
+    let v6 = (0u128..).map(|i| {
+        let bits = 0x2001_0db8u128 << 96 | i << 64;
+        ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(bits).into(), 64)
+    });
+    v4.chain(v6)
+        .take(count)
+        .map(|p| p.expect("a documentation prefix"))
+        .collect()
 }
 
 /// A 1% update downloaded from a real HTTP server on the loopback, as the
@@ -392,6 +468,7 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     eprintln!("bench: 1% update over HTTP: {download:?}");
     drop(applied);
     drop(loader);
+    let guarded = guarded(orders, max_prefixes);
     Pipeline {
         prefixes: orders.iter().map(|o| o.targets.len()).sum(),
         feed_bytes: first.feed.len(),
@@ -400,6 +477,7 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
         update,
         updates: totals,
         download,
+        guarded,
     }
 }
 

@@ -464,6 +464,19 @@ impl Report {
             &in_turn,
             "; ",
         );
+        if let Some(control) = &self.control {
+            let g = &control.guarded;
+            let _ = writeln!(
+                out,
+                "\nThe guardrails' evaluation of {} prefixes: {:.1} ms with nothing protected, {:.1} ms with {} protected prefixes ({:.2}x; {} orders refused).",
+                human(control.prefixes),
+                g.none.as_secs_f64() * 1e3,
+                g.many.as_secs_f64() * 1e3,
+                g.protected,
+                g.many.as_secs_f64() / g.none.as_secs_f64(),
+                g.refused
+            );
+        }
         if let Some(hits) = &self.exact_hits {
             let _ = writeln!(
                 out,
@@ -537,6 +550,12 @@ impl Report {
                     "download_s": c.download.worked.as_secs_f64(),
                     "download_nothing_done_as_it_arrives_s": c.download.plain.as_secs_f64(),
                     "after_the_download": stages(&c.download.after),
+                }),
+                "guardrails": json!({
+                    "protected_prefixes": c.guarded.protected,
+                    "orders_refused": c.guarded.refused,
+                    "evaluate_nothing_protected_s": c.guarded.none.as_secs_f64(),
+                    "evaluate_protected_s": c.guarded.many.as_secs_f64(),
                 }),
             })),
             "daemon": self.daemon.as_ref().map(daemon_json),
