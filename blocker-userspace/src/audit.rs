@@ -66,7 +66,7 @@ pub enum AuditEvent {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
+    time: &'a str,
     #[serde(flatten)]
     event: &'a AuditEvent,
 }
@@ -118,15 +118,32 @@ impl AuditLog {
 
     /// Appends one event stamped `at` and fsyncs it.
     pub fn record(&mut self, at: OffsetDateTime, event: &AuditEvent) -> Result<(), AuditError> {
-        let line = Line {
-            time: at.format(&Rfc3339).unwrap_or_default(),
-            event,
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(|e| AuditError {
-            path: self.path.clone(),
-            source: io::Error::other(e),
-        })?;
-        bytes.push(b'\n');
+        self.record_all(at, std::slice::from_ref(event))
+    }
+
+    /// Appends `events`, each stamped `at`, in order, with one write and
+    /// one fsync (a feed that brings ten thousand orders into force is one
+    /// fsync, not ten thousand): all of them, or none (a partial write is
+    /// cut back).
+    pub fn record_all(
+        &mut self,
+        at: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let time = at.format(&Rfc3339).unwrap_or_default();
+        let mut bytes = Vec::new();
+        for event in events {
+            serde_json::to_writer(&mut bytes, &Line { time: &time, event }).map_err(|e| {
+                AuditError {
+                    path: self.path.clone(),
+                    source: io::Error::other(e),
+                }
+            })?;
+            bytes.push(b'\n');
+        }
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(Self::open_file(&self.path)?),
@@ -134,7 +151,7 @@ impl AuditLog {
         let before = file.metadata().map(|m| m.len()).ok();
         let written = file.write_all(&bytes).and_then(|()| file.sync_data());
         if let Err(source) = written {
-            // Take back a partial line, and reopen next time: the file may
+            // Take back what was written, and reopen next time: the file may
             // have been replaced.
             if let Some(len) = before {
                 let _ = file.set_len(len);
@@ -186,6 +203,56 @@ mod tests {
                 .expect("time")
                 .starts_with("2026-")
         );
+        std::fs::remove_file(&path).expect("cleanup");
+    }
+
+    #[test]
+    fn events_written_at_once_are_lines_in_their_order() {
+        let path =
+            std::env::temp_dir().join(format!("blocker-audit-all-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let at = OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("time");
+        let mut log = AuditLog::open(&path).expect("open");
+        log.record_all(at, &[]).expect("nothing to write");
+        let entered = |i: u32| AuditEvent::OrderEnteredForce {
+            order: format!("ATKM-{i}"),
+            serial: 7,
+        };
+        let mut events: Vec<AuditEvent> = (0..3).map(entered).collect();
+        events.push(AuditEvent::FeedApplied {
+            serial: 7,
+            in_force: vec!["ATKM-0".into(), "ATKM-1".into(), "ATKM-2".into()],
+            ipv4_prefixes: 3,
+            ipv6_prefixes: 0,
+        });
+        log.record_all(at, &events).expect("record all");
+        log.record(at, &AuditEvent::DaemonStop).expect("record");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        let kinds: Vec<&str> = lines
+            .iter()
+            .map(|l| l["event"].as_str().expect("event"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "order_entered_force",
+                "order_entered_force",
+                "order_entered_force",
+                "feed_applied",
+                "daemon_stop"
+            ]
+        );
+        let orders: Vec<&str> = lines[..3]
+            .iter()
+            .map(|l| l["order"].as_str().expect("order"))
+            .collect();
+        assert_eq!(orders, ["ATKM-0", "ATKM-1", "ATKM-2"]);
+        assert_eq!(lines[3]["in_force"].as_array().map(Vec::len), Some(3));
+        assert!(lines.iter().all(|l| l["time"] == lines[0]["time"]));
         std::fs::remove_file(&path).expect("cleanup");
     }
 }
