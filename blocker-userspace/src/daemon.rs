@@ -5,7 +5,7 @@
 //! force, and the next start takes them over without a gap.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     future::Future,
     sync::Arc,
     time::Duration,
@@ -577,27 +577,34 @@ impl Daemon {
             .map(|c| c.since.clone())
             .unwrap_or_default();
         since.retain(|id, _| after.contains(id));
+        // This apply's audit events, written at once (one fsync).
+        let mut events = Vec::new();
         for id in after.difference(&before) {
             since.insert(id.clone(), now);
-            self.record(AuditEvent::OrderEnteredForce {
+            events.push(AuditEvent::OrderEnteredForce {
                 order: id.clone(),
                 serial,
             });
             tracing::info!(order = %id, serial, "order entered force");
         }
-        for id in before.difference(&after) {
-            let state = evaluation
+        let mut left = before.difference(&after).peekable();
+        if left.peek().is_some() {
+            let states: HashMap<&str, &str> = evaluation
                 .orders
                 .iter()
-                .find(|o| &o.id == id)
-                .map_or("removed", |o| o.state.as_str());
-            self.record(AuditEvent::OrderLeftForce {
-                order: id.clone(),
-                serial,
-                state: state.to_owned(),
-            });
-            tracing::info!(order = %id, serial, state, "order left force");
+                .map(|o| (o.id.as_str(), o.state.as_str()))
+                .collect();
+            for id in left {
+                let state = states.get(id.as_str()).copied().unwrap_or("removed");
+                events.push(AuditEvent::OrderLeftForce {
+                    order: id.clone(),
+                    serial,
+                    state: state.to_owned(),
+                });
+                tracing::info!(order = %id, serial, state, "order left force");
+            }
         }
+        let applied = new_feed && loaded.is_some();
         if new_feed && let Some(Loaded { stats, .. }) = &loaded {
             for order in evaluation
                 .orders
@@ -606,13 +613,13 @@ impl Daemon {
             {
                 let reason = order.reasons.join("; ");
                 tracing::warn!(order = %order.id, serial, %reason, "order refused");
-                self.record(AuditEvent::OrderRefused {
+                events.push(AuditEvent::OrderRefused {
                     order: order.id.clone(),
                     serial,
                     reason,
                 });
             }
-            self.record(AuditEvent::FeedApplied {
+            events.push(AuditEvent::FeedApplied {
                 serial,
                 in_force: after.iter().cloned().collect(),
                 ipv4_prefixes: stats.ipv4,
@@ -628,6 +635,9 @@ impl Daemon {
                 written_ms = stats.written.as_millis(),
                 "feed applied"
             );
+        }
+        self.record_all(&events);
+        if applied {
             self.metrics.set_feed(serial, unix_now());
             self.status.last_success = Some(unix_now());
             self.status.last_failure = None;
@@ -758,8 +768,14 @@ impl Daemon {
     }
 
     fn record(&mut self, event: AuditEvent) {
-        if let Err(err) = self.audit.record(OffsetDateTime::now_utc(), &event) {
-            tracing::error!(error = %err, ?event, "audit log write failed");
+        self.record_all(std::slice::from_ref(&event));
+    }
+
+    /// Writes `events` to the audit log at once; a failure is logged (with
+    /// the events) and counted.
+    fn record_all(&mut self, events: &[AuditEvent]) {
+        if let Err(err) = self.audit.record_all(OffsetDateTime::now_utc(), events) {
+            tracing::error!(error = %err, ?events, "audit log write failed");
             self.metrics.state_write_failed("audit");
         }
     }
