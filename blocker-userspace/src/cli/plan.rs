@@ -1,7 +1,12 @@
 //! `blocker plan --config FILE FEED [--json]`: what applying FEED would
 //! change against what is in force, without applying it.
 
-use std::{collections::BTreeSet, ffi::OsString, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
+    fs,
+    path::Path,
+};
 
 use ipnetwork::IpNetwork;
 use serde_json::json;
@@ -76,15 +81,22 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         }
     };
 
-    let before_ids: BTreeSet<&str> = current
+    // By id: a feed holds thousands of orders.
+    let before: BTreeMap<&str, &Order> = current
         .as_ref()
-        .map(|c| c.feed.orders.iter().map(|o| o.id.as_str()).collect())
+        .map(|c| c.feed.orders.iter().map(|o| (o.id.as_str(), o)).collect())
         .unwrap_or_default();
-    let after_ids: BTreeSet<&str> = candidate.orders.iter().map(|o| o.id.as_str()).collect();
-    let changed: Vec<&str> = after_ids
-        .intersection(&before_ids)
-        .copied()
-        .filter(|id| current.as_ref().and_then(|c| c.feed.order(id)) != candidate.order(id))
+    let after: BTreeMap<&str, &Order> = candidate
+        .orders
+        .iter()
+        .map(|o| (o.id.as_str(), o))
+        .collect();
+    let before_ids: BTreeSet<&str> = before.keys().copied().collect();
+    let after_ids: BTreeSet<&str> = after.keys().copied().collect();
+    let changed: Vec<&str> = after
+        .iter()
+        .filter(|&(id, order)| before.get(id).is_some_and(|was| was != order))
+        .map(|(&id, _)| id)
         .collect();
     let before_force: BTreeSet<&str> = current
         .as_ref()
@@ -99,7 +111,7 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
 
     let newly_enforced: Vec<_> = after_force
         .difference(&before_force)
-        .filter_map(|id| candidate.order(id))
+        .filter_map(|id| after.get(id).copied())
         .map(|o| {
             let count: u128 = o
                 .targets

@@ -52,13 +52,12 @@ pub(super) fn status(config_path: &Path, json: bool) -> Result<Exit, EnvError> {
                 .orders
                 .iter()
                 .map(|o| {
-                    let order = v.feed.order(&o.id);
                     json!({
                         "id": o.id,
                         "state": o.state.as_str(),
-                        "action": order.map(|o| o.action.as_str()),
-                        "rung": order.map(|o| o.rung.as_str()),
-                        "targets": order.map(|o| o.targets.len()),
+                        "action": o.order.action.as_str(),
+                        "rung": o.order.rung.as_str(),
+                        "targets": o.order.targets.len(),
                         "reasons": o.reasons,
                     })
                 })
