@@ -772,10 +772,15 @@ impl Daemon {
     }
 
     /// Writes `events` to the audit log at once; a failure is logged (with
-    /// the events) and counted.
+    /// how many events it lost and the first of them) and counted.
     fn record_all(&mut self, events: &[AuditEvent]) {
         if let Err(err) = self.audit.record_all(OffsetDateTime::now_utc(), events) {
-            tracing::error!(error = %err, ?events, "audit log write failed");
+            tracing::error!(
+                error = %err,
+                events = events.len(),
+                first = ?events.first(),
+                "audit log write failed"
+            );
             self.metrics.state_write_failed("audit");
         }
     }
