@@ -170,6 +170,15 @@ impl AuditLog {
 mod tests {
     use super::*;
 
+    /// The log at `path`, a JSON value a line.
+    fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
     #[test]
     fn appends_one_json_line_per_event() {
         let path = std::env::temp_dir().join(format!("blocker-audit-{}.jsonl", std::process::id()));
@@ -187,11 +196,7 @@ mod tests {
         drop(log);
         let mut log = AuditLog::open(&path).expect("reopen");
         log.record(at, &AuditEvent::DaemonStop).expect("record");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect();
+        let lines = json_lines(&path);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "order_entered_force");
         assert_eq!(lines[0]["order"], "ATKM-1");
@@ -227,11 +232,7 @@ mod tests {
         });
         log.record_all(at, &events).expect("record all");
         log.record(at, &AuditEvent::DaemonStop).expect("record");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect();
+        let lines = json_lines(&path);
         let kinds: Vec<&str> = lines
             .iter()
             .map(|l| l["event"].as_str().expect("event"))
