@@ -171,8 +171,8 @@ impl Ranges {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for prefix in protected {
             match prefix {
-                IpNetwork::V4(p) => v4.push(span(u32::from(p.network()), p.prefix())),
-                IpNetwork::V6(p) => v6.push(span(u128::from(p.network()), p.prefix())),
+                IpNetwork::V4(p) => v4.push(span4(p)),
+                IpNetwork::V6(p) => v6.push(span6(p)),
             }
         }
         Self {
@@ -188,45 +188,25 @@ impl Ranges {
     /// Whether `target`'s range meets a protected one.
     fn meets(&self, target: &IpNetwork) -> bool {
         match target {
-            IpNetwork::V4(p) => meets(&self.v4, u32::from(p.network()), p.prefix()),
-            IpNetwork::V6(p) => meets(&self.v6, u128::from(p.network()), p.prefix()),
+            IpNetwork::V4(p) => meets(&self.v4, span4(p)),
+            IpNetwork::V6(p) => meets(&self.v6, span6(p)),
         }
     }
 }
 
-/// An address of one family, as an unsigned integer.
-trait Bits: Copy + Ord + std::ops::BitOr<Output = Self> + std::ops::Shr<u32, Output = Self> {
-    const BITS: u32;
-    const ONES: Self;
-    const ZERO: Self;
+/// A prefix's first and last address.
+fn span4(p: &ipnetwork::Ipv4Network) -> (u32, u32) {
+    (u32::from(p.network()), u32::from(p.broadcast()))
 }
 
-impl Bits for u32 {
-    const BITS: u32 = 32;
-    const ONES: Self = u32::MAX;
-    const ZERO: Self = 0;
-}
-
-impl Bits for u128 {
-    const BITS: u32 = 128;
-    const ONES: Self = u128::MAX;
-    const ZERO: Self = 0;
-}
-
-/// The first and last address of the prefix `network`/`len`.
-fn span<B: Bits>(network: B, len: u8) -> (B, B) {
-    let host = if u32::from(len) >= B::BITS {
-        B::ZERO
-    } else {
-        B::ONES >> u32::from(len)
-    };
-    (network, network | host)
+fn span6(p: &ipnetwork::Ipv6Network) -> (u128, u128) {
+    (u128::from(p.network()), u128::from(p.broadcast()))
 }
 
 /// `ranges` sorted, those that meet merged.
-fn merged<B: Bits>(mut ranges: Vec<(B, B)>) -> Vec<(B, B)> {
+fn merged<A: Ord + Copy>(mut ranges: Vec<(A, A)>) -> Vec<(A, A)> {
     ranges.sort_unstable();
-    let mut merged: Vec<(B, B)> = Vec::with_capacity(ranges.len());
+    let mut merged: Vec<(A, A)> = Vec::with_capacity(ranges.len());
     for (first, last) in ranges {
         match merged.last_mut() {
             Some(previous) if first <= previous.1 => previous.1 = previous.1.max(last),
@@ -239,12 +219,11 @@ fn merged<B: Bits>(mut ranges: Vec<(B, B)>) -> Vec<(B, B)> {
 /// Up to how many ranges [`meets`] tests each rather than searching them.
 const FEW_RANGES: usize = 4;
 
-/// Whether the prefix `network`/`len` meets one of `ranges` (sorted, apart).
-fn meets<B: Bits>(ranges: &[(B, B)], network: B, len: u8) -> bool {
+/// Whether the range `(first, last)` meets one of `ranges` (sorted, apart).
+fn meets<A: Ord + Copy>(ranges: &[(A, A)], (first, last): (A, A)) -> bool {
     if ranges.is_empty() {
         return false;
     }
-    let (first, last) = span(network, len);
     // A few: each tested in turn, cheaper than a search.
     if ranges.len() <= FEW_RANGES {
         return ranges.iter().fold(false, |meets, &(start, end)| {
@@ -542,27 +521,21 @@ mod tests {
     /// Prefixes of either family, mostly in a few /16s (and IPv6 /32s) so
     /// that they overlap often.
     fn prefix() -> impl Strategy<Value = IpNetwork> {
+        // An address and a length, its host bits cleared.
+        let network = |addr: std::net::IpAddr, len: u8| {
+            let with_host = IpNetwork::new(addr, len).expect("prefix length");
+            IpNetwork::new(with_host.network(), len).expect("prefix")
+        };
         prop_oneof![
-            (0u32..4, any::<u16>(), 8u8..=32).prop_map(|(net, low, len)| {
+            (0u32..4, any::<u16>(), 8u8..=32).prop_map(move |(net, low, len)| {
                 let addr = 0xc633_0000u32 | net << 16 | u32::from(low);
-                IpNetwork::new(
-                    std::net::Ipv4Addr::from(addr & mask(len, 32) as u32).into(),
-                    len,
-                )
-                .expect("IPv4 prefix")
+                network(std::net::Ipv4Addr::from(addr).into(), len)
             }),
-            (0u32..2, any::<u64>(), 16u8..=128).prop_map(|(net, low, len)| {
+            (0u32..2, any::<u64>(), 16u8..=128).prop_map(move |(net, low, len)| {
                 let addr = 0x2001_0db8u128 << 96 | u128::from(net) << 80 | u128::from(low) << 16;
-                let addr = addr & mask(len, 128);
-                IpNetwork::new(std::net::Ipv6Addr::from(addr).into(), len).expect("IPv6 prefix")
+                network(std::net::Ipv6Addr::from(addr).into(), len)
             }),
         ]
-    }
-
-    /// The top `len` of `width` bits set.
-    fn mask(len: u8, width: u32) -> u128 {
-        let all = u128::MAX >> (128 - width);
-        all & !(all.checked_shr(u32::from(len)).unwrap_or(0))
     }
 
     proptest! {
