@@ -255,7 +255,7 @@ impl Family {
         if host <= self.shift {
             let bit = filter_bit(address >> self.shift);
             if self.touched[bit / 64] & 1 << (bit % 64) == 0 {
-                return meets(&self.wide, target());
+                return !self.wide.is_empty() && meets(&self.wide, target());
             }
         }
         meets(&self.ranges, target())
