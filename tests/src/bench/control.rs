@@ -80,7 +80,14 @@ pub struct Pipeline {
     /// The guardrails' evaluation of the feed, with and without protected
     /// prefixes.
     pub guarded: Guarded,
+    /// The median of [`ONE_ORDER_ROUNDS`] updates that add one new order
+    /// to the feed (each taken out again before the next): the usual
+    /// change from one feed to the next.
+    pub one_order: Stages,
 }
+
+/// Updates in [`Pipeline::one_order`].
+pub const ONE_ORDER_ROUNDS: usize = 3;
 
 /// Protected prefixes in [`Guarded`]'s evaluation: an operator's own
 /// infrastructure, resolvers, peers' networks, generously counted.
@@ -436,12 +443,8 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     let first = signed(&key, dir.path(), 1, orders);
     let changed = super::workload::changed(orders, UPDATE_EVERY, 7);
     let second = signed(&key, dir.path(), 2, &changed);
-    let third = signed(
-        &key,
-        dir.path(),
-        3,
-        &super::workload::changed(&changed, UPDATE_EVERY, 11),
-    );
+    let third_orders = super::workload::changed(&changed, UPDATE_EVERY, 11);
+    let third = signed(&key, dir.path(), 3, &third_orders);
     let server = FeedServer::start(dir.path());
     let bpffs = BpffsDir::new();
     let t = Instant::now();
@@ -470,7 +473,14 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
     let update = updates.swap_remove(UPDATES / 2);
     let (download, applied) = loader.downloaded(&public, &server, &third, Some(&applied));
     eprintln!("bench: 1% update over HTTP: {download:?}");
-    drop(applied);
+    let one_order = one_order(
+        &mut loader,
+        &key,
+        dir.path(),
+        &public,
+        &third_orders,
+        applied,
+    );
     drop(loader);
     let guarded = guarded(orders, max_prefixes);
     Pipeline {
@@ -482,7 +492,45 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
         updates: totals,
         download,
         guarded,
+        one_order,
     }
+}
+
+/// Takes the last of `orders` (the feed `applied`) out, then adds one new
+/// order of [`super::workload::PER_ORDER`] fresh prefixes and takes it out
+/// again, [`ONE_ORDER_ROUNDS`] times (the feed stays within its
+/// `max_prefixes`): the median of the adds.
+fn one_order(
+    loader: &mut Loader,
+    key: &KeyPair,
+    dir: &std::path::Path,
+    public: &signature::PublicKey,
+    orders: &[Order],
+    applied: Applied<'_>,
+) -> Stages {
+    let targets = super::workload::orders(super::workload::PER_ORDER, 0x0e_0de5)
+        .iter()
+        .flat_map(|o| o.targets.iter().copied())
+        .collect();
+    let fewer = &orders[..orders.len().saturating_sub(1)];
+    let mut with = fewer.to_vec();
+    with.push(super::workload::order(orders.len(), targets));
+    let (without, with) = (signed(key, dir, 4, fewer), signed(key, dir, 5, &with));
+    let (_, mut applied) = loader.stages(public, &without, Some(&applied));
+    let mut adds = Vec::new();
+    for _ in 0..ONE_ORDER_ROUNDS {
+        let (add, now) = loader.stages(public, &with, Some(&applied));
+        let (remove, now) = loader.stages(public, &without, Some(&now));
+        eprintln!(
+            "bench: one order added {:?}: {add:?}; taken out {:?}",
+            add.total(),
+            remove.total()
+        );
+        adds.push(add);
+        applied = now;
+    }
+    adds.sort_by_key(Stages::total);
+    adds.swap_remove(adds.len() / 2)
 }
 
 /// In-process 1% updates timed for [`Pipeline::update`] (odd, so that the

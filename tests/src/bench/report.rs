@@ -476,6 +476,21 @@ impl Report {
                 g.many.as_secs_f64() / g.none.as_secs_f64(),
                 g.refused
             );
+            let one = &control.one_order;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let _ = writeln!(
+                out,
+                "\nAn update that adds one order of {} prefixes to the {} feed, median of {}: {:.1} ms (verify {:.1}, parse {:.1}, evaluate {:.1}, compile {:.1}, load {:.1}).",
+                super::workload::PER_ORDER,
+                human(control.prefixes),
+                super::control::ONE_ORDER_ROUNDS,
+                ms(one.total()),
+                ms(one.verify),
+                ms(one.parse),
+                ms(one.evaluate),
+                ms(one.compile),
+                ms(one.load)
+            );
         }
         if let Some(hits) = &self.exact_hits {
             let _ = writeln!(
@@ -557,6 +572,7 @@ impl Report {
                     "evaluate_nothing_protected_s": c.guarded.none.as_secs_f64(),
                     "evaluate_protected_s": c.guarded.many.as_secs_f64(),
                 }),
+                "update_one_order_added": stages(&c.one_order),
             })),
             "daemon": self.daemon.as_ref().map(daemon_json),
             "daemon_over_http": self.daemon_http.as_ref().map(daemon_json),
