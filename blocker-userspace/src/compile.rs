@@ -78,58 +78,97 @@ impl SlotTable {
         self.slots.is_empty()
     }
 
-    /// The table for exactly `ids`: known ids keep their slot; new ids get
-    /// the lowest slot nobody held before (so a slot just released is not
-    /// handed on while the live table may still count into it), else the
-    /// lowest free one. And whether `ids` are the table's own in its order,
-    /// so that each takes the next slot in turn.
-    fn reassign<'a>(
-        &self,
-        ids: impl Iterator<Item = &'a str> + Clone,
-    ) -> Result<(Self, bool), CompileError> {
+    /// The table for exactly `ids`, and each id's slot, in `ids`' order:
+    /// known ids keep their slot; new ids, in id order, get the lowest slot
+    /// nobody held before (so a slot just released is not handed on while
+    /// the live table may still count into it), else the lowest free one.
+    fn reassign(&self, ids: &[&str]) -> Result<(Self, Vec<u32>), CompileError> {
         // The same orders in the table's order (a feed sorted by id, as it
-        // changes from one serial to the next): one pass of comparisons,
-        // and no search for each slot after.
-        if ids.clone().eq(self.slots.keys().map(String::as_str)) {
-            return Ok((self.clone(), true));
-        }
-        let ids: BTreeSet<&str> = ids.collect();
-        if ids.len() == self.slots.len() && ids.iter().all(|id| self.slots.contains_key(*id)) {
-            // The same orders (the usual feed): the same slots.
-            return Ok((self.clone(), false));
-        }
-        let mut slots: BTreeMap<String, u32> = ids
+        // changes from one serial to the next): one pass of comparisons.
+        if ids
             .iter()
-            .filter_map(|id| self.get(id).map(|slot| ((*id).to_owned(), slot)))
-            .collect();
-        let mut taken: BTreeSet<u32> = slots.values().copied().collect();
-        let previously: BTreeSet<u32> = self.slots.values().copied().collect();
-        let mut fresh = (0..MAX_ORDERS).filter(|s| !previously.contains(s));
-        let mut fresh_next = fresh.next();
+            .copied()
+            .eq(self.slots.keys().map(String::as_str))
+        {
+            return Ok((self.clone(), self.slots.values().copied().collect()));
+        }
+        // Else the ids in id order (a sorted feed's are already), matched
+        // against the table's in one pass: no search for each.
+        let mut by_id: Vec<usize> = (0..ids.len()).collect();
+        by_id.sort_by_key(|&i| ids[i]);
+        let mut known = self.slots.iter().peekable();
+        let mut matched: Vec<Option<u32>> = Vec::with_capacity(ids.len());
+        for &i in &by_id {
+            while known.next_if(|(old, _)| old.as_str() < ids[i]).is_some() {}
+            matched.push(
+                known
+                    .peek()
+                    .filter(|(old, _)| *old == ids[i])
+                    .map(|(_, s)| **s),
+            );
+        }
+        let mut previously = SlotSet::default();
+        self.slots
+            .values()
+            .for_each(|&slot| previously.insert(slot));
+        let mut taken = SlotSet::default();
+        matched
+            .iter()
+            .flatten()
+            .for_each(|&slot| taken.insert(slot));
+        let mut fresh = (0..MAX_ORDERS).filter(|&s| !previously.contains(s));
         // Slots are only taken here, never given back, so the lowest free
         // one only rises: one pass over the slots serves every new id,
         // where a search from slot 0 for each took seconds for a thousand
         // new orders in a table near full.
         let mut lowest = 0..MAX_ORDERS;
-        let new_ids: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !slots.contains_key(*id))
-            .collect();
-        for id in new_ids {
-            let slot = match fresh_next {
-                Some(slot) => {
-                    fresh_next = fresh.next();
+        let mut slots = vec![0; ids.len()];
+        let mut table = Vec::with_capacity(ids.len());
+        for (k, &i) in by_id.iter().enumerate() {
+            let slot = match matched[k] {
+                Some(slot) => slot,
+                // The same id again: the same slot.
+                None if k > 0 && ids[by_id[k - 1]] == ids[i] => slots[by_id[k - 1]],
+                None => {
+                    let slot = fresh
+                        .next()
+                        .or_else(|| lowest.find(|&s| !taken.contains(s)))
+                        .ok_or(CompileError::TooManyOrders { max: MAX_ORDERS })?;
+                    taken.insert(slot);
                     slot
                 }
-                None => lowest
-                    .find(|s| !taken.contains(s))
-                    .ok_or(CompileError::TooManyOrders { max: MAX_ORDERS })?,
             };
-            taken.insert(slot);
-            slots.insert(id.to_owned(), slot);
+            slots[i] = slot;
+            if k == 0 || ids[by_id[k - 1]] != ids[i] {
+                table.push((ids[i].to_owned(), slot));
+            }
         }
-        Ok((Self { slots }, false))
+        // Sorted and distinct: the map is built in one pass.
+        let slots_by_id = table.into_iter().collect();
+        Ok((Self { slots: slots_by_id }, slots))
+    }
+}
+
+/// A set of slots, a bit each.
+struct SlotSet(Vec<u64>);
+
+impl Default for SlotSet {
+    fn default() -> Self {
+        Self(vec![0; MAX_ORDERS.div_ceil(64) as usize])
+    }
+}
+
+impl SlotSet {
+    fn insert(&mut self, slot: u32) {
+        if let Some(word) = self.0.get_mut(slot as usize / 64) {
+            *word |= 1 << (slot % 64);
+        }
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        self.0
+            .get(slot as usize / 64)
+            .is_some_and(|word| word & 1 << (slot % 64) != 0)
     }
 }
 
@@ -716,19 +755,11 @@ impl<'o> Inputs<'o> {
         enforcement: Enforcement,
         previous: &SlotTable,
     ) -> Result<Self, CompileError> {
-        let (slots, in_turn) = previous.reassign(orders.iter().map(|o| o.id.as_str()))?;
-        let mut turn = slots.slots.values();
+        let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
+        let (slots, slot_of) = previous.reassign(&ids)?;
         let mut inputs = Vec::with_capacity(orders.len());
         let mut compiled_orders = Vec::with_capacity(orders.len());
-        for order in orders {
-            let slot = if in_turn {
-                turn.next().copied()
-            } else {
-                slots.get(&order.id)
-            };
-            let Some(slot) = slot else {
-                continue;
-            };
+        for (order, slot) in orders.iter().zip(slot_of) {
             let action = enforcement.effective(order.action);
             inputs.push((
                 order.id.as_str(),
@@ -2076,6 +2107,25 @@ mod tests {
     }
 
     #[test]
+    fn slots_come_back_in_the_order_the_ids_were_given() {
+        let table = SlotTable {
+            slots: [("A", 0), ("B", 1), ("C", 2)]
+                .into_iter()
+                .map(|(id, s)| (id.to_owned(), s))
+                .collect(),
+        };
+        // B leaves; M and Z are new, and take the slots nobody held (3 on)
+        // in id order, whatever their order in the feed.
+        let (after, slots) = table.reassign(&["Z", "C", "M", "A"]).expect("slots");
+        assert_eq!(slots, [4, 2, 3, 0]);
+        let listed: Vec<(&str, u32)> = after.iter().collect();
+        assert_eq!(listed, [("A", 0), ("C", 2), ("M", 3), ("Z", 4)]);
+        // The table's own ids in its order: the same table.
+        let (same, slots) = after.reassign(&["A", "C", "M", "Z"]).expect("slots");
+        assert_eq!((same, slots), (after.clone(), vec![0, 2, 3, 4]));
+    }
+
+    #[test]
     fn a_full_table_hands_on_released_slots_lowest_first() {
         // Every slot held, then every 64th released as as many new orders
         // come: no slot is fresh, so each new order takes the lowest free.
@@ -2090,9 +2140,10 @@ mod tests {
             .map(|(id, _)| id.as_str())
             .chain(new_ids.iter().map(String::as_str))
             .collect();
-        let (table, in_turn) = held.reassign(ids.iter().copied()).expect("slots enough");
-        assert!(!in_turn);
+        let (table, slot_of) = held.reassign(&ids).expect("slots enough");
         assert_eq!(table.len(), MAX_ORDERS as usize);
+        let listed: Vec<Option<u32>> = ids.iter().map(|id| table.get(id)).collect();
+        assert_eq!(listed, slot_of.into_iter().map(Some).collect::<Vec<_>>());
         for (id, slot) in kept {
             assert_eq!(table.get(id), Some(*slot), "{id} keeps its slot");
         }
@@ -2104,7 +2155,7 @@ mod tests {
         // One order more than there are slots is refused whole.
         let over: Vec<&str> = ids.iter().copied().chain(["N9999"]).collect();
         assert_eq!(
-            held.reassign(over.into_iter()).map(|_| ()),
+            held.reassign(&over).map(|_| ()),
             Err(CompileError::TooManyOrders { max: MAX_ORDERS })
         );
     }
