@@ -107,6 +107,7 @@ impl SlotTable {
                     .map(|(_, s)| **s),
             );
         }
+        // Every kept slot known first: a new id must take none of them.
         let mut previously = SlotSet::default();
         self.slots
             .values()
@@ -125,10 +126,11 @@ impl SlotTable {
         let mut slots = vec![0; ids.len()];
         let mut table = Vec::with_capacity(ids.len());
         for (k, &i) in by_id.iter().enumerate() {
+            // The same id again (a feed's ids are distinct): the same slot.
+            let again = k > 0 && ids[by_id[k - 1]] == ids[i];
             let slot = match matched[k] {
                 Some(slot) => slot,
-                // The same id again: the same slot.
-                None if k > 0 && ids[by_id[k - 1]] == ids[i] => slots[by_id[k - 1]],
+                None if again => slots[by_id[k - 1]],
                 None => {
                     let slot = fresh
                         .next()
@@ -139,7 +141,7 @@ impl SlotTable {
                 }
             };
             slots[i] = slot;
-            if k == 0 || ids[by_id[k - 1]] != ids[i] {
+            if !again {
                 table.push((ids[i].to_owned(), slot));
             }
         }
@@ -2127,8 +2129,9 @@ mod tests {
 
     #[test]
     fn a_full_table_hands_on_released_slots_lowest_first() {
-        // Every slot held, then every 64th released as as many new orders
-        // come: no slot is fresh, so each new order takes the lowest free.
+        // Every slot held, then every 64th released while as many new
+        // orders come: no slot is fresh, so each new one takes the lowest
+        // free.
         let held = SlotTable {
             slots: (0..MAX_ORDERS).map(|s| (format!("H{s:05}"), s)).collect(),
         };

@@ -161,7 +161,8 @@ fn guardrail_reasons(order: &Order, guardrails: &Guardrails, ranges: &Ranges) ->
 /// one of its family's. Testing each target against every protected
 /// prefix took a million targets about half a second for each 100
 /// protected prefixes; a bit read per target (see [`Family`]) and a
-/// search for the few it lets through take them 10-15 ms however many.
+/// search for the few it lets through take them about 15 ms here however
+/// many.
 struct Ranges {
     v4: Family,
     v6: Family,
