@@ -497,8 +497,8 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
 }
 
 /// Takes the last of `orders` (the feed `applied`) out, then adds one new
-/// order of [`super::workload::PER_ORDER`] fresh prefixes and takes it out
-/// again, [`ONE_ORDER_ROUNDS`] times (the feed stays within its
+/// order of [`super::workload::PER_ORDER`] prefixes drawn afresh and takes
+/// it out again, [`ONE_ORDER_ROUNDS`] times (the feed stays within its
 /// `max_prefixes`): the median of the adds.
 fn one_order(
     loader: &mut Loader,

@@ -480,7 +480,7 @@ impl Report {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             let _ = writeln!(
                 out,
-                "\nAn update that adds one order of {} prefixes to the {} feed, median of {}: {:.1} ms (verify {:.1}, parse {:.1}, evaluate {:.1}, compile {:.1}, load {:.1}).",
+                "\nAn update that adds one order of {} prefixes to the {} feed (one of its orders out, to make room), median of {}: {:.1} ms (verify {:.1}, parse {:.1}, evaluate {:.1}, compile {:.1}, load {:.1}).",
                 super::workload::PER_ORDER,
                 human(control.prefixes),
                 super::control::ONE_ORDER_ROUNDS,
