@@ -203,7 +203,7 @@ impl Ranges {
 struct Family {
     /// Sorted, apart.
     ranges: Vec<(u128, u128)>,
-    /// Those of `ranges` that span [`WIDE`] buckets or more.
+    /// Those of `ranges` that span more than [`WIDE`] buckets.
     wide: Vec<(u128, u128)>,
     /// A bit for each bucket's hash, set for the buckets the other ranges
     /// touch.
@@ -213,8 +213,8 @@ struct Family {
     shift: u32,
 }
 
-/// How many buckets a range spans for it to be kept as wide, not by its
-/// buckets.
+/// How many buckets a range may span and still be kept by its buckets
+/// (an IPv4 /10, an IPv6 /42); a wider one is kept as wide.
 const WIDE: u128 = 64;
 
 /// Bits of a bucket's hash: the filter's 65,536 bits take 8 KiB.
