@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
+    bits::Bits,
     fasthash::{FastHasher, FastMap},
     feed::{Action, Edits, Order},
     gallop,
@@ -96,28 +97,26 @@ impl SlotTable {
         // against the table's in one pass: no search for each.
         let mut by_id: Vec<usize> = (0..ids.len()).collect();
         by_id.sort_unstable_by_key(|&i| ids[i]);
+        // Every kept slot is taken before any new id is given one.
         let mut known = self.slots.iter().peekable();
         let mut matched: Vec<Option<u32>> = Vec::with_capacity(ids.len());
+        let mut taken = Bits::new(MAX_ORDERS as usize);
         for &i in &by_id {
             while known.next_if(|(old, _)| old.as_str() < ids[i]).is_some() {}
-            matched.push(
-                known
-                    .peek()
-                    .filter(|(old, _)| *old == ids[i])
-                    .map(|(_, s)| **s),
-            );
+            let kept = known
+                .peek()
+                .filter(|(old, _)| *old == ids[i])
+                .map(|(_, slot)| **slot);
+            if let Some(slot) = kept {
+                taken.insert(slot as usize);
+            }
+            matched.push(kept);
         }
-        // Every kept slot known first: a new id must take none of them.
-        let mut previously = SlotSet::default();
+        let mut previously = Bits::new(MAX_ORDERS as usize);
         self.slots
             .values()
-            .for_each(|&slot| previously.insert(slot));
-        let mut taken = SlotSet::default();
-        matched
-            .iter()
-            .flatten()
-            .for_each(|&slot| taken.insert(slot));
-        let mut fresh = (0..MAX_ORDERS).filter(|&s| !previously.contains(s));
+            .for_each(|&slot| previously.insert(slot as usize));
+        let mut fresh = (0..MAX_ORDERS).filter(|&s| !previously.contains(s as usize));
         // Slots are only taken here, never given back, so the lowest free
         // one only rises: one pass over the slots serves every new id,
         // where a search from slot 0 for each took seconds for a thousand
@@ -138,9 +137,9 @@ impl SlotTable {
                 None => {
                     let slot = fresh
                         .next()
-                        .or_else(|| lowest.find(|&s| !taken.contains(s)))
+                        .or_else(|| lowest.find(|&s| !taken.contains(s as usize)))
                         .ok_or(CompileError::TooManyOrders { max: MAX_ORDERS })?;
-                    taken.insert(slot);
+                    taken.insert(slot as usize);
                     slot
                 }
             };
@@ -150,29 +149,6 @@ impl SlotTable {
             }
         }
         Ok((Self { slots: table }, slots))
-    }
-}
-
-/// A set of slots, a bit each.
-struct SlotSet(Vec<u64>);
-
-impl Default for SlotSet {
-    fn default() -> Self {
-        Self(vec![0; MAX_ORDERS.div_ceil(64) as usize])
-    }
-}
-
-impl SlotSet {
-    fn insert(&mut self, slot: u32) {
-        if let Some(word) = self.0.get_mut(slot as usize / 64) {
-            *word |= 1 << (slot % 64);
-        }
-    }
-
-    fn contains(&self, slot: u32) -> bool {
-        self.0
-            .get(slot as usize / 64)
-            .is_some_and(|word| word & 1 << (slot % 64) != 0)
     }
 }
 

@@ -12,6 +12,7 @@
 //! `reference` (the contract's matching rules in plain Rust: the oracle the
 //! tests hold the compiler and the datapath to).
 pub mod audit;
+mod bits;
 pub mod cli;
 pub mod compile;
 pub mod config;

@@ -7,7 +7,10 @@
 use ipnetwork::IpNetwork;
 use time::OffsetDateTime;
 
-use crate::feed::{Feed, Order, Rung, Status};
+use crate::{
+    bits::Bits,
+    feed::{Feed, Order, Rung, Status},
+};
 
 /// The limits an operator puts on what any feed may enforce.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,8 +176,8 @@ impl Ranges {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for prefix in protected {
             match prefix {
-                IpNetwork::V4(p) => v4.push(span(u32::from(p.ip()).into(), 32, p.prefix())),
-                IpNetwork::V6(p) => v6.push(span(p.ip().into(), 128, p.prefix())),
+                IpNetwork::V4(p) => v4.push(span4(p)),
+                IpNetwork::V6(p) => v6.push(span6(p)),
             }
         }
         Self {
@@ -190,10 +193,24 @@ impl Ranges {
     /// Whether `target`'s range meets a protected one.
     fn meets(&self, target: &IpNetwork) -> bool {
         match target {
-            IpNetwork::V4(p) => self.v4.meets(u32::from(p.ip()).into(), p.prefix()),
-            IpNetwork::V6(p) => self.v6.meets(p.ip().into(), p.prefix()),
+            IpNetwork::V4(p) => self
+                .v4
+                .meets(u32::from(p.ip()).into(), p.prefix(), || span4(p)),
+            IpNetwork::V6(p) => self.v6.meets(p.ip().into(), p.prefix(), || span6(p)),
         }
     }
+}
+
+/// A prefix's first and last address.
+fn span4(p: &ipnetwork::Ipv4Network) -> (u128, u128) {
+    (
+        u32::from(p.network()).into(),
+        u32::from(p.broadcast()).into(),
+    )
+}
+
+fn span6(p: &ipnetwork::Ipv6Network) -> (u128, u128) {
+    (p.network().into(), p.broadcast().into())
 }
 
 /// One family's protected ranges, and a filter of the buckets (IPv4 /16s,
@@ -207,9 +224,9 @@ struct Family {
     wide: Vec<(u128, u128)>,
     /// A bit for each bucket's hash, set for the buckets the other ranges
     /// touch.
-    touched: Vec<u64>,
-    /// Address bits in all, and below a bucket.
-    width: u8,
+    touched: Bits,
+    /// A bucket's prefix length, and the address bits below it.
+    bucket: u8,
     shift: u32,
 }
 
@@ -224,42 +241,34 @@ impl Family {
     fn new(ranges: Vec<(u128, u128)>, width: u8, bucket: u8) -> Self {
         let ranges = merged(ranges);
         let shift = u32::from(width - bucket);
-        let (mut wide, mut touched) = (Vec::new(), vec![0u64; 1 << (FILTER_BITS - 6)]);
+        let (mut wide, mut touched) = (Vec::new(), Bits::new(1 << FILTER_BITS));
         for &(first, last) in &ranges {
             let (from, to) = (first >> shift, last >> shift);
             if to - from >= WIDE {
                 wide.push((first, last));
             } else {
-                for bucket in from..=to {
-                    let bit = filter_bit(bucket);
-                    touched[bit / 64] |= 1 << (bit % 64);
-                }
+                (from..=to).for_each(|bucket| touched.insert(filter_bit(bucket)));
             }
         }
         Self {
             ranges,
             wide,
             touched,
-            width,
+            bucket,
             shift,
         }
     }
 
-    /// Whether the prefix of `address` `length` bits long meets one of the
-    /// ranges.
-    fn meets(&self, address: u128, length: u8) -> bool {
+    /// Whether the prefix of `address` `length` bits long, whose first and
+    /// last address `span` gives, meets one of the ranges.
+    fn meets(&self, address: u128, length: u8, span: impl FnOnce() -> (u128, u128)) -> bool {
         if self.ranges.is_empty() {
             return false;
         }
-        let target = || span(address, self.width, length);
-        let host = u32::from(self.width - length);
-        if host <= self.shift {
-            let bit = filter_bit(address >> self.shift);
-            if self.touched[bit / 64] & 1 << (bit % 64) == 0 {
-                return !self.wide.is_empty() && meets(&self.wide, target());
-            }
+        if length >= self.bucket && !self.touched.contains(filter_bit(address >> self.shift)) {
+            return !self.wide.is_empty() && meets(&self.wide, span());
         }
-        meets(&self.ranges, target())
+        meets(&self.ranges, span())
     }
 }
 
@@ -269,15 +278,6 @@ fn filter_bit(bucket: u128) -> usize {
     // are the hash.
     let hash = (bucket as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS);
     hash as usize
-}
-
-/// The first and last address of the prefix of `address` `length` bits
-/// long, in a family `width` bits wide (an IPv4 address in the low 32).
-fn span(address: u128, width: u8, length: u8) -> (u128, u128) {
-    let host = u128::MAX
-        .checked_shr(128 - u32::from(width - length))
-        .unwrap_or(0);
-    (address & !host, address | host)
 }
 
 /// `ranges` sorted, those that meet or touch merged.
