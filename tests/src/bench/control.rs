@@ -469,8 +469,7 @@ pub fn pipeline(orders: &[Order], max_prefixes: u32) -> Pipeline {
         applied = now;
     }
     let totals: Vec<Duration> = updates.iter().map(Stages::total).collect();
-    updates.sort_by_key(Stages::total);
-    let update = updates.swap_remove(UPDATES / 2);
+    let update = median_run(updates);
     let (download, applied) = loader.downloaded(&public, &server, &third, Some(&applied));
     eprintln!("bench: 1% update over HTTP: {download:?}");
     let one_order = one_order(
@@ -529,8 +528,13 @@ fn one_order(
         adds.push(add);
         applied = now;
     }
-    adds.sort_by_key(Stages::total);
-    adds.swap_remove(adds.len() / 2)
+    median_run(adds)
+}
+
+/// The run of the median total.
+fn median_run(mut runs: Vec<Stages>) -> Stages {
+    runs.sort_by_key(Stages::total);
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// In-process 1% updates timed for [`Pipeline::update`] (odd, so that the
