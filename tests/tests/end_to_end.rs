@@ -616,3 +616,143 @@ fn a_window_opening_moves_gauges_and_audit_but_not_the_tables() {
         "check names {ORDER} once in force:\n{check}"
     );
 }
+
+/// `blocker plan` against the feed the daemon applied: what a candidate
+/// would change, by order and by prefix, and whether it would be refused;
+/// the daemon and its tables untouched.
+#[test]
+fn plan_names_what_a_candidate_changes_and_applies_nothing() {
+    const NEW: &str = "E2E-NEW";
+    let (edge, daemon) = start();
+    let config = edge.config_path();
+    let config = config.to_str().expect("utf-8 path");
+    // A candidate beside the feed, signed by the regulator's key (or
+    // another), its signature next to it as `blocker plan` looks for it.
+    let candidate = |name: &str, serial: u64, orders: &[Order], key: &KeyPair| {
+        let path = edge.dir.path().join(name);
+        let yaml =
+            blocker_tests::orders::feed_yaml(serial, time::OffsetDateTime::now_utc(), orders);
+        std::fs::write(&path, yaml).expect("writing the candidate");
+        key.sign(&path);
+        path.to_str().expect("utf-8 path").to_owned()
+    };
+    let plan = |feed: &str, json: bool| {
+        let mut args = vec!["plan", "--config", config, feed];
+        if json {
+            args.push("--json");
+        }
+        edge.blocker(&args)
+    };
+
+    // One order's target moved, one gone, one kept, one new.
+    let mut next = vec![
+        server_rung(drop_order(DROP_V4, Direction::Dst, &["198.51.100.30"])),
+        orders()[2].clone(),
+        server_rung(drop_order(NEW, Direction::Both, &["203.0.113.8/29"])),
+    ];
+    let good = candidate("next.yaml", SERIAL + 1, &next, &edge.key);
+    let text = stdout_of(&plan(&good, false), "blocker plan");
+    for line in [
+        format!("serial {SERIAL} -> {}", SERIAL + 1),
+        "(signature verified)".to_owned(),
+        format!("orders added     {NEW}"),
+        format!("orders removed   {DROP_V6}"),
+        format!("orders changed   {DROP_V4}"),
+        "prefixes         +2 -2 =2".to_owned(),
+        format!("newly enforced   {NEW} (drop): 8 addresses"),
+    ] {
+        assert!(text.contains(&line), "no `{line}` in the plan:\n{text}");
+    }
+    assert!(!text.contains("REFUSED"), "{text}");
+    let json = stdout_of(&plan(&good, true), "blocker plan --json");
+    let json: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|err| panic!("plan --json is not JSON ({err}):\n{json}"));
+    assert_eq!(json["would_apply"], true, "{json:#}");
+    assert_eq!(
+        json["orders"]["added"],
+        serde_json::json!([NEW]),
+        "{json:#}"
+    );
+    assert_eq!(
+        json["orders"]["removed"],
+        serde_json::json!([DROP_V6]),
+        "{json:#}"
+    );
+    assert_eq!(
+        json["orders"]["changed"],
+        serde_json::json!([DROP_V4]),
+        "{json:#}"
+    );
+    assert_eq!(json["orders"]["unchanged"], 1, "{json:#}");
+    assert_eq!(
+        json["prefixes"]["added"],
+        serde_json::json!(["198.51.100.30/32", "203.0.113.8/29"]),
+        "{json:#}"
+    );
+    assert_eq!(
+        json["prefixes"]["removed"],
+        serde_json::json!(["198.51.100.10/32", "2001:db8:100::10/128"]),
+        "{json:#}"
+    );
+    assert_eq!(json["newly_enforced"][0]["addresses"], "8", "{json:#}");
+
+    // Refused: a serial not above the one in force; another key's signature.
+    for (name, serial, key, why) in [
+        (
+            "replay.yaml",
+            SERIAL,
+            &edge.key,
+            "is not larger than serial",
+        ),
+        ("forged.yaml", SERIAL + 1, &KeyPair::generate(), "signature"),
+    ] {
+        let feed = candidate(name, serial, &next, key);
+        let out = plan(&feed, false);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "plan of {name}:\n{text}");
+        assert!(
+            text.contains("WOULD BE REFUSED") && text.contains(why),
+            "plan of {name} names no `{why}` refusal:\n{text}"
+        );
+    }
+
+    // Thirty new orders: the text names twenty and counts the rest, the
+    // JSON lists all thirty.
+    next.extend((0..30u8).map(|i| {
+        server_rung(drop_order(
+            &format!("E2E-MANY-{i:02}"),
+            Direction::Dst,
+            &[&format!("203.0.113.{}", 100 + i)],
+        ))
+    }));
+    let many = candidate("many.yaml", SERIAL + 2, &next, &edge.key);
+    let text = stdout_of(&plan(&many, false), "blocker plan of 31 new orders");
+    let added = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("orders added"))
+        .unwrap_or_else(|| panic!("no orders added line:\n{text}"));
+    assert!(
+        added.contains("31: E2E-MANY-00,")
+            && added.ends_with("and 11 more (--json lists them all)"),
+        "{added}"
+    );
+    assert_eq!(added.matches("E2E-").count(), 20, "{added}");
+    assert!(
+        // The eleven past the twentieth: E2E-MANY-20..29, one address
+        // each, and E2E-NEW's eight.
+        text.contains("newly enforced   11 more orders: 18 addresses (--json lists them all)"),
+        "{text}"
+    );
+    let json = stdout_of(&plan(&many, true), "blocker plan --json of 31 new orders");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["orders"]["added"].as_array().map(Vec::len), Some(31));
+    assert_eq!(json["newly_enforced"].as_array().map(Vec::len), Some(31));
+
+    // Nothing was applied: the daemon still enforces the feed it had.
+    let scrape = daemon.scrape();
+    assert_eq!(scrape.get("blocker_feed_serial", &[]), Some(SERIAL as f64));
+    assert_eq!(
+        scrape.get("blocker_orders", &[("state", "in_force")]),
+        Some(3.0)
+    );
+}

@@ -19,6 +19,10 @@ use crate::{
     signature::{self, PublicKey},
 };
 
+/// Orders a line of the text report names before it counts the rest: a
+/// feed's change can add or remove thousands (`--json` lists every one).
+const LISTED: usize = 20;
+
 /// How many addresses a prefix covers.
 fn addresses(prefix: &IpNetwork) -> u128 {
     let host_bits = match prefix {
@@ -186,11 +190,15 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         println!("  WOULD BE REFUSED: {refusal}");
     }
     let list = |label: &str, items: Vec<&&str>| {
-        if !items.is_empty() {
-            println!(
-                "  {label:<16} {}",
-                items.iter().map(|s| **s).collect::<Vec<_>>().join(", ")
-            );
+        let shown = items.iter().take(LISTED).map(|s| **s).collect::<Vec<_>>();
+        match items.len() {
+            0 => {}
+            n if n <= LISTED => println!("  {label:<16} {}", shown.join(", ")),
+            n => println!(
+                "  {label:<16} {n}: {}, and {} more (--json lists them all)",
+                shown.join(", "),
+                n - LISTED
+            ),
         }
     };
     list("orders added", after_ids.difference(&before_ids).collect());
@@ -216,8 +224,19 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         report["prefixes"]["removed"].as_array().map_or(0, Vec::len),
         unchanged_prefixes
     );
-    for (id, action, count) in &newly_enforced {
+    for (id, action, count) in newly_enforced.iter().take(LISTED) {
         println!("  newly enforced   {id} ({action}): {count} addresses");
+    }
+    if newly_enforced.len() > LISTED {
+        let rest = &newly_enforced[LISTED..];
+        let addresses = rest
+            .iter()
+            .map(|(_, _, count)| *count)
+            .fold(0, u128::saturating_add);
+        println!(
+            "  newly enforced   {} more orders: {addresses} addresses (--json lists them all)",
+            rest.len()
+        );
     }
     Ok(exit)
 }
