@@ -1345,106 +1345,298 @@ fn packet_strategy() -> impl Strategy<Value = Packet> {
     )
 }
 
-#[test]
-fn kernel_verdicts_match_the_reference() {
+/// One case of the kernel's verdicts against the reference: `orders`
+/// evaluated at `now` and applied to `rig` as the daemon does (most cases
+/// after the last are patched in: counted in `patched`), then each of
+/// `packets` run through the program, its verdict and the order counted
+/// compared with `reference::verdict`.
+fn verdicts_agree(
+    rig: &RefCell<Rig>,
+    now: OffsetDateTime,
+    orders: Vec<Order>,
+    observe: bool,
+    packets: &[Packet],
+    patched: &std::cell::Cell<usize>,
+) -> Result<(), TestCaseError> {
+    let enforcement = if observe {
+        Enforcement::Observe
+    } else {
+        Enforcement::Enforce
+    };
+    // As the daemon does: evaluate at `now`, load what is in force or
+    // pending (the kernel keeps pending orders closed by their window).
+    let feed = feed::Feed {
+        serial: 1,
+        issued_at: now,
+        issuer: "BLKT-TEST".to_owned(),
+        orders,
+    };
+    let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
+        .map_err(|err| TestCaseError::fail(format!("evaluating: {err}")))?;
+    let enforceable: Vec<&Order> = evaluation.enforceable().collect();
+    let in_force: Vec<&Order> = evaluation.in_force().collect();
+    let mut rig = rig.borrow_mut();
+    rig.apply_in_force(&enforceable, enforcement);
+    if rig.applied.is_some_and(|a| a.patched) {
+        patched.set(patched.get() + 1);
+    }
+    // More orders on one prefix than an entry holds is covered by
+    // `in_force_order_behind_many_pending_orders_is_enforced`.
+    prop_assume!(rig.compiled.as_ref().is_some_and(|c| c.overflow == 0));
+    for packet in packets {
+        let frame = packet.frame();
+        let expected = reference::verdict(&in_force, enforcement, packet.src, packet.dst);
+        let before = rig.all_counters();
+        let verdict = rig.run(&frame.bytes);
+        let after = rig.all_counters();
+        let expected_verdict = match &expected {
+            Some(w) if w.action == Action::Drop && enforcement == Enforcement::Enforce => XDP_DROP,
+            _ => XDP_PASS,
+        };
+        prop_assert_eq!(
+            verdict,
+            expected_verdict,
+            "verdict for {:?} (reference: {:?})",
+            packet,
+            expected
+        );
+        let counted: Vec<&String> = after
+            .iter()
+            .filter(|(id, c)| **c != before[*id])
+            .map(|(id, _)| id)
+            .collect();
+        let expected_counted: Vec<&String> = expected.iter().map(|w| &w.order).collect();
+        prop_assert_eq!(
+            &counted,
+            &expected_counted,
+            "counted order for {:?} (reference: {:?})",
+            packet,
+            expected
+        );
+        if let Some(id) = counted.first() {
+            let (b, a) = (before[*id], after[*id]);
+            prop_assert_eq!(a.packets - b.packets, 1);
+            prop_assert_eq!(a.bytes - b.bytes, frame.len() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cases` cases of `strategy` (a feed, observe or not, packets)
+/// through [`verdicts_agree`] on one rig; at least `min_patched` of them
+/// must have been patched in, and all within `limit`.
+fn verdicts_agree_over(
+    what: &str,
+    cases: u32,
+    min_patched: usize,
+    limit: Duration,
+    strategy: impl Strategy<Value = (Vec<Order>, bool, Vec<Packet>)>,
+    now: OffsetDateTime,
+) {
     let rig = RefCell::new(Rig::new());
     let config = Config {
-        cases: 300,
+        cases,
         max_shrink_iters: 400,
         max_shrink_time: 60_000,
         failure_persistence: None,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
+    let started = std::time::Instant::now();
+    // Each case's feed replaces the last: most are patched into the tables.
+    let patched = std::cell::Cell::new(0);
+    let result = runner.run(&strategy, |(orders, observe, packets)| {
+        verdicts_agree(&rig, now, orders, observe, &packets, &patched)
+    });
+    if let Err(err) = result {
+        panic!("{what}: the XDP program disagrees with reference::verdict: {err}");
+    }
+    // A feed of another enforcement mode is laid out whole; the rest are
+    // patches.
+    assert!(
+        patched.get() >= min_patched,
+        "{what}: only {} of {cases} applies were patches",
+        patched.get()
+    );
+    assert!(
+        started.elapsed() < limit,
+        "{what}: {cases} cases took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn kernel_verdicts_match_the_reference() {
     let now = OffsetDateTime::now_utc();
     let strategy = (
         feed_strategy(now),
         any::<bool>(),
         prop::collection::vec(packet_strategy(), 1..=24),
     );
-    let started = std::time::Instant::now();
-    // Each case's feed replaces the last: most are patched into the tables.
-    let patched = std::cell::Cell::new(0);
-    let result = runner.run(&strategy, |(orders, observe, packets)| {
-        let enforcement = if observe {
-            Enforcement::Observe
-        } else {
-            Enforcement::Enforce
-        };
-        // As the daemon does: evaluate at `now`, load what is in force or
-        // pending (the kernel keeps pending orders closed by their window).
-        let feed = feed::Feed {
-            serial: 1,
-            issued_at: now,
-            issuer: "BLKT-TEST".to_owned(),
-            orders,
-        };
-        let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
-            .map_err(|err| TestCaseError::fail(format!("evaluating: {err}")))?;
-        let enforceable: Vec<&Order> = evaluation.enforceable().collect();
-        let in_force: Vec<&Order> = evaluation.in_force().collect();
-        let mut rig = rig.borrow_mut();
-        rig.apply_in_force(&enforceable, enforcement);
-        if rig.applied.is_some_and(|a| a.patched) {
-            patched.set(patched.get() + 1);
-        }
-        // More orders on one prefix than an entry holds is covered by
-        // `in_force_order_behind_many_pending_orders_is_enforced`.
-        prop_assume!(rig.compiled.as_ref().is_some_and(|c| c.overflow == 0));
-        for packet in &packets {
-            let frame = packet.frame();
-            let expected = reference::verdict(&in_force, enforcement, packet.src, packet.dst);
-            let before = rig.all_counters();
-            let verdict = rig.run(&frame.bytes);
-            let after = rig.all_counters();
-            let expected_verdict = match &expected {
-                Some(w) if w.action == Action::Drop && enforcement == Enforcement::Enforce => {
-                    XDP_DROP
+    verdicts_agree_over(
+        "curated prefixes",
+        300,
+        100,
+        Duration::from_secs(240),
+        strategy,
+        now,
+    );
+}
+
+/// IPv4 /16s that [`any_prefix`] draws from, and the bits (from the
+/// most significant, 0) an address in them may have set: few, so that
+/// prefixes of every length from /16 to /32 nest, overlap, share /16s,
+/// buckets and /20s, or lie alone in them.
+const V4_BLOCKS: [u32; 3] = [0xcb00_0000, 0xc633_0000, 0xc000_0000];
+const V4_BITS: [u32; 10] = [16, 18, 20, 22, 23, 24, 26, 28, 30, 31];
+/// The same for IPv6, in 2001:db8::/29..: bits past /32, at the lengths the
+/// lookup treats apart (the /32 bucket, /48, /64) and between them.
+const V6_BASE: u128 = 0x2001_0db8 << 96;
+const V6_BITS: [u32; 12] = [32, 36, 40, 47, 52, 56, 63, 64, 80, 96, 112, 127];
+
+/// A prefix of any length a datacenter order may hold (IPv4 /16../32,
+/// IPv6 /29../128), in the few blocks above.
+fn any_prefix() -> impl Strategy<Value = ipnetwork::IpNetwork> {
+    // Half the lengths any, half those the lookup treats apart.
+    let v4_len = prop_oneof![16u8..=32, prop::sample::select(&[16u8, 20, 24, 32][..])];
+    let v6_len = prop_oneof![29u8..=128, prop::sample::select(&[32u8, 48, 64, 128][..])];
+    let v4 = (0..V4_BLOCKS.len(), any::<u16>(), v4_len).prop_map(|(block, bits, len)| {
+        let addr = V4_BITS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bits >> i & 1 != 0)
+            .fold(V4_BLOCKS[block], |a, (_, b)| a | 1 << (31 - b));
+        let net = addr & (u32::MAX << (32 - u32::from(len)));
+        ipnetwork::IpNetwork::new(std::net::Ipv4Addr::from(net).into(), len).expect("a prefix")
+    });
+    let v6 = (any::<u16>(), v6_len).prop_map(|(bits, len)| {
+        let addr = V6_BITS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bits >> i & 1 != 0)
+            .fold(V6_BASE, |a, (_, b)| a | 1 << (127 - b));
+        let net = addr & (u128::MAX << (128 - u32::from(len)));
+        ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(net).into(), len).expect("a prefix")
+    });
+    prop_oneof![v4, v6]
+}
+
+/// Up to ten orders of one to five prefixes each from [`any_prefix`],
+/// with random actions, directions, windows and statuses.
+fn any_length_feed(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
+    let one = (
+        any::<bool>(),
+        0u8..3,
+        prop::collection::btree_set(any_prefix(), 1..=5),
+        0..WINDOWS.len(),
+        prop::sample::select(STATUSES),
+    );
+    prop::collection::btree_map(0u8..32, one, 1..=10).prop_map(move |orders| {
+        orders
+            .into_iter()
+            .map(|(n, (drop, direction, targets, window, status))| {
+                let (from, until) = WINDOWS[window];
+                Order {
+                    targets: targets.into_iter().collect(),
+                    effective_from: from.map(|h| now + time::Duration::hours(h)),
+                    expires_at: until.map(|h| now + time::Duration::hours(h)),
+                    status,
+                    ..order(
+                        &format!("L-{n:02}"),
+                        if drop { Action::Drop } else { Action::Monitor },
+                        match direction {
+                            0 => Direction::Dst,
+                            1 => Direction::Src,
+                            _ => Direction::Both,
+                        },
+                        &[],
+                    )
                 }
-                _ => XDP_PASS,
-            };
-            prop_assert_eq!(
-                verdict,
-                expected_verdict,
-                "verdict for {:?} (reference: {:?})",
-                packet,
-                expected
-            );
-            let counted: Vec<&String> = after
-                .iter()
-                .filter(|(id, c)| **c != before[*id])
-                .map(|(id, _)| id)
-                .collect();
-            let expected_counted: Vec<&String> = expected.iter().map(|w| &w.order).collect();
-            prop_assert_eq!(
-                &counted,
-                &expected_counted,
-                "counted order for {:?} (reference: {:?})",
-                packet,
-                expected
-            );
-            if let Some(id) = counted.first() {
-                let (b, a) = (before[*id], after[*id]);
-                prop_assert_eq!(a.packets - b.packets, 1);
-                prop_assert_eq!(a.bytes - b.bytes, frame.len() as u64);
+            })
+            .collect()
+    })
+}
+
+/// Addresses at and around each target of `orders`: its first and last
+/// address, one in its middle, and the addresses just outside it.
+fn around_targets(orders: &[Order]) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    for target in orders.iter().flat_map(|o| o.targets.iter()) {
+        match target {
+            ipnetwork::IpNetwork::V4(p) => {
+                let (first, last) = (u32::from(p.network()), u32::from(p.broadcast()));
+                for a in [
+                    first,
+                    last,
+                    first + (last - first) / 2,
+                    first.wrapping_sub(1),
+                    last.wrapping_add(1),
+                ] {
+                    addresses.push(IpAddr::from(std::net::Ipv4Addr::from(a)));
+                }
+            }
+            ipnetwork::IpNetwork::V6(p) => {
+                let (first, last) = (u128::from(p.network()), u128::from(p.broadcast()));
+                for a in [
+                    first,
+                    last,
+                    first + (last - first) / 2,
+                    first.wrapping_sub(1),
+                    last.wrapping_add(1),
+                ] {
+                    addresses.push(IpAddr::from(std::net::Ipv6Addr::from(a)));
+                }
             }
         }
-        Ok(())
-    });
-    if let Err(err) = result {
-        panic!("the XDP program disagrees with reference::verdict: {err}");
     }
-    // A feed of another enforcement mode is laid out whole; the rest are
-    // patches.
-    assert!(
-        patched.get() >= 100,
-        "only {} of 300 applies were patches",
-        patched.get()
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(240),
-        "300 cases took {:?}",
-        started.elapsed()
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
+/// Prefixes of every length an order may hold, nesting and overlapping in
+/// a few blocks (unlike the curated list of the test above), and frames to
+/// and from addresses at, in and just outside each of them.
+#[test]
+fn kernel_verdicts_match_the_reference_at_every_length() {
+    let now = OffsetDateTime::now_utc();
+    let strategy = (any_length_feed(now), any::<bool>()).prop_flat_map(|(orders, observe)| {
+        let addresses = around_targets(&orders);
+        let packet = (
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            0usize..=2,
+            0u8..3,
+            0usize..48,
+        )
+            .prop_map(move |(dst, src, vlans, kind, payload)| {
+                let dst = *dst.get(&addresses);
+                let same: Vec<IpAddr> = addresses
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_ipv4() == dst.is_ipv4())
+                    .collect();
+                Packet {
+                    vlans,
+                    src: *src.get(&same),
+                    dst,
+                    kind,
+                    payload,
+                }
+            });
+        (
+            Just(orders),
+            Just(observe),
+            prop::collection::vec(packet, 1..=32),
+        )
+    });
+    verdicts_agree_over(
+        "prefixes of every length",
+        400,
+        120,
+        Duration::from_secs(240),
+        strategy,
+        now,
     );
 }
 
