@@ -1560,35 +1560,36 @@ fn any_length_feed(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
 /// Addresses at and around each target of `orders`: its first and last
 /// address, one in its middle, and the addresses just outside it.
 fn around_targets(orders: &[Order]) -> Vec<IpAddr> {
-    let mut addresses = Vec::new();
-    for target in orders.iter().flat_map(|o| o.targets.iter()) {
-        match target {
-            ipnetwork::IpNetwork::V4(p) => {
-                let (first, last) = (u32::from(p.network()), u32::from(p.broadcast()));
-                for a in [
-                    first,
-                    last,
-                    first + (last - first) / 2,
-                    first.wrapping_sub(1),
-                    last.wrapping_add(1),
-                ] {
-                    addresses.push(IpAddr::from(std::net::Ipv4Addr::from(a)));
-                }
-            }
-            ipnetwork::IpNetwork::V6(p) => {
-                let (first, last) = (u128::from(p.network()), u128::from(p.broadcast()));
-                for a in [
-                    first,
-                    last,
-                    first + (last - first) / 2,
-                    first.wrapping_sub(1),
-                    last.wrapping_add(1),
-                ] {
-                    addresses.push(IpAddr::from(std::net::Ipv6Addr::from(a)));
-                }
-            }
-        }
-    }
+    let mut addresses: Vec<IpAddr> = orders
+        .iter()
+        .flat_map(|o| o.targets.iter())
+        .flat_map(|target| {
+            // Both families as numbers, IPv4 wrapping at its own width.
+            let (first, last, all) = match target {
+                ipnetwork::IpNetwork::V4(p) => (
+                    u128::from(u32::from(p.network())),
+                    u128::from(u32::from(p.broadcast())),
+                    u128::from(u32::MAX),
+                ),
+                ipnetwork::IpNetwork::V6(p) => (
+                    u128::from(p.network()),
+                    u128::from(p.broadcast()),
+                    u128::MAX,
+                ),
+            };
+            [
+                first,
+                last,
+                first + (last - first) / 2,
+                first.wrapping_sub(1) & all,
+                last.wrapping_add(1) & all,
+            ]
+            .map(|a| match u32::try_from(a) {
+                Ok(v4) if target.is_ipv4() => IpAddr::from(std::net::Ipv4Addr::from(v4)),
+                _ => IpAddr::from(std::net::Ipv6Addr::from(a)),
+            })
+        })
+        .collect();
     addresses.sort_unstable();
     addresses.dedup();
     addresses
