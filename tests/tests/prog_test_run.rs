@@ -14,7 +14,7 @@ use blocker::{
 use blocker_common::{COPY_CHUNK, OrderCounters, STAT_COUNT, Stat};
 use blocker_tests::{
     frame::{self, ETH_HDR_LEN, ETH_P_8021Q, Frame, FrameSpec},
-    orders::{drop_order, monitor_order, order},
+    orders::{drop_order, monitor_order, order, prefix},
     rig::Rig,
 };
 use proptest::{
@@ -925,6 +925,16 @@ fn order_window_opens_and_closes_without_an_apply() {
     assert_eq!(rig.counters("TIMED").packets, 2);
 }
 
+/// A feed of `orders`, issued `now`.
+fn test_feed(orders: Vec<Order>, now: OffsetDateTime) -> feed::Feed {
+    feed::Feed {
+        serial: 1,
+        issued_at: now,
+        issuer: "BLKT-TEST".to_owned(),
+        orders,
+    }
+}
+
 /// An order in force must act even when more higher-ranked orders than an
 /// entry holds cover the same address but are not in force yet (the daemon
 /// loads pending orders with their windows).
@@ -946,12 +956,7 @@ fn in_force_order_behind_many_pending_orders_is_enforced() {
         Direction::Dst,
         &["203.0.113.0/24"],
     ));
-    let feed = feed::Feed {
-        serial: 1,
-        issued_at: now,
-        issuer: "BLKT-TEST".to_owned(),
-        orders,
-    };
+    let feed = test_feed(orders, now);
     let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
         .unwrap_or_else(|err| panic!("evaluating: {err}"));
     let enforceable: Vec<&Order> = evaluation.enforceable().collect();
@@ -1295,6 +1300,39 @@ fn order_strategy() -> impl Strategy<Value = OrderParts> {
     )
 }
 
+/// The order `id` of a random case: drop or monitor, its direction (0
+/// `dst`, 1 `src`, else `both`), its targets, its window (an index into
+/// [`WINDOWS`], around `now`) and its status.
+fn drawn_order(
+    id: &str,
+    (drop, direction, targets, window, status): (
+        bool,
+        u8,
+        impl IntoIterator<Item = ipnetwork::IpNetwork>,
+        usize,
+        Status,
+    ),
+    now: OffsetDateTime,
+) -> Order {
+    let (from, until) = WINDOWS[window];
+    Order {
+        targets: targets.into_iter().collect(),
+        effective_from: from.map(|h| now + time::Duration::hours(h)),
+        expires_at: until.map(|h| now + time::Duration::hours(h)),
+        status,
+        ..order(
+            id,
+            if drop { Action::Drop } else { Action::Monitor },
+            match direction {
+                0 => Direction::Dst,
+                1 => Direction::Src,
+                _ => Direction::Both,
+            },
+            &[],
+        )
+    }
+}
+
 /// Up to six orders with unique ids, random actions, directions, targets,
 /// windows (around `now`) and statuses, in random feed order.
 fn feed_strategy(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
@@ -1303,21 +1341,12 @@ fn feed_strategy(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
             orders
                 .into_iter()
                 .map(|(n, (drop, direction, targets, window, status))| {
-                    let mut order = order(
+                    let targets = targets.iter().map(|t| prefix(t));
+                    drawn_order(
                         &format!("P-{n:02}"),
-                        if drop { Action::Drop } else { Action::Monitor },
-                        match direction {
-                            0 => Direction::Dst,
-                            1 => Direction::Src,
-                            _ => Direction::Both,
-                        },
-                        &targets,
-                    );
-                    let (from, until) = WINDOWS[window];
-                    order.effective_from = from.map(|h| now + time::Duration::hours(h));
-                    order.expires_at = until.map(|h| now + time::Duration::hours(h));
-                    order.status = status;
-                    order
+                        (drop, direction, targets, window, status),
+                        now,
+                    )
                 })
                 .collect::<Vec<_>>()
         })
@@ -1365,12 +1394,7 @@ fn verdicts_agree(
     };
     // As the daemon does: evaluate at `now`, load what is in force or
     // pending (the kernel keeps pending orders closed by their window).
-    let feed = feed::Feed {
-        serial: 1,
-        issued_at: now,
-        issuer: "BLKT-TEST".to_owned(),
-        orders,
-    };
+    let feed = test_feed(orders, now);
     let evaluation = policy::evaluate(&feed, &policy::Guardrails::default(), now)
         .map_err(|err| TestCaseError::fail(format!("evaluating: {err}")))?;
     let enforceable: Vec<&Order> = evaluation.enforceable().collect();
@@ -1534,25 +1558,7 @@ fn any_length_feed(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
     prop::collection::btree_map(0u8..32, one, 1..=10).prop_map(move |orders| {
         orders
             .into_iter()
-            .map(|(n, (drop, direction, targets, window, status))| {
-                let (from, until) = WINDOWS[window];
-                Order {
-                    targets: targets.into_iter().collect(),
-                    effective_from: from.map(|h| now + time::Duration::hours(h)),
-                    expires_at: until.map(|h| now + time::Duration::hours(h)),
-                    status,
-                    ..order(
-                        &format!("L-{n:02}"),
-                        if drop { Action::Drop } else { Action::Monitor },
-                        match direction {
-                            0 => Direction::Dst,
-                            1 => Direction::Src,
-                            _ => Direction::Both,
-                        },
-                        &[],
-                    )
-                }
-            })
+            .map(|(n, drawn)| drawn_order(&format!("L-{n:02}"), drawn, now))
             .collect()
     })
 }
@@ -1603,6 +1609,7 @@ fn kernel_verdicts_match_the_reference_at_every_length() {
     let now = OffsetDateTime::now_utc();
     let strategy = (any_length_feed(now), any::<bool>()).prop_flat_map(|(orders, observe)| {
         let addresses = around_targets(&orders);
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addresses.iter().partition(|a| a.is_ipv4());
         let packet = (
             any::<prop::sample::Index>(),
             any::<prop::sample::Index>(),
@@ -1612,14 +1619,10 @@ fn kernel_verdicts_match_the_reference_at_every_length() {
         )
             .prop_map(move |(dst, src, vlans, kind, payload)| {
                 let dst = *dst.get(&addresses);
-                let same: Vec<IpAddr> = addresses
-                    .iter()
-                    .copied()
-                    .filter(|a| a.is_ipv4() == dst.is_ipv4())
-                    .collect();
+                let same = if dst.is_ipv4() { &v4 } else { &v6 };
                 Packet {
                     vlans,
-                    src: *src.get(&same),
+                    src: *src.get(same),
                     dst,
                     kind,
                     payload,
