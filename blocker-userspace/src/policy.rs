@@ -334,9 +334,8 @@ pub fn evaluate(
     // Two halves side by side: each order's targets are read for the
     // guardrails, a million of them in a big feed.
     let (first, second) = feed.orders.split_at(feed.orders.len() / 2);
-    let targets = feed.orders.iter().map(|o| o.targets.len()).sum();
     let (a, b) = crate::parallel::join(
-        targets,
+        feed.orders.iter().map(|o| o.targets.len()).sum(),
         || evaluate_some(first, guardrails, &protected, now),
         || evaluate_some(second, guardrails, &protected, now),
     );
@@ -344,10 +343,7 @@ pub fn evaluate(
     orders.extend(b.orders);
     let mut counted = a.counted;
     counted.extend(b.counted);
-    let next_change = match (a.next_change, b.next_change) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let next_change = a.next_change.into_iter().chain(b.next_change).min();
     // Targets within the limit are distinct prefixes within it; past it,
     // the distinct ones are counted.
     let targets: usize = counted.iter().map(|t| t.len()).sum();
@@ -505,6 +501,76 @@ mod tests {
         let ev = evaluate(&f, &g, from).expect("eval");
         assert_eq!(ev.next_change, Some(until));
         assert_eq!(evaluate(&f, &g, until).expect("eval").next_change, None);
+    }
+
+    #[test]
+    fn a_big_feed_evaluates_as_its_orders_one_by_one() {
+        // Enough targets that the two halves run side by side; states,
+        // windows and refusals in both, the nearest window bound in the
+        // second half.
+        let now = datetime!(2026-11-24 10:00 UTC);
+        let g = Guardrails {
+            protected: vec!["192.0.2.53/32".parse().expect("p")],
+            ..Guardrails::default()
+        };
+        let targets: Vec<String> = (0..64).map(|j| format!("198.51.100.{j}/32")).collect();
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let orders: Vec<Order> = (0..400)
+            .map(|i| {
+                let mut o = order(&format!("O{i:03}"), Rung::Server, &targets);
+                let minutes = |m: i64| Some(now + time::Duration::minutes(m));
+                if i % 5 == 0 {
+                    o.effective_from = minutes(if i == 395 { 1 } else { 30 + i % 40 - 20 });
+                }
+                if i % 7 == 0 {
+                    o.expires_at = minutes(60 - i % 90);
+                }
+                if i % 11 == 0 {
+                    o.status = Status::Suspended;
+                }
+                if i % 13 == 0 {
+                    o.targets = o
+                        .targets
+                        .iter()
+                        .copied()
+                        .chain(["192.0.2.53/32".parse().expect("p")])
+                        .collect();
+                }
+                if i % 17 == 0 {
+                    o.targets = o
+                        .targets
+                        .iter()
+                        .copied()
+                        .chain(["203.0.113.0/24".parse().expect("p")])
+                        .collect();
+                }
+                o
+            })
+            .collect();
+        assert!(
+            orders.iter().map(|o| o.targets.len()).sum::<usize>() >= crate::parallel::THREAD_WORTHY
+        );
+        let whole = evaluate(&feed(orders.clone()), &g, now).expect("eval");
+        assert_eq!(whole.orders.len(), orders.len());
+        let mut next_change = None;
+        for (evaluated, order) in whole.orders.iter().zip(&orders) {
+            let alone = evaluate(&feed(vec![order.clone()]), &g, now).expect("eval");
+            assert_eq!(evaluated.id, order.id);
+            assert_eq!(evaluated.state, alone.orders[0].state, "{}", order.id);
+            assert_eq!(evaluated.reasons, alone.orders[0].reasons, "{}", order.id);
+            next_change = next_change.into_iter().chain(alone.next_change).min();
+        }
+        assert_eq!(whole.next_change, next_change);
+        assert_eq!(whole.next_change, Some(now + time::Duration::minutes(1)));
+        for state in [
+            OrderState::InForce,
+            OrderState::Pending,
+            OrderState::Expired,
+            OrderState::Suspended,
+            OrderState::Refused,
+        ] {
+            assert!(whole.count(state) > 0, "{state:?}");
+        }
     }
 
     #[test]
