@@ -528,21 +528,13 @@ mod tests {
                 if i % 11 == 0 {
                     o.status = Status::Suspended;
                 }
-                if i % 13 == 0 {
-                    o.targets = o
-                        .targets
-                        .iter()
-                        .copied()
-                        .chain(["192.0.2.53/32".parse().expect("p")])
-                        .collect();
-                }
-                if i % 17 == 0 {
-                    o.targets = o
-                        .targets
-                        .iter()
-                        .copied()
-                        .chain(["203.0.113.0/24".parse().expect("p")])
-                        .collect();
+                // Refused: a protected address, a prefix broader than the
+                // server rung allows.
+                for (every, extra) in [(13, "192.0.2.53/32"), (17, "203.0.113.0/24")] {
+                    if i % every == 0 {
+                        let extra: IpNetwork = extra.parse().expect("prefix");
+                        o.targets = o.targets.iter().copied().chain([extra]).collect();
+                    }
                 }
                 o
             })
