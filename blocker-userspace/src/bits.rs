@@ -16,11 +16,6 @@ impl Bits {
         }
     }
 
-    /// Every `n` below this may be held.
-    pub fn room(&self) -> usize {
-        self.0.len() * 64
-    }
-
     /// How many are held.
     pub fn count(&self) -> usize {
         self.0.iter().map(|word| word.count_ones() as usize).sum()

@@ -1114,27 +1114,26 @@ impl KeptInputs {
 
     /// Keeps the orders `now` compiled in place of those kept.
     fn keep(&mut self, now: &[(&str, Input)]) {
+        let slots = now.iter().map(|(_, input)| input.slot as usize + 1).max();
+        if let Some(slots) = slots.filter(|&slots| slots > self.by_slot.len()) {
+            self.by_slot.resize_with(slots, || None);
+        }
         let mut present = Bits::new(self.by_slot.len());
         for (id, input) in now {
             let slot = input.slot as usize;
-            if slot >= self.by_slot.len() {
-                self.by_slot.resize_with(slot + 1, || None);
-            }
             match &mut self.by_slot[slot] {
                 Some((kept, old)) if kept == id => *old = input.clone(),
                 other => *other = Some(((*id).to_owned(), input.clone())),
             }
             present.insert(slot);
         }
-        // Slots past the old length hold what `now` put there, or nothing.
-        let mut len = 0;
+        // Every slot `now` does not hold is gone.
         for (slot, kept) in self.by_slot.iter_mut().enumerate() {
-            if kept.is_some() && present.room() > slot && !present.contains(slot) {
+            if !present.contains(slot) {
                 *kept = None;
             }
-            len += usize::from(kept.is_some());
         }
-        self.len = len;
+        self.len = present.count();
     }
 }
 
@@ -1440,12 +1439,10 @@ impl Kept {
     /// cheaper.
     fn diff(&self, inputs: &Inputs<'_>, edits: &Edits) -> Option<([[Vec<Row>; 2]; 2], bool)> {
         // Two halves of the orders side by side.
-        let (first, second) = inputs.inputs.split_at(inputs.inputs.len() / 2);
-        let targets = self.v4.rows.len() + self.v6.rows.len();
-        let (a, b) = crate::parallel::join(
-            targets,
-            || self.diff_some(first, edits),
-            || self.diff_some(second, edits),
+        let (a, b) = crate::parallel::halves(
+            self.v4.rows.len() + self.v6.rows.len(),
+            &inputs.inputs,
+            |some| self.diff_some(some, edits),
         );
         let [mut removed, mut added] = a.rows;
         for (into, from) in removed.iter_mut().zip(b.rows[0].iter()) {

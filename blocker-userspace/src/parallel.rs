@@ -34,6 +34,17 @@ where
     })
 }
 
+/// `work` on each half of `list` ([`join`], `items` the work of both):
+/// the first half's result, then the second's.
+pub fn halves<'a, T: Sync, R: Send>(
+    items: usize,
+    list: &'a [T],
+    work: impl Fn(&'a [T]) -> R + Sync,
+) -> (R, R) {
+    let (first, second) = list.split_at(list.len() / 2);
+    join(items, || work(first), || work(second))
+}
+
 /// Takes the calling thread off CPU `cpu`, when it may run on another.
 ///
 /// A new thread may start on its parent's CPU and share it until the
@@ -130,5 +141,16 @@ mod tests {
         assert_eq!((a, b), (4, 4));
         let (a, b) = join(1, || 1, || 2);
         assert_eq!((a, b), (1, 2));
+    }
+
+    #[test]
+    fn halves_hand_over_each_half_in_order() {
+        let list: Vec<u32> = (0..5).collect();
+        for items in [1, THREAD_WORTHY] {
+            assert_eq!(
+                halves(items, &list, <[u32]>::to_vec),
+                (vec![0, 1], vec![2, 3, 4])
+            );
+        }
     }
 }

@@ -333,11 +333,10 @@ pub fn evaluate(
     let protected = Ranges::new(&guardrails.protected);
     // Two halves side by side: each order's targets are read for the
     // guardrails, a million of them in a big feed.
-    let (first, second) = feed.orders.split_at(feed.orders.len() / 2);
-    let (a, b) = crate::parallel::join(
+    let (a, b) = crate::parallel::halves(
         feed.orders.iter().map(|o| o.targets.len()).sum(),
-        || evaluate_some(first, guardrails, &protected, now),
-        || evaluate_some(second, guardrails, &protected, now),
+        &feed.orders,
+        |some| evaluate_some(some, guardrails, &protected, now),
     );
     let mut orders = a.orders;
     orders.extend(b.orders);
