@@ -231,3 +231,23 @@ fn format_time(at: OffsetDateTime) -> String {
 fn format_unix(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix).map_or_else(|_| unix.to_string(), format_time)
 }
+
+/// `count` with `one` or `many` after it, as the count calls for
+/// ("1 order", "3 orders").
+fn counted(count: impl Into<u128>, one: &str, many: &str) -> String {
+    let count = count.into();
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn a_count_of_one_takes_the_singular() {
+        assert_eq!(counted(1u32, "order", "orders"), "1 order");
+        assert_eq!(counted(0u32, "order", "orders"), "0 orders");
+        assert_eq!(counted(18u128, "address", "addresses"), "18 addresses");
+        assert_eq!(counted(1u128, "address", "addresses"), "1 address");
+    }
+}

@@ -225,7 +225,10 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         unchanged_prefixes
     );
     for (id, action, count) in newly_enforced.iter().take(LISTED) {
-        println!("  newly enforced   {id} ({action}): {count} addresses");
+        println!(
+            "  newly enforced   {id} ({action}): {}",
+            super::counted(*count, "address", "addresses")
+        );
     }
     if newly_enforced.len() > LISTED {
         let rest = &newly_enforced[LISTED..];
@@ -234,8 +237,9 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
             .map(|(_, _, count)| *count)
             .fold(0, u128::saturating_add);
         println!(
-            "  newly enforced   {} more orders: {addresses} addresses (--json lists them all)",
-            rest.len()
+            "  newly enforced   {} more: {} (--json lists them all)",
+            super::counted(rest.len() as u64, "order", "orders"),
+            super::counted(addresses, "address", "addresses")
         );
     }
     Ok(exit)

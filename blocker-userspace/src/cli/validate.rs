@@ -56,7 +56,11 @@ pub(super) fn validate(
 
     let mut summary = String::new();
     if let Some(feed) = &parsed {
-        summary = format!("serial {}, {} orders", feed.serial, feed.orders.len());
+        summary = format!(
+            "serial {}, {}",
+            feed.serial,
+            super::counted(feed.orders.len() as u64, "order", "orders")
+        );
         if let Some(config) = &config {
             // As the daemon would: a feed must be newer than the one in force.
             if let Some(in_force) = StateDir::existing(&config.state_dir)
