@@ -1452,9 +1452,6 @@ impl Kept {
             into.extend_from_slice(from);
         }
         let mut same_orders = a.same_orders && b.same_orders;
-        let push = |rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32| {
-            rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
-        };
         // Each kept order found is one slot (the same id twice finds the
         // same): fewer than kept, and the rest are gone.
         let mut matched = Bits::new(self.inputs.by_slot.len());
@@ -1468,7 +1465,7 @@ impl Kept {
                 if !matched.contains(slot) {
                     old.targets
                         .iter()
-                        .for_each(|t| push(&mut removed, t, old.tag()));
+                        .for_each(|t| push_claim(&mut removed, t, old.tag()));
                 }
             }
         }
@@ -1491,22 +1488,25 @@ impl Kept {
             same_orders: true,
         };
         let [removed, added] = &mut diffed.rows;
-        let push = |rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32| {
-            rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
-        };
         for (id, new) in inputs {
             // An order keeps its slot while it stays: by the slot its id
             // holds now, else it is new (and whatever the slot held, gone).
             let Some(old) = self.inputs.get(new.slot, id) else {
-                new.targets.iter().for_each(|t| push(added, t, new.tag()));
+                new.targets
+                    .iter()
+                    .for_each(|t| push_claim(added, t, new.tag()));
                 diffed.same_orders = false;
                 continue;
             };
             diffed.matched.push(new.slot);
             if !old.claims_alike(new) {
                 diffed.same_orders = false;
-                old.targets.iter().for_each(|t| push(removed, t, old.tag()));
-                new.targets.iter().for_each(|t| push(added, t, new.tag()));
+                old.targets
+                    .iter()
+                    .for_each(|t| push_claim(removed, t, old.tag()));
+                new.targets
+                    .iter()
+                    .for_each(|t| push_claim(added, t, new.tag()));
             } else if !Arc::ptr_eq(&old.targets, &new.targets) {
                 // Position by position: a target replaced in place (the
                 // usual edit) is one claim out and one in. Anything else
@@ -1519,14 +1519,19 @@ impl Kept {
                     .unwrap_or((&old.targets[..], &new.targets[..]));
                 for i in 0..o.len().max(n.len()) {
                     if o.get(i) != n.get(i) {
-                        o.get(i).inspect(|t| push(removed, t, old.tag()));
-                        n.get(i).inspect(|t| push(added, t, new.tag()));
+                        o.get(i).inspect(|t| push_claim(removed, t, old.tag()));
+                        n.get(i).inspect(|t| push_claim(added, t, new.tag()));
                     }
                 }
             }
         }
         diffed
     }
+}
+
+/// Adds `target`'s claim, tagged `tag`, to `rows` ([IPv4, IPv6]).
+fn push_claim(rows: &mut [Vec<Row>; 2], target: &IpNetwork, tag: u32) {
+    rows[usize::from(target.is_ipv6())].push(Row::new(key_of(target), tag));
 }
 
 /// Claims out and in ([removed, added], each [IPv4, IPv6]) of some orders,
