@@ -1446,16 +1446,17 @@ fn verdicts_agree(
     Ok(())
 }
 
-/// Runs `cases` cases of `strategy` (a feed, observe or not, packets)
-/// through [`verdicts_agree`] on one rig; at least `min_patched` of them
-/// must have been patched in, and all within `limit`.
-fn verdicts_agree_over(
+/// Runs `cases` cases of `strategy` through `check` (which runs
+/// [`verdicts_agree`] on the rig once or more, counting its patches) on
+/// one rig; at least `min_patched` applies must have been patched in, and
+/// all within `limit`.
+fn verdicts_agree_over<S: Strategy>(
     what: &str,
     cases: u32,
     min_patched: usize,
     limit: Duration,
-    strategy: impl Strategy<Value = (Vec<Order>, bool, Vec<Packet>)>,
-    now: OffsetDateTime,
+    strategy: S,
+    check: impl Fn(&RefCell<Rig>, S::Value, &std::cell::Cell<usize>) -> Result<(), TestCaseError>,
 ) {
     let rig = RefCell::new(Rig::new());
     let config = Config {
@@ -1469,9 +1470,7 @@ fn verdicts_agree_over(
     let started = std::time::Instant::now();
     // Each case's feed replaces the last: most are patched into the tables.
     let patched = std::cell::Cell::new(0);
-    let result = runner.run(&strategy, |(orders, observe, packets)| {
-        verdicts_agree(&rig, now, orders, observe, &packets, &patched)
-    });
+    let result = runner.run(&strategy, |value| check(&rig, value, &patched));
     if let Err(err) = result {
         panic!("{what}: the XDP program disagrees with reference::verdict: {err}");
     }
@@ -1479,7 +1478,7 @@ fn verdicts_agree_over(
     // patches.
     assert!(
         patched.get() >= min_patched,
-        "{what}: only {} of {cases} applies were patches",
+        "{what}: only {} applies in {cases} cases were patches",
         patched.get()
     );
     assert!(
@@ -1503,7 +1502,9 @@ fn kernel_verdicts_match_the_reference() {
         100,
         Duration::from_secs(240),
         strategy,
-        now,
+        |rig, (orders, observe, packets), patched| {
+            verdicts_agree(rig, now, orders, observe, &packets, patched)
+        },
     );
 }
 
@@ -1521,24 +1522,38 @@ const V6_BITS: [u32; 12] = [32, 36, 40, 47, 52, 56, 63, 64, 80, 96, 112, 127];
 /// A prefix of any length a datacenter order may hold (IPv4 /16../32,
 /// IPv6 /29../128), in the few blocks above.
 fn any_prefix() -> impl Strategy<Value = ipnetwork::IpNetwork> {
+    any_prefix_spread(0)
+}
+
+/// [`any_prefix`], its IPv4 /16 and its IPv6 /32 spread over the
+/// `2^spread` next to those of the few blocks (with `spread` random bits
+/// just above them): more /16s and /32s to hold a table's prefixes, so
+/// that some hold one prefix, or a few, and a change adds the first or
+/// takes the last.
+fn any_prefix_spread(spread: u32) -> impl Strategy<Value = ipnetwork::IpNetwork> {
     // Half the lengths any, half those the lookup treats apart.
     let v4_len = prop_oneof![16u8..=32, prop::sample::select(&[16u8, 20, 24, 32][..])];
     let v6_len = prop_oneof![29u8..=128, prop::sample::select(&[32u8, 48, 64, 128][..])];
-    let v4 = (0..V4_BLOCKS.len(), any::<u16>(), v4_len).prop_map(|(block, bits, len)| {
-        let addr = V4_BITS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bits >> i & 1 != 0)
-            .fold(V4_BLOCKS[block], |a, (_, b)| a | 1 << (31 - b));
-        let net = addr & (u32::MAX << (32 - u32::from(len)));
-        ipnetwork::IpNetwork::new(std::net::Ipv4Addr::from(net).into(), len).expect("a prefix")
-    });
-    let v6 = (any::<u16>(), v6_len).prop_map(|(bits, len)| {
+    let above = 0..1u32 << spread;
+    let v4 = (0..V4_BLOCKS.len(), any::<u16>(), v4_len, above.clone()).prop_map(
+        move |(block, bits, len, above)| {
+            let block = V4_BLOCKS[block] ^ above << 16;
+            let addr = V4_BITS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits >> i & 1 != 0)
+                .fold(block, |a, (_, b)| a | 1 << (31 - b));
+            let net = addr & (u32::MAX << (32 - u32::from(len)));
+            ipnetwork::IpNetwork::new(std::net::Ipv4Addr::from(net).into(), len).expect("a prefix")
+        },
+    );
+    let v6 = (any::<u16>(), v6_len, above).prop_map(|(bits, len, above)| {
+        let base = V6_BASE ^ u128::from(above) << 96;
         let addr = V6_BITS
             .iter()
             .enumerate()
             .filter(|(i, _)| bits >> i & 1 != 0)
-            .fold(V6_BASE, |a, (_, b)| a | 1 << (127 - b));
+            .fold(base, |a, (_, b)| a | 1 << (127 - b));
         let net = addr & (u128::MAX << (128 - u32::from(len)));
         ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(net).into(), len).expect("a prefix")
     });
@@ -1548,17 +1563,29 @@ fn any_prefix() -> impl Strategy<Value = ipnetwork::IpNetwork> {
 /// Up to ten orders of one to five prefixes each from [`any_prefix`],
 /// with random actions, directions, windows and statuses.
 fn any_length_feed(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
+    feed_of(now, 32, 1..=10, 1..=5, any_prefix())
+}
+
+/// `orders` orders (ids drawn below `ids`) of `targets` prefixes each from
+/// `prefix`, with random actions, directions, windows and statuses.
+fn feed_of(
+    now: OffsetDateTime,
+    ids: u8,
+    orders: std::ops::RangeInclusive<usize>,
+    targets: std::ops::RangeInclusive<usize>,
+    prefix: impl Strategy<Value = ipnetwork::IpNetwork>,
+) -> impl Strategy<Value = Vec<Order>> {
     let one = (
         any::<bool>(),
         0u8..3,
-        prop::collection::btree_set(any_prefix(), 1..=5),
+        prop::collection::btree_set(prefix, targets),
         0..WINDOWS.len(),
         prop::sample::select(STATUSES),
     );
-    prop::collection::btree_map(0u8..32, one, 1..=10).prop_map(move |orders| {
+    prop::collection::btree_map(0..ids, one, orders).prop_map(move |orders| {
         orders
             .into_iter()
-            .map(|(n, drawn)| drawn_order(&format!("L-{n:02}"), drawn, now))
+            .map(|(n, drawn)| drawn_order(&format!("L-{n:03}"), drawn, now))
             .collect()
     })
 }
@@ -1566,9 +1593,12 @@ fn any_length_feed(now: OffsetDateTime) -> impl Strategy<Value = Vec<Order>> {
 /// Addresses at and around each target of `orders`: its first and last
 /// address, one in its middle, and the addresses just outside it.
 fn around_targets(orders: &[Order]) -> Vec<IpAddr> {
-    let mut addresses: Vec<IpAddr> = orders
-        .iter()
-        .flat_map(|o| o.targets.iter())
+    around(orders.iter().flat_map(|o| o.targets.iter()))
+}
+
+/// Addresses at and around each of `targets` (as [`around_targets`]).
+fn around<'t>(targets: impl Iterator<Item = &'t ipnetwork::IpNetwork>) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = targets
         .flat_map(|target| {
             // Both families as numbers, IPv4 wrapping at its own width.
             let (first, last, all) = match target {
@@ -1601,6 +1631,54 @@ fn around_targets(orders: &[Order]) -> Vec<IpAddr> {
     addresses
 }
 
+/// A packet drawn before the addresses it may go between are known:
+/// indices into them, and the rest of its frame.
+#[derive(Clone, Debug)]
+struct Pick {
+    dst: prop::sample::Index,
+    src: prop::sample::Index,
+    vlans: usize,
+    kind: u8,
+    payload: usize,
+}
+
+fn pick_strategy() -> impl Strategy<Value = Pick> {
+    (
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        0usize..=2,
+        0u8..3,
+        0usize..48,
+    )
+        .prop_map(|(dst, src, vlans, kind, payload)| Pick {
+            dst,
+            src,
+            vlans,
+            kind,
+            payload,
+        })
+}
+
+impl Pick {
+    /// The packet to one of `addresses` from one of its family there
+    /// (`addresses` is not empty).
+    fn packet(&self, addresses: &[IpAddr]) -> Packet {
+        let dst = *self.dst.get(addresses);
+        let same: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == dst.is_ipv4())
+            .collect();
+        Packet {
+            vlans: self.vlans,
+            src: *self.src.get(&same),
+            dst,
+            kind: self.kind,
+            payload: self.payload,
+        }
+    }
+}
+
 /// Prefixes of every length an order may hold, nesting and overlapping in
 /// a few blocks (unlike the curated list of the test above), and frames to
 /// and from addresses at, in and just outside each of them.
@@ -1609,25 +1687,7 @@ fn kernel_verdicts_match_the_reference_at_every_length() {
     let now = OffsetDateTime::now_utc();
     let strategy = (any_length_feed(now), any::<bool>()).prop_flat_map(|(orders, observe)| {
         let addresses = around_targets(&orders);
-        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addresses.iter().partition(|a| a.is_ipv4());
-        let packet = (
-            any::<prop::sample::Index>(),
-            any::<prop::sample::Index>(),
-            0usize..=2,
-            0u8..3,
-            0usize..48,
-        )
-            .prop_map(move |(dst, src, vlans, kind, payload)| {
-                let dst = *dst.get(&addresses);
-                let same = if dst.is_ipv4() { &v4 } else { &v6 };
-                Packet {
-                    vlans,
-                    src: *src.get(same),
-                    dst,
-                    kind,
-                    payload,
-                }
-            });
+        let packet = pick_strategy().prop_map(move |pick| pick.packet(&addresses));
         (
             Just(orders),
             Just(observe),
@@ -1640,9 +1700,148 @@ fn kernel_verdicts_match_the_reference_at_every_length() {
         120,
         Duration::from_secs(240),
         strategy,
-        now,
+        |rig, (orders, observe, packets), patched| {
+            verdicts_agree(rig, now, orders, observe, &packets, patched)
+        },
     );
 }
+
+/// One edit of a feed, drawn before the feed it edits is known: which
+/// order and which of its targets (indices into whatever is there), what
+/// to do (`kind`), and the prefix, window and status it may need.
+#[derive(Clone, Debug)]
+struct Edit {
+    order: prop::sample::Index,
+    target: prop::sample::Index,
+    kind: u8,
+    prefix: ipnetwork::IpNetwork,
+    window: usize,
+    status: Status,
+}
+
+fn edit_strategy(
+    prefix: impl Strategy<Value = ipnetwork::IpNetwork>,
+) -> impl Strategy<Value = Edit> {
+    (
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        0u8..7,
+        prefix,
+        0..WINDOWS.len(),
+        prop::sample::select(STATUSES),
+    )
+        .prop_map(|(order, target, kind, prefix, window, status)| Edit {
+            order,
+            target,
+            kind,
+            prefix,
+            window,
+            status,
+        })
+}
+
+impl Edit {
+    /// Makes the edit in `orders` (not empty; ids and each order's targets
+    /// stay unique, `added` numbers the orders it adds): a target replaced,
+    /// added or taken out, a status or window changed, an order taken out
+    /// or added. Returns the targets whose verdicts it may change.
+    fn make(
+        &self,
+        orders: &mut Vec<Order>,
+        added: &mut u32,
+        now: OffsetDateTime,
+    ) -> Vec<ipnetwork::IpNetwork> {
+        let i = self.order.index(orders.len());
+        let mut targets = orders[i].targets.to_vec();
+        let j = self.target.index(targets.len());
+        let absent = !targets.contains(&self.prefix);
+        let touched = match self.kind {
+            0 if absent => vec![std::mem::replace(&mut targets[j], self.prefix), self.prefix],
+            1 if absent => {
+                targets.push(self.prefix);
+                vec![self.prefix]
+            }
+            2 if targets.len() > 1 => vec![targets.remove(j)],
+            3 => {
+                orders[i].status = self.status;
+                targets.clone()
+            }
+            4 => {
+                let (from, until) = WINDOWS[self.window];
+                orders[i].effective_from = from.map(|h| now + time::Duration::hours(h));
+                orders[i].expires_at = until.map(|h| now + time::Duration::hours(h));
+                targets.clone()
+            }
+            5 if orders.len() > 1 => return orders.remove(i).targets.to_vec(),
+            6 => {
+                *added += 1;
+                let n = *added;
+                // Drop or monitor, and each direction, by turns.
+                let (drop, direction) = (n.is_multiple_of(2), (n % 3) as u8);
+                let drawn = (drop, direction, [self.prefix], self.window, self.status);
+                orders.push(drawn_order(&format!("N-{n:03}"), drawn, now));
+                return vec![self.prefix];
+            }
+            _ => Vec::new(),
+        };
+        orders[i].targets = targets.into();
+        touched
+    }
+}
+
+/// A big feed (tens of orders, hundreds of prefixes of every length that
+/// crowd the same /16s, /24s and /32s) changed a few edits at a time, as a
+/// regulator's feed changes: each change is compiled against the last and
+/// patched into the tables, then frames around the targets it touched, and
+/// around any target, get the reference's verdict.
+#[test]
+fn kernel_verdicts_match_the_reference_as_a_big_feed_changes() {
+    let now = OffsetDateTime::now_utc();
+    // Half crowded into the few /16s and /32s, half spread over more.
+    let prefix = || prop_oneof![any_prefix(), any_prefix_spread(4)];
+    let strategy = (
+        feed_of(now, 200, 20..=60, 1..=12, prefix()),
+        any::<bool>(),
+        prop::collection::vec(prop::collection::vec(edit_strategy(prefix()), 1..=6), 1..=4),
+        prop::collection::vec(pick_strategy(), 16..=32),
+    );
+    verdicts_agree_over(
+        "a big feed changing",
+        BIG_FEED_CASES,
+        BIG_FEED_CASES as usize,
+        Duration::from_secs(240),
+        strategy,
+        |rig, (mut orders, observe, changes, picks), patched| {
+            let mut added = 0;
+            for edits in std::iter::once(&Vec::new()).chain(&changes) {
+                let touched: Vec<_> = edits
+                    .iter()
+                    .flat_map(|edit| edit.make(&mut orders, &mut added, now))
+                    .collect();
+                let focus = around(touched.iter());
+                let all = around_targets(&orders);
+                // Every other frame around what the change touched.
+                let packets: Vec<Packet> = picks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, pick)| {
+                        pick.packet(if k % 2 == 0 && !focus.is_empty() {
+                            &focus
+                        } else {
+                            &all
+                        })
+                    })
+                    .collect();
+                verdicts_agree(rig, now, orders.clone(), observe, &packets, patched)?;
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Cases of [`kernel_verdicts_match_the_reference_as_a_big_feed_changes`]:
+/// each applies a feed and up to four changes of it.
+const BIG_FEED_CASES: u32 = 150;
 
 /// The program's step-1 bitmap is a map of its own program: made by the
 /// datapath (to be mappable) and pinned only while the program loads. What
