@@ -1538,26 +1538,29 @@ fn any_prefix_spread(spread: u32) -> impl Strategy<Value = ipnetwork::IpNetwork>
     let v4 = (0..V4_BLOCKS.len(), any::<u16>(), v4_len, above.clone()).prop_map(
         move |(block, bits, len, above)| {
             let block = V4_BLOCKS[block] ^ above << 16;
-            let addr = V4_BITS
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| bits >> i & 1 != 0)
-                .fold(block, |a, (_, b)| a | 1 << (31 - b));
+            let addr = with_bits(u128::from(block), bits, &V4_BITS, 32) as u32;
             let net = addr & (u32::MAX << (32 - u32::from(len)));
             ipnetwork::IpNetwork::new(std::net::Ipv4Addr::from(net).into(), len).expect("a prefix")
         },
     );
     let v6 = (any::<u16>(), v6_len, above).prop_map(|(bits, len, above)| {
         let base = V6_BASE ^ u128::from(above) << 96;
-        let addr = V6_BITS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bits >> i & 1 != 0)
-            .fold(base, |a, (_, b)| a | 1 << (127 - b));
+        let addr = with_bits(base, bits, &V6_BITS, 128);
         let net = addr & (u128::MAX << (128 - u32::from(len)));
         ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(net).into(), len).expect("a prefix")
     });
     prop_oneof![v4, v6]
+}
+
+/// `base` (an address `width` bits wide) with the bits at `positions`
+/// (from the most significant, 0) set where `bits` has theirs (bit `i`
+/// for `positions[i]`).
+fn with_bits(base: u128, bits: u16, positions: &[u32], width: u32) -> u128 {
+    positions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits >> i & 1 != 0)
+        .fold(base, |a, (_, p)| a | 1 << (width - 1 - p))
 }
 
 /// Up to ten orders of one to five prefixes each from [`any_prefix`],
