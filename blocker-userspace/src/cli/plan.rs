@@ -237,8 +237,8 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
             .map(|(_, _, count)| *count)
             .fold(0, u128::saturating_add);
         println!(
-            "  newly enforced   {} more: {} (--json lists them all)",
-            super::counted(rest.len() as u64, "order", "orders"),
+            "  newly enforced   {}: {} (--json lists them all)",
+            super::counted(rest.len() as u64, "more order", "more orders"),
             super::counted(addresses, "address", "addresses")
         );
     }
