@@ -908,25 +908,26 @@ fn short4(table: &Prefixes<'_, 4>, net: u32, cover: Option<u32>) -> Short4 {
     // The lengths 17..=23 inside, whether all inside are /32s, the
     // prefixes of /17../23 (how many, the last) and whether a longer one
     // lies in that. Sorted by address, it comes before those inside it.
+    // The one's entry is taken as the scan passes it, not looked up after:
+    // a search for a prefix the /16 may not hold would gallop back to the
+    // table's start, and the next /16's forward again.
     let mut lengths = 0u32;
     let mut only_exact = cover.is_none();
-    let (mut count, mut one, mut crowded) = (0, (0u32, 0u8), false);
-    for (bits, len) in table.prefixes_inside(u128::from(net) << 96, 16, 17) {
+    let (mut count, mut one, mut crowded) = (0, (0u32, 0u8, 0u32), false);
+    for (bits, len, entry) in table.entries_inside(u128::from(net) << 96, 16, 17) {
         let at = (bits >> 96) as u32;
         only_exact &= len == 32;
         if len < 24 {
             lengths |= 1 << (23 - len);
             count += 1;
-            (one, crowded) = ((at, len), false);
+            (one, crowded) = ((at, len, entry), false);
         } else if count > 0 && (at ^ one.0) >> (32 - u32::from(one.1)) == 0 {
             crowded = true;
         }
     }
-    match (cover, count, table.entry(u128::from(one.0) << 96, one.1)) {
-        (None, 1, Some(entry)) => {
-            Short4::with_inner(lengths, one.0, u32::from(one.1), entry, !crowded)
-        }
-        (_, 2.., _) => Short4::new(cover.unwrap_or(0), lengths, false).with_covers(),
+    match (cover, count) {
+        (None, 1) => Short4::with_inner(lengths, one.0, u32::from(one.1), one.2, !crowded),
+        (_, 2..) => Short4::new(cover.unwrap_or(0), lengths, false).with_covers(),
         _ => Short4::new(cover.unwrap_or(0), lengths, only_exact),
     }
 }
