@@ -808,6 +808,7 @@ impl crate::layout::Source for LiveTables<'_> {
             Table::V4 => self.copier.gather(self.generation, indices).map(Values::V4),
             Table::V6Bits => read_mapped(&m[2], n[2], indices).map(Values::Words),
             Table::V6 => self.copier.gather(self.generation, indices).map(Values::V6),
+            Table::V4Short => read_mapped(&m[5], n[5], indices).map(Values::Shorts),
         }
         .ok()
     }

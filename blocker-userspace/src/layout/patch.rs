@@ -44,6 +44,7 @@ pub trait Source {
             Table::V6Bits => Values::Words(each(indices, |i| self.v6_bits(i))?),
             Table::V4 => Values::V4(each(indices, |i| self.v4_bucket(i))?),
             Table::V6 => Values::V6(each(indices, |i| self.v6_bucket(i))?),
+            Table::V4Short => Values::Shorts(each(indices, |i| self.v4_short(i))?),
         })
     }
 }
@@ -55,6 +56,7 @@ pub enum Table {
     V4,
     V6Bits,
     V6,
+    V4Short,
 }
 
 /// Values [`Source::many`] read.
@@ -62,6 +64,7 @@ pub enum Values {
     Words(Vec<u64>),
     V4(Vec<Bucket4>),
     V6(Vec<Bucket6>),
+    Shorts(Vec<Short4>),
 }
 
 /// Sorts and dedups `indices` and reads them from `source`: (indices,
@@ -844,13 +847,27 @@ fn cover_keys_v4(
         .map(|&(net, len)| (u32::from_be_bytes(net), len))
         .filter(|&(_, len)| (17..V4_BUCKET_LEN as u8).contains(&len))
         .collect();
+    let groups: Vec<&[(u32, u8)]> = changed
+        .chunk_by(|a, b| short_of(a.0) == short_of(b.0))
+        .collect();
+    // Each group's /16 as it is now, read at once (one by one, each /16
+    // was a syscall of its own: about a thousand a 1% update).
+    let (read, shorts) = read_many(
+        source,
+        Table::V4Short,
+        groups.iter().map(|group| short_of(group[0].0)).collect(),
+    );
+    let shorts = match shorts {
+        Some(Values::Shorts(shorts)) if shorts.len() == read.len() => shorts,
+        _ => return Err(Unpatchable::Mismatch),
+    };
     let mut keys = Vec::new();
-    for group in changed.chunk_by(|a, b| short_of(a.0) == short_of(b.0)) {
+    for group in groups {
         let net = group[0].0 & (u32::MAX << (32 - layout::V4_SHORT_LEN));
-        let before = source
-            .v4_short(short_of(net))
-            .ok_or(Unpatchable::Mismatch)?
-            .covers();
+        let at = read
+            .binary_search(&short_of(net))
+            .map_err(|_| Unpatchable::Mismatch)?;
+        let before = shorts[at].covers();
         let inside: Vec<(u32, u8, u32)> = table
             .entries_inside(u128::from(net) << 96, 16, 17)
             .filter(|&(_, len, _)| u32::from(len) < V4_BUCKET_LEN)
