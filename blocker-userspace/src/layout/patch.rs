@@ -850,8 +850,9 @@ fn cover_keys_v4(
     let groups: Vec<&[(u32, u8)]> = changed
         .chunk_by(|a, b| short_of(a.0) == short_of(b.0))
         .collect();
-    // Each group's /16 as it is now, read at once (one by one, each /16
-    // was a syscall of its own: about a thousand a 1% update).
+    // Each group's /16 as the live tables hold it, all read at once: a
+    // mapped table, where one by one is a syscall a /16 (over a thousand
+    // in a 1% update).
     let (read, shorts) = read_many(
         source,
         Table::V4Short,
