@@ -1445,10 +1445,12 @@ impl Kept {
             |some| self.diff_some(some, edits),
         );
         let [mut removed, mut added] = a.rows;
-        for (into, from) in removed.iter_mut().zip(b.rows[0].iter()) {
-            into.extend_from_slice(from);
-        }
-        for (into, from) in added.iter_mut().zip(b.rows[1].iter()) {
+        // [removed, added] x [IPv4, IPv6], the second half's after the first's.
+        for (into, from) in removed
+            .iter_mut()
+            .chain(added.iter_mut())
+            .zip(b.rows.iter().flatten())
+        {
             into.extend_from_slice(from);
         }
         let mut same_orders = a.same_orders && b.same_orders;
