@@ -234,9 +234,9 @@ fn format_unix(unix: i64) -> String {
 
 /// `count` with `one` or `many` after it, as the count calls for
 /// ("1 order", "3 orders").
-fn counted(count: impl Into<u128>, one: &str, many: &str) -> String {
-    let count = count.into();
-    format!("{count} {}", if count == 1 { one } else { many })
+fn counted<T: std::fmt::Display + PartialEq + From<u8>>(count: T, one: &str, many: &str) -> String {
+    let many = if count == T::from(1) { one } else { many };
+    format!("{count} {many}")
 }
 
 #[cfg(test)]
@@ -245,8 +245,8 @@ mod tests {
 
     #[test]
     fn a_count_of_one_takes_the_singular() {
-        assert_eq!(counted(1u32, "order", "orders"), "1 order");
-        assert_eq!(counted(0u32, "order", "orders"), "0 orders");
+        assert_eq!(counted(1usize, "order", "orders"), "1 order");
+        assert_eq!(counted(0usize, "order", "orders"), "0 orders");
         assert_eq!(counted(18u128, "address", "addresses"), "18 addresses");
         assert_eq!(counted(1u128, "address", "addresses"), "1 address");
     }

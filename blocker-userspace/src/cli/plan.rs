@@ -238,7 +238,7 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
             .fold(0, u128::saturating_add);
         println!(
             "  newly enforced   {}: {} (--json lists them all)",
-            super::counted(rest.len() as u64, "more order", "more orders"),
+            super::counted(rest.len(), "more order", "more orders"),
             super::counted(addresses, "address", "addresses")
         );
     }

@@ -59,7 +59,7 @@ pub(super) fn validate(
         summary = format!(
             "serial {}, {}",
             feed.serial,
-            super::counted(feed.orders.len() as u64, "order", "orders")
+            super::counted(feed.orders.len(), "order", "orders")
         );
         if let Some(config) = &config {
             // As the daemon would: a feed must be newer than the one in force.
