@@ -200,7 +200,7 @@ impl Daemon {
             }
         };
         let mut fetched = Fetched::from_bytes(saved.feed, saved.signature);
-        match self.consider(&mut fetched, "state") {
+        match self.consider(&mut fetched, "state", Duration::ZERO) {
             Ok(()) => tracing::info!(serial = saved.serial, "last good feed restored"),
             Err(refusal) => self.refused(refusal),
         }
@@ -330,6 +330,7 @@ impl Daemon {
     }
 
     fn sync_inner(&mut self, force: bool) {
+        let fetch_started = std::time::Instant::now();
         let mut fetched = match self.source.fetch(force) {
             Ok(Fetch::Unchanged) => {
                 self.fetch_failures = 0;
@@ -355,7 +356,7 @@ impl Daemon {
             self.sync_ok();
             return;
         }
-        match self.consider(&mut fetched, "feed") {
+        match self.consider(&mut fetched, "feed", fetch_started.elapsed()) {
             Ok(()) => self.source.commit(&fetched),
             Err(refusal) => {
                 // A file is re-read when it changes; a refused download is
@@ -398,8 +399,15 @@ impl Daemon {
     }
 
     /// Verifies, parses and applies a fetched feed (its bytes are taken:
-    /// a feed held once, not twice; its validators stay for `commit`).
-    fn consider(&mut self, fetched: &mut Fetched, origin: &str) -> Result<(), Refusal> {
+    /// a feed held once, not twice; its validators stay for `commit`),
+    /// whose fetch (the download or the read, with what was worked out as
+    /// it arrived) took `fetch_took`.
+    fn consider(
+        &mut self,
+        fetched: &mut Fetched,
+        origin: &str,
+        fetch_took: Duration,
+    ) -> Result<(), Refusal> {
         // The last apply's background write is done (it is, unless feeds
         // come back to back), and what it held goes back to the system
         // before this feed is parsed.
@@ -444,6 +452,7 @@ impl Daemon {
             serial = feed.serial,
             orders = feed.orders.len(),
             taken_from_in_force = parsed.taken,
+            fetched_ms = millis(fetch_took),
             verified_ms = millis(parse_started - at_hand),
             parsed_ms = millis(parse_started.elapsed()),
             "feed parsed"

@@ -9,11 +9,12 @@
 //!   tell a second write within that second; `URL.minisig` is fetched
 //!   alongside. Downloads are bounded in size and time; redirects are
 //!   followed only within the same scheme.
-//! - Over HTTP, the feed's bytes are worked on as they arrive ([`Intake`]):
-//!   its signature's hash, its fingerprint and its scan for plain text are
-//!   taken while the download lasts, so that little is left once it ends.
-//!   The signature is fetched first for that, then the feed (conditionally:
-//!   an unchanged feed is a 304, its signature a few hundred bytes).
+//! - The feed's bytes are worked on as they arrive ([`Intake`]), downloaded
+//!   or read from a file: its signature's hash, its fingerprint and its scan
+//!   for plain text are taken while the download or the read lasts, so that
+//!   little is left once it ends. The signature is fetched or read first for
+//!   that, then the feed (over HTTP conditionally: an unchanged feed is a
+//!   304, its signature a few hundred bytes).
 //!
 //! The validators of a download are kept only once the caller [`commit`]s
 //! it (it was applied, or equals what is in force), so a refused feed is
@@ -264,13 +265,17 @@ impl FeedSource {
                 if !force && self.committed == stamps {
                     return Ok(Fetch::Unchanged);
                 }
-                let feed = read_bounded(feed, self.max_bytes)?;
-                let signature = read_bounded(signature, MAX_SIGNATURE_BYTES)?;
+                // The signature first, as over HTTP: the feed is checked
+                // against it as it is read. A problem with the feed itself
+                // is still the one reported.
+                let signature = read_bounded(signature, MAX_SIGNATURE_BYTES);
+                let (feed, arrived) =
+                    self.take_in(open_bounded(feed, self.max_bytes)?, &signature)?;
                 Ok(Fetch::New(Fetched {
                     feed,
-                    signature,
+                    signature: signature?,
                     validators: stamps,
-                    arrived: None,
+                    arrived,
                 }))
             }
             Origin::Http { agent, url, https } => {
@@ -301,22 +306,17 @@ impl FeedSource {
                         })
                     })
                     .and_then(|response| {
-                        read_body(response.body, &response.url, MAX_SIGNATURE_BYTES, |_| {})
+                        read_pieces(
+                            Incoming::http(response.body, &response.url),
+                            MAX_SIGNATURE_BYTES,
+                            |_| {},
+                        )
                     });
                 let Some(feed) = get(agent, url, *https, conditional)? else {
                     return Ok(Fetch::Unchanged);
                 };
-                let (body, arrived) = match (&self.intake, &signature) {
-                    (Some(intake), Ok(signature)) => {
-                        let (body, arrived) =
-                            intake.read(feed.body, &feed.url, self.max_bytes, signature)?;
-                        (body, Some(arrived))
-                    }
-                    _ => (
-                        read_body(feed.body, &feed.url, self.max_bytes, |_| {})?,
-                        None,
-                    ),
-                };
+                let (body, arrived) =
+                    self.take_in(Incoming::http(feed.body, &feed.url), &signature)?;
                 let signature = signature?;
                 Ok(Fetch::New(Fetched {
                     feed: body,
@@ -329,6 +329,22 @@ impl FeedSource {
                 }))
             }
         }
+    }
+
+    /// Reads the feed from `incoming`, worked on as it arrives when this
+    /// source has an intake and the `signature` came.
+    fn take_in(
+        &self,
+        incoming: Incoming<'_, impl io::Read>,
+        signature: &Result<Vec<u8>, SyncError>,
+    ) -> Result<(Vec<u8>, Option<Arrived>), SyncError> {
+        Ok(match (&self.intake, signature) {
+            (Some(intake), Ok(signature)) => {
+                let (body, arrived) = intake.read(incoming, self.max_bytes, signature)?;
+                (body, Some(arrived))
+            }
+            _ => (read_pieces(incoming, self.max_bytes, |_| {})?, None),
+        })
     }
 
     /// Remembers `fetched` as handled: until the source changes, fetches
@@ -511,13 +527,12 @@ fn resolve_redirect(from: &str, location: &str, https: bool) -> Result<String, &
 }
 
 impl Intake {
-    /// Reads a feed's `body`, worked on as it arrives against `signature`:
-    /// the signature's hash (the most work) on a second thread, handed
-    /// each piece, the rest on this one.
+    /// Reads a feed from `incoming`, worked on as it arrives against
+    /// `signature`: the signature's hash (the most work) on a second
+    /// thread, handed each piece, the rest on this one.
     fn read(
         &self,
-        body: ureq::Body,
-        url: &str,
+        incoming: Incoming<'_, impl io::Read>,
         max_bytes: u64,
         signature: &[u8],
     ) -> Result<(Vec<u8>, Arrived), SyncError> {
@@ -538,7 +553,7 @@ impl Intake {
                 })
             });
             let mut taken = 0;
-            let body = read_body(body, url, max_bytes, |so_far| {
+            let body = read_pieces(incoming, max_bytes, |so_far| {
                 let piece = &so_far[taken..];
                 if checked.is_some() {
                     // The check ends (unverified) only if its thread did.
@@ -560,56 +575,104 @@ impl Intake {
     }
 }
 
-/// Reads `body` whole (at most `max_bytes`), in pieces: `arrived` is
+/// Bytes to read in pieces: a response's body or a file.
+struct Incoming<'a, R> {
+    reader: R,
+    /// The length announced or on disk, when known before reading.
+    len: Option<u64>,
+    from: Whence<'a>,
+}
+
+/// Where [`Incoming`] bytes come from, for errors.
+#[derive(Clone, Copy)]
+enum Whence<'a> {
+    Url(&'a str),
+    Path(&'a Path),
+}
+
+impl<'a> Incoming<'a, ureq::BodyReader<'static>> {
+    fn http(body: ureq::Body, url: &'a str) -> Self {
+        Self {
+            len: body.content_length(),
+            reader: body.into_reader(),
+            from: Whence::Url(url),
+        }
+    }
+}
+
+impl Whence<'_> {
+    fn failed(self, source: io::Error) -> SyncError {
+        match self {
+            Whence::Url(url) => SyncError::Http {
+                url: url.to_owned(),
+                detail: format!("reading the body: {source} (truncated download?)"),
+            },
+            Whence::Path(path) => SyncError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+
+    fn too_large(self, max: u64) -> SyncError {
+        SyncError::TooLarge {
+            what: match self {
+                Whence::Url(url) => url.to_owned(),
+                Whence::Path(path) => path.display().to_string(),
+            },
+            max,
+        }
+    }
+}
+
+/// Reads `incoming` whole (at most `max_bytes`), in pieces: `arrived` is
 /// given what has been read so far after each.
-fn read_body(
-    body: ureq::Body,
-    url: &str,
+fn read_pieces(
+    incoming: Incoming<'_, impl io::Read>,
     max_bytes: u64,
     mut arrived: impl FnMut(&[u8]),
 ) -> Result<Vec<u8>, SyncError> {
-    // Room for the whole body when its length is given (and allowed).
+    let Incoming { reader, len, from } = incoming;
+    // Room for the whole of it when its length is known (and allowed).
     let mut bytes = Vec::with_capacity(
-        body.content_length()
-            .filter(|&len| len <= max_bytes)
+        len.filter(|&len| len <= max_bytes)
             .map_or(0, |len| len as usize),
     );
-    let mut reader = body.into_reader().take(max_bytes + 1);
+    let mut reader = reader.take(max_bytes + 1);
     loop {
         let read = (&mut reader)
             .take(PIECE)
             .read_to_end(&mut bytes)
-            .map_err(|e| SyncError::Http {
-                url: url.to_owned(),
-                detail: format!("reading the body: {e} (truncated download?)"),
-            })?;
+            .map_err(|e| from.failed(e))?;
         if read == 0 {
             break;
         }
         arrived(&bytes);
     }
     if bytes.len() as u64 > max_bytes {
-        return Err(SyncError::TooLarge {
-            what: url.to_owned(),
-            max: max_bytes,
-        });
+        return Err(from.too_large(max_bytes));
     }
     Ok(bytes)
 }
 
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SyncError> {
-    let read_err = |source| SyncError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let size = fs::metadata(path).map_err(read_err)?.len();
-    if size > max {
-        return Err(SyncError::TooLarge {
-            what: path.display().to_string(),
-            max,
-        });
+/// The file at `path` opened to be read, refused when it holds more than
+/// `max` bytes (and read no further than that, should it grow).
+fn open_bounded(path: &Path, max: u64) -> Result<Incoming<'_, fs::File>, SyncError> {
+    let from = Whence::Path(path);
+    let file = fs::File::open(path).map_err(|e| from.failed(e))?;
+    let len = file.metadata().map_err(|e| from.failed(e))?.len();
+    if len > max {
+        return Err(from.too_large(max));
     }
-    fs::read(path).map_err(read_err)
+    Ok(Incoming {
+        reader: file,
+        len: Some(len),
+        from,
+    })
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SyncError> {
+    read_pieces(open_bounded(path, max)?, max, |_| {})
 }
 
 #[cfg(test)]

@@ -1,29 +1,43 @@
-//! A feed downloaded from a real HTTP server is worked on as it arrives, in
-//! pieces: its signature checked (stock `minisign` signatures), its
-//! fingerprint hashed and its text scanned. What that gives is what the same
-//! work on the whole feed gives, and a feed whose signature does not verify
-//! is never reported verified.
+//! A feed downloaded from a real HTTP server, or read from a file, is worked
+//! on as it arrives, in pieces: its signature checked (stock `minisign`
+//! signatures), its fingerprint hashed and its text scanned. What that gives
+//! is what the same work on the whole feed gives, and a feed whose signature
+//! does not verify is never reported verified.
 
 use std::{fs, path::Path, sync::Arc};
 
 use blocker::{
     feed, signature,
-    sync::{Arrived, FeedHasher, Fetch, Intake},
+    sync::{Arrived, FeedHasher, FeedSource, Fetch, Intake},
 };
 use blocker_tests::{
     bench::workload, feed_server::FeedServer, minisign::KeyPair, orders::feed_yaml,
 };
 use time::OffsetDateTime;
 
-/// Downloads the feed `name` from `server` with `intake`: its bytes, its
-/// signature's and what was worked out as they arrived.
-fn download(server: &FeedServer, name: &str, intake: &Intake) -> (Vec<u8>, Vec<u8>, Arrived) {
-    let mut source = server.source(name).with_intake(intake.clone());
-    let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
-        panic!("downloading {}", server.url(name));
+/// Fetches a feed from `source` with `intake`: its bytes, its signature's
+/// and what was worked out as they arrived.
+fn fetch(source: FeedSource, intake: &Intake) -> (Vec<u8>, Vec<u8>, Arrived) {
+    let Ok(Fetch::New(mut fetched)) = source.with_intake(intake.clone()).fetch(true) else {
+        panic!("fetching the feed");
     };
     let (feed, signature, arrived) = fetched.take();
     (feed, signature, arrived.expect("worked on as it arrived"))
+}
+
+/// The feed `name` of `dir`, served by `server` or read from its file.
+fn sources(server: &FeedServer, dir: &Path, name: &str) -> [(String, FeedSource); 2] {
+    let url = format!("file://{}", dir.join(name).display());
+    let file = FeedSource::new(&blocker::config::FeedConfig {
+        url: url.clone(),
+        public_key: std::path::PathBuf::new(),
+        poll_interval: std::time::Duration::from_secs(30),
+        ca_bundle: None,
+        max_bytes: 64 << 20,
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .expect("a file source");
+    [(server.url(name), server.source(name)), (url, file)]
 }
 
 fn write_signed(dir: &Path, name: &str, text: &str, key: &KeyPair) {
@@ -33,7 +47,7 @@ fn write_signed(dir: &Path, name: &str, text: &str, key: &KeyPair) {
 }
 
 #[test]
-fn a_feed_downloaded_over_http_is_checked_as_it_arrives() {
+fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = KeyPair::generate();
     let other = KeyPair::generate();
@@ -60,26 +74,34 @@ fn a_feed_downloaded_over_http_is_checked_as_it_arrives() {
         hasher: FeedHasher::default(),
     };
 
-    let (feed, sig, arrived) = download(&server, "good.yaml", &intake);
-    assert_eq!(feed, text.as_bytes());
-    assert!(
-        arrived.verified,
-        "a good signature verifies as the feed arrives"
-    );
-    signature::verify(&public, &feed, &sig).expect("and over the whole feed");
-    assert_eq!(arrived.hash, intake.hasher.hash(&feed));
-    let parsed = feed::parse_against(&arrived.scanner.finish(&feed), None).expect("parses");
-    assert_eq!(parsed.feed, feed::parse(&feed).expect("parses whole"));
+    for (url, source) in sources(&server, dir.path(), "good.yaml") {
+        let (feed, sig, arrived) = fetch(source, &intake);
+        assert_eq!(feed, text.as_bytes(), "{url}");
+        assert!(
+            arrived.verified,
+            "{url}: a good signature verifies as the feed arrives"
+        );
+        signature::verify(&public, &feed, &sig).expect("and over the whole feed");
+        assert_eq!(arrived.hash, intake.hasher.hash(&feed), "{url}");
+        let parsed = feed::parse_against(&arrived.scanner.finish(&feed), None).expect("parses");
+        assert_eq!(
+            parsed.feed,
+            feed::parse(&feed).expect("parses whole"),
+            "{url}"
+        );
+    }
 
     // Not verified as it arrived; the whole check names the problem.
     for (name, expected) in [
         ("altered.yaml", "does not verify"),
         ("stranger.yaml", "another key"),
     ] {
-        let (feed, sig, arrived) = download(&server, name, &intake);
-        assert!(!arrived.verified, "{name} is not reported verified");
-        let err = signature::verify(&public, &feed, &sig).expect_err("refused whole");
-        assert!(err.to_string().contains(expected), "{name}: {err}");
+        for (url, source) in sources(&server, dir.path(), name) {
+            let (feed, sig, arrived) = fetch(source, &intake);
+            assert!(!arrived.verified, "{url} is not reported verified");
+            let err = signature::verify(&public, &feed, &sig).expect_err("refused whole");
+            assert!(err.to_string().contains(expected), "{url}: {err}");
+        }
     }
 }
 
@@ -147,7 +169,7 @@ fn a_feed_is_fetched_from_a_server_of_one_connection_at_a_time() {
     write_signed(dir.path(), "feed.yaml", &text, &key);
     let (port, server) = one_at_a_time(dir.path(), 2);
     let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
-    let mut source = blocker::sync::FeedSource::new(&blocker::config::FeedConfig {
+    let mut source = FeedSource::new(&blocker::config::FeedConfig {
         url: format!("http://127.0.0.1:{port}/feed.yaml"),
         public_key: std::path::PathBuf::new(),
         poll_interval: std::time::Duration::from_secs(30),
