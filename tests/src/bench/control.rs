@@ -214,20 +214,30 @@ pub struct DaemonUpdate {
     pub apply: f64,
     /// From SIGHUP to its serial reported.
     pub seen: Duration,
-    /// Its signature check (with the bytes' scan and hash beside it; over
-    /// HTTP: what is left of the scan) and its parse (against the feed in
+    /// Its fetch (the file's read or the download, with the signature
+    /// checked, the bytes hashed and scanned as they came), what is left of
+    /// the check and the scan after it, and its parse (against the feed in
     /// force), and the orders it took from that feed: from the daemon's
     /// `feed parsed` log line.
+    pub fetch: Duration,
     pub verify: Duration,
     pub parse: Duration,
     pub taken: usize,
+    /// Whether [`DaemonUpdate::whole`] counts the fetch: a file's read
+    /// does, a download (whose time is the link's) does not.
+    pub counts_fetch: bool,
 }
 
 impl DaemonUpdate {
-    /// From the feed's bytes at hand (over HTTP: the download's end) to the
-    /// tables written: check, parse (its log) and apply (its metric).
+    /// From the file's read starting (over HTTP: the download's end) to the
+    /// tables written: read, check, parse (its log) and apply (its metric).
     pub fn whole(&self) -> f64 {
-        (self.verify + self.parse).as_secs_f64() + self.apply
+        let fetch = if self.counts_fetch {
+            self.fetch
+        } else {
+            Duration::ZERO
+        };
+        (fetch + self.verify + self.parse).as_secs_f64() + self.apply
     }
 }
 
@@ -621,9 +631,11 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
                 .get("blocker_feed_last_apply_duration_seconds", &[])
                 .unwrap_or(f64::NAN),
             seen,
+            fetch: Duration::from_secs_f64(field("fetched_ms") / 1e3),
             verify: Duration::from_secs_f64(field("verified_ms") / 1e3),
             parse: Duration::from_secs_f64(field("parsed_ms") / 1e3),
             taken: field("taken_from_in_force") as usize,
+            counts_fetch: from == DaemonFeed::File,
         });
     }
     // The daemon hands the apply's freed memory back after it writes its
