@@ -195,15 +195,29 @@ pub struct DaemonRun {
     /// Median time of a whole `/metrics` scrape with the 1M feed's orders
     /// in force (curl's own time, [`SCRAPES`] scrapes).
     pub scrape: Duration,
+    /// Whether [`DaemonRun::whole`] counts an update's fetch: a file's
+    /// read does, a download (whose time is the link's) does not.
+    pub counts_fetch: bool,
 }
 
 impl DaemonRun {
-    /// The median update by [`DaemonUpdate::whole`] (one update reads a
+    /// The median update by [`DaemonRun::whole`] (one update reads a
     /// single spell of this shared machine).
     pub fn update(&self) -> DaemonUpdate {
         let mut updates = self.updates.clone();
-        updates.sort_by(|a, b| a.whole().total_cmp(&b.whole()));
+        updates.sort_by(|a, b| self.whole(a).total_cmp(&self.whole(b)));
         updates.get(updates.len() / 2).cloned().unwrap_or_default()
+    }
+
+    /// From a file's read starting (over HTTP: the download's end) to the
+    /// tables written: read, check, parse (its log) and apply (its metric).
+    pub fn whole(&self, update: &DaemonUpdate) -> f64 {
+        let fetch = if self.counts_fetch {
+            update.fetch
+        } else {
+            Duration::ZERO
+        };
+        (fetch + update.verify + update.parse).as_secs_f64() + update.apply
     }
 }
 
@@ -223,22 +237,6 @@ pub struct DaemonUpdate {
     pub verify: Duration,
     pub parse: Duration,
     pub taken: usize,
-    /// Whether [`DaemonUpdate::whole`] counts the fetch: a file's read
-    /// does, a download (whose time is the link's) does not.
-    pub counts_fetch: bool,
-}
-
-impl DaemonUpdate {
-    /// From the file's read starting (over HTTP: the download's end) to the
-    /// tables written: read, check, parse (its log) and apply (its metric).
-    pub fn whole(&self) -> f64 {
-        let fetch = if self.counts_fetch {
-            self.fetch
-        } else {
-            Duration::ZERO
-        };
-        (fetch + self.verify + self.parse).as_secs_f64() + self.apply
-    }
 }
 
 /// 1% updates timed in each daemon run (odd, so that the median is one).
@@ -635,7 +633,6 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
             verify: Duration::from_secs_f64(field("verified_ms") / 1e3),
             parse: Duration::from_secs_f64(field("parsed_ms") / 1e3),
             taken: field("taken_from_in_force") as usize,
-            counts_fetch: from == DaemonFeed::File,
         });
     }
     // The daemon hands the apply's freed memory back after it writes its
@@ -647,6 +644,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
         rss_kib: status_kib(daemon.pid(), "VmRSS:"),
         peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
         scrape: scrape_median,
+        counts_fetch: from == DaemonFeed::File,
     };
     eprintln!("bench: daemon ({from:?} feed) {run:?}");
     daemon.terminate();
@@ -657,7 +655,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
 /// Where [`daemon`]'s daemon takes its feed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DaemonFeed {
-    /// A `file://` URL: the bytes are at hand, checked whole.
+    /// A `file://` URL: the signature is checked as the file is read.
     File,
     /// A real HTTP server: the signature is checked as the feed arrives.
     Http,
