@@ -25,18 +25,23 @@ fn fetch(source: FeedSource, intake: &Intake) -> (Vec<u8>, Vec<u8>, Arrived) {
     (feed, signature, arrived.expect("worked on as it arrived"))
 }
 
-/// The feed `name` of `dir`, served by `server` or read from its file.
-fn sources(server: &FeedServer, dir: &Path, name: &str) -> [(String, FeedSource); 2] {
-    let url = format!("file://{}", dir.join(name).display());
-    let file = FeedSource::new(&blocker::config::FeedConfig {
-        url: url.clone(),
+/// A source of the feed at `url` (each request bounded to 5 s).
+fn source_at(url: &str) -> FeedSource {
+    FeedSource::new(&blocker::config::FeedConfig {
+        url: url.to_owned(),
         public_key: std::path::PathBuf::new(),
         poll_interval: std::time::Duration::from_secs(30),
         ca_bundle: None,
         max_bytes: 64 << 20,
         timeout: std::time::Duration::from_secs(5),
     })
-    .expect("a file source");
+    .expect("a feed source")
+}
+
+/// The feed `name` of `dir`, served by `server` or read from its file.
+fn sources(server: &FeedServer, dir: &Path, name: &str) -> [(String, FeedSource); 2] {
+    let url = format!("file://{}", dir.join(name).display());
+    let file = source_at(&url);
     [(server.url(name), server.source(name)), (url, file)]
 }
 
@@ -169,16 +174,7 @@ fn a_feed_is_fetched_from_a_server_of_one_connection_at_a_time() {
     write_signed(dir.path(), "feed.yaml", &text, &key);
     let (port, server) = one_at_a_time(dir.path(), 2);
     let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
-    let mut source = FeedSource::new(&blocker::config::FeedConfig {
-        url: format!("http://127.0.0.1:{port}/feed.yaml"),
-        public_key: std::path::PathBuf::new(),
-        poll_interval: std::time::Duration::from_secs(30),
-        ca_bundle: None,
-        max_bytes: 64 << 20,
-        timeout: std::time::Duration::from_secs(5),
-    })
-    .expect("an HTTP source")
-    .with_intake(Intake {
+    let mut source = source_at(&format!("http://127.0.0.1:{port}/feed.yaml")).with_intake(Intake {
         key: public,
         hasher: FeedHasher::default(),
     });
