@@ -24,7 +24,7 @@ use crate::{
     policy::{self, Evaluation, Guardrails, OrderState},
     signature::{self, PublicKey},
     state::{DaemonLock, SavedFeed, StateDir, StateError, SyncStatus},
-    sync::{FeedHasher, FeedSource, Fetch, Fetched, Intake, SyncError},
+    sync::{FeedSource, Fetch, Fetched, Intake, SyncError},
 };
 
 /// How often a `file://` feed is checked for changes (a stat, no read).
@@ -82,8 +82,8 @@ struct Loaded {
 #[derive(Clone, Debug)]
 struct Fingerprint {
     len: usize,
-    /// Keyed at random per process: nobody can aim a collision at it.
-    hash: u64,
+    /// The feed's BLAKE2b-512, which its signature's check takes anyway.
+    digest: signature::Digest,
     signature: Vec<u8>,
     /// Its text and where its orders lie in it, kept once it is applied
     /// when it was read order by order: the next feed is parsed against it.
@@ -99,8 +99,6 @@ struct Layout {
 
 pub struct Daemon {
     config: Config,
-    /// Hashes [`Fingerprint`]s.
-    hasher: FeedHasher,
     guardrails: Guardrails,
     public_key: Arc<PublicKey>,
     state: StateDir,
@@ -154,16 +152,13 @@ impl Daemon {
         ] {
             metrics.declare_failure_reason(reason);
         }
-        let hasher = FeedHasher::default();
         let source = FeedSource::new(&config.feed)?.with_intake(Intake {
             key: Arc::clone(&public_key),
-            hasher: hasher.clone(),
         });
         let slots = state.load_slots()?;
         let guardrails = config.guardrails.to_policy();
         let mut daemon = Self {
             config,
-            hasher,
             guardrails,
             public_key,
             state,
@@ -415,22 +410,22 @@ impl Daemon {
         release_free_memory();
         let (bytes, sig, arrived) = fetched.take();
         let at_hand = std::time::Instant::now();
-        let (verified, (hash, text)) = match arrived {
-            // A download verified as it arrived, its fingerprint and scan
-            // worked out then too.
+        let (verified, text) = match arrived {
+            // A download verified as it arrived, its digest (the
+            // fingerprint) and scan worked out then too.
             Some(arrived) if arrived.verified => {
-                (Ok(()), (arrived.hash, arrived.scanner.finish(&bytes)))
+                (Ok(arrived.digest), arrived.scanner.finish(&bytes))
             }
-            // The fingerprint's hash and the bytes' scan (nothing is
-            // parsed) worked out on the second core while the signature is
-            // checked (tens of ms each for a large feed).
+            // The bytes' scan (nothing is parsed) worked out on the second
+            // core while the signature is checked (tens of ms each for a
+            // large feed).
             _ => crate::parallel::join(
                 bytes.len() / feed::AVERAGE_LINE,
                 || signature::verify(&self.public_key, &bytes, &sig),
-                || (self.hasher.hash(&bytes), feed::Text::scan_here(&bytes)),
+                || feed::Text::scan_here(&bytes),
             ),
         };
-        verified.map_err(|err| Refusal {
+        let digest = verified.map_err(|err| Refusal {
             reason: "signature",
             serial: None,
             detail: format!("{origin}: {err}"),
@@ -476,7 +471,7 @@ impl Daemon {
         };
         let fingerprint = Fingerprint {
             len: saved.feed.len(),
-            hash,
+            digest,
             signature: saved.signature.clone(),
             layout: None,
         };
@@ -491,16 +486,16 @@ impl Daemon {
 
     /// Whether `fetched` is the feed in force: its length and signature are
     /// compared first, so that a new feed is not hashed here (nor one
-    /// hashed as it downloaded).
+    /// digested as it downloaded).
     fn in_force(&self, fetched: &Fetched) -> bool {
         self.current.as_ref().is_some_and(|current| {
             let known = &current.fingerprint;
             known.len == fetched.feed.len()
                 && known.signature == fetched.signature
-                && known.hash
+                && known.digest
                     == fetched
                         .arrived()
-                        .map_or_else(|| self.hasher.hash(&fetched.feed), |a| a.hash)
+                        .map_or_else(|| signature::Digest::of(&fetched.feed), |a| a.digest)
         })
     }
 

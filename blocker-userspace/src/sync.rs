@@ -10,8 +10,9 @@
 //!   alongside. Downloads are bounded in size and time; redirects are
 //!   followed only within the same scheme.
 //! - The feed's bytes are worked on as they arrive ([`Intake`]), downloaded
-//!   or read from a file: its signature's hash, its fingerprint and its scan
-//!   for plain text are taken while the download or the read lasts, so that
+//!   or read from a file: its digest (what its signature signs, and its
+//!   fingerprint) and its scan for plain text are taken while the download
+//!   or the read lasts, so that
 //!   little is left once it ends. The signature is fetched or read first for
 //!   that, then the feed (over HTTP conditionally: an unchanged feed is a
 //!   304, its signature a few hundred bytes).
@@ -23,9 +24,7 @@
 //! [`commit`]: FeedSource::commit
 
 use std::{
-    fs,
-    hash::{BuildHasher as _, Hasher as _},
-    io,
+    fs, io,
     io::Read as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -45,28 +44,12 @@ const PIECE: u64 = 256 * 1024;
 /// Pieces read ahead of the signature check at most.
 const PIECES_AHEAD: usize = 16;
 
-/// Hashes feeds for their fingerprints (telling a fetched feed is the one
-/// in force without comparing its bytes): keyed at random per process, so
-/// nobody can aim a collision at it. A feed hashed in pieces hashes as
-/// hashed whole.
-#[derive(Clone, Debug, Default)]
-pub struct FeedHasher(std::hash::RandomState);
-
-impl FeedHasher {
-    pub fn hash(&self, feed: &[u8]) -> u64 {
-        let mut hasher = self.0.build_hasher();
-        hasher.write(feed);
-        hasher.finish()
-    }
-}
-
 /// What a download works out from a feed's bytes as they arrive, for the
-/// caller: whether its signature verifies (with `key`), its fingerprint's
-/// hash (with `hasher`) and its scan.
+/// caller: its digest, whether its signature verifies over it (with
+/// `key`), and its scan.
 #[derive(Clone)]
 pub struct Intake {
     pub key: Arc<signature::PublicKey>,
-    pub hasher: FeedHasher,
 }
 
 /// What was worked out from a downloaded feed as it arrived.
@@ -76,8 +59,8 @@ pub struct Arrived {
     /// not be checked piece by piece (a legacy signature), the caller
     /// verifies the whole feed, which names the problem.
     pub verified: bool,
-    /// [`FeedHasher::hash`] of the feed.
-    pub hash: u64,
+    /// The feed's digest, checked or not: its fingerprint.
+    pub digest: signature::Digest,
     /// The feed scanned as far as it arrived in whole lines.
     pub scanner: feed::Scanner,
 }
@@ -91,7 +74,8 @@ pub struct Fetched {
     validators: Validators,
     /// Worked out from `feed` and `signature` as the feed arrived: taken
     /// with them ([`Fetched::take`]), never apart.
-    arrived: Option<Arrived>,
+    /// Boxed: a fetch that finds nothing new stays small.
+    arrived: Option<Box<Arrived>>,
 }
 
 impl Fetched {
@@ -107,7 +91,7 @@ impl Fetched {
 
     /// What was worked out from the feed as it arrived, if it was.
     pub fn arrived(&self) -> Option<&Arrived> {
-        self.arrived.as_ref()
+        self.arrived.as_deref()
     }
 
     /// Takes the feed, its signature and what was worked out from them as
@@ -116,7 +100,7 @@ impl Fetched {
         (
             std::mem::take(&mut self.feed),
             std::mem::take(&mut self.signature),
-            self.arrived.take(),
+            self.arrived.take().map(|arrived| *arrived),
         )
     }
 }
@@ -337,11 +321,11 @@ impl FeedSource {
         &self,
         incoming: Incoming<'_, impl io::Read>,
         signature: &Result<Vec<u8>, SyncError>,
-    ) -> Result<(Vec<u8>, Option<Arrived>), SyncError> {
+    ) -> Result<(Vec<u8>, Option<Box<Arrived>>), SyncError> {
         Ok(match (&self.intake, signature) {
             (Some(intake), Ok(signature)) => {
                 let (body, arrived) = intake.read(incoming, self.max_bytes, signature)?;
-                (body, Some(arrived))
+                (body, Some(Box::new(arrived)))
             }
             _ => (read_pieces(incoming, self.max_bytes, |_| {})?, None),
         })
@@ -528,8 +512,8 @@ fn resolve_redirect(from: &str, location: &str, https: bool) -> Result<String, &
 
 impl Intake {
     /// Reads a feed from `incoming`, worked on as it arrives against
-    /// `signature`: the signature's hash (the most work) on a second
-    /// thread, handed each piece, the rest on this one.
+    /// `signature`: its digest (the most work) on a second thread, handed
+    /// each piece, then the signature checked over it; the scan on this one.
     fn read(
         &self,
         incoming: Incoming<'_, impl io::Read>,
@@ -538,39 +522,38 @@ impl Intake {
     ) -> Result<(Vec<u8>, Arrived), SyncError> {
         let decoded = signature::Decoded::new(signature).ok();
         let check = decoded.as_ref().and_then(|d| self.key.streamed(d));
-        let mut hasher = self.hasher.0.build_hasher();
         let mut scanner = feed::Scanner::default();
         std::thread::scope(|scope| {
-            // A few pieces in flight at most: the check keeps up with all
+            // A few pieces in flight at most: the digest keeps up with all
             // but the fastest downloads.
-            let (pieces, checking) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES_AHEAD);
-            let checked = check.map(|mut check| {
-                scope.spawn(move || {
-                    for piece in checking {
-                        check.update(&piece);
-                    }
-                    check.verifies()
-                })
+            let (pieces, digesting) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES_AHEAD);
+            let digested = scope.spawn(move || {
+                let mut digest = signature::Digesting::default();
+                for piece in digesting {
+                    digest.update(&piece);
+                }
+                let digest = digest.finish();
+                (check.is_some_and(|check| check.verifies(&digest)), digest)
             });
             let mut taken = 0;
             let body = read_pieces(incoming, max_bytes, |so_far| {
-                let piece = &so_far[taken..];
-                if checked.is_some() {
-                    // The check ends (unverified) only if its thread did.
-                    let _ = pieces.send(piece.to_vec());
-                }
-                hasher.write(piece);
+                // The digest ends short (and unverified) only if its
+                // thread did: taken again below.
+                let _ = pieces.send(so_far[taken..].to_vec());
                 scanner.advance(so_far);
                 taken = so_far.len();
             });
             drop(pieces);
-            let verified = checked.is_some_and(|thread| thread.join().unwrap_or(false));
+            let digested = digested.join();
+            let body = body?;
+            let (verified, digest) =
+                digested.unwrap_or_else(|_| (false, signature::Digest::of(&body)));
             let arrived = Arrived {
                 verified,
-                hash: hasher.finish(),
+                digest,
                 scanner,
             };
-            Ok((body?, arrived))
+            Ok((body, arrived))
         })
     }
 }
@@ -694,21 +677,6 @@ mod tests {
         assert!(resolve_redirect(from, "file:///etc/passwd", true).is_err());
         assert!(resolve_redirect(from, "feed2.yaml", true).is_err());
         assert!(resolve_redirect(from, "", true).is_err());
-    }
-
-    /// A fingerprint taken a piece at a time is the fingerprint of the
-    /// whole: the daemon hashes a feed at hand whole, one downloaded as it
-    /// arrives.
-    #[test]
-    fn a_feed_hashed_in_pieces_hashes_as_hashed_whole() {
-        let hasher = FeedHasher::default();
-        let feed: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for piece in [1, 3, 64, 1000, 65_536] {
-            let mut pieces = hasher.0.build_hasher();
-            feed.chunks(piece).for_each(|p| pieces.write(p));
-            assert_eq!(pieces.finish(), hasher.hash(&feed), "pieces of {piece}");
-        }
-        assert_ne!(hasher.hash(&feed[1..]), hasher.hash(&feed));
     }
 
     #[test]

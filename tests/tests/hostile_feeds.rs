@@ -38,6 +38,8 @@ enum Signed {
     ForeignKey,
     /// A good signature of another feed.
     OtherFile,
+    /// The signature of the feed in force, as it is on disk.
+    InForce,
 }
 
 struct Case {
@@ -214,8 +216,10 @@ fn generated_cases(target: &str) -> Vec<Case> {
     ]
 }
 
-/// Writes `case` to `path` with its `.minisig` as the case says.
-fn place(case: &Case, path: &Path, key: &KeyPair, foreign: &KeyPair, scratch: &Path) {
+/// Writes `case` to `path` with its `.minisig` as the case says
+/// (`in_force`: the signature of the feed in force).
+fn place(case: &Case, path: &Path, keys: [&KeyPair; 2], in_force: &str, scratch: &Path) {
+    let [key, foreign] = keys;
     let signature_path = {
         let mut p = path.as_os_str().to_owned();
         p.push(".minisig");
@@ -233,6 +237,7 @@ fn place(case: &Case, path: &Path, key: &KeyPair, foreign: &KeyPair, scratch: &P
             fs::write(&other, b"format: blocker-feed/v1\nserial: 9\n").expect("other");
             fs::read_to_string(key.sign(&other)).expect("signature")
         }
+        Signed::InForce => in_force.to_owned(),
     };
     let signature = match case.signed {
         Signed::Flipped => {
@@ -277,6 +282,23 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
     let mut cases = committed_cases();
     let committed = cases.len();
     cases.extend(generated_cases(&target.to_string()));
+    // The feed in force with one byte changed, under its own signature: its
+    // length and signature are those of the feed in force, and only its
+    // digest tells it is another feed (not the one in force, left alone).
+    let in_force_signature =
+        fs::read_to_string(edge.dir.path().join("feed.yaml.minisig")).expect("its signature");
+    let mut altered = fs::read(edge.feed_path()).expect("the feed in force");
+    let at = (altered.len() / 2..altered.len())
+        .find(|&i| altered[i].is_ascii_digit())
+        .expect("a digit after the middle");
+    altered[at] = if altered[at] == b'1' { b'2' } else { b'1' };
+    cases.push(Case {
+        name: "in-force-altered".to_owned(),
+        bytes: altered,
+        signed: Signed::InForce,
+        reason: "signature",
+        expect: "does not verify".to_owned(),
+    });
     assert!(cases.len() >= 60, "{} cases", cases.len());
 
     let config = edge.config_path().display().to_string();
@@ -288,7 +310,13 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
     for case in &cases {
         // `blocker validate`, as an operator would run it.
         let file = scratch.join("case.yaml");
-        place(case, &file, &edge.key, &foreign, &scratch);
+        place(
+            case,
+            &file,
+            [&edge.key, &foreign],
+            &in_force_signature,
+            &scratch,
+        );
         let begun = Instant::now();
         let out = edge.blocker(&[
             "validate",
@@ -326,7 +354,13 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
             .scrape()
             .get("blocker_feed_sync_failures_total", &label)
             .unwrap_or(0.0);
-        place(case, &edge.feed_path(), &edge.key, &foreign, &scratch);
+        place(
+            case,
+            &edge.feed_path(),
+            [&edge.key, &foreign],
+            &in_force_signature,
+            &scratch,
+        );
         daemon.hangup();
         let scrape = daemon.scrape_until(
             &format!("{} refused as {}", case.name, case.reason),

@@ -1,6 +1,7 @@
 //! A feed downloaded from a real HTTP server, or read from a file, is worked
-//! on as it arrives, in pieces: its signature checked (stock `minisign`
-//! signatures), its fingerprint hashed and its text scanned. What that gives
+//! on as it arrives, in pieces: its digest taken (its fingerprint) and its
+//! signature checked over it (stock `minisign` signatures), and its text
+//! scanned. What that gives
 //! is what the same work on the whole feed gives, and a feed whose signature
 //! does not verify is never reported verified.
 
@@ -8,7 +9,7 @@ use std::{fs, path::Path, sync::Arc};
 
 use blocker::{
     feed, signature,
-    sync::{Arrived, FeedHasher, FeedSource, Fetch, Intake},
+    sync::{Arrived, FeedSource, Fetch, Intake},
 };
 use blocker_tests::{
     bench::workload, feed_server::FeedServer, minisign::KeyPair, orders::feed_yaml,
@@ -76,7 +77,6 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
     let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
     let intake = Intake {
         key: Arc::clone(&public),
-        hasher: FeedHasher::default(),
     };
 
     for (url, source) in sources(&server, dir.path(), "good.yaml") {
@@ -86,8 +86,8 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
             arrived.verified,
             "{url}: a good signature verifies as the feed arrives"
         );
-        signature::verify(&public, &feed, &sig).expect("and over the whole feed");
-        assert_eq!(arrived.hash, intake.hasher.hash(&feed), "{url}");
+        let digest = signature::verify(&public, &feed, &sig).expect("and over the whole feed");
+        assert_eq!(arrived.digest, digest, "{url}: the whole feed's digest");
         let parsed = feed::parse_against(&arrived.scanner.finish(&feed), None).expect("parses");
         assert_eq!(
             parsed.feed,
@@ -104,6 +104,11 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
         for (url, source) in sources(&server, dir.path(), name) {
             let (feed, sig, arrived) = fetch(source, &intake);
             assert!(!arrived.verified, "{url} is not reported verified");
+            assert_eq!(
+                arrived.digest,
+                signature::Digest::of(&feed),
+                "{url}: its fingerprint all the same"
+            );
             let err = signature::verify(&public, &feed, &sig).expect_err("refused whole");
             assert!(err.to_string().contains(expected), "{url}: {err}");
         }
@@ -174,10 +179,8 @@ fn a_feed_is_fetched_from_a_server_of_one_connection_at_a_time() {
     write_signed(dir.path(), "feed.yaml", &text, &key);
     let (port, server) = one_at_a_time(dir.path(), 2);
     let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
-    let mut source = source_at(&format!("http://127.0.0.1:{port}/feed.yaml")).with_intake(Intake {
-        key: public,
-        hasher: FeedHasher::default(),
-    });
+    let mut source = source_at(&format!("http://127.0.0.1:{port}/feed.yaml"))
+        .with_intake(Intake { key: public });
     let started = std::time::Instant::now();
     let fetched = source.fetch(true);
     let Ok(Fetch::New(mut fetched)) = fetched else {

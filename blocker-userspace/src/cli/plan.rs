@@ -49,7 +49,7 @@ pub(super) fn plan(config_path: &Path, feed_path: &Path, json: bool) -> Result<E
         Ok(sig) => {
             let key = PublicKey::from_file(&config.feed.public_key).map_err(EnvError::new)?;
             match signature::verify(&key, &bytes, &sig) {
-                Ok(()) => "verified".to_owned(),
+                Ok(_) => "verified".to_owned(),
                 Err(err) => {
                     refusals.push(format!("signature: {err}"));
                     "INVALID".to_owned()

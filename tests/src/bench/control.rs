@@ -17,7 +17,7 @@ use blocker::{
     feed::{self, Order},
     policy, signature,
     state::StateDir,
-    sync::{FeedHasher, Fetch, Intake},
+    sync::{Fetch, Intake},
 };
 use time::OffsetDateTime;
 
@@ -173,8 +173,9 @@ pub struct Download {
     /// From the request to the feed in memory, with nothing done on its
     /// bytes as they arrive (medians of [`DOWNLOADS`]).
     pub plain: Duration,
-    /// The same, with its signature checked, its fingerprint hashed and
-    /// its text scanned as its bytes arrive, as the daemon downloads.
+    /// The same, with its digest taken (its fingerprint), its signature
+    /// checked over it and its text scanned as its bytes arrive, as the
+    /// daemon downloads.
     pub worked: Duration,
     /// From the end of that download (its signature checked) to the
     /// tables written.
@@ -229,7 +230,7 @@ pub struct DaemonUpdate {
     /// From SIGHUP to its serial reported.
     pub seen: Duration,
     /// Its fetch (the file's read or the download, with the signature
-    /// checked, the bytes hashed and scanned as they came), what is left of
+    /// checked, the bytes digested and scanned as they came), what is left of
     /// the check and the scan after it, and its parse (against the feed in
     /// force), and the orders it took from that feed: from the daemon's
     /// `feed parsed` log line.
@@ -298,13 +299,11 @@ impl Loader {
         self.dp.settle();
         let mut stages = Stages::default();
         // As the daemon does: on a second thread while the signature is
-        // checked, the feed's fingerprint hashed and its bytes scanned.
+        // checked (its digest the feed's fingerprint), the feed's bytes
+        // scanned.
         let t = Instant::now();
         let text = std::thread::scope(|scope| {
-            let beside = scope.spawn(|| {
-                std::hint::black_box(FeedHasher::default().hash(&signed.feed));
-                feed::Text::scan_here(&signed.feed)
-            });
+            let beside = scope.spawn(|| feed::Text::scan_here(&signed.feed));
             signature::verify(key, &signed.feed, &signed.signature).expect("the feed verifies");
             beside.join().expect("the scan")
         });
@@ -318,8 +317,8 @@ impl Loader {
         (stages, applied)
     }
 
-    /// `signed` downloaded once from `server` as the daemon does (checked,
-    /// hashed and scanned as it arrives), then taken as [`Loader::stages`]
+    /// `signed` downloaded once from `server` as the daemon does (digested,
+    /// checked and scanned as it arrives), then taken as [`Loader::stages`]
     /// does, timed from the download's end: `verify` is what is left of the
     /// check then. The download is then timed again, with and without that
     /// work, for comparison.
@@ -333,7 +332,6 @@ impl Loader {
         self.dp.settle();
         let intake = Intake {
             key: Arc::clone(key),
-            hasher: FeedHasher::default(),
         };
         let fetch = |intake: Option<&Intake>| {
             let mut source = server.source(&signed.name);
