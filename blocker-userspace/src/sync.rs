@@ -12,10 +12,10 @@
 //! - The feed's bytes are worked on as they arrive ([`Intake`]), downloaded
 //!   or read from a file: its digest (what its signature signs, and its
 //!   fingerprint) and its scan for plain text are taken while the download
-//!   or the read lasts, so that
-//!   little is left once it ends. The signature is fetched or read first for
-//!   that, then the feed (over HTTP conditionally: an unchanged feed is a
-//!   304, its signature a few hundred bytes).
+//!   or the read lasts, so that little is left once it ends. The signature
+//!   is fetched or read first for that, then the feed (over HTTP
+//!   conditionally: an unchanged feed is a 304, its signature a few
+//!   hundred bytes).
 //!
 //! The validators of a download are kept only once the caller [`commit`]s
 //! it (it was applied, or equals what is in force), so a refused feed is
@@ -41,7 +41,7 @@ const MAX_REDIRECTS: usize = 5;
 /// A download is worked on in pieces of this many bytes (or fewer, at
 /// its end): the work on a piece is done before the next is read.
 const PIECE: u64 = 256 * 1024;
-/// Pieces read ahead of the signature check at most.
+/// Pieces read ahead of the digest (the signature's check) at most.
 const PIECES_AHEAD: usize = 16;
 
 /// What a download works out from a feed's bytes as they arrive, for the
@@ -73,8 +73,8 @@ pub struct Fetched {
     pub signature: Vec<u8>,
     validators: Validators,
     /// Worked out from `feed` and `signature` as the feed arrived: taken
-    /// with them ([`Fetched::take`]), never apart.
-    /// Boxed: a fetch that finds nothing new stays small.
+    /// with them ([`Fetched::take`]), never apart. Boxed: a fetch that
+    /// finds nothing new stays small.
     arrived: Option<Box<Arrived>>,
 }
 

@@ -282,11 +282,12 @@ fn every_hostile_feed_is_named_by_validate_and_refused_by_the_daemon() {
     let mut cases = committed_cases();
     let committed = cases.len();
     cases.extend(generated_cases(&target.to_string()));
-    // The feed in force with one byte changed, under its own signature: its
+    // The feed in force with one digit changed, under its own signature: its
     // length and signature are those of the feed in force, and only its
-    // digest tells it is another feed (not the one in force, left alone).
-    let in_force_signature =
-        fs::read_to_string(edge.dir.path().join("feed.yaml.minisig")).expect("its signature");
+    // digest tells it is not that feed (which the daemon would leave alone,
+    // reporting nothing).
+    let in_force_signature = fs::read_to_string(format!("{}.minisig", edge.feed_path().display()))
+        .expect("its signature");
     let mut altered = fs::read(edge.feed_path()).expect("the feed in force");
     let at = (altered.len() / 2..altered.len())
         .find(|&i| altered[i].is_ascii_digit())

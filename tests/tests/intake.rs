@@ -1,9 +1,8 @@
 //! A feed downloaded from a real HTTP server, or read from a file, is worked
 //! on as it arrives, in pieces: its digest taken (its fingerprint) and its
 //! signature checked over it (stock `minisign` signatures), and its text
-//! scanned. What that gives
-//! is what the same work on the whole feed gives, and a feed whose signature
-//! does not verify is never reported verified.
+//! scanned. What that gives is what the same work on the whole feed gives,
+//! and a feed whose signature does not verify is never reported verified.
 
 use std::{fs, path::Path, sync::Arc};
 
