@@ -141,7 +141,7 @@ impl Digesting {
 
 /// A prehashed signature (what `minisign -S` makes) by the configured key,
 /// to check over a feed's [`Digest`] once it is taken.
-pub struct Streamed<'a> {
+pub struct OverDigest<'a> {
     key: &'a PublicKey,
     over_hash: &'a minisign_verify::Signature,
 }
@@ -151,10 +151,10 @@ impl PublicKey {
     /// when it cannot be one (a legacy signature, which signs the feed
     /// itself, or another key's): [`verify`] then checks the whole feed
     /// and names the problem.
-    pub fn streamed<'a>(&'a self, signature: &'a Decoded) -> Option<Streamed<'a>> {
+    pub fn over_digest<'a>(&'a self, signature: &'a Decoded) -> Option<OverDigest<'a>> {
         // minisign-verify's own stream check says whether it can be one.
         self.0.verify_stream(&signature.signature).ok()?;
-        Some(Streamed {
+        Some(OverDigest {
             key: self,
             over_hash: signature.over_hash.as_ref()?,
         })
@@ -171,7 +171,7 @@ impl PublicKey {
     }
 }
 
-impl Streamed<'_> {
+impl OverDigest<'_> {
     /// Whether the signature verifies over the feed whose digest this is.
     pub fn verifies(&self, digest: &Digest) -> bool {
         self.key.verify_hash(digest, self.over_hash).is_ok()
@@ -357,7 +357,7 @@ mod tests {
         let sig = keys.sign(&feed);
         let decoded = Decoded::new(&sig).expect("decodes");
         let streamed = |key: &PublicKey, bytes: &[u8], piece: usize| {
-            let check = key.streamed(&decoded)?;
+            let check = key.over_digest(&decoded)?;
             let mut digesting = Digesting::default();
             bytes.chunks(piece).for_each(|p| digesting.update(p));
             let digest = digesting.finish();
@@ -376,13 +376,13 @@ mod tests {
             streamed(&keys.public(), &content[..content.len() - 1], 4096),
             Some(false)
         );
-        // Another key's signature is no streamed check: `verify` names it.
+        // Another key's signature is no check over a digest: `verify` names it.
         assert_eq!(streamed(&other.public(), &content, 4096), None);
         // Nor is a legacy signature (it signs the feed itself, not its
         // hash): `verify` checks the whole feed.
         let legacy = keys.sign_with(&feed, &["-l"]);
         let decoded = Decoded::new(&legacy).expect("decodes");
-        assert!(keys.public().streamed(&decoded).is_none());
+        assert!(keys.public().over_digest(&decoded).is_none());
         let digest = verify(&keys.public(), &content, &legacy).expect("a good legacy signature");
         assert_eq!(digest, whole, "the feed's digest, whatever signs it");
         assert_ne!(Digest::of(&altered), whole);

@@ -521,7 +521,7 @@ impl Intake {
         signature: &[u8],
     ) -> Result<(Vec<u8>, Arrived), SyncError> {
         let decoded = signature::Decoded::new(signature).ok();
-        let check = decoded.as_ref().and_then(|d| self.key.streamed(d));
+        let check = decoded.as_ref().and_then(|d| self.key.over_digest(d));
         let mut scanner = feed::Scanner::default();
         std::thread::scope(|scope| {
             // A few pieces in flight at most: the digest keeps up with all
