@@ -193,6 +193,8 @@ pub struct DaemonRun {
     /// After the last update.
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// The same daemon through more updates (from a file only).
+    pub long: Option<LongRun>,
     /// Median time of a whole `/metrics` scrape with the 1M feed's orders
     /// in force (curl's own time, [`SCRAPES`] scrapes).
     pub scrape: Duration,
@@ -221,6 +223,27 @@ impl DaemonRun {
         (fetch + update.verify + update.parse).as_secs_f64() + update.apply
     }
 }
+
+/// The daemon from a file through [`LONG_UPDATES`] more 1% updates after
+/// the timed ones: past the compile from scratch its compiler makes every
+/// 64 changes at most (sooner when the entries no prefix uses any more
+/// pile up), which lays every table out again in the running daemon.
+#[derive(Clone, Debug, Default)]
+pub struct LongRun {
+    /// Updates in all, the timed ones included.
+    pub updates: usize,
+    /// Over the whole run, the start included; and after the last update.
+    pub peak_rss_kib: u64,
+    pub rss_kib: u64,
+    /// Each update's apply metric, in the order applied (the timed ones
+    /// first): the compile from scratch is the slowest.
+    pub applies: Vec<f64>,
+}
+
+/// Updates after the timed ones in [`LongRun`]: five timed and these make
+/// 70, past the 65th change, where the compiler starts from scratch at the
+/// latest.
+pub const LONG_UPDATES: usize = 65;
 
 /// One 1% update in the daemon.
 #[derive(Clone, Debug, Default)]
@@ -636,11 +659,44 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     // The daemon hands the apply's freed memory back after it writes its
     // status: RSS at rest is read once that is surely done.
     std::thread::sleep(Duration::from_millis(500));
+    let rss_kib = status_kib(daemon.pid(), "VmRSS:");
+    let peak_rss_kib = status_kib(daemon.pid(), "VmHWM:");
+    // From a file, on through more updates: what a daemon that runs for
+    // days holds at its peak.
+    let long = (from == DaemonFeed::File).then(|| {
+        let mut applies: Vec<f64> = updates.iter().map(|u| u.apply).collect();
+        for (serial, seed) in (2 + DAEMON_UPDATES as u64..).zip(1000..).take(LONG_UPDATES) {
+            let changed = super::workload::changed(&before, UPDATE_EVERY, seed);
+            edge.publish(serial, &changed);
+            before = changed;
+            daemon.hangup();
+            wait_for_serial(
+                &edge.config().state_dir,
+                serial,
+                Duration::from_secs(120),
+                || daemon.log_text(),
+            );
+            applies.push(
+                daemon
+                    .scrape()
+                    .get("blocker_feed_last_apply_duration_seconds", &[])
+                    .unwrap_or(f64::NAN),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        LongRun {
+            updates: applies.len(),
+            peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
+            rss_kib: status_kib(daemon.pid(), "VmRSS:"),
+            applies,
+        }
+    });
     let run = DaemonRun {
         start_to_enforced,
         updates,
-        rss_kib: status_kib(daemon.pid(), "VmRSS:"),
-        peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
+        rss_kib,
+        peak_rss_kib,
+        long,
         scrape: scrape_median,
         counts_fetch: from == DaemonFeed::File,
     };

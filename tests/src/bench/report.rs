@@ -337,6 +337,17 @@ impl Report {
                 target: 300.0,
             });
         }
+        if let Some(long) = self.daemon.as_ref().and_then(|d| d.long.as_ref()) {
+            goals.push(Goal {
+                goal: format!(
+                    "daemon peak RSS through {} updates from a file (its compile from scratch every 64 changes among them), MB",
+                    long.updates
+                ),
+                value: long.peak_rss_kib as f64 * 1024.0 / 1e6,
+                bound: "<=",
+                target: 300.0,
+            });
+        }
         goals
     }
 
@@ -662,6 +673,12 @@ fn daemon_json(d: &DaemonRun) -> Value {
         "updates_apply_s": d.updates.iter().map(|u| u.apply).collect::<Vec<_>>(),
         "rss_kib": d.rss_kib,
         "peak_rss_kib": d.peak_rss_kib,
+        "long_run": d.long.as_ref().map(|long| json!({
+            "updates": long.updates,
+            "peak_rss_kib": long.peak_rss_kib,
+            "rss_kib": long.rss_kib,
+            "updates_apply_s": long.applies,
+        })),
         "scrape_s": d.scrape.as_secs_f64(),
     })
 }
