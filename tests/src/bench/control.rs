@@ -2,7 +2,8 @@
 //! load and of a 1% update, in process, and of another 1% update downloaded
 //! from a real HTTP server as the daemon downloads it; then the real daemon
 //! on the same feeds, from a `file://` URL and over HTTP, for its update's
-//! time, its peak memory and the time of a scrape.
+//! time, its peak memory and the time of a scrape; and the daemon from a
+//! file on through more updates, for its peak memory over a longer run.
 
 use std::{
     fs,
@@ -581,7 +582,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// `blocker run` (the binary `BLOCKER_BIN` names) on `orders`, then on
 /// [`DAEMON_UPDATES`] 1% updates in turn, taking its feeds `from` a file or
-/// an HTTP server.
+/// an HTTP server; from a file, then on [`LONG_UPDATES`] more
+/// ([`LongRun`]).
 pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRun {
     let edge = Edge::new(&[]);
     let mut config = edge.config();
