@@ -613,18 +613,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     let mut before = orders.to_vec();
     let mut updates = Vec::new();
     for (serial, seed) in (2..).zip(DAEMON_SEEDS) {
-        let changed = super::workload::changed(&before, UPDATE_EVERY, seed);
-        edge.publish(serial, &changed);
-        before = changed;
-        let hup = Instant::now();
-        daemon.hangup();
-        wait_for_serial(
-            &edge.config().state_dir,
-            serial,
-            Duration::from_secs(120),
-            || daemon.log_text(),
-        );
-        let seen = hup.elapsed();
+        let seen = next_update(&edge, &daemon, &mut before, serial, seed);
         let log = daemon.log_text();
         let parsed_line = format!("feed parsed serial={serial} ");
         let field = |name: &str| -> f64 {
@@ -668,16 +657,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     let long = (from == DaemonFeed::File).then(|| {
         let mut applies: Vec<f64> = updates.iter().map(|u| u.apply).collect();
         for (serial, seed) in (2 + DAEMON_UPDATES as u64..).zip(1000..).take(LONG_UPDATES) {
-            let changed = super::workload::changed(&before, UPDATE_EVERY, seed);
-            edge.publish(serial, &changed);
-            before = changed;
-            daemon.hangup();
-            wait_for_serial(
-                &edge.config().state_dir,
-                serial,
-                Duration::from_secs(120),
-                || daemon.log_text(),
-            );
+            next_update(&edge, &daemon, &mut before, serial, seed);
             applies.push(
                 daemon
                     .scrape()
@@ -706,6 +686,29 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     daemon.terminate();
     drop(server);
     run
+}
+
+/// The next 1% update (`before` changed by `seed`) published as `serial`
+/// and taken by `daemon` (told by SIGHUP): the time until its status
+/// names it.
+fn next_update(
+    edge: &Edge,
+    daemon: &crate::daemon::Daemon,
+    before: &mut Vec<Order>,
+    serial: u64,
+    seed: u64,
+) -> Duration {
+    *before = super::workload::changed(before, UPDATE_EVERY, seed);
+    edge.publish(serial, before);
+    let hup = Instant::now();
+    daemon.hangup();
+    wait_for_serial(
+        &edge.config().state_dir,
+        serial,
+        Duration::from_secs(120),
+        || daemon.log_text(),
+    );
+    hup.elapsed()
 }
 
 /// Where [`daemon`]'s daemon takes its feed from.
