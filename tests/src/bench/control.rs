@@ -231,14 +231,19 @@ impl DaemonRun {
 /// pile up), which lays every table out again in the running daemon.
 #[derive(Clone, Debug, Default)]
 pub struct LongRun {
-    /// Updates in all, the timed ones included.
-    pub updates: usize,
     /// Over the whole run, the start included; and after the last update.
     pub peak_rss_kib: u64,
     pub rss_kib: u64,
     /// Each update's apply metric, in the order applied (the timed ones
     /// first): the compile from scratch is the slowest.
     pub applies: Vec<f64>,
+}
+
+impl LongRun {
+    /// Updates in all, the timed ones included.
+    pub fn updates(&self) -> usize {
+        self.applies.len()
+    }
 }
 
 /// Updates after the timed ones in [`LongRun`]: five timed and these make
@@ -647,11 +652,7 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
             taken: field("taken_from_in_force") as usize,
         });
     }
-    // The daemon hands the apply's freed memory back after it writes its
-    // status: RSS at rest is read once that is surely done.
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_kib = status_kib(daemon.pid(), "VmRSS:");
-    let peak_rss_kib = status_kib(daemon.pid(), "VmHWM:");
+    let (rss_kib, peak_rss_kib) = at_rest(daemon.pid());
     // From a file, on through more updates: what a daemon that runs for
     // days holds at its peak.
     let long = (from == DaemonFeed::File).then(|| {
@@ -665,11 +666,10 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
                     .unwrap_or(f64::NAN),
             );
         }
-        std::thread::sleep(Duration::from_millis(500));
+        let (rss_kib, peak_rss_kib) = at_rest(daemon.pid());
         LongRun {
-            updates: applies.len(),
-            peak_rss_kib: status_kib(daemon.pid(), "VmHWM:"),
-            rss_kib: status_kib(daemon.pid(), "VmRSS:"),
+            peak_rss_kib,
+            rss_kib,
             applies,
         }
     });
@@ -686,6 +686,14 @@ pub fn daemon(orders: &[Order], max_prefixes: u32, from: DaemonFeed) -> DaemonRu
     daemon.terminate();
     drop(server);
     run
+}
+
+/// The daemon `pid`'s RSS at rest after its last update, and its peak so
+/// far (KiB). It hands the apply's freed memory back after it writes its
+/// status: they are read once that is surely done.
+fn at_rest(pid: u32) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(500));
+    (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"))
 }
 
 /// The next 1% update (`before` changed by `seed`) published as `serial`

@@ -332,7 +332,7 @@ impl Report {
         if let Some(peak) = peak {
             goals.push(Goal {
                 goal: "daemon peak RSS (the larger of its two runs), MB".to_owned(),
-                value: peak as f64 * 1024.0 / 1e6,
+                value: megabytes(peak),
                 bound: "<=",
                 target: 300.0,
             });
@@ -341,9 +341,9 @@ impl Report {
             goals.push(Goal {
                 goal: format!(
                     "daemon peak RSS through {} updates from a file (its compile from scratch every 64 changes among them), MB",
-                    long.updates
+                    long.updates()
                 ),
-                value: long.peak_rss_kib as f64 * 1024.0 / 1e6,
+                value: megabytes(long.peak_rss_kib),
                 bound: "<=",
                 target: 300.0,
             });
@@ -656,6 +656,11 @@ fn machine() -> Value {
     json!({"cpus": cpus, "cpu": model, "kernel": kernel.trim()})
 }
 
+/// `kib` KiB in MB (10^6 bytes), as the RSS bound is given.
+fn megabytes(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
 /// A daemon run, for the JSON report: the median update's figures, and
 /// every update's whole.
 fn daemon_json(d: &DaemonRun) -> Value {
@@ -674,7 +679,7 @@ fn daemon_json(d: &DaemonRun) -> Value {
         "rss_kib": d.rss_kib,
         "peak_rss_kib": d.peak_rss_kib,
         "long_run": d.long.as_ref().map(|long| json!({
-            "updates": long.updates,
+            "updates": long.updates(),
             "peak_rss_kib": long.peak_rss_kib,
             "rss_kib": long.rss_kib,
             "updates_apply_s": long.applies,
