@@ -966,6 +966,9 @@ mod tests {
             let whole = build(&after, &geometry).unwrap();
             prop_assert_eq!(tables.keys, whole.keys, "keys (IPv4, IPv6)");
             prop_assert_eq!(&tables.v4_bits, &whole.v4_bits, "IPv4 bits are exact");
+            // No prefix here is wider than /24: IPv6 bits are exact too.
+            let words = |bits: &[u64]| bits.iter().copied().enumerate().filter(|w| w.1 != 0).collect::<Vec<_>>();
+            prop_assert_eq!(words(&tables.v6_bits), words(&whole.v6_bits), "IPv6 bits are exact");
             prop_assert_eq!(&tables.v4_short, &whole.v4_short);
             let entry = |index: Option<u32>| index.map(|i| *after.entry(i));
             for host in probes4 {

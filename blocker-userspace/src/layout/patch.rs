@@ -4,9 +4,12 @@
 //! keep their seeds; a key that goes is cleared from its slot, a key that
 //! comes is placed by cuckoo insertion among the buckets it touches.
 //!
-//! IPv4 bitmap bits are set and cleared exactly. An IPv6 bit stands for
-//! every /32 hashed to it, so a patch only sets them: a bit left set costs a
-//! descriptor probe that finds nothing, until the next layout from scratch.
+//! Bitmap bits are set and cleared exactly. An IPv6 bit stands for every
+//! /32 hashed to it: a /32 descriptor that goes clears its bit when no /32
+//! the compile still holds hashes to it (one pass over its IPv6 prefixes
+//! tells). Where a prefix wider than /24 would make that pass long, the
+//! bit is left set: it costs a descriptor probe that finds nothing, until
+//! the next layout from scratch.
 
 use std::{
     cell::Cell,
@@ -393,6 +396,50 @@ impl Words {
         words.sort_unstable_by_key(|(index, _)| *index);
         words
     }
+}
+
+/// The bits of `gone` (of /32 descriptors that went) that no /32 bucket
+/// of `prefixes` (a compile's IPv6 prefixes) hashes to. None when a prefix
+/// wider than /24 would take too long to go through, bucket by bucket.
+fn v6_bits_free(prefixes: &[([u8; 16], u8, u32)], mut gone: Vec<u32>) -> Vec<u32> {
+    if gone.is_empty() {
+        return gone;
+    }
+    gone.sort_unstable();
+    gone.dedup();
+    // A bit each for the low 16 bits of those gone: most buckets' bits miss
+    // it, and are not searched for.
+    let mut filter = vec![0u64; 1 << 10];
+    for &bit in &gone {
+        filter[(bit as usize & 0xffff) >> 6] |= 1 << (bit & 63);
+    }
+    let mut held = crate::bits::Bits::new(gone.len());
+    let mut last = None;
+    for &(net, len, _) in prefixes {
+        let top = (u128::from_be_bytes(net) >> (128 - V6_BUCKET_LEN)) as u32;
+        let span = match u32::from(len) {
+            len if len >= V6_BUCKET_LEN => 1,
+            len if len >= u32::from(V6_WIDEST) => 1u32 << (V6_BUCKET_LEN - len),
+            _ => return Vec::new(),
+        };
+        if span == 1 && last == Some(top) {
+            continue;
+        }
+        last = Some(top);
+        for top in top..=top.saturating_add(span - 1) {
+            let bit = layout::v6_bit(u64::from(top) << 32);
+            if filter[(bit as usize & 0xffff) >> 6] & 1 << (bit & 63) != 0
+                && let Ok(i) = gone.binary_search(&bit)
+            {
+                held.insert(i);
+            }
+        }
+    }
+    gone.into_iter()
+        .enumerate()
+        .filter(|&(i, _)| !held.contains(i))
+        .map(|(_, bit)| bit)
+        .collect()
 }
 
 /// Prefixes of one family in a [`Compiled`], as (address bits
@@ -1016,6 +1063,7 @@ fn patch_v6(
         }
     }
     let mut present: Vec<u32> = Vec::new();
+    let mut gone: Vec<u32> = Vec::new();
     for &top in &descriptors {
         let bits = u128::from(top) << (128 - V6_BUCKET_LEN);
         let entry = table.cover(bits, 32).unwrap_or(0);
@@ -1045,6 +1093,7 @@ fn patch_v6(
         if entry == 0 && longer == [0, 0] {
             if hash.find(&slot).ok_or(Unpatchable::Mismatch)?.is_some() {
                 hash.remove(&slot).ok_or(Unpatchable::Mismatch)?;
+                gone.push(layout::v6_bit(slot.hi));
             }
         } else {
             present.push(layout::v6_bit(slot.hi));
@@ -1055,6 +1104,9 @@ fn patch_v6(
         hash.upsert(slot).ok_or(Unpatchable::Full)?;
     }
     let (v6, keys_gained) = hash.changed();
+    for bit in v6_bits_free(&compiled.v6, gone) {
+        words.set(bit, false, |w| source.v6_bits(w))?;
+    }
     for bit in present {
         words.set(bit, true, |w| source.v6_bits(w))?;
     }
