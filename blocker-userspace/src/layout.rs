@@ -792,7 +792,7 @@ mod tests {
                 from: 0,
                 v4: differing(&from.v4, &to.v4),
                 v6: differing(&from.v6, &to.v6),
-                entries_from: to.entries.len(),
+                entries: Vec::new(),
             };
             let patch = patch_in_parts(to, &change, self, geometry).unwrap();
             self.apply(&patch);
@@ -958,7 +958,7 @@ mod tests {
                 from: 0,
                 v4: differing(&before.v4, &after.v4),
                 v6: differing(&before.v6, &after.v6),
-                entries_from: after.entries.len(),
+                entries: Vec::new(),
             };
             let patch = patch_in_parts(&after, &change, &tables, &geometry)
                 .map_err(|err| TestCaseError::fail(err.to_string()))?;

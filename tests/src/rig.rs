@@ -47,7 +47,7 @@ impl Rig {
         Self {
             dp,
             slots: SlotTable::new(),
-            compiler: Compiler::new(),
+            compiler: Compiler::sweeping_eagerly(),
             compiled: None,
             applied: None,
             _bpffs: bpffs,

@@ -679,8 +679,10 @@ pub fn patch<S: Source + Send>(
     patch.v6_bits = v6.v6_bits;
     patch.v6 = v6.v6;
     patch.keys.1 = v6.keys.1;
-    patch.entries = (change.entries_from..compiled.entries.len())
-        .map(|i| (i as u32, compiled.entries[i]))
+    patch.entries = change
+        .entries
+        .iter()
+        .filter_map(|&i| compiled.entries.get(i as usize).map(|entry| (i, *entry)))
         .collect();
     Ok(patch)
 }
