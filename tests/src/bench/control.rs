@@ -226,16 +226,17 @@ impl DaemonRun {
 }
 
 /// The daemon from a file through [`LONG_UPDATES`] more 1% updates after
-/// the timed ones: past the compile from scratch its compiler makes every
-/// 64 changes at most (sooner when the entries no prefix uses any more
-/// pile up), which lays every table out again in the running daemon.
+/// the timed ones: what a daemon that runs for days holds, past several
+/// sweeps of the entries no prefix uses any more (until stop 42, a compile
+/// from scratch every 64 changes, which laid every table out again in the
+/// running daemon).
 #[derive(Clone, Debug, Default)]
 pub struct LongRun {
     /// Over the whole run, the start included; and after the last update.
     pub peak_rss_kib: u64,
     pub rss_kib: u64,
     /// Each update's apply metric, in the order applied (the timed ones
-    /// first): the compile from scratch is the slowest.
+    /// first).
     pub applies: Vec<f64>,
 }
 
@@ -247,8 +248,7 @@ impl LongRun {
 }
 
 /// Updates after the timed ones in [`LongRun`]: five timed and these make
-/// 70, past the 65th change, where the compiler starts from scratch at the
-/// latest.
+/// 70 (three or four sweeps of the entries at the benchmark's 1M prefixes).
 pub const LONG_UPDATES: usize = 65;
 
 /// One 1% update in the daemon.

@@ -340,7 +340,7 @@ impl Report {
         if let Some(long) = self.daemon.as_ref().and_then(|d| d.long.as_ref()) {
             goals.push(Goal {
                 goal: format!(
-                    "daemon peak RSS through {} updates from a file (its compile from scratch every 64 changes among them), MB",
+                    "daemon peak RSS through {} updates from a file, MB",
                     long.updates()
                 ),
                 value: megabytes(long.peak_rss_kib),
