@@ -1056,6 +1056,29 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_clears_the_ipv6_bit_of_a_32_that_goes_unless_a_wide_prefix_is_held() {
+        // 2001:db8:7::/48 goes, the last prefix in its /32. Beside
+        // 2001:db9::/48 its bit is cleared; beside 3000::/23 (wider than
+        // /24: 512 buckets to go through) it is left set, and costs only a
+        // probe.
+        let bit = layout::v6_bit(0x2001_0db8u64 << 32);
+        let marked = |t: &Tables| t.v6_bits[(bit >> 6) as usize] >> (bit & 63) & 1 == 1;
+        for (beside, len, cleared) in [("2001:db9::", 48, true), ("3000::", 23, false)] {
+            let before = v6_tagged(&[("2001:db8:7::", 48, 1), (beside, len, 2)]);
+            let after = v6_tagged(&[(beside, len, 2)]);
+            let geometry = Geometry::for_capacity(128);
+            let mut tables = build(&before, &geometry).unwrap();
+            assert!(marked(&tables), "{beside}: the /48's bit is set");
+            tables.patch_to(&before, &after, &geometry);
+            assert_eq!(marked(&tables), !cleared, "beside {beside}/{len}");
+            assert!(!marked(&build(&after, &geometry).unwrap()));
+            let tag = |text: &str| tag_of(&tables, std::net::Ipv6Addr::from(v6_octets(text)));
+            assert_eq!(tag("2001:db8:7::1"), None, "beside {beside}/{len}");
+            assert_eq!(tag(beside), Some(2));
+        }
+    }
+
+    #[test]
     fn an_ipv4_prefix_alone_in_a_24_without_a_24_is_held_by_the_descriptor() {
         // Under 10.1.0.0/20 (tag 2): a /32 and a /26 alone in their /24s; a
         // /24 with a /32 inside; a /29 and a /32 in one /24. 10.2/16: a /31
