@@ -399,8 +399,9 @@ impl Words {
 }
 
 /// The bits of `gone` (of /32 descriptors that went) that no /32 bucket
-/// of `prefixes` (a compile's IPv6 prefixes) hashes to. None when a prefix
-/// wider than /24 would take too long to go through, bucket by bucket.
+/// of `prefixes` (a compile's IPv6 prefixes) hashes to; none at all when a
+/// prefix wider than /24 would take too long to go through, bucket by
+/// bucket (its bits stay set).
 fn v6_bits_free(prefixes: &[([u8; 16], u8, u32)], mut gone: Vec<u32>) -> Vec<u32> {
     if gone.is_empty() {
         return gone;
