@@ -463,8 +463,7 @@ impl Entries {
     fn new() -> Self {
         Self {
             list: vec![PrefixEntry::EMPTY],
-            index: HashTable::new(),
-            free: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -475,9 +474,8 @@ impl Entries {
         let room = list.len() / 2 + 1024;
         list.reserve(room);
         let mut entries = Self {
-            list: Vec::new(),
             index: HashTable::with_capacity(list.len() + room),
-            free: Vec::new(),
+            ..Self::default()
         };
         entries.list = list;
         for i in 1..entries.list.len() {
@@ -1455,8 +1453,9 @@ impl Kept {
         let made6 = placed(whole6, &mut entries)?;
         // Each entry a part added is at a position written now: two parts
         // adding the same entry share one.
-        let at4 = made4.iter().map(|(_, at)| at);
-        let mut written: Vec<u32> = at4
+        let mut written: Vec<u32> = made4
+            .iter()
+            .map(|(_, at)| at)
             .chain(made6.iter().map(|(_, at)| at))
             .flatten()
             .copied()

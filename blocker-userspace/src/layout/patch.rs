@@ -23,6 +23,7 @@ use blocker_common::{
 
 use super::{MAX_KICKS, Slot, cover_key, cover_places, short_of};
 use crate::{
+    bits::Bits,
     compile::{Change, Compiled},
     fasthash::FastMap,
     gallop,
@@ -410,11 +411,10 @@ fn v6_bits_free(prefixes: &[([u8; 16], u8, u32)], mut gone: Vec<u32>) -> Vec<u32
     gone.dedup();
     // A bit each for the low 16 bits of those gone: most buckets' bits miss
     // it, and are not searched for.
-    let mut filter = vec![0u64; 1 << 10];
-    for &bit in &gone {
-        filter[(bit as usize & 0xffff) >> 6] |= 1 << (bit & 63);
-    }
-    let mut held = crate::bits::Bits::new(gone.len());
+    let low = |bit: u32| bit as usize & 0xffff;
+    let mut filter = Bits::new(1 << 16);
+    gone.iter().for_each(|&bit| filter.insert(low(bit)));
+    let mut held = Bits::new(gone.len());
     let mut last = None;
     for &(net, len, _) in prefixes {
         let top = (u128::from_be_bytes(net) >> (128 - V6_BUCKET_LEN)) as u32;
@@ -429,7 +429,7 @@ fn v6_bits_free(prefixes: &[([u8; 16], u8, u32)], mut gone: Vec<u32>) -> Vec<u32
         last = Some(top);
         for top in top..=top.saturating_add(span - 1) {
             let bit = layout::v6_bit(u64::from(top) << 32);
-            if filter[(bit as usize & 0xffff) >> 6] & 1 << (bit & 63) != 0
+            if filter.contains(low(bit))
                 && let Ok(i) = gone.binary_search(&bit)
             {
                 held.insert(i);
