@@ -348,6 +348,7 @@ impl Daemon {
         self.fetch_failures = 0;
         if self.in_force(&fetched) {
             self.source.commit(&fetched);
+            self.source.recycle(fetched.take().0);
             self.sync_ok();
             return;
         }
@@ -404,10 +405,9 @@ impl Daemon {
         fetch_took: Duration,
     ) -> Result<(), Refusal> {
         // The last apply's background write is done (it is, unless feeds
-        // come back to back), and what it held goes back to the system
-        // before this feed is parsed.
+        // come back to back). What it held stays with the allocator, for
+        // this feed's parse and apply to take without a page fault each.
         self.datapath.settle();
-        release_free_memory();
         let (bytes, sig, arrived) = fetched.take();
         let at_hand = std::time::Instant::now();
         let (verified, text) = match arrived {
@@ -660,13 +660,24 @@ impl Daemon {
                 .map(|(id, at)| (id.clone(), at.unix_timestamp()))
                 .collect::<Vec<_>>(),
         );
-        self.current = Some(InForce {
+        let replaced = self.current.replace(InForce {
             fingerprint,
             feed,
             evaluation,
             since,
         });
+        // What this apply freed goes back to the system; what the feed
+        // replaced held is let go of after that, and stays with the
+        // allocator for the next feed: its text as the buffer that feed is
+        // read into, its orders' target lists for that feed's parse to
+        // take. (A re-evaluation shares the text with the feed in force.)
         release_free_memory();
+        if let Some(replaced) = replaced
+            && let Some(layout) = replaced.fingerprint.layout
+            && let Ok(layout) = Arc::try_unwrap(layout)
+        {
+            self.source.recycle(layout.text);
+        }
         Ok(())
     }
 
@@ -805,7 +816,8 @@ impl Daemon {
 
 /// Hands memory freed by a feed's apply (in several threads' malloc
 /// arenas) back to the system now: what the daemon holds between feeds is
-/// the feed in force, not the high-water mark of its last apply.
+/// the feed in force and what the feed it replaced held (kept for the
+/// next), not the high-water mark of its last apply.
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages; it has no

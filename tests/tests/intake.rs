@@ -114,6 +114,56 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
     }
 }
 
+/// A feed is read or downloaded into the buffer the source was last given
+/// back: the same memory, holding the feed's bytes alone (none of what the
+/// buffer held before), checked as it arrives as ever; a feed longer than
+/// the buffer's room too.
+#[test]
+fn a_feed_is_read_into_the_buffer_given_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = KeyPair::generate();
+    let long = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 3));
+    let short = feed_yaml(2, OffsetDateTime::now_utc(), &workload::orders(1_000, 4));
+    // Past the sixteenth more room a buffer is made with.
+    let longer = feed_yaml(3, OffsetDateTime::now_utc(), &workload::orders(70_000, 5));
+    assert!(longer.len() > long.len() + long.len() / 16);
+    let server = FeedServer::start(dir.path());
+    let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
+    let intake = Intake { key: public };
+    let file = format!("file://{}", dir.path().join("feed.yaml").display());
+    for (url, source) in [
+        (server.url("feed.yaml"), server.source("feed.yaml")),
+        (file.clone(), source_at(&file)),
+    ] {
+        let mut source = source.with_intake(intake.clone());
+        let read = |source: &mut FeedSource, text: &str| {
+            write_signed(dir.path(), "feed.yaml", text, &key);
+            let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
+                panic!("fetching {url}");
+            };
+            let (feed, _, arrived) = fetched.take();
+            assert_eq!(feed, text.as_bytes(), "{url}: the feed's bytes alone");
+            assert!(
+                arrived.is_some_and(|a| a.verified),
+                "{url}: checked as it arrived"
+            );
+            feed
+        };
+        let first = read(&mut source, &long);
+        let memory = first.as_ptr();
+        source.recycle(first);
+        let second = read(&mut source, &short);
+        assert_eq!(
+            second.as_ptr(),
+            memory,
+            "{url}: read into the buffer given back"
+        );
+        // Past its room: read whole all the same.
+        source.recycle(second);
+        read(&mut source, &longer);
+    }
+}
+
 /// Serves the files of `dir` over HTTP/1.1 one connection at a time, as a
 /// simple embedded server does: the next connection is taken only once the
 /// client has closed the last. `connections` at most, each bounded in time.
