@@ -653,12 +653,14 @@ fn read_pieces(
     // Room for the whole of it when its length is known (and allowed): in
     // `bytes` when it has that room, else in a buffer of its own (not
     // `bytes` grown, which would copy what it held), with a sixteenth more
-    // for the feeds after it, which tend to grow.
+    // for the feeds after it, which tend to grow. A buffer of more than
+    // twice that room (kept from a far larger feed) is let go of too: the
+    // pages it was written to would stay the process's.
     let len = len
         .filter(|&len| len <= max_bytes)
         .map_or(0, |len| len as usize);
     bytes.clear();
-    if bytes.capacity() < len {
+    if bytes.capacity() < len || (len > 0 && bytes.capacity() / 2 > len) {
         bytes = Vec::new();
         bytes.reserve_exact(len.saturating_add(len / 16));
     }

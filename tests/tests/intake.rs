@@ -117,13 +117,14 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
 /// A feed is read or downloaded into the buffer the source was last given
 /// back: the same memory, holding the feed's bytes alone (none of what the
 /// buffer held before), checked as it arrives as ever; a feed longer than
-/// the buffer's room too.
+/// the buffer's room too. A buffer far larger than a feed needs is let go of.
 #[test]
 fn a_feed_is_read_into_the_buffer_given_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = KeyPair::generate();
     let long = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 3));
-    let short = feed_yaml(2, OffsetDateTime::now_utc(), &workload::orders(1_000, 4));
+    let shorter = feed_yaml(2, OffsetDateTime::now_utc(), &workload::orders(50_000, 4));
+    let short = feed_yaml(4, OffsetDateTime::now_utc(), &workload::orders(1_000, 6));
     // Past the sixteenth more room a buffer is made with.
     let longer = feed_yaml(3, OffsetDateTime::now_utc(), &workload::orders(70_000, 5));
     assert!(longer.len() > long.len() + long.len() / 16);
@@ -152,7 +153,7 @@ fn a_feed_is_read_into_the_buffer_given_back() {
         let first = read(&mut source, &long);
         let memory = first.as_ptr();
         source.recycle(first);
-        let second = read(&mut source, &short);
+        let second = read(&mut source, &shorter);
         assert_eq!(
             second.as_ptr(),
             memory,
@@ -160,7 +161,16 @@ fn a_feed_is_read_into_the_buffer_given_back() {
         );
         // Past its room: read whole all the same.
         source.recycle(second);
-        read(&mut source, &longer);
+        let third = read(&mut source, &longer);
+        // A buffer of more than twice a feed's room is let go of: a short
+        // feed after long ones holds no more than its own room.
+        source.recycle(third);
+        let fourth = read(&mut source, &short);
+        assert!(
+            fourth.capacity() < 2 * short.len(),
+            "{url}: a short feed in a buffer of {} bytes",
+            fourth.capacity()
+        );
     }
 }
 
