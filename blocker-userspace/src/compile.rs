@@ -475,9 +475,9 @@ impl Entries {
         list.reserve(room);
         let mut entries = Self {
             index: HashTable::with_capacity(list.len() + room),
+            list,
             ..Self::default()
         };
-        entries.list = list;
         for i in 1..entries.list.len() {
             let _ = entries.position(entries.list[i], Some(i as u32));
         }

@@ -661,8 +661,9 @@ fn read_pieces(
         .map_or(0, |len| len as usize);
     bytes.clear();
     if bytes.capacity() < len || (len > 0 && bytes.capacity() / 2 > len) {
-        bytes = Vec::new();
-        bytes.reserve_exact(len.saturating_add(len / 16));
+        // The old one let go of before the new one is made.
+        drop(std::mem::take(&mut bytes));
+        bytes = Vec::with_capacity(len.saturating_add(len / 16));
     }
     let mut reader = reader.take(max_bytes + 1);
     loop {
