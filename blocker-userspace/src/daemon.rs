@@ -848,9 +848,9 @@ impl Daemon {
 }
 
 /// Hands memory freed by a feed's apply (in several threads' malloc
-/// arenas) back to the system now: what the daemon holds between feeds is
-/// the feed in force and what the feed it replaced held (kept for the
-/// next), not the high-water mark of its last apply.
+/// arenas) back to the system now: after it, what the daemon holds is the
+/// feed in force and what the feed it replaced held (kept for the next),
+/// not the high-water mark of its last apply.
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages; it has no
