@@ -34,9 +34,41 @@ const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Applies patched in (an update that changed little) between two in which
-/// the memory freed is handed back to the system (see
-/// [`Daemon::hand_back_memory`]).
+/// the memory freed is handed back to the system ([`HandBack`]).
 const PATCHES_BETWEEN_HAND_BACKS: u32 = 8;
+
+/// When the memory an apply freed goes back to the system: after tables
+/// laid out from scratch (the first feed, a big change), whose memory no
+/// update needs again, and after every [`PATCHES_BETWEEN_HAND_BACKS`]th
+/// patch; the applies between keep it. An update takes most of what the
+/// one before it freed again, and memory handed back costs a page fault a
+/// page to take again (about 3 µs here; kept, the benchmark's 1% updates
+/// of a million prefixes were 5-17 ms faster). Handing back now and then
+/// keeps what the allocator holds in pieces too small to use from growing.
+#[derive(Debug, Default)]
+struct HandBack {
+    /// Applies patched in since memory was last handed back.
+    patches_kept: u32,
+}
+
+impl HandBack {
+    /// Whether to hand memory back after an apply that wrote the tables
+    /// (`Some(patched)`) or left them as they were (`None`: little was
+    /// freed).
+    fn after(&mut self, patched: Option<bool>) -> bool {
+        match patched {
+            None => false,
+            Some(true) if self.patches_kept + 1 < PATCHES_BETWEEN_HAND_BACKS => {
+                self.patches_kept += 1;
+                false
+            }
+            Some(_) => {
+                self.patches_kept = 0;
+                true
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -122,8 +154,7 @@ pub struct Daemon {
     fetch_failures: u32,
     /// Repairs that failed, logged once until they succeed.
     repair_failures: BTreeSet<String>,
-    /// Applies patched in since memory was last handed back.
-    patches_kept: u32,
+    hand_back: HandBack,
     _lock: DaemonLock,
 }
 
@@ -180,7 +211,7 @@ impl Daemon {
             status: SyncStatus::default(),
             fetch_failures: 0,
             repair_failures: BTreeSet::new(),
-            patches_kept: 0,
+            hand_back: HandBack::default(),
             _lock: lock,
         };
         daemon.record(AuditEvent::DaemonStart {
@@ -680,7 +711,9 @@ impl Daemon {
         // with the allocator for the next feed: its text as the buffer that
         // feed is read into, its orders' target lists for that feed's parse
         // to take. (A re-evaluation shares the text with the feed in force.)
-        self.hand_back_memory(patched);
+        if self.hand_back.after(patched) {
+            release_free_memory();
+        }
         if let Some(replaced) = replaced
             && let Some(layout) = replaced.fingerprint.layout
             && let Ok(layout) = Arc::try_unwrap(layout)
@@ -688,30 +721,6 @@ impl Daemon {
             self.source.recycle(layout.text);
         }
         Ok(())
-    }
-
-    /// Hands the memory an apply freed back to the system (`patched`: how
-    /// it wrote the tables, if it did) after tables laid out from scratch
-    /// (the first feed, a big change), whose memory no update needs again,
-    /// and after every [`PATCHES_BETWEEN_HAND_BACKS`]th patch; the applies
-    /// between keep it. An update takes most of what the one before it
-    /// freed again, and memory handed back costs a page fault a page to
-    /// take again (about 3 µs here; kept, the benchmark's 1% updates of a
-    /// million prefixes were 5-17 ms faster). Handing back now and then
-    /// keeps what the allocator holds in pieces too small to use from
-    /// growing.
-    fn hand_back_memory(&mut self, patched: Option<bool>) {
-        match patched {
-            // Tables unchanged: nothing much was freed.
-            None => return,
-            Some(true) if self.patches_kept + 1 < PATCHES_BETWEEN_HAND_BACKS => {
-                self.patches_kept += 1;
-                return;
-            }
-            Some(_) => {}
-        }
-        self.patches_kept = 0;
-        release_free_memory();
     }
 
     /// Compiles `enforceable` (told how the parse changed orders by
@@ -938,3 +947,34 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 /// Re-exported for the CLI: detach everything pinned under `bpffs_dir`.
 pub use datapath::detach;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_goes_back_after_a_layout_from_scratch_and_every_eighth_patch() {
+        let every = PATCHES_BETWEEN_HAND_BACKS as usize;
+        let mut hand_back = HandBack::default();
+        // The first feed, laid out from scratch.
+        assert!(hand_back.after(Some(false)));
+        for round in 0..3 {
+            let told: Vec<bool> = (0..every).map(|_| hand_back.after(Some(true))).collect();
+            assert_eq!(
+                told.iter().position(|&back| back),
+                Some(every - 1),
+                "round {round}: {told:?}"
+            );
+            assert_eq!(told.iter().filter(|&&back| back).count(), 1);
+        }
+        // Tables left as they were count for nothing.
+        for _ in 0..3 {
+            assert!(!hand_back.after(Some(true)));
+            assert!(!hand_back.after(None));
+        }
+        // A big change hands back at once, and the count starts again.
+        assert!(hand_back.after(Some(false)));
+        let told: Vec<bool> = (0..every).map(|_| hand_back.after(Some(true))).collect();
+        assert_eq!(told.iter().position(|&back| back), Some(every - 1));
+    }
+}
