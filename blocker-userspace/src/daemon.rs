@@ -33,8 +33,9 @@ const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often pins and attachments are checked (a few stats).
 const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Applies patched in (an update that changed little) between two in which
-/// the memory freed is handed back to the system ([`HandBack`]).
+/// Applies patched in (an update that changed little) from one in which the
+/// memory freed is handed back to the system to the next: the last of them
+/// hands it back ([`HandBack`]).
 const PATCHES_BETWEEN_HAND_BACKS: u32 = 8;
 
 /// When the memory an apply freed goes back to the system: after tables
@@ -967,7 +968,8 @@ mod tests {
             );
             assert_eq!(told.iter().filter(|&&back| back).count(), 1);
         }
-        // Tables left as they were count for nothing.
+        // Three patches counted, and tables left as they were between them
+        // count for nothing.
         for _ in 0..3 {
             assert!(!hand_back.after(Some(true)));
             assert!(!hand_back.after(None));
