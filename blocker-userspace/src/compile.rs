@@ -641,21 +641,40 @@ impl<'a> Resolver<'a> {
             stack.push((key, resolved));
         }
         let mut rest = rows;
+        // A lone prefix whose entry is known needs no candidates of its
+        // own (about half a KB to work out and stack), unless the prefix
+        // after it lies inside it and inherits them: worked out then.
+        let mut lone_known: Option<(Key, &[Row])> = None;
         while let Some(first) = rest.first() {
             let key = first.key();
             let same = rest.iter().take_while(|r| r.key() == key).count();
             let (group, tail) = rest.split_at(same);
             rest = tail;
+            if let Some((outer, claims)) = lone_known.take()
+                && outer.contains(&key)
+            {
+                // Under no other prefix, one claim: nothing is cut.
+                let (resolved, _) = candidates(&[], buffers, claims, outer, claimants);
+                stack.push((outer, resolved));
+            }
             while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
                 stack.pop();
+            }
+            if group.len() == 1
+                && stack.is_empty()
+                && let Some(&entry) = lone.get(&(group[0].tag, key.len))
+            {
+                out.push(prefix(key, entry));
+                lone_known = Some((key, group));
+                continue;
             }
             let (resolved, group_cut) = candidates(stack, buffers, group, key, claimants);
             cut += group_cut;
             let entry = if group.len() == 1 && stack.is_empty() {
-                *lone.entry((group[0].tag, key.len)).or_insert_with(|| {
-                    learnt.push((group[0].tag, key.len));
-                    entries.intern(to_entry(&resolved))
-                })
+                let entry = entries.intern(to_entry(&resolved));
+                lone.insert((group[0].tag, key.len), entry);
+                learnt.push((group[0].tag, key.len));
+                entry
             } else {
                 entries.intern(to_entry(&resolved))
             };
