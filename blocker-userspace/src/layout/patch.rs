@@ -831,14 +831,15 @@ fn bits_v4<S: Source>(
     change: &Change,
     source: &mut S,
 ) -> Result<Vec<(u32, u64)>, Unpatchable> {
+    // Each changed prefix's words, once (a /16's 256 bits lie in 4).
     let ahead = change
         .v4
         .iter()
         .flat_map(|&(net, len)| {
             let bucket = u32::from_be_bytes(net) >> (32 - V4_BUCKET_LEN);
-            bucket..bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len)))
+            let last = bucket + (1 << V4_BUCKET_LEN.saturating_sub(u32::from(len))) - 1;
+            (bucket >> 6)..=(last >> 6)
         })
-        .map(|b| b >> 6)
         .collect();
     let mut words = read_words(source, Slot4::BITS, ahead);
     let bits_of = |net: u32| u128::from(net) << 96;
