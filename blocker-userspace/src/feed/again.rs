@@ -170,6 +170,14 @@ impl<'a> Base<'a> {
         self.shape.dash
     }
 
+    /// Where to start looking for the order found at byte `at` of a new
+    /// feed ([`Base::reuse`]'s `next`): a little before the order at `at`
+    /// in this one, as an update changes few orders' lengths by much.
+    pub(super) fn near(&self, at: usize) -> usize {
+        let index = self.shape.orders.partition_point(|o| o.start < at);
+        index.saturating_sub(LOOK_AHEAD / 2)
+    }
+
     fn text(&self, index: usize) -> &'a [u8] {
         let order = &self.shape.orders[index];
         &self.bytes[order.start..order.start + order.len]
@@ -573,6 +581,41 @@ mod tests {
                 "{to}"
             );
             agree(&base, &new);
+        }
+    }
+
+    /// Each half of a new feed, read side by side, starts looking for its
+    /// orders near where its first lies in the feed in force: orders that
+    /// moved far (many gone or put in before them, halves swapped) are
+    /// still found, by their first line, and taken.
+    #[test]
+    fn orders_that_moved_far_are_still_taken() {
+        let orders: Vec<String> = (0..64)
+            .map(|id| order(id, &[id % TARGETS.len(), (id + 3) % TARGETS.len()]))
+            .collect();
+        let base = format!("{HEAD}{}", orders.concat());
+        let edited = order(50, &[50 % TARGETS.len()]);
+        let fresh: Vec<String> = (100..120).map(|id| order(id, &[id % 4])).collect();
+        let variants = [
+            // The first 20 gone, one order of the second half edited.
+            (
+                [
+                    &orders[20..50],
+                    std::slice::from_ref(&edited),
+                    &orders[51..],
+                ]
+                .concat(),
+                44,
+            ),
+            // 20 new orders first.
+            ([&fresh[..], &orders[..]].concat(), 64),
+            // The halves swapped.
+            ([&orders[32..], &orders[..32]].concat(), 64),
+        ];
+        for (new, taken) in variants {
+            let new = format!("{HEAD}{}", new.concat());
+            let parsed = agree(&base, &new).expect("the new feed parses");
+            assert_eq!(parsed.taken, taken, "{new}");
         }
     }
 
