@@ -660,24 +660,20 @@ impl<'a> Resolver<'a> {
             while stack.last().is_some_and(|(k, _)| !k.contains(&key)) {
                 stack.pop();
             }
-            if group.len() == 1
-                && stack.is_empty()
-                && let Some(&entry) = lone.get(&(group[0].tag, key.len))
-            {
+            // One order's claim under no other: its entry is the lone one.
+            let lone_key = (group.len() == 1 && stack.is_empty()).then(|| (group[0].tag, key.len));
+            if let Some(&entry) = lone_key.and_then(|k| lone.get(&k)) {
                 out.push(prefix(key, entry));
                 lone_known = Some((key, group));
                 continue;
             }
             let (resolved, group_cut) = candidates(stack, buffers, group, key, claimants);
             cut += group_cut;
-            let entry = if group.len() == 1 && stack.is_empty() {
-                let entry = entries.intern(to_entry(&resolved));
-                lone.insert((group[0].tag, key.len), entry);
-                learnt.push((group[0].tag, key.len));
-                entry
-            } else {
-                entries.intern(to_entry(&resolved))
-            };
+            let entry = entries.intern(to_entry(&resolved));
+            if let Some(k) = lone_key {
+                lone.insert(k, entry);
+                learnt.push(k);
+            }
             out.push(prefix(key, entry));
             stack.push((key, resolved));
         }

@@ -186,9 +186,9 @@ impl<'a> Base<'a> {
     /// The order whose text is `text`, or a copy of one with some of its
     /// target lines changed (and how they changed); `None` when it must be
     /// read. `next` is where the last order was found, plus one.
-    pub(super) fn reuse(&self, text: &str, next: &mut Option<usize>) -> Option<Reused> {
+    pub(super) fn reuse(&self, text: &str, next: &mut usize) -> Option<Reused> {
         let index = self.find(text.as_bytes(), *next)?;
-        *next = Some(index + 1);
+        *next = index + 1;
         let (old, order) = (self.text(index), &self.orders[index]);
         let items = self.shape.orders[index].items;
         if old == text.as_bytes() {
@@ -216,15 +216,13 @@ impl<'a> Base<'a> {
 
     /// The order of the feed in force with `text`'s first line: looked for
     /// from `next` on, else by that line.
-    fn find(&self, text: &[u8], next: Option<usize>) -> Option<usize> {
+    fn find(&self, text: &[u8], next: usize) -> Option<usize> {
         let first = first_line(text);
         let count = self.orders.len();
-        if let Some(next) = next {
-            let ahead =
-                (next..count.min(next + LOOK_AHEAD)).find(|&i| first_line(self.text(i)) == first);
-            if ahead.is_some() {
-                return ahead;
-            }
+        let ahead =
+            (next..count.min(next + LOOK_AHEAD)).find(|&i| first_line(self.text(i)) == first);
+        if ahead.is_some() {
+            return ahead;
         }
         self.by_first_line
             .get_or_init(|| {

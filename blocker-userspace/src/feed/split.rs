@@ -62,10 +62,10 @@ pub(super) fn fast_split(text: &str, base: Option<&Base<'_>>) -> Option<Fast> {
         .map_or(orders.len(), |i| middle + i + 1);
     // Each half looks for its first order in the feed in force near where
     // it lies (else by its first line, which hashes every order's).
-    let near = base.map(|base| base.near(first + cut));
+    let near = base.map_or(0, |base| base.near(first + cut));
     let (a, b) = crate::parallel::join(
         orders.len() / AVERAGE_LINE,
-        || orders_in(&orders[..cut], dash, base, Some(0)),
+        || orders_in(&orders[..cut], dash, base, 0),
         || orders_in(&orders[cut..], dash, base, near),
     );
     let ((a, edits_a), (b, edits_b)) = (a?, b?);
@@ -130,7 +130,7 @@ fn orders_in<'a>(
     text: &'a str,
     dash: usize,
     base: Option<&Base<'_>>,
-    mut next: Option<usize>,
+    mut next: usize,
 ) -> Option<(Vec<Read<'a>>, Vec<Edit>)> {
     let mut orders = Vec::new();
     let mut edits = Vec::new();
