@@ -156,6 +156,9 @@ pub struct Daemon {
     /// Repairs that failed, logged once until they succeed.
     repair_failures: BTreeSet<String>,
     hand_back: HandBack,
+    /// The length of the first feed taken, until the buffer the next feed
+    /// is read into is made for it ([`Daemon::make_room`]).
+    room_due: Option<usize>,
     _lock: DaemonLock,
 }
 
@@ -213,6 +216,7 @@ impl Daemon {
             fetch_failures: 0,
             repair_failures: BTreeSet::new(),
             hand_back: HandBack::default(),
+            room_due: None,
             _lock: lock,
         };
         daemon.record(AuditEvent::DaemonStart {
@@ -359,9 +363,24 @@ impl Daemon {
     /// Fetches the feed (if changed, or always when `force`) and applies it
     /// when it is newer and valid; otherwise counts and audits the refusal.
     pub fn sync(&mut self, force: bool) {
+        self.make_room();
         let started = std::time::Instant::now();
         self.sync_inner(force);
         self.metrics.observe_sync(started.elapsed().as_secs_f64());
+    }
+
+    /// After the first feed, at the next poll (the start's work done: the
+    /// idle generation caught up), the buffer the next feed is read into is
+    /// made and its pages taken, as every later feed leaves the one it
+    /// replaced. The first update after a start then reads into pages the
+    /// daemon holds, as the rest do, not into 8,000 fresh ones (a feed of
+    /// 30 MB); and what the catching up freed stays with the allocator for
+    /// that update's parse and apply.
+    fn make_room(&mut self) {
+        if let Some(len) = self.room_due.take() {
+            self.datapath.settle();
+            self.source.make_room(len);
+        }
     }
 
     fn sync_inner(&mut self, force: bool) {
@@ -701,6 +720,7 @@ impl Daemon {
                 .map(|(id, at)| (id.clone(), at.unix_timestamp()))
                 .collect::<Vec<_>>(),
         );
+        let fingerprint_len = fingerprint.len;
         let replaced = self.current.replace(InForce {
             fingerprint,
             feed,
@@ -715,11 +735,17 @@ impl Daemon {
         if self.hand_back.after(patched) {
             release_free_memory();
         }
-        if let Some(replaced) = replaced
-            && let Some(layout) = replaced.fingerprint.layout
-            && let Ok(layout) = Arc::try_unwrap(layout)
-        {
-            self.source.recycle(layout.text);
+        match replaced {
+            Some(replaced) => {
+                if let Some(layout) = replaced.fingerprint.layout
+                    && let Ok(layout) = Arc::try_unwrap(layout)
+                {
+                    self.source.recycle(layout.text);
+                }
+            }
+            // The first feed: the buffer for the next is made at the next
+            // poll.
+            None => self.room_due = Some(fingerprint_len),
         }
         Ok(())
     }

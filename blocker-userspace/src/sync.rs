@@ -244,6 +244,23 @@ impl FeedSource {
         }
     }
 
+    /// Makes the buffer the next feed is read or downloaded into ready for
+    /// one of `len` bytes (with a sixteenth more, as a read makes one), its
+    /// pages taken now, where a feed replaced leaves its own
+    /// ([`FeedSource::recycle`]) only from the second feed on.
+    pub fn make_room(&mut self, len: usize) {
+        let room = len.saturating_add(len / 16);
+        // As a read would keep it or not (see `read_pieces`).
+        if self.spare.capacity() < len || self.spare.capacity() / 2 > len {
+            drop(std::mem::take(&mut self.spare));
+            self.spare = Vec::with_capacity(room);
+        }
+        // Written once, each page is the process's (not only reserved).
+        let room = self.spare.capacity();
+        self.spare.resize(room, 0);
+        self.spare.clear();
+    }
+
     /// Works on each downloaded feed's bytes as they arrive, for
     /// [`Fetched::take`] to hand over.
     pub fn with_intake(mut self, intake: Intake) -> Self {

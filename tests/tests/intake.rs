@@ -174,6 +174,54 @@ fn a_feed_is_read_into_the_buffer_given_back() {
     }
 }
 
+/// The room made for a feed before any was read (the daemon's first feed
+/// replaced none) is what the next feed is read into: a buffer of that
+/// feed's room, not one of its own; a room far larger than a feed needs is
+/// let go of as a buffer given back is.
+#[test]
+fn a_feed_is_read_into_the_room_made_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = KeyPair::generate();
+    let first = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 3));
+    let next = feed_yaml(2, OffsetDateTime::now_utc(), &workload::orders(55_000, 4));
+    let short = feed_yaml(3, OffsetDateTime::now_utc(), &workload::orders(1_000, 6));
+    let room = first.len() + first.len() / 16;
+    assert_ne!(room, next.len() + next.len() / 16);
+    let server = FeedServer::start(dir.path());
+    let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
+    let intake = Intake { key: public };
+    let file = format!("file://{}", dir.path().join("feed.yaml").display());
+    for (url, source) in [
+        (server.url("feed.yaml"), server.source("feed.yaml")),
+        (file.clone(), source_at(&file)),
+    ] {
+        let mut source = source.with_intake(intake.clone());
+        let read = |source: &mut FeedSource, text: &str| {
+            write_signed(dir.path(), "feed.yaml", text, &key);
+            let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
+                panic!("fetching {url}");
+            };
+            let (feed, _, arrived) = fetched.take();
+            assert_eq!(feed, text.as_bytes(), "{url}: the feed's bytes alone");
+            assert!(
+                arrived.is_some_and(|a| a.verified),
+                "{url}: checked as it arrived"
+            );
+            feed
+        };
+        source.make_room(first.len());
+        let feed = read(&mut source, &next);
+        assert_eq!(feed.capacity(), room, "{url}: read into the room made");
+        source.make_room(first.len());
+        let feed = read(&mut source, &short);
+        assert!(
+            feed.capacity() < 2 * short.len(),
+            "{url}: a short feed in a buffer of {} bytes",
+            feed.capacity()
+        );
+    }
+}
+
 /// Serves the files of `dir` over HTTP/1.1 one connection at a time, as a
 /// simple embedded server does: the next connection is taken only once the
 /// client has closed the last. `connections` at most, each bounded in time.
