@@ -576,7 +576,7 @@ impl Intake {
             // A few pieces in flight at most: the digest keeps up with all
             // but the fastest downloads.
             let (pieces, digesting) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIECES_AHEAD);
-            let digested = scope.spawn(move || {
+            let digested = crate::parallel::beside(scope, move || {
                 let mut digest = signature::Digesting::default();
                 for piece in digesting {
                     digest.update(&piece);
