@@ -44,10 +44,11 @@ pub fn halves<'a, T: Sync, R: Send>(
 /// A new thread is often queued on its parent's CPU, where it waits until
 /// the parent is preempted: in the daemon (not in the benchmark's own
 /// process, for no reason found) most helpers started 1.3-2.7 ms after
-/// their spawn, 5-10 ms of each 1% update of a million prefixes. So the
-/// caller steps aside once: a thread queued beside it runs, moves itself
-/// off (a few microseconds), and the caller goes on; one queued elsewhere
-/// keeps nobody waiting. Helpers then started 80-160 us after their spawn.
+/// their spawn, 4-15 ms of waiting in each 1% update of a million
+/// prefixes. So the caller steps aside once: a thread queued beside it
+/// runs, moves itself off (a few microseconds), and the caller goes on; one
+/// queued elsewhere keeps nobody waiting. Helpers then started 80-160 us
+/// after their spawn.
 pub fn beside<'scope, T: Send + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     work: impl FnOnce() -> T + Send + 'scope,
@@ -69,8 +70,8 @@ pub fn beside<'scope, T: Send + 'scope>(
 /// virtual machine whose kernel packs work onto few vCPUs) that was the rule
 /// after a few idle seconds, as a feed update usually comes. The daemon's
 /// signature check then took 40-46 ms of wall time for 33-36 of CPU, and its
-/// parse 26 ms where it otherwise takes 20. A thread of `join` lives for one
-/// step, so the restriction ends with it.
+/// parse 26 ms where it otherwise takes 20. A thread [`beside`] lives for
+/// one step, so the restriction ends with it.
 fn elsewhere(cpu: i32) {
     let Ok(cpu) = usize::try_from(cpu) else {
         return;
