@@ -51,6 +51,28 @@ fn write_signed(dir: &Path, name: &str, text: &str, key: &KeyPair) {
     key.sign(&path);
 }
 
+/// `text` signed with `key` as `feed.yaml` of `dir`, then fetched by
+/// `source` (of `url`): the feed's bytes, which are the text's alone,
+/// checked as they arrived.
+fn publish_and_fetch(
+    source: &mut FeedSource,
+    (dir, key): (&Path, &KeyPair),
+    url: &str,
+    text: &str,
+) -> Vec<u8> {
+    write_signed(dir, "feed.yaml", text, key);
+    let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
+        panic!("fetching {url}");
+    };
+    let (feed, _, arrived) = fetched.take();
+    assert_eq!(feed, text.as_bytes(), "{url}: the feed's bytes alone");
+    assert!(
+        arrived.is_some_and(|a| a.verified),
+        "{url}: checked as it arrived"
+    );
+    feed
+}
+
 #[test]
 fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -118,8 +140,10 @@ fn a_feed_downloaded_or_read_is_checked_as_it_arrives() {
 /// back: the same memory, holding the feed's bytes alone (none of what the
 /// buffer held before), checked as it arrives as ever; a feed longer than
 /// the buffer's room too. A buffer far larger than a feed needs is let go of.
+/// Room made for a feed (the daemon's first, which replaced none, gives
+/// none back) is a buffer given back as well.
 #[test]
-fn a_feed_is_read_into_the_buffer_given_back() {
+fn a_feed_is_read_into_the_buffer_given_back_or_the_room_made() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = KeyPair::generate();
     let long = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 3));
@@ -131,24 +155,10 @@ fn a_feed_is_read_into_the_buffer_given_back() {
     let server = FeedServer::start(dir.path());
     let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
     let intake = Intake { key: public };
-    let file = format!("file://{}", dir.path().join("feed.yaml").display());
-    for (url, source) in [
-        (server.url("feed.yaml"), server.source("feed.yaml")),
-        (file.clone(), source_at(&file)),
-    ] {
+    for (url, source) in sources(&server, dir.path(), "feed.yaml") {
         let mut source = source.with_intake(intake.clone());
         let read = |source: &mut FeedSource, text: &str| {
-            write_signed(dir.path(), "feed.yaml", text, &key);
-            let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
-                panic!("fetching {url}");
-            };
-            let (feed, _, arrived) = fetched.take();
-            assert_eq!(feed, text.as_bytes(), "{url}: the feed's bytes alone");
-            assert!(
-                arrived.is_some_and(|a| a.verified),
-                "{url}: checked as it arrived"
-            );
-            feed
+            publish_and_fetch(source, (dir.path(), &key), &url, text)
         };
         let first = read(&mut source, &long);
         let memory = first.as_ptr();
@@ -171,53 +181,23 @@ fn a_feed_is_read_into_the_buffer_given_back() {
             "{url}: a short feed in a buffer of {} bytes",
             fourth.capacity()
         );
-    }
-}
-
-/// The room made for a feed before any was read (the daemon's first feed
-/// replaced none) is what the next feed is read into: a buffer of that
-/// feed's room, not one of its own; a room far larger than a feed needs is
-/// let go of as a buffer given back is.
-#[test]
-fn a_feed_is_read_into_the_room_made_for_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let key = KeyPair::generate();
-    let first = feed_yaml(1, OffsetDateTime::now_utc(), &workload::orders(60_000, 3));
-    let next = feed_yaml(2, OffsetDateTime::now_utc(), &workload::orders(55_000, 4));
-    let short = feed_yaml(3, OffsetDateTime::now_utc(), &workload::orders(1_000, 6));
-    let room = first.len() + first.len() / 16;
-    assert_ne!(room, next.len() + next.len() / 16);
-    let server = FeedServer::start(dir.path());
-    let public = Arc::new(signature::PublicKey::from_file(&key.public_key()).expect("key"));
-    let intake = Intake { key: public };
-    let file = format!("file://{}", dir.path().join("feed.yaml").display());
-    for (url, source) in [
-        (server.url("feed.yaml"), server.source("feed.yaml")),
-        (file.clone(), source_at(&file)),
-    ] {
-        let mut source = source.with_intake(intake.clone());
-        let read = |source: &mut FeedSource, text: &str| {
-            write_signed(dir.path(), "feed.yaml", text, &key);
-            let Ok(Fetch::New(mut fetched)) = source.fetch(true) else {
-                panic!("fetching {url}");
-            };
-            let (feed, _, arrived) = fetched.take();
-            assert_eq!(feed, text.as_bytes(), "{url}: the feed's bytes alone");
-            assert!(
-                arrived.is_some_and(|a| a.verified),
-                "{url}: checked as it arrived"
-            );
-            feed
-        };
-        source.make_room(first.len());
-        let feed = read(&mut source, &next);
-        assert_eq!(feed.capacity(), room, "{url}: read into the room made");
-        source.make_room(first.len());
-        let feed = read(&mut source, &short);
+        // Nothing given back, room made for the long feed: the shorter one
+        // is read into it, not into a buffer of its own room.
+        source.make_room(long.len());
+        let fifth = read(&mut source, &shorter);
+        assert_eq!(
+            fifth.capacity(),
+            long.len() + long.len() / 16,
+            "{url}: read into the room made"
+        );
+        assert_ne!(fifth.capacity(), shorter.len() + shorter.len() / 16);
+        // Room far larger than a feed needs is let go of as well.
+        source.make_room(long.len());
+        let sixth = read(&mut source, &short);
         assert!(
-            feed.capacity() < 2 * short.len(),
+            sixth.capacity() < 2 * short.len(),
             "{url}: a short feed in a buffer of {} bytes",
-            feed.capacity()
+            sixth.capacity()
         );
     }
 }
