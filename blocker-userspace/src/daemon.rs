@@ -156,9 +156,9 @@ pub struct Daemon {
     /// Repairs that failed, logged once until they succeed.
     repair_failures: BTreeSet<String>,
     hand_back: HandBack,
-    /// The length of the first feed taken, until the buffer the next feed
-    /// is read into is made for it ([`Daemon::make_room`]).
-    room_due: Option<usize>,
+    /// Whether the buffer the next feed is read into is still to be made
+    /// for the feed in force, the first taken ([`Daemon::make_room`]).
+    room_due: bool,
     _lock: DaemonLock,
 }
 
@@ -216,7 +216,7 @@ impl Daemon {
             fetch_failures: 0,
             repair_failures: BTreeSet::new(),
             hand_back: HandBack::default(),
-            room_due: None,
+            room_due: false,
             _lock: lock,
         };
         daemon.record(AuditEvent::DaemonStart {
@@ -377,9 +377,11 @@ impl Daemon {
     /// 30 MB); and what the catching up freed stays with the allocator for
     /// that update's parse and apply.
     fn make_room(&mut self) {
-        if let Some(len) = self.room_due.take() {
+        if std::mem::take(&mut self.room_due)
+            && let Some(current) = &self.current
+        {
             self.datapath.settle();
-            self.source.make_room(len);
+            self.source.make_room(current.fingerprint.len);
         }
     }
 
@@ -720,7 +722,6 @@ impl Daemon {
                 .map(|(id, at)| (id.clone(), at.unix_timestamp()))
                 .collect::<Vec<_>>(),
         );
-        let fingerprint_len = fingerprint.len;
         let replaced = self.current.replace(InForce {
             fingerprint,
             feed,
@@ -735,17 +736,16 @@ impl Daemon {
         if self.hand_back.after(patched) {
             release_free_memory();
         }
-        match replaced {
-            Some(replaced) => {
-                if let Some(layout) = replaced.fingerprint.layout
-                    && let Ok(layout) = Arc::try_unwrap(layout)
-                {
-                    self.source.recycle(layout.text);
-                }
-            }
+        let Some(replaced) = replaced else {
             // The first feed: the buffer for the next is made at the next
             // poll.
-            None => self.room_due = Some(fingerprint_len),
+            self.room_due = true;
+            return Ok(());
+        };
+        if let Some(layout) = replaced.fingerprint.layout
+            && let Ok(layout) = Arc::try_unwrap(layout)
+        {
+            self.source.recycle(layout.text);
         }
         Ok(())
     }

@@ -245,16 +245,11 @@ impl FeedSource {
     }
 
     /// Makes the buffer the next feed is read or downloaded into ready for
-    /// one of `len` bytes (with a sixteenth more, as a read makes one), its
-    /// pages taken now, where a feed replaced leaves its own
-    /// ([`FeedSource::recycle`]) only from the second feed on.
+    /// one of `len` bytes, as a read would ([`room_for`]), its pages taken
+    /// now, where a feed replaced leaves its own ([`FeedSource::recycle`])
+    /// only from the second feed on.
     pub fn make_room(&mut self, len: usize) {
-        let room = len.saturating_add(len / 16);
-        // As a read would keep it or not (see `read_pieces`).
-        if self.spare.capacity() < len || self.spare.capacity() / 2 > len {
-            drop(std::mem::take(&mut self.spare));
-            self.spare = Vec::with_capacity(room);
-        }
+        self.spare = room_for(std::mem::take(&mut self.spare), len);
         // Written once, each page is the process's (not only reserved).
         let room = self.spare.capacity();
         self.spare.resize(room, 0);
@@ -657,6 +652,22 @@ impl Whence<'_> {
     }
 }
 
+/// `bytes` emptied, when it has room for a feed of `len` bytes (0: not
+/// known), else a buffer of its own (not `bytes` grown, which would copy
+/// what it held) with a sixteenth more, for the feeds after it, which tend
+/// to grow. A buffer of more than twice that room (kept from a far larger
+/// feed) is let go of too: the pages it was written to would stay the
+/// process's.
+fn room_for(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
+    bytes.clear();
+    if bytes.capacity() < len || (len > 0 && bytes.capacity() / 2 > len) {
+        // The old one let go of before the new one is made.
+        drop(std::mem::take(&mut bytes));
+        bytes = Vec::with_capacity(len.saturating_add(len / 16));
+    }
+    bytes
+}
+
 /// Reads `incoming` whole (at most `max_bytes`), in pieces, into `bytes`
 /// (what it held dropped): `arrived` is given what has been read so far
 /// after each.
@@ -667,21 +678,11 @@ fn read_pieces(
     mut arrived: impl FnMut(&[u8]),
 ) -> Result<Vec<u8>, SyncError> {
     let Incoming { reader, len, from } = incoming;
-    // Room for the whole of it when its length is known (and allowed): in
-    // `bytes` when it has that room, else in a buffer of its own (not
-    // `bytes` grown, which would copy what it held), with a sixteenth more
-    // for the feeds after it, which tend to grow. A buffer of more than
-    // twice that room (kept from a far larger feed) is let go of too: the
-    // pages it was written to would stay the process's.
+    // Room for the whole of it when its length is known (and allowed).
     let len = len
         .filter(|&len| len <= max_bytes)
         .map_or(0, |len| len as usize);
-    bytes.clear();
-    if bytes.capacity() < len || (len > 0 && bytes.capacity() / 2 > len) {
-        // The old one let go of before the new one is made.
-        drop(std::mem::take(&mut bytes));
-        bytes = Vec::with_capacity(len.saturating_add(len / 16));
-    }
+    bytes = room_for(bytes, len);
     let mut reader = reader.take(max_bytes + 1);
     loop {
         let read = (&mut reader)
